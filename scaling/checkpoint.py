@@ -1,0 +1,103 @@
+"""Orbax checkpoints of the train state: save, keep the last k (and the best), resume.
+
+A checkpoint holds the train state (step, parameters, optimizer state) and a small JSON
+``meta`` item: the config's identity hash, the validation loss and the metrics.jsonl
+length at the time. The RNG of a step is ``fold_in(key(seed), step)`` and the data
+position is the step, so the state is all a resumed run needs to continue bit for bit.
+Restores go through ``StandardRestore`` with the *current* run's shardings, so a run
+saved on one mesh resumes on another (orbax reshards).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from scaling.config import CheckpointConfig
+from scaling.errors import UsageError
+
+
+class Checkpointer:
+    def __init__(self, directory: Path, cfg: CheckpointConfig):
+        self.cfg = cfg
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=None, create=True, enable_async_checkpointing=cfg.async_save,
+            cleanup_tmp_directories=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        self._last_save_time = time.monotonic()
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def read_meta(self, step: int) -> dict | None:
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception:
+            return None
+
+    def due(self, step: int, final: bool) -> bool:
+        if final:
+            return True
+        if self.cfg.every_steps and step % self.cfg.every_steps == 0:
+            return True
+        return bool(self.cfg.every_seconds) and time.monotonic() - self._last_save_time >= self.cfg.every_seconds
+
+    def save(self, step: int, state: Any, meta: dict) -> None:
+        if step in self.manager.all_steps():
+            return
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                        meta=ocp.args.JsonSave(meta)), force=True)
+        self._last_save_time = time.monotonic()
+        self._prune()
+
+    def _prune(self) -> None:
+        self.manager.wait_until_finished()
+        steps = self.steps()
+        keep = set(steps[-self.cfg.keep:])
+        if self.cfg.keep_best:
+            scored = [(m["val_loss"], s) for s in steps
+                      if (m := self.read_meta(s)) and m.get("val_loss") is not None]
+            if scored:
+                keep.add(min(scored)[1])
+        for s in steps:
+            if s not in keep:
+                self.manager.delete(s)
+
+    def restore_latest(self, abstract_state: Any) -> tuple[Any, dict, int] | None:
+        """The newest checkpoint that restores, as (state, meta, step); a warning line for
+        each one that does not. None if there is no checkpoint at all."""
+        steps = self.steps()
+        for step in reversed(steps):
+            try:
+                out = self.manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+                return out["state"], out["meta"], step
+            except Exception as e:  # truncated or partial files
+                msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+                print(f"warning: checkpoint {step} under {self.directory} failed to restore ({msg}); "
+                      f"trying an earlier one", file=sys.stderr)
+        if steps:
+            raise CorruptCheckpoints(f"no checkpoint under {self.directory} could be restored "
+                                     f"(pass --resume.restart_if_corrupt true to start from scratch)")
+        return None
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+class CorruptCheckpoints(UsageError):
+    """Every checkpoint of a run failed to restore."""
+
+
+def abstract_with_shardings(state: Any, shardings: Any) -> Any:
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)

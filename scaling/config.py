@@ -1,0 +1,342 @@
+"""Typed, frozen configs, validated up front, and the `--section.field VALUE` command line.
+
+Every field carries its documentation in ``metadata["help"]``; ``--help`` of every entry
+point prints it. A config is built from defaults, then a YAML file (sections as
+mappings), then dotted overrides, and is checked by each dataclass's ``__post_init__``:
+bad values raise :class:`scaling.errors.UsageError` before anything is computed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scaling.errors import UsageError
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise UsageError(msg)
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for name in names:
+        v = getattr(obj, name)
+        _check(v > 0, f"{type(obj).__name__.removesuffix('Config').lower()}.{name} must be > 0, got {v}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A decoder-only GPT. The defaults are GPT-2's choices (learned positions, biases,
+    LayerNorm eps 1e-5, tanh-GELU, tied head)."""
+
+    n_layer: int = _f(4, "number of transformer blocks")
+    n_head: int = _f(4, "attention heads per block; d_model must be divisible by it")
+    d_model: int = _f(128, "residual stream width")
+    d_ff: int = _f(0, "hidden width of the MLP; 0 means 4*d_model (gelu) or 8/3*d_model rounded up to 64 (swiglu)")
+    seq_len: int = _f(128, "context length in tokens (n_ctx)")
+    vocab_size: int = _f(0, "tokens the model can emit; 0 takes the tokenizer's n_vocab")
+    vocab_multiple: int = _f(64, "pad the embedding table to a multiple of this (padded ids are masked out of the logits)")
+    position: str = _f("learned", "position encoding: learned | rotary")
+    rope_theta: float = _f(10000.0, "rotary base frequency (position=rotary)")
+    norm: str = _f("layernorm", "layernorm | rmsnorm")
+    norm_eps: float = _f(1e-5, "epsilon of the normalisation layers")
+    bias: bool = _f(True, "biases in linear layers and LayerNorm")
+    tie_embeddings: bool = _f(True, "output head shares the token embedding matrix")
+    mlp: str = _f("gelu", "MLP type: gelu (tanh approximation, GPT-2) | swiglu")
+    dropout: float = _f(0.0, "dropout rate on attention probabilities and residual branches")
+    dtype: str = _f("float32", "compute dtype: float32 | bfloat16 (parameters stay float32)")
+    init_std: float = _f(0.02, "std of the normal init; residual projections get init_std/sqrt(2*n_layer)")
+
+    def __post_init__(self) -> None:
+        _positive(self, "n_layer", "n_head", "d_model", "seq_len", "vocab_multiple", "norm_eps", "init_std")
+        _check(self.d_model % self.n_head == 0,
+               f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})")
+        _check(self.d_ff >= 0, f"model.d_ff must be >= 0, got {self.d_ff}")
+        _check(self.vocab_size >= 0, f"model.vocab_size must be >= 0, got {self.vocab_size}")
+        _check(self.position in ("learned", "rotary"), f"model.position must be learned or rotary, got {self.position!r}")
+        _check(self.norm in ("layernorm", "rmsnorm"), f"model.norm must be layernorm or rmsnorm, got {self.norm!r}")
+        _check(self.mlp in ("gelu", "swiglu"), f"model.mlp must be gelu or swiglu, got {self.mlp!r}")
+        _check(self.dtype in ("float32", "bfloat16"), f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
+        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
+        _check(self.position == "learned" or (self.d_model // self.n_head) % 2 == 0,
+               "rotary positions need an even head size (d_model / n_head)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def ff_dim(self) -> int:
+        if self.d_ff:
+            return self.d_ff
+        if self.mlp == "gelu":
+            return 4 * self.d_model
+        return -(-(8 * self.d_model // 3) // 64) * 64
+
+    @property
+    def padded_vocab(self) -> int:
+        m = self.vocab_multiple
+        return -(-self.vocab_size // m) * m
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where tokens come from and how they are split."""
+
+    corpus: str = _f("tinyshakespeare", "a text file, a directory of .txt files, a glob, hf:<dataset name or path>, "
+                                        "or a corpus name under the shared data dir (tinyshakespeare, gutenberg)")
+    tokenizer: str = _f("byte", "byte | gpt2 | bpe:<vocab size> (trained on the training split)")
+    val_fraction: float = _f(0.1, "share held out for validation: of documents, or of tokens (the tail) for a one-document corpus")
+    hf_text_field: str = _f("text", "record field holding the text (hf: corpora)")
+    curriculum: str = _f("", "curriculum pacing: '' (none) | linear | root | step | exp | anti-<pacing>")
+    curriculum_score: str = _f("length", "difficulty score: length | rarity | model:<checkpoint dir>")
+    curriculum_horizon: float = _f(0.5, "fraction of the run after which competence reaches 1")
+    curriculum_c0: float = _f(0.1, "initial competence c0")
+
+    def __post_init__(self) -> None:
+        _check(bool(self.corpus), "data.corpus must not be empty")
+        _check(0.0 < self.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
+        _check(0.0 < self.curriculum_horizon <= 1.0, "data.curriculum_horizon must be in (0, 1]")
+        _check(0.0 < self.curriculum_c0 <= 1.0, "data.curriculum_c0 must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup and cosine decay to min_lr_ratio*lr at the end of the token budget."""
+
+    lr: float = _f(1e-3, "peak learning rate")
+    min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of the peak")
+    warmup_steps: int = _f(100, "linear warmup steps (capped at the run's steps)")
+    weight_decay: float = _f(0.1, "decoupled weight decay on matrices (not on norms, biases or embeddings)")
+    beta1: float = _f(0.9, "Adam beta1")
+    beta2: float = _f(0.95, "Adam beta2")
+    eps: float = _f(1e-8, "Adam epsilon")
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this; 0 disables")
+
+    def __post_init__(self) -> None:
+        _positive(self, "lr", "eps")
+        _check(0.0 <= self.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]")
+        _check(self.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
+        _check(self.weight_decay >= 0 and self.grad_clip >= 0, "optim.weight_decay and optim.grad_clip must be >= 0")
+        _check(0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0, "optim.beta1 and optim.beta2 must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The token budget and the loop."""
+
+    tokens: int = _f(2_000_000, "training tokens D; decides the number of steps (tokens // (batch_size*seq_len))")
+    batch_size: int = _f(32, "global batch size in sequences")
+    microbatches: int = _f(1, "gradient accumulation: split each batch into this many microbatches")
+    seed: int = _f(0, "seed of the initialisation, the data order and dropout")
+    eval_every: int = _f(250, "evaluate on the validation batches every this many steps (and at the end)")
+    eval_batches: int = _f(16, "fixed validation batches per evaluation")
+    log_every: int = _f(10, "write a metrics.jsonl line every this many steps")
+    skip_nonfinite: int = _f(0, "skip up to this many steps with a non-finite loss before calling the run diverged")
+    progress: bool = _f(True, "show a progress bar on stderr")
+    inject_nan_step: int = _f(-1, "fault injection for tests: report a NaN loss at this step (-1: never)")
+
+    def __post_init__(self) -> None:
+        _positive(self, "tokens", "batch_size", "microbatches", "eval_every", "eval_batches", "log_every")
+        _check(self.batch_size % self.microbatches == 0,
+               f"train.batch_size ({self.batch_size}) must be divisible by train.microbatches ({self.microbatches})")
+        _check(self.skip_nonfinite >= 0, "train.skip_nonfinite must be >= 0")
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh axes; one of them may be -1 to take the remaining devices."""
+
+    data: int = _f(-1, "data-parallel axis size")
+    fsdp: int = _f(1, "fully-sharded data-parallel axis size (parameters and optimizer state split)")
+    model: int = _f(1, "tensor-parallel axis size (heads, MLP hidden and vocab split)")
+
+    def __post_init__(self) -> None:
+        sizes = (self.data, self.fsdp, self.model)
+        _check(all(s == -1 or s >= 1 for s in sizes), f"mesh axes must be >= 1 or -1, got {sizes}")
+        _check(sizes.count(-1) <= 1, "at most one mesh axis may be -1")
+
+
+@dataclass(frozen=True)
+class DistConfig:
+    """Multi-process (multi-host) setup; also read from JAX's usual environment variables."""
+
+    coordinator: str = _f("", "HOST:PORT of process 0; empty means a single process (or the environment's)")
+    num_processes: int = _f(1, "number of processes")
+    process_id: int = _f(0, "this process's index")
+
+    def __post_init__(self) -> None:
+        _positive(self, "num_processes")
+        _check(0 <= self.process_id < self.num_processes, "dist.process_id must be in [0, dist.num_processes)")
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """Orbax checkpoints under OUT/checkpoints."""
+
+    every_steps: int = _f(500, "save every this many steps (0: only by time and at the end)")
+    every_seconds: float = _f(0.0, "also save when this many seconds passed since the last save (0: off)")
+    keep: int = _f(2, "keep the last this many checkpoints")
+    keep_best: bool = _f(False, "also keep the checkpoint with the best validation loss")
+    async_save: bool = _f(False, "save in a background thread")
+
+    def __post_init__(self) -> None:
+        _check(self.every_steps >= 0 and self.every_seconds >= 0, "checkpoint.every_* must be >= 0")
+        _positive(self, "keep")
+
+
+@dataclass(frozen=True)
+class ResumeConfig:
+    """How a rerun treats existing checkpoints."""
+
+    allow_config_change: bool = _f(False, "resume even if model/optimizer/data settings changed")
+    restart_if_corrupt: bool = _f(False, "start from scratch when no checkpoint can be restored")
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def identity_hash(self) -> str:
+        """Hash of what a checkpoint depends on (model, optimizer, data, budget, seed)."""
+        d = {k: v for k, v in self.to_dict().items() if k in RESUME_IDENTITY_SECTIONS}
+        for key in RESUME_SAFE_FIELDS:
+            sec, name = key.split(".")
+            d.get(sec, {}).pop(name, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Sections whose change makes an existing checkpoint a different run; within them, fields
+# that are safe to change on resume.
+RESUME_IDENTITY_SECTIONS = ("model", "data", "optim", "train")
+RESUME_SAFE_FIELDS = ("train.eval_every", "train.eval_batches", "train.log_every", "train.progress",
+                      "train.skip_nonfinite", "train.inject_nan_step")
+
+
+def _field_type(cls: type, name: str) -> type:
+    hints = typing.get_type_hints(cls)
+    return hints[name]
+
+
+def _parse_value(text: Any, typ: type, key: str) -> Any:
+    if typ is bool:
+        if isinstance(text, bool):
+            return text
+        s = str(text).lower()
+        if s in ("1", "true", "yes", "on"):
+            return True
+        if s in ("0", "false", "no", "off"):
+            return False
+        raise UsageError(f"--{key} expects true or false, got {text!r}")
+    if typ is int:
+        try:
+            v = float(text)
+        except (TypeError, ValueError):
+            raise UsageError(f"--{key} expects an integer, got {text!r}") from None
+        if v != int(v):
+            raise UsageError(f"--{key} expects an integer, got {text!r}")
+        return int(v)
+    if typ is float:
+        try:
+            return float(text)
+        except (TypeError, ValueError):
+            raise UsageError(f"--{key} expects a number, got {text!r}") from None
+    return "" if text is None else str(text)
+
+
+def from_dict(d: dict, base: Config | None = None) -> Config:
+    """Build a Config from nested mappings, starting from ``base`` (defaults if None)."""
+    base = base or Config()
+    sections = {}
+    for f in dataclasses.fields(Config):
+        sub = getattr(base, f.name)
+        given = dict(d.get(f.name) or {})
+        known = {g.name for g in dataclasses.fields(sub)}
+        unknown = set(given) - known
+        if unknown:
+            raise UsageError(f"unknown config field {f.name}.{sorted(unknown)[0]}")
+        kwargs = {k: _parse_value(v, _field_type(type(sub), k), f"{f.name}.{k}") for k, v in given.items()}
+        sections[f.name] = dataclasses.replace(sub, **kwargs)
+    unknown = set(d) - {f.name for f in dataclasses.fields(Config)}
+    if unknown:
+        raise UsageError(f"unknown config section {sorted(unknown)[0]!r}")
+    return Config(**sections)
+
+
+def load_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"config file not found: {p}")
+    try:
+        d = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UsageError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(d, dict):
+        raise UsageError(f"config file {p} must hold a mapping of sections")
+    return d
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...] | None = None) -> None:
+    """Add one ``--section.field`` option per config field, documented from its metadata."""
+    for f in dataclasses.fields(Config):
+        if sections is not None and f.name not in sections:
+            continue
+        cls = f.default_factory  # type: ignore[misc]
+        group = parser.add_argument_group(f.name, (cls.__doc__ or "").strip().splitlines()[0])
+        for g in dataclasses.fields(cls):
+            group.add_argument(f"--{f.name}.{g.name}", dest=f"{f.name}.{g.name}", default=None,
+                               metavar=_field_type(cls, g.name).__name__.upper(),
+                               help=f"{g.metadata.get('help', '')} (default: {g.default!r})")
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict:
+    """Nested dict of the ``--section.field`` values given on the command line."""
+    out: dict = {}
+    for key, value in vars(args).items():
+        if "." in key and value is not None:
+            sec, name = key.split(".", 1)
+            out.setdefault(sec, {})[name] = value
+    return out
+
+
+def merge(a: dict, b: dict) -> dict:
+    """Section-wise merge of nested config dicts (b wins)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in a.items()}
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k].update(v)
+        else:
+            out[k] = v
+    return out
+
+
+def resolve(config_file: str | None, overrides: dict) -> Config:
+    d = load_yaml(config_file) if config_file else {}
+    return from_dict(merge(d, overrides))
+

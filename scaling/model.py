@@ -1,0 +1,193 @@
+"""A decoder-only GPT in Flax Linen, with logical axis names on every parameter.
+
+Parameter logical axes (mapped to mesh axes by the one rule table in ``scaling.sharding``):
+``vocab`` (embedding rows / logits), ``embed`` (residual width), ``heads`` (attention
+heads), ``head_dim``, ``qkv`` (the stacked q/k/v index), ``mlp`` (MLP hidden), ``norm``
+(normalisation scales), ``position`` (learned positions). Activations are constrained at
+block boundaries with ``act_batch``, ``act_seq``, ``act_embed``.
+
+``GPT.__call__(tokens_bt)`` returns float32 logits (padded vocabulary ids masked to a
+large negative value). With ``cache`` (from :func:`init_cache`) and ``cache_index`` it
+attends over the cache too and returns ``(logits, new_cache)``: prefill writes the whole
+prompt, decoding then writes one position per call.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from scaling.config import ModelConfig
+
+Cache = list[tuple[jax.Array, jax.Array]]  # per layer: (k_bThd, v_bThd), T = max length
+NEG_INF = -1e9
+
+
+def _init(std: float, names: tuple[str | None, ...]):
+    return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), names)
+
+
+def _zeros(names: tuple[str | None, ...]):
+    return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _ones(names: tuple[str | None, ...]):
+    return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
+
+
+def constrain_residual(x_btd: jax.Array) -> jax.Array:
+    return nn.with_logical_constraint(x_btd, ("act_batch", "act_seq", "act_embed"))
+
+
+def _norm(cfg: ModelConfig, name: str) -> nn.Module:
+    if cfg.norm == "layernorm":
+        return nn.LayerNorm(epsilon=cfg.norm_eps, use_bias=cfg.bias, dtype=jnp.float32,
+                            scale_init=_ones(("norm",)), bias_init=_zeros(("norm",)), name=name)
+    return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=jnp.float32, scale_init=_ones(("norm",)), name=name)
+
+
+def rotary(x_bthd: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
+    """Rotate channel pairs (i, i + hd/2) by position * theta^(-2i/hd) (GPT-NeoX layout)."""
+    hd = x_bthd.shape[-1]
+    inv_freq = theta ** (-jnp.arange(0, hd // 2, dtype=jnp.float32) * 2.0 / hd)
+    ang_bth = positions_bt[..., None].astype(jnp.float32) * inv_freq  # (b, t, hd/2)
+    cos, sin = jnp.cos(ang_bth)[:, :, None, :], jnp.sin(ang_bth)[:, :, None, :]
+    x1, x2 = jnp.split(x_bthd.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_bthd.dtype)
+
+
+def causal_attention(q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array,
+                     q_pos_bt: jax.Array, k_valid_s: int | jax.Array | None = None) -> jax.Array:
+    """Softmax attention where query at absolute position p sees keys at positions <= p.
+
+    Keys are at absolute positions 0..S-1 (a fresh sequence or a cache); ``q_pos_bt``
+    are the queries' absolute positions.
+    """
+    hd = q_bthd.shape[-1]
+    s = k_bshd.shape[1]
+    scores_bhts = jnp.einsum("bthd,bshd->bhts", q_bthd, k_bshd,
+                             preferred_element_type=jnp.float32) / math.sqrt(hd)
+    mask_bts = jnp.arange(s)[None, None, :] <= q_pos_bt[:, :, None]
+    scores_bhts = jnp.where(mask_bts[:, None], scores_bhts, NEG_INF)
+    probs_bhts = jax.nn.softmax(scores_bhts, axis=-1).astype(v_bshd.dtype)
+    return jnp.einsum("bhts,bshd->bthd", probs_bhts, v_bshd)
+
+
+class Attention(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_btd, positions_bt, *, train: bool, cache=None, cache_index=None):
+        cfg = self.cfg
+        dt = jnp.dtype(cfg.dtype)
+        w_d3hk = self.param("qkv_kernel", _init(cfg.init_std, ("embed", "qkv", "heads", "head_dim")),
+                            (cfg.d_model, 3, cfg.n_head, cfg.head_dim))
+        qkv_bt3hk = jnp.einsum("btd,dshk->btshk", x_btd.astype(dt), w_d3hk.astype(dt))
+        if cfg.bias:
+            qkv_bt3hk = qkv_bt3hk + self.param("qkv_bias", _zeros(("qkv", "heads", "head_dim")),
+                                               (3, cfg.n_head, cfg.head_dim)).astype(dt)
+        q_bthd, k_bthd, v_bthd = (qkv_bt3hk[:, :, i] for i in range(3))
+        if cfg.position == "rotary":
+            q_bthd = rotary(q_bthd, positions_bt, cfg.rope_theta)
+            k_bthd = rotary(k_bthd, positions_bt, cfg.rope_theta)
+        new_cache = None
+        if cache is not None:
+            ck, cv = cache
+            k_bshd = jax.lax.dynamic_update_slice(ck, k_bthd.astype(ck.dtype), (0, cache_index, 0, 0))
+            v_bshd = jax.lax.dynamic_update_slice(cv, v_bthd.astype(cv.dtype), (0, cache_index, 0, 0))
+            new_cache = (k_bshd, v_bshd)
+        else:
+            k_bshd, v_bshd = k_bthd, v_bthd
+        y_bthd = causal_attention(q_bthd, k_bshd, v_bshd, positions_bt)
+        w_hkd = self.param("out_kernel", _init(cfg.init_std / math.sqrt(2 * cfg.n_layer),
+                                               ("heads", "head_dim", "embed")),
+                           (cfg.n_head, cfg.head_dim, cfg.d_model))
+        y_btd = jnp.einsum("bthk,hkd->btd", y_bthd.astype(dt), w_hkd.astype(dt))
+        if cfg.bias:
+            y_btd = y_btd + self.param("out_bias", _zeros(("embed",)), (cfg.d_model,)).astype(dt)
+        y_btd = nn.Dropout(cfg.dropout)(y_btd, deterministic=not train)
+        return y_btd, new_cache
+
+
+class MLP(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_btd, *, train: bool):
+        cfg = self.cfg
+        dt = jnp.dtype(cfg.dtype)
+
+        def dense(features, names, std, name):
+            return nn.Dense(features, use_bias=cfg.bias, dtype=dt, kernel_init=_init(std, names),
+                            bias_init=_zeros(names[-1:]), name=name)
+
+        if cfg.mlp == "gelu":
+            h_btf = jax.nn.gelu(dense(cfg.ff_dim, ("embed", "mlp"), cfg.init_std, "fc")(x_btd), approximate=True)
+        else:
+            gate_btf = dense(cfg.ff_dim, ("embed", "mlp"), cfg.init_std, "gate")(x_btd)
+            up_btf = dense(cfg.ff_dim, ("embed", "mlp"), cfg.init_std, "fc")(x_btd)
+            h_btf = jax.nn.silu(gate_btf) * up_btf
+        y_btd = dense(cfg.d_model, ("mlp", "embed"), cfg.init_std / math.sqrt(2 * cfg.n_layer), "proj")(h_btf)
+        return nn.Dropout(cfg.dropout)(y_btd, deterministic=not train)
+
+
+class Block(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, x_btd, positions_bt, *, train: bool, cache=None, cache_index=None):
+        h_btd = _norm(self.cfg, "ln_1")(x_btd)
+        a_btd, new_cache = Attention(self.cfg, name="attn")(h_btd, positions_bt, train=train,
+                                                            cache=cache, cache_index=cache_index)
+        x_btd = x_btd + a_btd
+        x_btd = x_btd + MLP(self.cfg, name="mlp")(_norm(self.cfg, "ln_2")(x_btd), train=train)
+        return constrain_residual(x_btd), new_cache
+
+
+class GPT(nn.Module):
+    cfg: ModelConfig
+
+    @nn.compact
+    def __call__(self, tokens_bt: jax.Array, *, train: bool = False,
+                 cache: Cache | None = None, cache_index: jax.Array | int | None = None):
+        cfg = self.cfg
+        b, t = tokens_bt.shape
+        start = 0 if cache is None else cache_index
+        positions_bt = jnp.broadcast_to(start + jnp.arange(t), (b, t))
+        wte = nn.Embed(cfg.padded_vocab, cfg.d_model, embedding_init=_init(cfg.init_std, ("vocab", "embed")),
+                       name="wte")
+        x_btd = self.perturb("tok_emb", wte(tokens_bt).astype(jnp.float32))  # d(logits)/d(embeddings) in tests
+        if cfg.position == "learned":
+            wpe = self.param("wpe", _init(cfg.init_std, ("position", "embed")),
+                             (cfg.seq_len, cfg.d_model), jnp.float32)
+            x_btd = x_btd + jnp.take(wpe, positions_bt, axis=0)
+        x_btd = nn.Dropout(cfg.dropout)(x_btd, deterministic=not train)
+        x_btd = constrain_residual(x_btd)
+        new_cache: Cache = []
+        for i in range(cfg.n_layer):
+            x_btd, layer_cache = Block(cfg, name=f"h_{i}")(
+                x_btd, positions_bt, train=train,
+                cache=None if cache is None else cache[i], cache_index=cache_index)
+            new_cache.append(layer_cache)
+        x_btd = _norm(cfg, "ln_f")(x_btd)
+        if cfg.tie_embeddings:
+            logits_btv = wte.attend(x_btd.astype(jnp.dtype(cfg.dtype)))
+        else:
+            logits_btv = nn.Dense(cfg.padded_vocab, use_bias=False, dtype=jnp.dtype(cfg.dtype),
+                                  kernel_init=_init(cfg.init_std, ("embed", "vocab")), name="lm_head")(x_btd)
+        logits_btv = logits_btv.astype(jnp.float32)
+        if cfg.padded_vocab != cfg.vocab_size:
+            logits_btv = jnp.where(jnp.arange(cfg.padded_vocab) < cfg.vocab_size, logits_btv, NEG_INF)
+        if cache is None:
+            return logits_btv
+        return logits_btv, new_cache
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = jnp.float32) -> Cache:
+    shape = (batch, max_len, cfg.n_head, cfg.head_dim)
+    return [(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(cfg.n_layer)]

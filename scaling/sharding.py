@@ -1,0 +1,131 @@
+"""The device mesh and the one table mapping logical axis names to mesh axes.
+
+Mesh axes: ``data`` (replicas over batch), ``fsdp`` (batch *and* parameters/optimizer
+state split, ZeRO-3 style), ``model`` (Megatron tensor parallelism: QKV and the first MLP
+matrix split by columns, the attention output and second MLP matrix by rows, heads and
+the vocabulary split). Layers only name logical axes; this module alone names mesh axes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from scaling.config import MeshConfig, ModelConfig
+from scaling.errors import UsageError
+
+MESH_AXES = ("data", "fsdp", "model")
+BATCH_AXES = ("data", "fsdp")
+
+# logical axis name -> mesh axis (or axes, or None for replicated)
+LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
+    # parameters
+    ("vocab", "model"),
+    ("embed", "fsdp"),
+    ("heads", "model"),
+    ("mlp", "model"),
+    ("head_dim", None),
+    ("qkv", None),
+    ("norm", None),
+    ("position", None),
+    # activations
+    ("act_batch", BATCH_AXES),
+    ("act_seq", None),
+    ("act_embed", None),
+    ("act_heads", "model"),
+    ("act_mlp", "model"),
+    ("act_vocab", "model"),
+)
+
+
+def mesh_shape(cfg: MeshConfig, n_devices: int) -> dict[str, int]:
+    """Resolve a -1 axis and check the product equals the device count."""
+    sizes = {"data": cfg.data, "fsdp": cfg.fsdp, "model": cfg.model}
+    known = math.prod(v for v in sizes.values() if v != -1)
+    for k, v in sizes.items():
+        if v == -1:
+            if n_devices % known:
+                raise UsageError(f"mesh {sizes} does not divide the {n_devices} devices")
+            sizes[k] = n_devices // known
+    if math.prod(sizes.values()) != n_devices:
+        raise UsageError(f"mesh data={sizes['data']} fsdp={sizes['fsdp']} model={sizes['model']} "
+                         f"needs {math.prod(sizes.values())} devices, but {n_devices} are available")
+    return sizes
+
+
+def check_mesh_fits(shape: dict[str, int], model: ModelConfig, batch_size: int, microbatches: int) -> None:
+    """Every split axis must divide what it splits; a clear error otherwise."""
+    tp, dp = shape["model"], shape["data"] * shape["fsdp"]
+    checks = [
+        (model.n_head % tp == 0, f"model.n_head ({model.n_head}) is not divisible by mesh.model ({tp})"),
+        (model.ff_dim % tp == 0, f"MLP width d_ff ({model.ff_dim}) is not divisible by mesh.model ({tp})"),
+        (model.padded_vocab % tp == 0,
+         f"padded vocabulary ({model.padded_vocab}) is not divisible by mesh.model ({tp}); set model.vocab_multiple"),
+        (model.d_model % shape["fsdp"] == 0,
+         f"model.d_model ({model.d_model}) is not divisible by mesh.fsdp ({shape['fsdp']})"),
+        ((batch_size // microbatches) % dp == 0,
+         f"microbatch size {batch_size // microbatches} (train.batch_size / train.microbatches) is not "
+         f"divisible by the data axes (mesh.data * mesh.fsdp = {dp})"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise UsageError(msg)
+
+
+def make_mesh(shape: dict[str, int]) -> jax.sharding.Mesh:
+    axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    return jax.make_mesh(tuple(shape[a] for a in MESH_AXES), MESH_AXES, axis_types=axis_types)
+
+
+def logical_to_sharding(logical_specs: Any, mesh: jax.sharding.Mesh) -> Any:
+    """Map a pytree of logical PartitionSpecs to NamedShardings through the rule table."""
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, LOGICAL_AXIS_RULES)
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    return NamedSharding(mesh, P())
+
+
+def mesh_context(mesh: jax.sharding.Mesh):
+    """Context under which layers' logical constraints resolve against ``mesh``."""
+    import contextlib
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(jax.set_mesh(mesh))
+    stack.enter_context(nn.logical_axis_rules(LOGICAL_AXIS_RULES))
+    return stack
+
+
+def process_batch_rows(mesh: jax.sharding.Mesh, global_batch: int) -> tuple[int, int]:
+    """The [lo, hi) rows of the global batch that this process's devices hold."""
+    sharding = batch_sharding(mesh)
+    idx = sharding.addressable_devices_indices_map((global_batch, 1))
+    rows = sorted({(s[0].start or 0, s[0].stop or global_batch) for s in idx.values()})
+    lo, hi = rows[0][0], rows[-1][1]
+    if sum(b - a for a, b in rows) < hi - lo and len(rows) > 1:
+        raise UsageError("this process's batch rows are not contiguous; reorder the mesh")
+    return lo, hi
+
+
+def make_global_batch(mesh: jax.sharding.Mesh, local: np.ndarray, global_batch: int) -> jax.Array:
+    """Assemble the global batch from this process's rows only."""
+    shape = (global_batch,) + local.shape[1:]
+    return jax.make_array_from_process_local_data(batch_sharding(mesh), local, shape)
+
+
+def bytes_per_device(tree: Any) -> dict[int, int]:
+    """Bytes each device holds of the arrays in ``tree`` (from their actual shardings)."""
+    out: dict[int, int] = {}
+    for a in jax.tree.leaves(tree):
+        for shard in a.addressable_shards:
+            out[shard.device.id] = out.get(shard.device.id, 0) + shard.data.nbytes
+    return out

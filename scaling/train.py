@@ -1,0 +1,445 @@
+"""Train state, sharded init, jitted train/eval steps and the training loop.
+
+The state is built abstractly (``eval_shape``), its shardings come from the logical rule
+table, and a jitted init with ``out_shardings`` materialises it already sharded. The
+train step is compiled once ahead of time with explicit in/out shardings and donates the
+state; its XLA cost analysis is the ``flops_xla`` cross-check. The loop dispatches step
+t before fetching step t-1's metrics, so the host never waits on the device.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from scaling import flops as flops_lib
+from scaling import sharding as sh
+from scaling.checkpoint import Checkpointer, CorruptCheckpoints, abstract_with_shardings
+from scaling.config import Config, OptimConfig
+from scaling.data import Batches, bits_per_byte, load_tokens
+from scaling.errors import UsageError
+from scaling.model import GPT
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def lr_schedule(cfg: OptimConfig, total_steps: int):
+    """Linear warmup to the peak over ``warmup_steps`` (nanoGPT's (s+1)/(w+1)), then cosine
+    decay that reaches ``min_lr_ratio * lr`` exactly at the last step (s = total_steps-1)."""
+    warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
+    decay = max(total_steps - 1 - warmup, 1)
+    peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
+
+    def schedule(step):
+        s = jnp.asarray(step, jnp.float32)
+        warm = peak * (s + 1) / (warmup + 1)
+        frac = jnp.clip((s - warmup) / decay, 0.0, 1.0)
+        cos = floor + 0.5 * (peak - floor) * (1 + jnp.cos(jnp.pi * frac))
+        return jnp.where(s < warmup, warm, cos)
+
+    return schedule
+
+
+def decay_mask(params: Any) -> Any:
+    """Weight decay on matrices only: not on norms, biases or embeddings."""
+    def keep(path, _):
+        names = [getattr(k, "key", str(k)) for k in path]
+        return names[-1] == "kernel"
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
+    parts.append(optax.adamw(lr_schedule(cfg, total_steps), b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps,
+                             weight_decay=cfg.weight_decay, mask=decay_mask))
+    return optax.chain(*parts)
+
+
+def cross_entropy(model: GPT, params: Any, batch_bt: jax.Array, *, train: bool = False, rng=None) -> jax.Array:
+    """Mean next-token cross-entropy (nats) of windows of seq_len + 1 tokens."""
+    x_bt, y_bt = batch_bt[:, :-1], batch_bt[:, 1:]
+    rngs = {"dropout": rng} if rng is not None else None
+    logits_btv = model.apply({"params": params}, x_bt, train=train, rngs=rngs)
+    return optax.softmax_cross_entropy_with_integer_labels(logits_btv, y_bt).mean()
+
+
+def steps_for(cfg: Config) -> int:
+    per_step = cfg.train.batch_size * cfg.model.seq_len
+    if cfg.train.tokens < per_step:
+        raise UsageError(f"train.tokens ({cfg.train.tokens}) is fewer than one batch "
+                         f"(train.batch_size * model.seq_len = {per_step})")
+    return cfg.train.tokens // per_step
+
+
+class Trainer:
+    """The model, its mesh and shardings, and the compiled init/train/eval functions."""
+
+    def __init__(self, cfg: Config, mesh: jax.sharding.Mesh, total_steps: int):
+        self.cfg, self.mesh, self.total_steps = cfg, mesh, total_steps
+        self.model = GPT(cfg.model)
+        self.tx = make_optimizer(cfg.optim, total_steps)
+        self.batch_sharding = sh.batch_sharding(mesh)
+        self.replicated = sh.replicated(mesh)
+        with sh.mesh_context(mesh):
+            boxed = jax.eval_shape(self._init_params, jax.random.key(0))
+        param_specs = nn.get_partition_spec(boxed)
+        abstract_opt = jax.eval_shape(self.tx.init, nn.unbox(boxed))
+        opt_specs = optax.tree_utils.tree_map_params(
+            self.tx, lambda _, spec: spec, abstract_opt, param_specs,
+            transform_non_params=lambda _: P(), is_leaf=lambda x: isinstance(x, P))
+        specs = TrainState(step=P(), params=param_specs, opt_state=opt_specs)
+        self.state_sharding = sh.logical_to_sharding(specs, mesh)
+        abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=nn.unbox(boxed),
+                              opt_state=abstract_opt)
+        self.abstract_state = abstract_with_shardings(abstract, self.state_sharding)
+        self._compiled_step = None
+        self._eval_jit = jax.jit(lambda params, b: cross_entropy(self.model, params, b),
+                                 in_shardings=(self.state_sharding.params, self.batch_sharding),
+                                 out_shardings=self.replicated)
+
+    def _init_params(self, rng):
+        return self.model.init(rng, jnp.zeros((1, self.cfg.model.seq_len), jnp.int32))["params"]
+
+    def _init_state(self, rng) -> TrainState:
+        params = nn.unbox(self._init_params(rng))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
+
+    def init_state(self) -> TrainState:
+        init = jax.jit(self._init_state, out_shardings=self.state_sharding)
+        with sh.mesh_context(self.mesh):
+            return init(jax.random.key(self.cfg.train.seed))
+
+    def _loss_and_grads(self, params, batch_bt, rng):
+        m = self.cfg.train.microbatches
+        grad_fn = jax.value_and_grad(lambda p, b, r: cross_entropy(self.model, p, b, train=True, rng=r))
+        if m == 1:
+            return grad_fn(params, batch_bt, rng)
+        micro_mbt = batch_bt.reshape(m, -1, batch_bt.shape[-1])
+
+        def body(acc, i):
+            loss, grads = grad_fn(params, micro_mbt[i], jax.random.fold_in(rng, i))
+            return jax.tree.map(jnp.add, acc, (loss, grads)), None
+
+        zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+        (loss, grads), _ = jax.lax.scan(body, zero, jnp.arange(m))
+        return jax.tree.map(lambda a: a / m, (loss, grads))
+
+    def _train_step(self, state: TrainState, batch_bt: jax.Array):
+        rng = jax.random.fold_in(jax.random.key(self.cfg.train.seed), state.step)
+        loss, grads = self._loss_and_grads(state.params, batch_bt, rng)
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.step != self.cfg.train.inject_nan_step)
+        loss = jnp.where(state.step == self.cfg.train.inject_nan_step, jnp.nan, loss)
+        # A non-finite step leaves parameters and optimizer state untouched.
+        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
+                               opt_state=keep(opt_state, state.opt_state))
+        lr = lr_schedule(self.cfg.optim, self.total_steps)(state.step)
+        return new_state, {"loss": loss, "grad_norm": grad_norm, "lr": lr}
+
+    def compile_step(self) -> Any:
+        """AOT-compile the train step (once); its cost analysis gives flops_xla."""
+        if self._compiled_step is None:
+            jitted = jax.jit(self._train_step, in_shardings=(self.state_sharding, self.batch_sharding),
+                             out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
+            batch = jax.ShapeDtypeStruct((self.cfg.train.batch_size, self.cfg.model.seq_len + 1), jnp.int32,
+                                         sharding=self.batch_sharding)
+            with sh.mesh_context(self.mesh):
+                self._compiled_step = jitted.lower(self.abstract_state, batch).compile()
+        return self._compiled_step
+
+    def train_step(self, state: TrainState, batch_bt: jax.Array):
+        return self.compile_step()(state, batch_bt)
+
+    def eval_step(self, params, batch_bt: jax.Array) -> jax.Array:
+        with sh.mesh_context(self.mesh):
+            return self._eval_jit(params, batch_bt)
+
+
+def setup_distributed(cfg: Config) -> None:
+    """Join a multi-process run (``--dist.*`` or JAX's environment variables)."""
+    import os
+    if jax.distributed.is_initialized():
+        return
+    if cfg.dist.num_processes > 1 or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        if not cfg.dist.coordinator and not os.environ.get("JAX_COORDINATOR_ADDRESS"):
+            raise UsageError("dist.num_processes > 1 needs --dist.coordinator HOST:PORT")
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        kwargs = {}
+        if cfg.dist.coordinator:
+            kwargs = dict(coordinator_address=cfg.dist.coordinator, num_processes=cfg.dist.num_processes,
+                          process_id=cfg.dist.process_id)
+        jax.distributed.initialize(**kwargs)
+
+
+class Run:
+    """One training run into ``out``: plans and checks everything before any compute."""
+
+    def __init__(self, cfg: Config, out: Path):
+        self.out = Path(out)
+        self.splits = load_tokens(cfg.data)
+        if cfg.model.vocab_size == 0:
+            cfg = _with_vocab(cfg, self.splits.n_vocab)
+        elif cfg.model.vocab_size < self.splits.n_vocab:
+            raise UsageError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's "
+                             f"{self.splits.n_vocab} ids")
+        self.cfg = cfg
+        self.steps = steps_for(cfg)
+        shape = sh.mesh_shape(cfg.mesh, jax.device_count())
+        sh.check_mesh_fits(shape, cfg.model, cfg.train.batch_size, cfg.train.microbatches)
+        self.mesh_shape = shape
+        self.mesh = sh.make_mesh(shape)
+        self.batches = Batches(self.splits, cfg.model.seq_len, cfg.train.batch_size, cfg.train.seed,
+                               sampler=_curriculum_sampler(cfg, self.splits))
+        self.rows = sh.process_batch_rows(self.mesh, cfg.train.batch_size)
+        self.is_main = jax.process_index() == 0
+        self.ckpt = Checkpointer(self.out / "checkpoints", cfg.checkpoint)
+        self._check_resumable()
+
+    def _check_resumable(self) -> None:
+        steps = self.ckpt.steps()
+        if not steps or self.cfg.resume.allow_config_change:
+            return
+        meta = self.ckpt.read_meta(steps[-1])
+        if meta and meta.get("config_hash") != self.cfg.identity_hash():
+            raise UsageError(f"{self.out} holds checkpoints of a different config (model, data, optimizer or "
+                             f"budget changed); use a new --out or --resume.allow_config_change true")
+
+    def _write_config(self) -> None:
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(self.cfg.to_yaml())
+
+    def _restore_or_init(self, trainer: Trainer) -> TrainState:
+        try:
+            restored = self.ckpt.restore_latest(trainer.abstract_state)
+        except CorruptCheckpoints:
+            if not self.cfg.resume.restart_if_corrupt:
+                raise
+            print(f"warning: starting {self.out} from scratch (no restorable checkpoint)", file=sys.stderr)
+            restored = None
+        return trainer.init_state() if restored is None else restored[0]
+
+    def run(self) -> dict:
+        cfg, t0 = self.cfg, time.time()
+        self._write_config()
+        trainer = Trainer(cfg, self.mesh, self.steps)
+        state = self._restore_or_init(trainer)
+        start = int(jax.device_get(state.step))
+        metrics_path = self.out / "metrics.jsonl"
+        if self.is_main:
+            _truncate_metrics(metrics_path, start)
+        compile_t0 = time.time()
+        compiled = trainer.compile_step()
+        compile_s = time.time() - compile_t0
+        fpt = flops_lib.all_flops_per_token(cfg.model)
+        xla_step = flops_lib.xla_flops(compiled) * jax.device_count()
+        logger = MetricsLogger(metrics_path, self.is_main, fpt, cfg.train.batch_size * cfg.model.seq_len,
+                               cfg.train.log_every)
+        bar = tqdm(total=self.steps, initial=start, disable=not (cfg.train.progress and self.is_main),
+                   unit="step", dynamic_ncols=True, desc=self.out.name, file=sys.stderr, leave=False,
+                   mininterval=1.0)
+        self._bad, status, val, pending = 0, "completed", None, None
+        self._recent: collections.deque[float] = collections.deque(maxlen=10)
+        lo, hi = self.rows
+        step = start
+        while step < self.steps:
+            batch = sh.make_global_batch(self.mesh, self.batches.train_batch(step, lo, hi), cfg.train.batch_size)
+            state, metrics = trainer.train_step(state, batch)  # dispatch step t ...
+            step += 1
+            if pending is not None and self._handle(pending, logger, bar):  # ... then fetch step t-1
+                status = "diverged"
+                break
+            pending = (step, metrics)
+            final = step == self.steps
+            eval_due = step % cfg.train.eval_every == 0 or final
+            ckpt_due = self.ckpt.due(step, final)
+            if eval_due or ckpt_due:
+                diverged, pending = self._handle(pending, logger, bar), None
+                if diverged:
+                    status = "diverged"
+                    break
+                if eval_due:
+                    val = self.evaluate(trainer, state.params)
+                    logger.add_val(step, val)
+                logger.flush()
+                if ckpt_due:
+                    self.ckpt.save(step, state, {"config_hash": cfg.identity_hash(),
+                                                 "val_loss": None if val is None else val[0]})
+        logger.flush()
+        self.ckpt.wait()
+        bar.close()
+        if val is None and status == "completed":
+            val = self.evaluate(trainer, state.params)
+        summary = self._summary(state, status, val, fpt, xla_step, compile_s, time.time() - t0, logger)
+        if self.is_main:
+            _atomic_json(self.out / "summary.json", summary)
+        self.ckpt.close()
+        return summary
+
+    def _handle(self, pending, logger: "MetricsLogger", bar) -> bool:
+        """Log one step's fetched metrics; True when the run has diverged."""
+        step, metrics = pending
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        bar.update(step - bar.n)
+        if math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]):
+            logger.log(step, m, force=step == self.steps)
+            self._recent.append(m["loss"])
+            bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{logger.tokens_per_s:.0f}", refresh=False)
+            return False
+        self._bad += 1
+        logger.log(step, m, force=True)
+        if self._bad > self.cfg.train.skip_nonfinite:
+            print(f"error: run diverged at step {step}: non-finite loss; the last good checkpoint is kept",
+                  file=sys.stderr)
+            return True
+        print(f"warning: non-finite loss at step {step}: update skipped ({self._bad} of "
+              f"{self.cfg.train.skip_nonfinite} allowed)", file=sys.stderr)
+        return False
+
+    def evaluate(self, trainer: Trainer, params) -> tuple[float, float]:
+        """(mean validation loss in nats per token, bits per byte) on the fixed batches."""
+        n, (lo, hi) = self.cfg.train.eval_batches, self.rows
+        losses = [trainer.eval_step(params, sh.make_global_batch(self.mesh, b, self.cfg.train.batch_size))
+                  for b in self.batches.val_batches(n, lo, hi)]
+        loss = float(np.mean(jax.device_get(losses)))
+        n_tokens = n * self.cfg.train.batch_size * self.cfg.model.seq_len
+        return loss, bits_per_byte(loss, n_tokens, self.batches.val_target_bytes(n))
+
+    def _summary(self, state, status, val, fpt, xla_step, compile_s, wall_s, logger) -> dict:
+        cfg = self.cfg
+        counts = flops_lib.param_counts(cfg.model)
+        tokens = self.steps * cfg.train.batch_size * cfg.model.seq_len
+        param_bytes = sh.bytes_per_device(state.params)
+        state_bytes = sh.bytes_per_device((state.params, state.opt_state))
+        tail = list(self._recent) or (_tail_losses(self.out / "metrics.jsonl", 1) if self.is_main else [])
+        return {
+            "n_params": counts["n_params"], "n_params_nonembed": counts["n_params_nonembed"],
+            "tokens": tokens, "steps": self.steps, "steps_done": int(jax.device_get(state.step)),
+            "flops_6nd": fpt["6nd"] * tokens, "flops_kaplan": fpt["kaplan"] * tokens,
+            "flops_chinchilla": fpt["chinchilla"] * tokens, "flops_xla": xla_step * self.steps,
+            "final_train_loss": float(np.mean(tail)) if tail else None,
+            "val_loss": None if val is None else val[0], "val_bpb": None if val is None else val[1],
+            "status": status, "wall_s": wall_s, "compile_s": compile_s,
+            "tokens_per_s": logger.mean_tokens_per_s, "epochs": self.batches.epochs(tokens),
+            "n_layer": cfg.model.n_layer, "d_model": cfg.model.d_model, "n_head": cfg.model.n_head,
+            "seq_len": cfg.model.seq_len, "batch_size": cfg.train.batch_size, "vocab_size": cfg.model.vocab_size,
+            "tokenizer": cfg.data.tokenizer, "mesh": self.mesh_shape, "n_devices": jax.device_count(),
+            "n_processes": jax.process_count(),
+            "param_bytes_per_device": max(param_bytes.values()),
+            "state_bytes_per_device": max(state_bytes.values()),
+        }
+
+
+class MetricsLogger:
+    """metrics.jsonl lines (process 0 only), buffered and appended."""
+
+    def __init__(self, path: Path, enabled: bool, fpt: dict, tokens_per_step: int, every: int):
+        self.path, self.enabled, self.fpt, self.tps, self.every = path, enabled, fpt, tokens_per_step, every
+        self.lines: list[dict] = []
+        self._t, self._step = time.time(), None
+        self.tokens_per_s = 0.0
+        self._tok_total, self._time_total = 0, 0.0
+
+    def _rate(self, step: int) -> None:
+        now = time.time()
+        if self._step is not None and step > self._step:
+            dt = now - self._t
+            self.tokens_per_s = (step - self._step) * self.tps / max(dt, 1e-9)
+            self._tok_total += (step - self._step) * self.tps
+            self._time_total += dt
+        self._t, self._step = now, step
+
+    @property
+    def mean_tokens_per_s(self) -> float:
+        return self._tok_total / self._time_total if self._time_total else self.tokens_per_s
+
+    def log(self, step: int, m: dict, force: bool = False) -> None:
+        self._rate(step)
+        if not (force or step % self.every == 0):
+            return
+        tokens = step * self.tps
+        self.lines.append({"step": step, "tokens": tokens, "flops": self.fpt["6nd"] * tokens,
+                           "flops_chinchilla": self.fpt["chinchilla"] * tokens, "loss": m["loss"],
+                           "lr": m["lr"], "grad_norm": m["grad_norm"], "tokens_per_s": self.tokens_per_s})
+
+    def add_val(self, step: int, val: tuple[float, float]) -> None:
+        if self.lines and self.lines[-1]["step"] == step:
+            self.lines[-1].update(val_loss=val[0], val_bpb=val[1])
+        else:
+            tokens = step * self.tps
+            self.lines.append({"step": step, "tokens": tokens, "flops": self.fpt["6nd"] * tokens,
+                               "flops_chinchilla": self.fpt["chinchilla"] * tokens,
+                               "val_loss": val[0], "val_bpb": val[1]})
+        self.flush()
+
+    def flush(self) -> None:
+        if self.enabled and self.lines:
+            with open(self.path, "a") as f:
+                for line in self.lines:
+                    f.write(json.dumps(line) + "\n")
+            self.lines = []
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines logged after the checkpoint being resumed (they will be logged again)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and _line_step(ln) <= step]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    tmp.replace(path)
+
+
+def _tail_losses(path: Path, n: int) -> list[float]:
+    """The last ``n`` finite training losses logged in metrics.jsonl."""
+    if not path.exists():
+        return []
+    losses = [json.loads(ln).get("loss") for ln in path.read_text().splitlines() if ln.strip()]
+    return [x for x in losses if x is not None and math.isfinite(x)][-n:]
+
+
+def _line_step(line: str) -> int:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return 1 << 62  # a torn last line from a kill: drop it
+
+
+def _atomic_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
+def _with_vocab(cfg: Config, n_vocab: int) -> Config:
+    import dataclasses
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=n_vocab))
+
+
+def _curriculum_sampler(cfg: Config, splits):
+    if not cfg.data.curriculum:
+        return None
+    from scaling import curriculum
+    return curriculum.make_sampler(cfg, splits)

@@ -1,0 +1,80 @@
+"""Model properties: real parameter counts match the analytic ones, causality, determinism."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from scaling.config import ModelConfig
+from scaling.flops import param_counts
+from scaling.model import GPT
+
+configs = st.builds(
+    lambda n_layer, n_head, head, ff, vocab, mult, pos, norm, bias, tie, mlp, seq: ModelConfig(
+        n_layer=n_layer, n_head=n_head, d_model=n_head * head, d_ff=ff, vocab_size=vocab, vocab_multiple=mult,
+        position=pos, norm=norm, bias=bias, tie_embeddings=tie, mlp=mlp, seq_len=seq),
+    st.integers(1, 3), st.integers(1, 4), st.sampled_from([2, 4, 8]), st.sampled_from([0, 24, 40]),
+    st.integers(2, 700), st.sampled_from([1, 8, 64]), st.sampled_from(["learned", "rotary"]),
+    st.sampled_from(["layernorm", "rmsnorm"]), st.booleans(), st.booleans(), st.sampled_from(["gelu", "swiglu"]),
+    st.integers(4, 40))
+
+
+@settings(max_examples=25, deadline=None)
+@given(configs)
+def test_analytic_param_counts_equal_real_counts(cfg):
+    variables = jax.eval_shape(lambda: GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))
+    params = nn.unbox(variables["params"])
+    real = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(params))
+    embed = params["wte"]["embedding"].size + (params["wpe"].size if "wpe" in params else 0) \
+        + (params["lm_head"]["kernel"].size if "lm_head" in params else 0)
+    counts = param_counts(cfg)
+    assert counts["n_params"] == real
+    assert counts["n_params_nonembed"] == real - embed
+
+
+def _cfg(**kw):
+    base = dict(n_layer=2, n_head=2, d_model=16, seq_len=12, vocab_size=50, vocab_multiple=8)
+    return ModelConfig(**{**base, **kw})
+
+
+def test_causality_gradient_of_logits_wrt_future_tokens_is_zero():
+    for kw in (dict(), dict(position="rotary", mlp="swiglu", norm="rmsnorm", bias=False, tie_embeddings=False)):
+        cfg = _cfg(**kw)
+        model = GPT(cfg)
+        tokens = jax.random.randint(jax.random.key(1), (2, cfg.seq_len), 0, cfg.vocab_size)
+        variables = model.init(jax.random.key(0), tokens)
+        for i in (0, 5, cfg.seq_len - 1):
+            def f(perturbations):
+                logits = model.apply({**variables, "perturbations": perturbations}, tokens)
+                return logits[:, i].sum()
+            g_btd = jax.grad(f)(variables["perturbations"])["tok_emb"]
+            norms = np.abs(np.asarray(g_btd)).sum(axis=(0, 2))
+            assert np.all(norms[i + 1:] == 0.0), (kw, i, norms)
+            assert np.all(norms[: i + 1] > 0.0), (kw, i, norms)
+
+
+def test_padded_vocab_is_masked_and_output_deterministic():
+    cfg = _cfg(vocab_size=50, vocab_multiple=64)
+    model = GPT(cfg)
+    tokens = jnp.arange(24).reshape(2, 12) % 50
+    v = model.init(jax.random.key(0), tokens)
+    a, b = model.apply(v, tokens), model.apply(v, tokens)
+    assert a.shape == (2, 12, 64)
+    np.testing.assert_array_equal(a, b)
+    assert float(jax.nn.softmax(a)[..., 50:].sum()) == 0.0
+    v2 = model.init(jax.random.key(0), tokens)
+    for x, y in zip(jax.tree.leaves(v), jax.tree.leaves(v2)):
+        np.testing.assert_array_equal(nn.unbox(x), nn.unbox(y))
+
+
+def test_every_parameter_has_logical_axis_names():
+    cfg = _cfg(bias=True, tie_embeddings=False, mlp="swiglu")
+    variables = jax.eval_shape(lambda: GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))
+    specs = nn.get_partition_spec(variables["params"])
+    shapes = nn.unbox(variables["params"])
+    for spec, shape in zip(jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)),
+                           jax.tree.leaves(shapes)):
+        assert len(spec) == len(shape.shape) and all(isinstance(n, str) for n in spec), spec

@@ -1,0 +1,138 @@
+"""The training entry point end to end, the optimizer's schedule and mask, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments import train as train_cli
+from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig
+from scaling.sharding import make_mesh
+from scaling.train import Trainer, cross_entropy, decay_mask, lr_schedule
+from tests.conftest import TINY, run_cli
+
+
+def test_tiny_run_end_to_end(tmp_path):
+    out = tmp_path / "run"
+    summary = train_cli.main(["--out", str(out), *TINY])
+    assert summary["status"] == "completed" and summary["steps"] == 80
+    saved = json.loads((out / "summary.json").read_text())
+    for key in ("n_params", "n_params_nonembed", "tokens", "flops_6nd", "flops_kaplan", "flops_chinchilla",
+                "flops_xla", "final_train_loss", "val_loss", "val_bpb", "wall_s", "status"):
+        assert saved[key] is not None, key
+    assert saved["tokens"] == 80 * 8 * 32
+    assert saved["flops_6nd"] == 6 * saved["n_params"] * saved["tokens"]
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(5, 81, 5))
+    for key in ("step", "tokens", "flops", "loss", "lr", "grad_norm", "tokens_per_s"):
+        assert key in lines[0]
+    assert [x["step"] for x in lines if "val_loss" in x] == [40, 80]
+    assert lines[-1]["val_loss"] == pytest.approx(saved["val_loss"])
+    # it learned something: from ln(257) ~ 5.55 nats to well below
+    assert saved["val_loss"] < 4.5 and lines[-1]["loss"] < lines[0]["loss"]
+    assert saved["val_bpb"] == pytest.approx(saved["val_loss"] / math.log(2), rel=1e-6)  # bytes: 1 token = 1 byte
+    assert (out / "config.yaml").read_text().count("d_model: 32") == 1
+
+
+def test_lr_schedule_warmup_then_cosine_to_ten_percent_at_the_end():
+    cfg = OptimConfig(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    f = lr_schedule(cfg, total_steps=110)
+    assert float(f(0)) == pytest.approx(1e-3 / 11)
+    assert float(f(9)) == pytest.approx(1e-3 * 10 / 11)
+    assert float(f(10)) == pytest.approx(1e-3)
+    assert float(f(60)) == pytest.approx(1e-4 + 0.5 * 9e-4 * (1 + math.cos(math.pi * 50 / 99)), rel=1e-5)
+    assert float(f(109)) == pytest.approx(1e-4)  # the last step
+    lrs = [float(f(s)) for s in range(10, 110)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_weight_decay_only_on_matrices():
+    cfg = dataclasses.replace(Config(), model=ModelConfig(n_layer=1, d_model=16, n_head=2, vocab_size=40,
+                                                          tie_embeddings=False))
+    trainer = Trainer(cfg, make_mesh({"data": 1, "fsdp": 1, "model": 1}), 10)
+    mask = decay_mask(trainer.abstract_state.params)
+    flat = {"/".join(str(getattr(k, "key", k)) for k in path): v
+            for path, v in jax.tree_util.tree_leaves_with_path(mask)}
+    assert flat["h_0/attn/qkv_kernel"] is False  # noqa: E712  (named *_kernel, not 'kernel')
+    decayed = {k for k, v in flat.items() if v}
+    assert decayed == {"h_0/mlp/fc/kernel", "h_0/mlp/proj/kernel", "lm_head/kernel"}
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    model = ModelConfig(n_layer=1, d_model=16, n_head=2, vocab_size=64, seq_len=8)
+    mesh = make_mesh({"data": 1, "fsdp": 1, "model": 1})
+    batch = jax.random.randint(jax.random.key(0), (8, 9), 0, 64)
+    out = []
+    for m in (1, 4):
+        cfg = dataclasses.replace(Config(), model=model, train=TrainConfig(batch_size=8, microbatches=m))
+        t = Trainer(cfg, mesh, 10)
+        state = t.init_state()
+        new_state, metrics = t.train_step(state, batch)
+        out.append((float(metrics["loss"]), jax.tree.leaves(new_state.params)))
+    assert out[0][0] == pytest.approx(out[1][0], rel=1e-6)
+    for a, b in zip(out[0][1], out[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_loss_is_cross_entropy_by_hand():
+    cfg = ModelConfig(n_layer=1, d_model=16, n_head=2, vocab_size=30, seq_len=6)
+    from scaling.model import GPT
+    model = GPT(cfg)
+    batch = jax.random.randint(jax.random.key(1), (3, 7), 0, 30)
+    params = model.init(jax.random.key(0), batch[:, :-1])["params"]
+    logits = np.asarray(model.apply({"params": params}, batch[:, :-1]), np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+        - logits.max(-1, keepdims=True)
+    ref = -np.take_along_axis(logp, np.asarray(batch[:, 1:])[..., None], -1).mean()
+    assert float(cross_entropy(model, jax.tree.map(jnp.asarray, params), batch)) == pytest.approx(ref, rel=1e-5)
+
+
+BAD_INPUTS = [
+    (["--data.corpus", "/nonexistent/corpus.txt"], "corpus not found"),
+    (["--model.d_model", "30", "--model.n_head", "4"], "divisible by model.n_head"),
+    (["--train.tokens", "100"], "fewer than one batch"),
+    (["--data.tokenizer", "wordpiece"], "unknown tokenizer"),
+    (["--mesh.data", "3"], "needs 3 devices"),
+    (["--model.n_layer", "two"], "expects an integer"),
+    (["--model.position", "alibi"], "learned or rotary"),
+    (["--config", "/nonexistent.yaml"], "config file not found"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS)
+def test_bad_input_exits_2_with_one_line_before_compute(tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "summary.json").write_text("precious")
+    with pytest.raises(SystemExit) as e:
+        train_cli.main(["--out", str(out), *TINY, *args])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+    assert (out / "summary.json").read_text() == "precious"
+
+
+def test_empty_corpus_exits_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as e:
+        train_cli.main(["--out", str(tmp_path / "run"), *TINY, "--data.corpus", str(tmp_path / "empty")])
+    assert e.value.code == 2 and "corpus is empty" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_mesh_errors_on_eight_devices_exit_2_in_a_real_process(tmp_path):
+    cases = [(["--mesh.data", "3"], "needs 3 devices, but 8 are available"),
+             (["--mesh.data", "8", "--train.batch_size", "12"], "not divisible by the data axes"),
+             (["--mesh.data", "1", "--mesh.model", "8", "--model.n_head", "2"], "n_head (2) is not divisible")]
+    for args, message in cases:
+        r = run_cli("experiments.train", "--out", tmp_path / "run", *TINY, *args, devices=8)
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.strip().splitlines() == [r.stderr.strip().splitlines()[-1]] and message in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()

@@ -443,3 +443,26 @@ def _curriculum_sampler(cfg: Config, splits):
         return None
     from scaling import curriculum
     return curriculum.make_sampler(cfg, splits)
+
+
+def load_run(run_dir: str | Path) -> tuple[Config, Any]:
+    """(config, parameters) of the latest restorable checkpoint of a training run directory.
+
+    Parameters come back replicated on the current devices, ready for inference.
+    """
+    from scaling import config as config_lib
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise UsageError(f"not a training run directory (no config.yaml): {run_dir}")
+    cfg = config_lib.from_dict(config_lib.load_yaml(run_dir / "config.yaml"))
+    mesh = sh.make_mesh(sh.mesh_shape(config_lib.MeshConfig(), jax.device_count()))
+    trainer = Trainer(cfg, mesh, steps_for(cfg))
+    ckpt = Checkpointer(run_dir / "checkpoints", cfg.checkpoint)
+    try:
+        restored = ckpt.restore_latest(trainer.abstract_state)
+    finally:
+        ckpt.close()
+    if restored is None:
+        raise UsageError(f"no checkpoint under {run_dir / 'checkpoints'}")
+    return cfg, restored[0].params

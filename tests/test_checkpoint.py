@@ -1,0 +1,148 @@
+"""Checkpoints: exact resume after SIGKILL, corrupt fallback, config changes, resharding, NaN."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import train as train_cli
+from scaling.train import load_run
+from tests.conftest import REPO, TINY, run_cli
+
+CKPT = ["--checkpoint.every_steps", "20", "--checkpoint.keep", "10"]
+
+
+def _metrics(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _params(out):
+    return jax.tree.leaves(jax.device_get(load_run(out)[1]))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    train_cli.main(["--out", str(out), *TINY, *CKPT])
+    return out
+
+
+def test_sigkill_then_rerun_is_bitwise_equal_to_an_unbroken_run(reference, tmp_path):
+    out = tmp_path / "run"
+    kill_after = random.Random(time.time_ns()).randint(21, 75)  # some step after the first checkpoint
+    env = dict(os.environ, XLA_FLAGS="")
+    args = [sys.executable, "-m", "experiments.train", "--out", str(out), *TINY, *CKPT]
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        steps = [x["step"] for x in _metrics(out)] if (out / "metrics.jsonl").exists() else []
+        if steps and steps[-1] >= kill_after and (out / "checkpoints" / "20").exists():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, f"run ended before the kill at step {kill_after}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines, ref_lines = _metrics(out), _metrics(reference)
+    assert [x["step"] for x in lines] == [x["step"] for x in ref_lines]  # each step exactly once
+    assert [x["loss"] for x in lines] == [x["loss"] for x in ref_lines]
+    for a, b in zip(_params(out), _params(reference)):
+        np.testing.assert_array_equal(a, b)
+    assert json.loads((out / "summary.json").read_text())["val_loss"] == \
+        json.loads((reference / "summary.json").read_text())["val_loss"]
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(reference, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    latest = out / "checkpoints" / "80"
+    for f in latest.rglob("*"):
+        if f.is_file() and f.stat().st_size > 0 and "state" in f.parts:
+            f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])  # truncated files
+    summary = train_cli.main(["--out", str(out), *TINY, *CKPT])
+    err = capsys.readouterr().err
+    assert "warning: checkpoint 80" in err and "failed to restore" in err
+    assert summary["status"] == "completed"
+    assert [x["loss"] for x in _metrics(out)] == [x["loss"] for x in _metrics(reference)]
+
+
+def test_all_checkpoints_corrupt_exits_2_unless_restart_is_allowed(reference, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    for d in (out / "checkpoints").iterdir():
+        if d.is_dir():
+            for f in d.rglob("*"):
+                if f.is_file() and "state" in f.parts:
+                    f.write_bytes(b"")
+    with pytest.raises(SystemExit) as e:
+        train_cli.main(["--out", str(out), *TINY, *CKPT])
+    assert e.value.code == 2 and "restart_if_corrupt" in capsys.readouterr().err
+    summary = train_cli.main(["--out", str(out), *TINY, *CKPT, "--resume.restart_if_corrupt", "true"])
+    assert summary["status"] == "completed"
+    assert [x["loss"] for x in _metrics(out)] == [x["loss"] for x in _metrics(reference)]
+
+
+def test_changed_config_is_refused_but_safe_fields_may_change(reference, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    before = (out / "metrics.jsonl").read_text()
+    for args in (["--model.d_model", "64"], ["--optim.lr", "3e-3"]):
+        with pytest.raises(SystemExit) as e:
+            train_cli.main(["--out", str(out), *TINY, *CKPT, *args])
+        assert e.value.code == 2 and "different config" in capsys.readouterr().err
+    assert (out / "metrics.jsonl").read_text() == before
+    summary = train_cli.main(["--out", str(out), *TINY, *CKPT, "--train.eval_every", "20"])
+    assert summary["status"] == "completed"
+    summary = train_cli.main(["--out", str(out), *TINY, *CKPT, "--optim.lr", "3e-3",
+                              "--resume.allow_config_change", "true"])
+    assert summary["status"] == "completed"
+
+
+def test_nan_ends_the_run_as_diverged_with_a_restorable_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    summary = train_cli.main(["--out", str(out), *TINY, *CKPT, "--train.inject_nan_step", "45"])
+    assert summary["status"] == "diverged"
+    assert "diverged at step 46" in capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
+    lines = _metrics(out)
+    assert lines[-1]["step"] == 46 and lines[-1]["loss"] != lines[-1]["loss"]  # NaN logged
+    cfg, params = load_run(out)  # the last good checkpoint (step 40) restores
+    assert all(np.isfinite(np.asarray(p)).all() for p in jax.tree.leaves(params))
+    assert max(int(p.name) for p in (out / "checkpoints").iterdir() if p.name.isdigit()) == 40
+
+
+def test_skip_nonfinite_skips_the_bad_step(tmp_path, capsys):
+    summary = train_cli.main(["--out", str(tmp_path / "run"), *TINY, "--train.inject_nan_step", "45",
+                              "--train.skip_nonfinite", "1"])
+    assert summary["status"] == "completed" and "update skipped" in capsys.readouterr().err
+
+
+def test_restore_under_a_different_mesh(tmp_path):
+    """Save on mesh (data 2, model 4) of 8 devices; resume at step 40 on 1 device and on (data 8)."""
+    tp = ["--model.n_head", "4", "--mesh.data", "2", "--mesh.model", "4"]
+    src = tmp_path / "src"
+    r = run_cli("experiments.train", "--out", src, *TINY, *CKPT, *tp, devices=8)
+    assert r.returncode == 0, r.stderr
+    ref = [x["loss"] for x in _metrics(src)]
+    for name, devices, mesh in (("one", None, ["--mesh.data", "1"]), ("dp8", 8, ["--mesh.data", "8"])):
+        out = tmp_path / name
+        shutil.copytree(src, out)
+        for d in (out / "checkpoints").iterdir():
+            if d.name.isdigit() and int(d.name) > 40:
+                shutil.rmtree(d)
+        r = run_cli("experiments.train", "--out", out, *TINY, *CKPT, "--model.n_head", "4", *mesh, devices=devices)
+        assert r.returncode == 0, r.stderr
+        lines = _metrics(out)
+        assert [x["step"] for x in lines] == [x["step"] for x in _metrics(src)]
+        np.testing.assert_allclose([x["loss"] for x in lines], ref, rtol=1e-4)

@@ -165,7 +165,7 @@ class GPT(nn.Module):
         if cfg.position == "learned":
             wpe = self.param("wpe", _init(cfg.init_std, ("position", "embed")),
                              (cfg.seq_len, cfg.d_model), jnp.float32)
-            x_btd = x_btd + jnp.take(wpe, positions_bt, axis=0)
+            x_btd = x_btd + jax.lax.dynamic_slice_in_dim(wpe, start, t)[None]  # positions start..start+t-1
         x_btd = nn.Dropout(cfg.dropout)(x_btd, deterministic=not train)
         x_btd = constrain_residual(x_btd)
         new_cache: Cache = []

@@ -30,10 +30,16 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+# The fits' linear algebra is on tiny matrices, where BLAS worker threads only contend
+# for the cores (on a busy 2-core machine they made scipy's L-BFGS-B ~100x slower).
+# Effective only when this module is the first to load numpy, as with ``python -m``.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
-from scaling import laws
-from scaling.errors import UsageError, exit_on_usage_error
+import numpy as np  # noqa: E402
+
+from scaling import laws  # noqa: E402
+from scaling.errors import UsageError, exit_on_usage_error  # noqa: E402
 
 APPROACHES = ("1", "2", "3", "all")
 
@@ -164,8 +170,10 @@ def load_runs(
     if C is None:
         C = 6.0 * N * D
     budget = None
-    if budget_col is not None and budget_col in df.columns:
-        budget = _numeric(df, budget_col, path)
+    if budget_col is not None and budget_col in df.columns:  # blank for runs outside IsoFLOP budgets
+        budget = pd.to_numeric(df[budget_col], errors="coerce").to_numpy(dtype=np.float64)
+        if not np.isfinite(budget).any():
+            budget = None
     group = df[group_col].astype(str).to_numpy() if group_col is not None else None
     return Runs(N=N, D=D, L=L, C=C, budget=budget, group=group)
 
@@ -337,7 +345,8 @@ def report(result: dict, *, title: str = "") -> str:
             iv = f"  [{_g(ci[k][0])}, {_g(ci[k][1])}]" if k in ci else ""
             lines.append(f"  {k:>5} = {_g(result[k])}{iv}")
         if ci:
-            lines.append(f"  ({result['ci_level']:.0%} percentile intervals, {result['bootstrap']['n_resamples']} resamples)")
+            n_res = result["bootstrap"]["n_resamples"]
+            lines.append(f"  ({result['ci_level']:.0%} percentile intervals, {n_res} resamples)")
         for p in result.get("predict", []):
             lines.append(
                 f"predict C={p['C']:.4g}: N_opt={p['N_opt']:.4g}  D_opt={p['D_opt']:.4g}  loss={p['loss']:.5g}"
@@ -406,7 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--delta", type=float, default=laws.DEFAULT_DELTA, help="Huber delta of approach 3")
     p.add_argument("--bootstrap", type=int, default=0, metavar="K", help="K bootstrap resamples of the runs (0: none)")
     p.add_argument("--bootstrap-starts", choices=("best", "grid"), default="best",
-                   help="starts of each bootstrap refit: the 32 grid starts that reached the full-data optimum, or the whole grid")
+                   help="starts of each bootstrap refit: 32 of the grid starts that reached the full-data "
+                        "optimum, or the whole grid (about 1 s per resample)")
     p.add_argument("--ci", type=float, default=0.95, help="level of the percentile intervals")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--holdout-top-c", type=int, default=0, metavar="K",

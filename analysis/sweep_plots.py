@@ -1,0 +1,144 @@
+"""Plots of a sweep's runs (matplotlib, Agg figures; no pyplot state):
+
+- ``training_curves.png``: training loss against FLOPs (6ND so far) for every run, log-log,
+  coloured by model size N
+- ``loss_vs_n.png``: final loss against N, one line per token budget D
+- ``isoflop.png`` (IsoFLOP designs, when the fit's own IsoFLOP plot could not be drawn because
+  approach 2 found no parabola minima): loss against N per FLOP budget with the lowest run of
+  each budget marked
+
+The fit's plots (``analysis.plots``: IsoFLOP parabolas and minima, frontier, ...) are written
+beside these by ``scaling.sweep``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def _num(v) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return math.nan
+    return x
+
+
+def read_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(flops, training loss) of metrics.jsonl lines that have a finite loss."""
+    fl, lo = [], []
+    p = Path(run_dir) / "metrics.jsonl"
+    if p.is_file():
+        for line in p.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            loss, f = _num(rec.get("loss")), _num(rec.get("flops"))
+            if math.isfinite(loss) and math.isfinite(f) and f > 0 and loss > 0:
+                fl.append(f)
+                lo.append(loss)
+    return np.array(fl), np.array(lo)
+
+
+def _norm(values: np.ndarray):
+    lo, hi = float(np.log10(values.min())), float(np.log10(values.max()))
+    return matplotlib.colors.Normalize(lo, hi if hi > lo else lo + 1)
+
+
+def training_curves(runs_dir: Path, rows: list[dict]) -> Figure:
+    """Training loss against FLOPs for every run (log-log), coloured by log10 N."""
+    fig = Figure(figsize=(7.5, 5), layout="constrained")
+    ax = fig.add_subplot()
+    ns = np.array([_num(r.get("n_params")) for r in rows], dtype=float)
+    cmap, norm = matplotlib.colormaps["viridis"], _norm(ns[np.isfinite(ns)] if np.isfinite(ns).any() else np.ones(1))
+    for r, n in zip(rows, ns):
+        fl, lo = read_curve(Path(runs_dir) / r["run_id"])
+        if fl.size == 0:
+            continue
+        style = "-" if r.get("status") == "completed" else ":"
+        ax.plot(fl, lo, style, color=cmap(norm(np.log10(n))), lw=1.0, alpha=0.85)
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax).set_label("log10 N (parameters)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training FLOPs so far (6 N D)")
+    ax.set_ylabel("training loss (nats/token)")
+    ax.set_title(f"training curves of {len(rows)} runs (dotted: not completed)")
+    return fig
+
+
+def loss_vs_n(rows: list[dict], loss_col: str = "val_loss") -> Figure:
+    """Final loss against N; runs with the same token count D joined by a line."""
+    fig = Figure(figsize=(7.5, 5), layout="constrained")
+    ax = fig.add_subplot()
+    done = [r for r in rows if r.get("status") == "completed" and math.isfinite(_num(r.get(loss_col)))]
+    ds = np.array(sorted({_num(r["tokens"]) for r in done})) if done else np.ones(1)
+    cmap, norm = matplotlib.colormaps["plasma"], _norm(ds)
+    for d in ds:
+        sel = sorted((r for r in done if _num(r["tokens"]) == d), key=lambda r: _num(r["n_params"]))
+        if not sel:
+            continue
+        n = [_num(r["n_params"]) for r in sel]
+        lo = [_num(r[loss_col]) for r in sel]
+        col = cmap(0.9 * norm(np.log10(d)))
+        ax.plot(n, lo, "o-" if len(sel) > 1 else "o", color=col, ms=4, lw=1,
+                label=f"D={d:.3g}" if ds.size <= 8 else None)
+    if ds.size <= 8 and done:
+        ax.legend(fontsize=8)
+    elif done:
+        fig.colorbar(matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(norm.vmin, norm.vmin + (norm.vmax - norm.vmin) / 0.9), cmap=cmap),
+                     ax=ax).set_label("log10 D (tokens)")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters N")
+    ax.set_ylabel(f"final {loss_col}")
+    ax.set_title("final loss against model size, per token budget D")
+    return fig
+
+
+def isoflop_curves(rows: list[dict], loss_col: str = "val_loss") -> Figure:
+    """Loss against N per IsoFLOP budget; the lowest run of each budget starred."""
+    fig = Figure(figsize=(7.5, 5), layout="constrained")
+    ax = fig.add_subplot()
+    done = [r for r in rows if r.get("status") == "completed" and math.isfinite(_num(r.get(loss_col)))
+            and math.isfinite(_num(r.get("budget")))]
+    budgets = np.array(sorted({_num(r["budget"]) for r in done})) if done else np.ones(1)
+    cmap, norm = matplotlib.colormaps["viridis"], _norm(budgets)
+    for c in budgets:
+        sel = sorted((r for r in done if _num(r["budget"]) == c), key=lambda r: _num(r["n_params"]))
+        if not sel:
+            continue
+        n = np.array([_num(r["n_params"]) for r in sel])
+        lo = np.array([_num(r[loss_col]) for r in sel])
+        col = cmap(0.9 * norm(np.log10(c)))
+        ax.plot(n, lo, "o-", color=col, ms=4, lw=1, label=f"C={c:.2g}")
+        i = int(np.argmin(lo))
+        ax.scatter([n[i]], [lo[i]], marker="*", s=140, color=col, edgecolors="k", zorder=5)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters N")
+    ax.set_ylabel(f"final {loss_col}")
+    ax.set_title("IsoFLOP curves (star: lowest loss of each budget)")
+    if done:
+        ax.legend(fontsize=8)
+    return fig
+
+
+def write_sweep_plots(plots_dir, runs_dir, rows: list[dict], fit: dict, *, loss_col: str = "val_loss",
+                      isoflop: bool = False, dpi: int = 110) -> list[Path]:
+    """Write the sweep's plots into plots_dir (see the module docstring); returns the paths."""
+    out = Path(plots_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    figs = {"training_curves": training_curves(Path(runs_dir), rows), "loss_vs_n": loss_vs_n(rows, loss_col)}
+    if isoflop and "minima" not in (fit.get("approach2") or {}):
+        figs["isoflop"] = isoflop_curves(rows, loss_col)
+    paths = []
+    for name, fig in figs.items():
+        p = out / f"{name}.png"
+        fig.savefig(p, dpi=dpi)
+        paths.append(p)
+    return paths

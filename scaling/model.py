@@ -61,8 +61,36 @@ def rotary(x_bthd: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Arra
     return out.astype(x_bthd.dtype)
 
 
+ATTN_BLOCK = 64  # query block of the training-time causal attention (blocks above the diagonal are skipped)
+
+
+def blocked_causal_attention(q_bthd: jax.Array, k_bthd: jax.Array, v_bthd: jax.Array,
+                             block: int = ATTN_BLOCK) -> jax.Array:
+    """Causal self-attention of a fresh sequence, one query block at a time.
+
+    Query block i only meets keys 0..(i+1)*block - 1, so the score blocks above the diagonal
+    are never computed (about half the work of the full T x T product for long contexts),
+    and each block's scores stay small enough to live in cache. Mathematically identical to
+    :func:`causal_attention` with positions 0..T-1.
+    """
+    b, t, h, hd = q_bthd.shape
+    if t <= block or t % block:
+        return causal_attention(q_bthd, k_bthd, v_bthd, jnp.broadcast_to(jnp.arange(t), (b, t)))
+    q_bhtd = jnp.swapaxes(q_bthd, 1, 2) * jnp.asarray(1.0 / math.sqrt(hd), q_bthd.dtype)
+    k_bhtd, v_bhtd = jnp.swapaxes(k_bthd, 1, 2), jnp.swapaxes(v_bthd, 1, 2)
+    outs = []
+    for i in range(t // block):
+        end = (i + 1) * block
+        scores_bhqs = jnp.einsum("bhqd,bhsd->bhqs", q_bhtd[:, :, i * block:end], k_bhtd[:, :, :end],
+                                 preferred_element_type=jnp.float32)
+        mask_qs = jnp.arange(end)[None, :] <= (i * block + jnp.arange(block))[:, None]
+        probs_bhqs = jax.nn.softmax(jnp.where(mask_qs, scores_bhqs, NEG_INF), axis=-1).astype(v_bthd.dtype)
+        outs.append(jnp.einsum("bhqs,bhsd->bhqd", probs_bhqs, v_bhtd[:, :, :end]))
+    return jnp.swapaxes(jnp.concatenate(outs, axis=2), 1, 2)
+
+
 def causal_attention(q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array,
-                     q_pos_bt: jax.Array, k_valid_s: int | jax.Array | None = None) -> jax.Array:
+                     q_pos_bt: jax.Array) -> jax.Array:
     """Softmax attention where query at absolute position p sees keys at positions <= p.
 
     Keys are at absolute positions 0..S-1 (a fresh sequence or a cache); ``q_pos_bt``
@@ -95,15 +123,17 @@ class Attention(nn.Module):
         if cfg.position == "rotary":
             q_bthd = rotary(q_bthd, positions_bt, cfg.rope_theta)
             k_bthd = rotary(k_bthd, positions_bt, cfg.rope_theta)
+        names = ("act_batch", "act_seq", "act_heads", None)
+        q_bthd, k_bthd, v_bthd = (nn.with_logical_constraint(a, names) for a in (q_bthd, k_bthd, v_bthd))
         new_cache = None
         if cache is not None:
             ck, cv = cache
             k_bshd = jax.lax.dynamic_update_slice(ck, k_bthd.astype(ck.dtype), (0, cache_index, 0, 0))
             v_bshd = jax.lax.dynamic_update_slice(cv, v_bthd.astype(cv.dtype), (0, cache_index, 0, 0))
             new_cache = (k_bshd, v_bshd)
+            y_bthd = causal_attention(q_bthd, k_bshd, v_bshd, positions_bt)
         else:
-            k_bshd, v_bshd = k_bthd, v_bthd
-        y_bthd = causal_attention(q_bthd, k_bshd, v_bshd, positions_bt)
+            y_bthd = blocked_causal_attention(q_bthd, k_bthd, v_bthd)
         w_hkd = self.param("out_kernel", _init(cfg.init_std / math.sqrt(2 * cfg.n_layer),
                                                ("heads", "head_dim", "embed")),
                            (cfg.n_head, cfg.head_dim, cfg.d_model))
@@ -132,6 +162,7 @@ class MLP(nn.Module):
             gate_btf = dense(cfg.ff_dim, ("embed", "mlp"), cfg.init_std, "gate")(x_btd)
             up_btf = dense(cfg.ff_dim, ("embed", "mlp"), cfg.init_std, "fc")(x_btd)
             h_btf = jax.nn.silu(gate_btf) * up_btf
+        h_btf = nn.with_logical_constraint(h_btf, ("act_batch", "act_seq", "act_mlp"))
         y_btd = dense(cfg.d_model, ("mlp", "embed"), cfg.init_std / math.sqrt(2 * cfg.n_layer), "proj")(h_btf)
         return nn.Dropout(cfg.dropout)(y_btd, deterministic=not train)
 

@@ -78,3 +78,11 @@ def test_every_parameter_has_logical_axis_names():
     for spec, shape in zip(jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)),
                            jax.tree.leaves(shapes)):
         assert len(spec) == len(shape.shape) and all(isinstance(n, str) for n in spec), spec
+
+
+def test_blocked_attention_equals_full_causal_attention():
+    from scaling.model import blocked_causal_attention, causal_attention
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 256, 4, 16)) for i in range(3))
+    full = causal_attention(q, k, v, jnp.broadcast_to(jnp.arange(256), (2, 256)))
+    for block in (32, 64, 128, 256):
+        np.testing.assert_allclose(blocked_causal_attention(q, k, v, block), full, atol=2e-6)

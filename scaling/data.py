@@ -11,8 +11,11 @@ Validation holds out whole documents (a fixed, seed-independent choice of about
 ``val_fraction`` of them); a one-document corpus holds out the tail ``val_fraction`` of
 its tokens, as nanoGPT does. Training sequences are the non-overlapping windows of
 ``seq_len + 1`` tokens (stride ``seq_len``) of the training split; each epoch visits them
-in a permutation drawn from (seed, epoch), and the batch of step t is samples
-``t*B .. t*B+B-1`` of that endless stream: no loader state, exact resume.
+in a permutation drawn from (seed, epoch), shifted by an offset in [0, seq_len) drawn from
+(seed, epoch) so that every epoch cuts the text at new places (nanoGPT's random windows,
+without repeats inside an epoch). The batch of step t is samples ``t*B .. t*B+B-1`` of
+that endless stream: no loader state, exact resume. A curriculum sampler instead picks
+window ids itself (unshifted windows, whose difficulty it has scored).
 """
 
 from __future__ import annotations
@@ -203,7 +206,10 @@ class Batches:
 
     def __init__(self, splits: TokenSplits, seq_len: int, batch_size: int, seed: int, sampler=None):
         self.splits, self.seq_len, self.batch_size, self.seed = splits, seq_len, batch_size, seed
-        self.n_windows = (len(splits.train) - 1) // seq_len
+        n = len(splits.train)
+        # Room for a shift of up to seq_len - 1 tokens when the split allows it.
+        self.max_offset = seq_len - 1 if n - 1 >= 2 * seq_len else 0
+        self.n_windows = (n - 1 - self.max_offset) // seq_len
         if self.n_windows < 1:
             raise UsageError(f"the training split ({len(splits.train)} tokens) is shorter than one sequence "
                              f"of model.seq_len + 1 = {seq_len + 1} tokens")
@@ -219,26 +225,29 @@ class Batches:
     def _perm(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
 
-    def window_ids(self, step: int, lo: int = 0, hi: int | None = None) -> np.ndarray:
+    def _offset(self, epoch: int) -> int:
+        return int(np.random.default_rng([self.seed, epoch, 1]).integers(0, self.max_offset + 1))
+
+    def window_starts(self, step: int, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Token offsets in the training split of rows [lo, hi) of step ``step``'s batch."""
         hi = self.batch_size if hi is None else hi
         sample = step * self.batch_size + np.arange(lo, hi, dtype=np.int64)
         if self.sampler is not None:
-            return self.sampler(step, sample)
+            return self.sampler(step, sample) * self.seq_len
         epoch, pos = np.divmod(sample, self.n_windows)
         out = np.empty_like(sample)
         for e in np.unique(epoch):
             m = epoch == e
-            out[m] = self._perm(int(e))[pos[m]]
+            out[m] = self._perm(int(e))[pos[m]] * self.seq_len + self._offset(int(e))
         return out
 
-    def _windows(self, data: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        starts = ids * self.seq_len
+    def _windows(self, data: np.ndarray, starts: np.ndarray) -> np.ndarray:
         idx = starts[:, None] + np.arange(self.seq_len + 1)
         return np.asarray(data[idx], dtype=np.int32)
 
     def train_batch(self, step: int, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Rows [lo, hi) of step ``step``'s batch: int32 (rows, seq_len + 1) windows."""
-        return self._windows(self.splits.train, self.window_ids(step, lo, hi))
+        return self._windows(self.splits.train, self.window_starts(step, lo, hi))
 
     def val_window_ids(self, n_batches: int) -> np.ndarray:
         n = n_batches * self.batch_size
@@ -248,11 +257,11 @@ class Batches:
         hi = self.batch_size if hi is None else hi
         ids = self.val_window_ids(n_batches).reshape(n_batches, self.batch_size)
         for row in ids:
-            yield self._windows(self.splits.val, row[lo:hi])
+            yield self._windows(self.splits.val, row[lo:hi] * self.seq_len)
 
     def val_target_bytes(self, n_batches: int) -> int:
         """UTF-8 bytes the validation targets stand for (for bits per byte)."""
-        w = self._windows(self.splits.val, self.val_window_ids(n_batches))
+        w = self._windows(self.splits.val, self.val_window_ids(n_batches) * self.seq_len)
         return int(self._byte_len[w[:, 1:]].sum())
 
     def epochs(self, tokens: int) -> float:

@@ -62,16 +62,20 @@ def test_batches_are_a_pure_function_of_seed_and_step():
     x = a.train_batch(5)
     assert x.shape == (8, 33) and x.dtype == np.int32
     # windows are consecutive tokens of the training split
-    start = a.window_ids(5)[0] * 32
+    start = a.window_starts(5)[0]
     np.testing.assert_array_equal(x[0], np.asarray(splits.train[start:start + 33]))
 
 
-def test_an_epoch_visits_every_window_once():
+def test_an_epoch_visits_every_window_once_at_one_shift():
     splits = load_tokens(DataConfig(tokenizer="byte"))
     b = Batches(splits, 256, 16, seed=0)
     per_epoch = b.n_windows // 16
-    seen = np.concatenate([b.window_ids(t) for t in range(per_epoch)])
+    seen = np.concatenate([b.window_starts(t) for t in range(per_epoch)])
     assert len(np.unique(seen)) == len(seen) == per_epoch * 16
+    assert len(np.unique(seen % 256)) == 1  # one shift per epoch
+    assert seen.max() + 257 <= len(splits.train)
+    next_epoch = np.concatenate([b.window_starts(t) for t in range(per_epoch + 1, 2 * per_epoch)])
+    assert len(np.unique(next_epoch % 256)) == 1 and (next_epoch % 256)[0] != (seen % 256)[0]
     assert b.epochs(b.n_windows * 256 * 2) == pytest.approx(2.0)
 
 

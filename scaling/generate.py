@@ -1,0 +1,484 @@
+"""Decoding with a KV cache: greedy, temperature, top-k, top-p (nucleus) and beam search.
+
+Layout of one decode. The prompts of a batch are laid into a token buffer ``buf_bT``
+of a fixed length T (the sequence length rounded up to a multiple of 128, capped at the
+model's context for learned positions). The prompts are *prefilled* in one call over the
+buffer: it writes every prompt position into a per-layer cache of T positions and yields
+the logits of position L, the shortest prompt's length (L is traced, so one compilation
+serves all prompt lengths); then a jitted ``lax.while_loop`` writes one position per step:
+it picks the token at ``pos`` (a prompt token while a longer prompt is still being read,
+"forced", otherwise the decoding strategy's choice from the logits) and feeds it through
+the model at ``cache_index=pos`` to get the logits of ``pos + 1``. A row stops at the
+end-of-text token or after ``max_new_tokens`` generated tokens; the loop ends when every
+row has stopped. ``use_cache=False`` is the reference: every step recomputes the whole
+buffer (causal, so the positions after ``pos`` do not matter) and reads position ``pos``.
+Cache entries past ``pos`` (from padding) are never seen: the step at ``pos`` overwrites
+its entry before attending, and the causal mask hides the later ones.
+
+Learned positions cap the context: a prompt plus ``max_new_tokens`` longer than
+``seq_len`` is refused (:class:`~scaling.errors.UsageError`), never slid. Rotary models
+may run past ``seq_len`` (the cache is sized to the request).
+
+Strategies (:class:`Sampling`): greedy (argmax); otherwise logits / temperature, then
+top-k (keep the k largest), then top-p (keep the smallest set of most likely tokens
+whose probability reaches p), then a categorical draw keyed by ``fold_in(seed, pos)``:
+the same seed, prompts and model give the same tokens.
+
+Beam search keeps ``width`` live beams per prompt and a pool of the ``width`` best
+finished hypotheses. Each step takes the 2W best extensions of the live beams; an
+end-of-text extension ranked within the top W (or any extension at the length cap)
+joins the pool with the score ``logp / n ** length_penalty`` (n: generated tokens,
+end-of-text included); the W best others live on. A prompt stops once its pool is full
+and no live beam can still beat its worst entry. The best pool entry is returned with
+its log-probability. With ``width=1`` and ``length_penalty=0`` this is greedy decoding.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from scaling.config import ModelConfig
+from scaling.errors import UsageError
+from scaling.model import GPT, init_cache
+
+NEG = -1e30  # a score no real hypothesis reaches
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How logits become a token. ``greedy`` (or ``temperature == 0``) takes the argmax;
+    ``top_k == 0`` and ``top_p == 1`` switch those filters off."""
+
+    greedy: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise UsageError(f"--temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise UsageError(f"--top-k must be >= 0 (0: off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def is_greedy(self) -> bool:
+        return self.greedy or self.temperature == 0.0
+
+
+GREEDY = Sampling(greedy=True)
+
+
+@dataclass(frozen=True)
+class InferenceModel:
+    """A model ready to decode: its config, parameters and tokenizer (a tiktoken Encoding)."""
+
+    cfg: ModelConfig
+    params: Any
+    encoding: Any
+    source: str = ""
+
+    @property
+    def eot(self) -> int:
+        from scaling.tokenizer import eot_id
+        return eot_id(self.encoding)
+
+    def encode(self, text: str) -> list[int]:
+        return self.encoding.encode_ordinary(text)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        n = self.encoding.n_vocab
+        return self.encoding.decode([int(i) for i in ids if 0 <= int(i) < n and int(i) != self.eot])
+
+
+def load_checkpoint(run_dir: str | Path) -> InferenceModel:
+    """The latest checkpoint of a training run directory, with its tokenizer."""
+    from scaling import tokenizer as tok
+    from scaling.train import load_run
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"checkpoint directory not found: {run_dir}")
+    cfg, params = load_run(run_dir)
+    name = cfg.data.tokenizer
+    if name.startswith("bpe:"):  # the trained ranks are keyed by the corpus content
+        from scaling.data import load_tokens
+        enc = load_tokens(cfg.data).encoding
+    else:
+        enc = tok.get_tokenizer(name)
+    params = jax.device_put(jax.device_get(params))  # one device: decoding is not sharded
+    return InferenceModel(cfg.model, params, enc, source=str(run_dir))
+
+
+# ----------------------------------------------------------------------------- logits -> tokens
+
+def filter_logits(logits_bv: jax.Array, sampling: Sampling) -> jax.Array:
+    """Temperature, then top-k, then top-p: the logits with every excluded token at -inf."""
+    x = logits_bv.astype(jnp.float32) / max(sampling.temperature, 1e-6)
+    b, v = x.shape
+    rows = jnp.arange(b)[:, None]
+    if 0 < sampling.top_k < v:
+        _, idx_bk = jax.lax.top_k(x, sampling.top_k)
+        keep = jnp.zeros((b, v), bool).at[rows, idx_bk].set(True)
+        x = jnp.where(keep, x, -jnp.inf)
+    if sampling.top_p < 1.0:
+        order_bv = jnp.argsort(-x, axis=-1)
+        probs_bv = jax.nn.softmax(jnp.take_along_axis(x, order_bv, axis=-1), axis=-1)
+        before_bv = jnp.cumsum(probs_bv, axis=-1) - probs_bv  # probability of the more likely tokens
+        keep_sorted = before_bv < sampling.top_p  # the most likely token is always kept
+        keep = jnp.zeros((b, v), bool).at[rows, order_bv].set(keep_sorted)
+        x = jnp.where(keep, x, -jnp.inf)
+    return x
+
+
+def choose(logits_bv: jax.Array, sampling: Sampling, key: jax.Array) -> jax.Array:
+    if sampling.is_greedy:
+        return jnp.argmax(logits_bv, axis=-1).astype(jnp.int32)
+    return jax.random.categorical(key, filter_logits(logits_bv, sampling), axis=-1).astype(jnp.int32)
+
+
+# ----------------------------------------------------------------------------- buffers
+
+def buffer_length(cfg: ModelConfig, total: int) -> int:
+    """Length of the token buffer and KV cache for sequences of up to ``total`` tokens."""
+    if cfg.position == "learned" and total > cfg.seq_len:
+        raise UsageError(f"prompt plus new tokens ({total}) exceed the model's context of {cfg.seq_len} tokens "
+                         f"(learned positions); shorten the prompt or lower --max-new-tokens")
+    t = -(-total // 128) * 128
+    return min(t, cfg.seq_len) if total <= cfg.seq_len else t
+
+
+def _layout(cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int):
+    if not prompts:
+        raise UsageError("no prompts given")
+    if max_new_tokens < 1:
+        raise UsageError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    lens = [len(p) for p in prompts]
+    if min(lens) < 1:
+        raise UsageError("every prompt needs at least one token")
+    for p in prompts:
+        if max(p) >= cfg.vocab_size or min(p) < 0:
+            raise UsageError(f"prompt token ids must be in [0, {cfg.vocab_size})")
+    T = buffer_length(cfg, max(lens) + max_new_tokens)
+    buf = np.zeros((len(prompts), T), np.int32)
+    for i, p in enumerate(prompts):
+        buf[i, : len(p)] = p
+    return jnp.asarray(buf), jnp.asarray(lens, jnp.int32), min(lens)
+
+
+def _prefill(cfg: ModelConfig, params, buf_bT: jax.Array, n: jax.Array, use_cache: bool):
+    """Logits of position ``n`` (from the tokens before it) and the cache, in one call over the
+    whole buffer: the cache then holds every prompt position (and, past them, entries that
+    decoding overwrites before any query can see them). ``n`` is traced: one compilation
+    serves every prompt length."""
+    model = GPT(cfg)
+    if not use_cache:
+        logits_bTv, cache = model.apply({"params": params}, buf_bT), None
+    else:
+        cache = init_cache(cfg, buf_bT.shape[0], buf_bT.shape[1])
+        logits_bTv, cache = model.apply({"params": params}, buf_bT, cache=cache, cache_index=0)
+    return jax.lax.dynamic_index_in_dim(logits_bTv, n - 1, 1, keepdims=False), cache
+
+
+def _next_logits(cfg: ModelConfig, params, cache, buf_bT: jax.Array, pos: jax.Array):
+    """Logits of position ``pos + 1`` once ``buf_bT[:, pos]`` holds the token at ``pos``."""
+    model = GPT(cfg)
+    if cache is None:
+        return jax.lax.dynamic_index_in_dim(model.apply({"params": params}, buf_bT), pos, 1, keepdims=False), None
+    tok_b1 = jax.lax.dynamic_slice_in_dim(buf_bT, pos, 1, axis=1)
+    logits_b1v, cache = model.apply({"params": params}, tok_b1, cache=cache, cache_index=pos)
+    return logits_b1v[:, 0], cache
+
+
+# ----------------------------------------------------------------------------- sampling / greedy
+
+@dataclass(frozen=True)
+class Generation:
+    """tokens: (B, T) prompt then generated ids; lengths: tokens used per row (the
+    end-of-text token, when emitted, is included); n_new: generated tokens per row;
+    logits: (B, T, V) the logits each position was chosen from (``return_logits``)."""
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    prompt_lengths: np.ndarray
+    logits: np.ndarray | None = None
+
+    @property
+    def n_new(self) -> np.ndarray:
+        return self.lengths - self.prompt_lengths
+
+    def new_tokens(self, i: int) -> list[int]:
+        return self.tokens[i, self.prompt_lengths[i]: self.lengths[i]].tolist()
+
+    def sequence(self, i: int) -> list[int]:
+        return self.tokens[i, : self.lengths[i]].tolist()
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "use_cache"))
+def _prefill_jit(cfg, params, buf_bT, n, use_cache):
+    return _prefill(cfg, params, buf_bT, n, use_cache)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "sampling", "return_logits"))
+def _decode_loop(cfg: ModelConfig, params, buf_bT, plen_b, start, logits_bv, cache, max_new, eot, key, *,
+                 sampling: Sampling, return_logits: bool):
+    b, T = buf_bT.shape
+    all_logits = jnp.zeros((b, T, logits_bv.shape[-1]), jnp.float32) if return_logits else None
+
+    def cond(c):
+        pos, done = c[0], c[3]
+        return (pos < T) & ~jnp.all(done)
+
+    def body(c):
+        pos, buf, logits, done, length, cache, rec = c
+        forced = pos < plen_b
+        picked = choose(logits, sampling, jax.random.fold_in(key, pos))
+        tok = jnp.where(forced, buf[:, pos], jnp.where(done, jnp.maximum(eot, 0), picked))
+        if rec is not None:
+            rec = jax.lax.dynamic_update_index_in_dim(rec, logits, pos, 1)
+        buf = jax.lax.dynamic_update_index_in_dim(buf, tok, pos, 1)
+        generated = ~forced & ~done
+        length = jnp.where(generated, pos + 1, length)
+        done = done | (generated & ((tok == eot) | (pos + 1 - plen_b >= max_new)))
+        logits, cache = _next_logits(cfg, params, cache, buf, pos)
+        return pos + 1, buf, logits, done, length, cache, rec
+
+    done = jnp.zeros((b,), bool)
+    c = (start, buf_bT, logits_bv, done, plen_b, cache, all_logits)
+    _, buf, _, _, length, _, rec = jax.lax.while_loop(cond, body, c)
+    return buf, length, rec
+
+
+def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+             sampling: Sampling = GREEDY, seed: int = 0, eot: int | None = None, use_cache: bool = True,
+             return_logits: bool = False) -> Generation:
+    """Continue each prompt (a list of token ids) by up to ``max_new_tokens`` tokens, stopping a
+    row at ``eot`` (None: never). Batched over prompts; prompts may differ in length."""
+    buf, plen, n = _layout(cfg, prompts, max_new_tokens)
+    logits, cache = _prefill_jit(cfg, params, buf, jnp.int32(n), use_cache)
+    out, length, rec = _decode_loop(cfg, params, buf, plen, jnp.int32(n), logits, cache,
+                                    jnp.int32(max_new_tokens), jnp.int32(-1 if eot is None else eot),
+                                    jax.random.key(seed), sampling=sampling, return_logits=return_logits)
+    out, length, plen = jax.device_get((out, length, plen))
+    return Generation(np.asarray(out), np.asarray(length), np.asarray(plen),
+                      None if rec is None else np.asarray(jax.device_get(rec)))
+
+
+# ----------------------------------------------------------------------------- beam search
+
+@dataclass(frozen=True)
+class BeamResult:
+    """The best finished hypothesis per prompt: tokens (prompt then generated), lengths,
+    its log-probability (sum over generated tokens, end-of-text included) and its score
+    ``logprob / n_new ** length_penalty``."""
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    prompt_lengths: np.ndarray
+    logprob: np.ndarray
+    score: np.ndarray
+
+    @property
+    def n_new(self) -> np.ndarray:
+        return self.lengths - self.prompt_lengths
+
+    def new_tokens(self, i: int) -> list[int]:
+        return self.tokens[i, self.prompt_lengths[i]: self.lengths[i]].tolist()
+
+    def sequence(self, i: int) -> list[int]:
+        return self.tokens[i, : self.lengths[i]].tolist()
+
+
+def _lp(n, alpha):
+    return jnp.maximum(n, 1).astype(jnp.float32) ** alpha
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "width"))
+def _beam_loop(cfg: ModelConfig, params, buf_bT, plen_b, start, logits_bv, cache, max_new, eot, alpha, *,
+               width: int):
+    b, T = buf_bT.shape
+    W = width
+    V = logits_bv.shape[-1]
+    rep = lambda x: jnp.repeat(x, W, axis=0)  # noqa: E731  (B, ...) -> (B*W, ...)
+    cache = None if cache is None else jax.tree.map(rep, cache)
+    logits = rep(logits_bv)
+    alive_buf = jnp.repeat(buf_bT[:, None], W, axis=1)  # (B, W, T)
+    alive_score = jnp.where(jnp.arange(W)[None] == 0, 0.0, NEG) * jnp.ones((b, 1))
+    fin_buf = alive_buf
+    fin_norm = jnp.full((b, W), NEG)
+    fin_raw = jnp.full((b, W), NEG)
+    fin_len = jnp.zeros((b, W), jnp.int32)
+    done = jnp.zeros((b,), bool)
+    best_lp = _lp(max_new, alpha)
+
+    def cond(c):
+        return (c[0] < T) & ~jnp.all(c[-1])
+
+    def body(c):
+        pos, alive_buf, alive_score, logits, cache, fin_buf, fin_norm, fin_raw, fin_len, done = c
+        forced = pos < plen_b  # (B,)
+        gen = pos + 1 - plen_b  # generated tokens once this one is written
+        active = ~done
+        logp = jax.nn.log_softmax(logits, axis=-1).reshape(b, W, V)
+        ftok = alive_buf[:, 0, pos]
+        only_f = jnp.where(jnp.arange(V)[None, None] == ftok[:, None, None], 0.0, NEG)
+        logp = jnp.where(forced[:, None, None], only_f, logp)
+        cand = (alive_score[:, :, None] + logp).reshape(b, W * V)
+        top_s, top_i = jax.lax.top_k(cand, 2 * W)
+        parent, tok = top_i // V, (top_i % V).astype(jnp.int32)
+        seqs = jnp.take_along_axis(alive_buf, parent[:, :, None], axis=1)
+        seqs = jax.lax.dynamic_update_index_in_dim(seqs, tok, pos, 2)
+        real = (top_s > NEG / 2) & active[:, None] & ~forced[:, None]
+        is_eot = tok == eot
+        cap = (gen >= max_new)[:, None]
+        to_pool = real & ((is_eot & (jnp.arange(2 * W)[None] < W)) | cap)
+        cand_raw = jnp.where(to_pool, top_s, NEG)
+        cand_norm = jnp.where(to_pool, top_s / _lp(gen, alpha)[:, None], NEG)
+        pool_norm = jnp.concatenate([fin_norm, cand_norm], axis=1)
+        _, keep = jax.lax.top_k(pool_norm, W)
+        take = lambda x: jnp.take_along_axis(x, keep if x.ndim == 2 else keep[:, :, None], axis=1)  # noqa: E731
+        fin_norm = take(pool_norm)
+        fin_raw = take(jnp.concatenate([fin_raw, cand_raw], axis=1))
+        fin_len = take(jnp.concatenate([fin_len, jnp.broadcast_to(gen[:, None], (b, 2 * W))], axis=1))
+        fin_buf = take(jnp.concatenate([fin_buf, seqs], axis=1))
+        live = (top_s > NEG / 2) & active[:, None] & (forced[:, None] | (~is_eot & ~cap))
+        a_score, a_i = jax.lax.top_k(jnp.where(live, top_s, NEG), W)
+        alive_buf = jnp.take_along_axis(seqs, a_i[:, :, None], axis=1)
+        rows = (jnp.arange(b)[:, None] * W + jnp.take_along_axis(parent, a_i, axis=1)).reshape(-1)
+        if cache is not None:
+            cache = jax.tree.map(lambda x: x[rows], cache)
+        logits, cache = _next_logits(cfg, params, cache, alive_buf.reshape(b * W, T), pos)
+        best_alive = a_score.max(axis=1)
+        bound = jnp.where(alpha > 0, best_alive / best_lp, best_alive)
+        pool_full = jnp.all(fin_raw > NEG / 2, axis=1)
+        settled = (best_alive <= NEG / 2) | (pool_full & (bound <= fin_norm.min(axis=1)))
+        done = done | (~forced & (settled | (gen >= max_new)))
+        return pos + 1, alive_buf, a_score, logits, cache, fin_buf, fin_norm, fin_raw, fin_len, done
+
+    c = (start, alive_buf, alive_score, logits, cache, fin_buf, fin_norm, fin_raw, fin_len, done)
+    c = jax.lax.while_loop(cond, body, c)
+    fin_buf, fin_norm, fin_raw, fin_len = c[5:9]
+    best = jnp.argmax(fin_norm, axis=1)
+    pick = lambda x: jnp.take_along_axis(x, best[:, None] if x.ndim == 2 else best[:, None, None], axis=1)[:, 0]  # noqa
+    return pick(fin_buf), plen_b + pick(fin_len), pick(fin_raw), pick(fin_norm)
+
+
+def beam_search(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
+                width: int, length_penalty: float = 1.0, eot: int | None = None,
+                use_cache: bool = True) -> BeamResult:
+    """Beam search of ``width`` beams per prompt (see the module docstring)."""
+    if width < 1:
+        raise UsageError(f"--beam must be >= 1, got {width}")
+    if length_penalty < 0:
+        raise UsageError(f"--length-penalty must be >= 0, got {length_penalty}")
+    buf, plen, n = _layout(cfg, prompts, max_new_tokens)
+    logits, cache = _prefill_jit(cfg, params, buf, jnp.int32(n), use_cache)
+    out = _beam_loop(cfg, params, buf, plen, jnp.int32(n), logits, cache, jnp.int32(max_new_tokens),
+                     jnp.int32(-1 if eot is None else eot), jnp.float32(length_penalty), width=width)
+    tokens, lengths, raw, norm = (np.asarray(x) for x in jax.device_get(out))
+    return BeamResult(tokens, lengths, np.asarray(plen), raw, norm)
+
+
+# ----------------------------------------------------------------------------- scoring
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _logp_jit(cfg: ModelConfig, params, ids_bT: jax.Array) -> jax.Array:
+    return jax.nn.log_softmax(GPT(cfg).apply({"params": params}, ids_bT), axis=-1)
+
+
+def sequence_logprob(cfg: ModelConfig, params, prompt: Sequence[int], continuation: Sequence[int]) -> float:
+    """log p(continuation | prompt) by one uncached forward pass (a reference for tests and beams)."""
+    ids = list(prompt) + list(continuation)
+    buf = np.zeros((1, buffer_length(cfg, len(ids))), np.int32)
+    buf[0, : len(ids)] = ids
+    logp = np.asarray(_logp_jit(cfg, params, jnp.asarray(buf)))[0]
+    targets = np.asarray(ids[1:])
+    picked = logp[np.arange(len(targets)), targets]
+    return float(picked[len(prompt) - 1:].sum())
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Mean next-token loss (nats) over every token of a text, its perplexity, and bits per
+    byte (total nats / ln 2 / UTF-8 bytes the scored tokens stand for)."""
+
+    loss: float
+    perplexity: float
+    bits_per_byte: float
+    tokens: int
+    bytes: int
+    windows: int
+    context: int
+    stride: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def window_plan(n_seq: int, context: int, stride: int) -> list[tuple[int, int]]:
+    """Sliding windows over a sequence of ``n_seq`` tokens (targets are positions 1..n_seq-1):
+    ``(start, first)`` pairs; a window feeds tokens ``start .. start+context-1`` and scores its
+    targets from offset ``first`` on, so every target is scored exactly once, each (after the
+    first window) with at least ``context - stride + 1`` tokens of context. Windows hold
+    ``context`` inputs, except a single shorter one when the whole sequence fits."""
+    if not 1 <= stride <= context:
+        raise UsageError(f"--stride must be in [1, context={context}], got {stride}")
+    n_targets = n_seq - 1
+    if n_targets <= context:
+        return [(0, 0)]
+    starts = list(range(0, n_targets - context, stride)) + [n_targets - context]
+    plan, last = [], 0  # last: the highest target index scored so far
+    for a in starts:
+        plan.append((a, max(last, a) - a))
+        last = a + context
+    return plan
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _window_nll(cfg: ModelConfig, params, windows_bn: jax.Array) -> jax.Array:
+    logits_btv = GPT(cfg).apply({"params": params}, windows_bn[:, :-1])
+    logp_btv = jax.nn.log_softmax(logits_btv, axis=-1)
+    return -jnp.take_along_axis(logp_btv, windows_bn[:, 1:, None], axis=-1)[..., 0]
+
+
+def evaluate_tokens(cfg: ModelConfig, params, ids: Sequence[int], *, bos: int, byte_lengths: np.ndarray,
+                    stride: int | None = None, batch_size: int = 8) -> Evaluation:
+    """Loss, perplexity and bits per byte of ``ids`` (``bos`` is prepended, so the first token
+    is scored too) over sliding windows of the model's context ``cfg.seq_len``."""
+    ids = np.asarray(ids, np.int64)
+    if ids.size == 0:
+        raise UsageError("the text holds no tokens")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    C = cfg.seq_len
+    stride = max(C // 2, 1) if stride is None else stride
+    seq = np.concatenate([[bos], ids]).astype(np.int32)
+    plan = window_plan(len(seq), C, stride)
+    n = min(C, len(seq) - 1)
+    windows = np.stack([seq[a: a + n + 1] for a, _ in plan])
+    mask = np.stack([np.arange(n) >= first for _, first in plan]).astype(np.float64)
+    total = 0.0
+    for i in range(0, len(plan), batch_size):
+        w, m = windows[i: i + batch_size], mask[i: i + batch_size]
+        pad = batch_size - len(w)
+        if pad and len(plan) > batch_size:  # one shape for every batch
+            w, m = np.concatenate([w, np.repeat(w[:1], pad, 0)]), np.concatenate([m, np.zeros((pad, n))])
+        nll = np.asarray(jax.device_get(_window_nll(cfg, params, jnp.asarray(w))), np.float64)
+        total += float((nll * m).sum())
+    n_scored = int(mask.sum())
+    assert n_scored == len(ids), (n_scored, len(ids))
+    n_bytes = int(np.asarray(byte_lengths)[ids].sum())
+    loss = total / n_scored
+    return Evaluation(loss=loss, perplexity=float(np.exp(loss)), bits_per_byte=total / (np.log(2) * max(n_bytes, 1)),
+                      tokens=n_scored, bytes=n_bytes, windows=len(plan), context=C, stride=stride)

@@ -46,3 +46,12 @@ TINY = ["--model.n_layer", "2", "--model.n_head", "2", "--model.d_model", "32", 
         "--train.eval_batches", "2", "--train.log_every", "5", "--train.progress", "false",
         "--optim.warmup_steps", "10"]
 """A tiny 80-step run on tiny-shakespeare (the default corpus)."""
+
+
+def tiny_run_dir() -> Path:
+    """A tiny trained run (TINY), trained once per test session under the session's cache dir."""
+    from experiments import train as train_cli
+    out = Path(os.environ["SCALING_CACHE_DIR"]) / "tiny-run"
+    if not (out / "summary.json").is_file():
+        train_cli.main(["--out", str(out), *TINY])
+    return out

@@ -4,8 +4,6 @@ search against greedy and against an independent scoring, end-of-text, the CLI."
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import flax.linen as nn
 import jax
@@ -17,7 +15,7 @@ from scaling import generate as gen
 from scaling.config import ModelConfig
 from scaling.errors import UsageError
 from scaling.model import GPT
-from tests.conftest import TINY
+from tests.conftest import tiny_run_dir
 
 # One batch shape everywhere, so the compiled loops are shared between tests.
 PROMPT_SETS = [[[1, 2, 3], [4, 5, 6, 7, 8, 9], [10]],
@@ -34,15 +32,6 @@ def random_model(**kw):
 LEARNED = random_model()
 # Rotary may run past seq_len: every case below does (prompt + new > 16), buffers of 128.
 ROTARY = random_model(position="rotary", mlp="swiglu", norm="rmsnorm", bias=False, tie_embeddings=False, seq_len=16)
-
-
-def tiny_run_dir() -> Path:
-    """A tiny trained run (tests.conftest.TINY), trained once per test session (cache dir)."""
-    from experiments import train as train_cli
-    out = Path(os.environ["SCALING_CACHE_DIR"]) / "tiny-run-for-generation"
-    if not (out / "summary.json").is_file():
-        train_cli.main(["--out", str(out), *TINY])
-    return out
 
 
 @pytest.mark.parametrize("kind, new_tokens", [("learned", (1, 9, 30)), ("rotary", (11, 20, 40))])

@@ -2,7 +2,8 @@
 
 - ``training_curves.png``: training loss against FLOPs (6ND so far) for every run, log-log,
   coloured by model size N
-- ``loss_vs_n.png``: final loss against N, one line per token budget D
+- ``loss_vs_n.png``: final loss against N, one line per token count D (and against D, one
+  line per N)
 - ``isoflop.png`` (IsoFLOP designs, when the fit's own IsoFLOP plot could not be drawn because
   approach 2 found no parabola minima): loss against N per FLOP budget with the lowest run of
   each budget marked
@@ -74,30 +75,36 @@ def training_curves(runs_dir: Path, rows: list[dict]) -> Figure:
 
 
 def loss_vs_n(rows: list[dict], loss_col: str = "val_loss") -> Figure:
-    """Final loss against N; runs with the same token count D joined by a line."""
-    fig = Figure(figsize=(7.5, 5), layout="constrained")
-    ax = fig.add_subplot()
+    """Left: final loss against N, runs with the same token count D joined (one line per D; in
+    an IsoFLOP design every D is its own point, coloured by D). Right: final loss against D,
+    one line per model size N."""
+    fig = Figure(figsize=(12, 5), layout="constrained")
+    ax, ax2 = fig.subplots(1, 2, sharey=True)
     done = [r for r in rows if r.get("status") == "completed" and math.isfinite(_num(r.get(loss_col)))]
     ds = np.array(sorted({_num(r["tokens"]) for r in done})) if done else np.ones(1)
-    cmap, norm = matplotlib.colormaps["plasma"], _norm(ds)
-    for d in ds:
-        sel = sorted((r for r in done if _num(r["tokens"]) == d), key=lambda r: _num(r["n_params"]))
-        if not sel:
-            continue
-        n = [_num(r["n_params"]) for r in sel]
-        lo = [_num(r[loss_col]) for r in sel]
-        col = cmap(0.9 * norm(np.log10(d)))
-        ax.plot(n, lo, "o-" if len(sel) > 1 else "o", color=col, ms=4, lw=1,
-                label=f"D={d:.3g}" if ds.size <= 8 else None)
-    if ds.size <= 8 and done:
-        ax.legend(fontsize=8)
-    elif done:
-        fig.colorbar(matplotlib.cm.ScalarMappable(norm=matplotlib.colors.Normalize(norm.vmin, norm.vmin + (norm.vmax - norm.vmin) / 0.9), cmap=cmap),
-                     ax=ax).set_label("log10 D (tokens)")
-    ax.set_xscale("log")
+    ns = np.array(sorted({_num(r["n_params"]) for r in done})) if done else np.ones(1)
+    for (axis, key, other, values, cmap_name, name) in (
+            (ax, "tokens", "n_params", ds, "plasma", "D"), (ax2, "n_params", "tokens", ns, "viridis", "N")):
+        cmap, norm = matplotlib.colormaps[cmap_name], _norm(values)
+        for v in values:
+            sel = sorted((r for r in done if _num(r[key]) == v), key=lambda r: _num(r[other]))
+            if not sel:
+                continue
+            col = cmap(0.9 * norm(np.log10(v)))
+            axis.plot([_num(r[other]) for r in sel], [_num(r[loss_col]) for r in sel], "o-" if len(sel) > 1 else "o",
+                      color=col, ms=4, lw=1, label=f"{name}={v:.3g}" if values.size <= 8 else None)
+        if done and values.size <= 8:
+            axis.legend(fontsize=8)
+        elif done:
+            sm = matplotlib.cm.ScalarMappable(
+                norm=matplotlib.colors.Normalize(norm.vmin, norm.vmin + (norm.vmax - norm.vmin) / 0.9), cmap=cmap)
+            fig.colorbar(sm, ax=axis).set_label(f"log10 {name}")
+        axis.set_xscale("log")
     ax.set_xlabel("parameters N")
     ax.set_ylabel(f"final {loss_col}")
-    ax.set_title("final loss against model size, per token budget D")
+    ax.set_title("final loss against N, per token count D")
+    ax2.set_xlabel("training tokens D")
+    ax2.set_title("final loss against D, per model size N")
     return fig
 
 

@@ -1,0 +1,118 @@
+"""Plan and run a sweep of training runs over model size N and tokens D:
+
+    python -m experiments.sweep [--config FILE] [--out DIR] [--dry-run] [--shard I/N]
+        [--retry-diverged] [--section.field VALUE ...]
+
+With no arguments it runs experiments/configs/default.yaml (an IsoFLOP design on the
+Gutenberg corpus, byte tokens) into runs/sweep-default. The spec format, the sizing rule for
+target parameter counts and the directory layout are documented in scaling/sweep.py.
+Overrides --section.field VALUE apply to the base train config of every run.
+
+Writes DIR/results.csv (one row per finished run, rebuilt from runs/*/summary.json),
+DIR/runs/<run_id>/ (experiments.train's outputs) and, when every planned run has finished,
+DIR/fit.json (every fit approach the data supports) and DIR/plots/*.png.
+
+Rerunning the same command resumes: completed runs are kept, a partial run resumes from its
+checkpoint, a diverged run is kept as diverged unless --retry-diverged (then it resumes from
+its last good checkpoint; e.g. with --train.skip_nonfinite K). --shard I/N runs only the
+plan's runs I, I+N, I+2N, ... so that N workers (a Slurm array: --shard
+$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT, or hosts on a shared filesystem) split one
+sweep; the worker that finishes last writes the fit and the plots.
+
+JAX's persistent compilation cache ($SCALING_CACHE_DIR/jax-compile; SCALING_COMPILE_CACHE=off
+turns it off) keeps runs that compile the same program from compiling again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from scaling import config as config_lib
+from scaling.errors import exit_on_usage_error
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+DEFAULT_CONFIG = CONFIGS / "default.yaml"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None,
+                   help=f"sweep spec (YAML); default {DEFAULT_CONFIG.relative_to(CONFIGS.parent.parent)}")
+    p.add_argument("--out", default=None, help="sweep directory (default: runs/sweep-<spec name>, relative to cwd)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the planned runs with wall-time estimates from a short calibration on this "
+                        "machine, and train nothing")
+    p.add_argument("--no-calibration", action="store_true", help="with --dry-run: skip the timing calibration")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run only the plan's runs I, I+N, I+2N, ... (0 <= I < N)")
+    p.add_argument("--retry-diverged", action="store_true",
+                   help="retry diverged runs (from their last good checkpoint) instead of keeping them")
+    config_lib.add_config_arguments(p)
+    return p
+
+
+@exit_on_usage_error
+def main(argv: list[str] | None = None):
+    args = parser().parse_args(argv)
+    from scaling import sweep
+
+    spec = sweep.load_spec(args.config or DEFAULT_CONFIG)
+    shard = sweep.parse_shard(args.shard)
+    overrides = config_lib.overrides_from_args(args)
+    out = Path(args.out) if args.out else Path("runs") / f"sweep-{spec.name}"
+    base = config_lib.from_dict(config_lib.merge(spec.base, overrides))  # fail fast on bad overrides
+
+    from scaling import compile_cache
+    from scaling.train import setup_distributed  # jax is imported only after the spec is valid
+
+    compile_cache.enable()
+    setup_distributed(base)
+    plan = sweep.make_plan(spec, overrides)
+    sweep.check_outputs(plan, out)
+    runs = plan.shard(*shard)
+    import jax
+
+    is_main = jax.process_index() == 0
+    if is_main:
+        print("# base config of every run (the plan sets model.n_layer, d_model, n_head, train.tokens, "
+              "train.seed)\n" + plan.base.to_yaml(), file=sys.stderr)
+    if args.dry_run:
+        estimates = None
+        calib = None
+        if not args.no_calibration:
+            calib = sweep.calibrate(runs)
+            estimates = {r.run_id: calib.estimate(r) for r in runs}
+        if is_main:
+            print(sweep.format_plan(plan, runs, estimates, shard))
+            if calib is not None:
+                print(calib.describe())
+        return plan
+    if is_main:
+        print(sweep.format_plan(plan, runs, None, shard), flush=True)
+        print(f"sweep directory: {out}", flush=True)
+    result = sweep.execute(plan, out, shard=shard, retry_diverged=args.retry_diverged)
+    if is_main:
+        _report(result, out)
+    return result
+
+
+def _report(result, out: Path) -> None:
+    print(f"trained {len(result.trained)} run(s), kept {len(result.skipped)} finished run(s)"
+          + (f", {len(result.busy)} busy in other processes" if result.busy else ""))
+    statuses: dict[str, int] = {}
+    for r in result.rows:
+        statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
+    print(f"results: {out / 'results.csv'} ({len(result.rows)} rows: "
+          + ", ".join(f"{v} {k}" for k, v in sorted(statuses.items())) + ")")
+    if result.pending:
+        print(f"{len(result.pending)} planned run(s) not finished yet (other shards?); the fit and plots are "
+              f"written when the last one finishes")
+    elif result.fit is not None:
+        print(f"fit: {out / 'fit.json'}; plots: {out / 'plots'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -4,12 +4,14 @@ evaluation, checkpoints, data, fit and plots, the rest), measured in one process
     python benchmarks/sweep_overhead.py [--config experiments/configs/smoke.yaml] [--warm-cache]
 
 Runs the sweep in this process into a temporary directory (with a fresh, empty JAX
-compilation cache unless --warm-cache, as on a fresh clone), then, for every run, times
-in isolation: a training step on a ready device batch (x the run's steps = the training
-steps' share), one evaluation (x the run's evaluations), one checkpoint save (x its saves)
-and the host-side batch assembly (x its steps). Compilation is the runs' own ``compile_s``
-(summary.json; the train step only, evaluation and init compile inside the rest); the fit
-and plots are timed by redoing them. Prints each part as a share of the sweep's wall time.
+compilation cache unless --warm-cache, as on a fresh clone), one run at a time (``execute``
+with a one-run shard, so results.csv, the log and, after the last run, the fit and plots are
+all part of it), and right after each run times in isolation, under the same machine load: a
+training step on a ready device batch (x the run's steps = the training steps' share), one
+evaluation (x the run's evaluations), one checkpoint save (x its saves) and the host-side
+batch assembly (x its steps). Compilation is the runs' own ``compile_s`` (summary.json; the
+train step only: evaluation and init compile fall in "other"). Prints each part as a share
+of the sweep's wall time; "other" is the remainder (it absorbs timing noise too).
 """
 
 from __future__ import annotations
@@ -48,10 +50,10 @@ def isolated_costs(run_cfg, steps: int, run_dir: Path) -> dict:
     batch = sh.make_global_batch(run.mesh, run.batches.train_batch(0, lo, hi), run.cfg.train.batch_size)
     state, m = trainer.train_step(state, batch)
     jax.block_until_ready(m)
-    n = min(steps, 30)
-    t0 = time.perf_counter()
-    for _ in range(n):
+    n, t0 = 0, time.perf_counter()
+    while n < min(steps, 1000) and (n < 20 or time.perf_counter() - t0 < 2.0):
         state, m = trainer.train_step(state, batch)
+        n += 1
     jax.block_until_ready(m)
     step_s = (time.perf_counter() - t0) / n
     run.evaluate(trainer, state.params)  # compiles the evaluation
@@ -87,18 +89,14 @@ def main(argv=None) -> dict:
     compile_cache.enable()
     plan = sweep.make_plan(sweep.load_spec(args.config), {"train": {"progress": "false"}})
     out = tmp / "sweep"
-    t0 = time.perf_counter()
-    sweep.execute(plan, out, progress=False, echo=lambda *a: None)
-    wall = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    sweep.finalize(plan, out, echo=lambda *a: None, force=True)
-    fit_s = time.perf_counter() - t0
-
     parts = {"train steps": 0.0, "compile (train step)": 0.0, "evaluation": 0.0, "checkpoints": 0.0,
              "data (batch assembly)": 0.0}
     per_run = []
+    wall = 0.0
     for r in plan.runs:
+        t0 = time.perf_counter()
+        sweep.execute(plan, out, shard=(r.index, len(plan.runs)), progress=False, echo=lambda *a: None)
+        wall += time.perf_counter() - t0
         summary = json.loads((out / "runs" / r.run_id / "summary.json").read_text())
         c = isolated_costs(r.cfg, r.steps, tmp / "scratch" / r.run_id)
         every, ev = r.cfg.checkpoint.every_steps, r.cfg.train.eval_every
@@ -110,7 +108,9 @@ def main(argv=None) -> dict:
         parts["checkpoints"] += n_ckpt * c["ckpt_s"]
         parts["data (batch assembly)"] += r.steps * c["data_s"]
         per_run.append((r.run_id, summary["wall_s"], r.steps * c["step_s"], summary["compile_s"]))
-    parts["fit and plots"] = fit_s
+    t0 = time.perf_counter()
+    sweep.finalize(plan, out, echo=lambda *a: None, force=True)
+    parts["fit and plots"] = time.perf_counter() - t0  # (already inside the last run's wall time)
     parts["other (run set-up, init/eval compile, logging, results)"] = wall - sum(parts.values())
 
     print(f"sweep {plan.spec.name}: {len(plan.runs)} runs, wall {wall:.1f}s "

@@ -232,6 +232,8 @@ class Run:
             (self.out / "config.yaml").write_text(self.cfg.to_yaml())
 
     def _restore_or_init(self, trainer: Trainer) -> TrainState:
+        """The latest restorable state (and its recent losses), or a fresh one."""
+        self._recent: collections.deque[float] = collections.deque(maxlen=10)
         try:
             restored = self.ckpt.restore_latest(trainer.abstract_state)
         except CorruptCheckpoints:
@@ -239,7 +241,10 @@ class Run:
                 raise
             print(f"warning: starting {self.out} from scratch (no restorable checkpoint)", file=sys.stderr)
             restored = None
-        return trainer.init_state() if restored is None else restored[0]
+        if restored is None:
+            return trainer.init_state()
+        self._recent.extend(restored[1].get("recent_losses", []))
+        return restored[0]
 
     def run(self) -> dict:
         cfg, t0 = self.cfg, time.time()
@@ -261,7 +266,6 @@ class Run:
                    unit="step", dynamic_ncols=True, desc=self.out.name, file=sys.stderr, leave=False,
                    mininterval=1.0)
         self._bad, status, val, pending = 0, "completed", None, None
-        self._recent: collections.deque[float] = collections.deque(maxlen=10)
         lo, hi = self.rows
         step = start
         while step < self.steps:
@@ -286,7 +290,8 @@ class Run:
                 logger.flush()
                 if ckpt_due:
                     self.ckpt.save(step, state, {"config_hash": cfg.identity_hash(),
-                                                 "val_loss": None if val is None else val[0]})
+                                                 "val_loss": None if val is None else val[0],
+                                                 "recent_losses": list(self._recent)})
         logger.flush()
         self.ckpt.wait()
         bar.close()
@@ -333,7 +338,7 @@ class Run:
         tokens = self.steps * cfg.train.batch_size * cfg.model.seq_len
         param_bytes = sh.bytes_per_device(state.params)
         state_bytes = sh.bytes_per_device((state.params, state.opt_state))
-        tail = list(self._recent) or (_tail_losses(self.out / "metrics.jsonl", 1) if self.is_main else [])
+        tail = list(self._recent)
         return {
             "n_params": counts["n_params"], "n_params_nonembed": counts["n_params_nonembed"],
             "tokens": tokens, "steps": self.steps, "steps_done": int(jax.device_get(state.step)),
@@ -410,14 +415,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(ln + "\n" for ln in keep))
     tmp.replace(path)
-
-
-def _tail_losses(path: Path, n: int) -> list[float]:
-    """The last ``n`` finite training losses logged in metrics.jsonl."""
-    if not path.exists():
-        return []
-    losses = [json.loads(ln).get("loss") for ln in path.read_text().splitlines() if ln.strip()]
-    return [x for x in losses if x is not None and math.isfinite(x)][-n:]
 
 
 def _line_step(line: str) -> int:

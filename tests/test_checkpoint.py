@@ -59,8 +59,19 @@ def test_sigkill_then_rerun_is_bitwise_equal_to_an_unbroken_run(reference, tmp_p
     assert [x["loss"] for x in lines] == [x["loss"] for x in ref_lines]
     for a, b in zip(_params(out), _params(reference)):
         np.testing.assert_array_equal(a, b)
-    assert json.loads((out / "summary.json").read_text())["val_loss"] == \
-        json.loads((reference / "summary.json").read_text())["val_loss"]
+    summary, ref_summary = (json.loads((d / "summary.json").read_text()) for d in (out, reference))
+    for key in ("val_loss", "val_bpb", "final_train_loss", "tokens", "flops_6nd"):
+        assert summary[key] == ref_summary[key], key
+
+
+def test_rerunning_a_finished_run_reports_the_same_summary(reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    (out / "summary.json").unlink()
+    summary = train_cli.main(["--out", str(out), *TINY, *CKPT])
+    ref_summary = json.loads((reference / "summary.json").read_text())
+    for key in ("val_loss", "final_train_loss", "status", "steps_done"):
+        assert summary[key] == ref_summary[key], key
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(reference, tmp_path, capsys):

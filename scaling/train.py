@@ -232,8 +232,9 @@ class Run:
             (self.out / "config.yaml").write_text(self.cfg.to_yaml())
 
     def _restore_or_init(self, trainer: Trainer) -> TrainState:
-        """The latest restorable state (and its recent losses), or a fresh one."""
+        """The latest restorable state (and its recent losses and earlier wall time), or a fresh one."""
         self._recent: collections.deque[float] = collections.deque(maxlen=10)
+        self._prior_wall_s = 0.0
         try:
             restored = self.ckpt.restore_latest(trainer.abstract_state)
         except CorruptCheckpoints:
@@ -244,6 +245,7 @@ class Run:
         if restored is None:
             return trainer.init_state()
         self._recent.extend(restored[1].get("recent_losses", []))
+        self._prior_wall_s = float(restored[1].get("wall_s", 0.0))
         return restored[0]
 
     def run(self) -> dict:
@@ -291,13 +293,15 @@ class Run:
                 if ckpt_due:
                     self.ckpt.save(step, state, {"config_hash": cfg.identity_hash(),
                                                  "val_loss": None if val is None else val[0],
-                                                 "recent_losses": list(self._recent)})
+                                                 "recent_losses": list(self._recent),
+                                                 "wall_s": self._prior_wall_s + time.time() - t0})
         logger.flush()
         self.ckpt.wait()
         bar.close()
         if val is None and status == "completed":
             val = self.evaluate(trainer, state.params)
-        summary = self._summary(state, status, val, fpt, xla_step, compile_s, time.time() - t0, logger)
+        wall_s = self._prior_wall_s + time.time() - t0  # earlier processes' time up to their last checkpoint
+        summary = self._summary(state, status, val, fpt, xla_step, compile_s, wall_s, logger)
         if self.is_main:
             _atomic_json(self.out / "summary.json", summary)
         self.ckpt.close()

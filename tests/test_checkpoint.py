@@ -72,6 +72,14 @@ def test_rerunning_a_finished_run_reports_the_same_summary(reference, tmp_path):
     ref_summary = json.loads((reference / "summary.json").read_text())
     for key in ("val_loss", "final_train_loss", "status", "steps_done"):
         assert summary[key] == ref_summary[key], key
+    # wall time counts the first process's time up to its last checkpoint plus the rerun's
+    from scaling.checkpoint import Checkpointer
+    from scaling.config import CheckpointConfig
+    ckpt = Checkpointer(out / "checkpoints", CheckpointConfig())
+    before = ckpt.read_meta(80)["wall_s"]
+    ckpt.close()
+    assert 0 < before <= ref_summary["wall_s"] < summary["wall_s"]
+    assert summary["wall_s"] > before + 0.1
 
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(reference, tmp_path, capsys):

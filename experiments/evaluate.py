@@ -20,17 +20,14 @@ from pathlib import Path
 
 import yaml
 
+from experiments.model_source import add_model_source, load_model
 from scaling.errors import UsageError, exit_on_usage_error
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="DIR",
-                     help="a training run directory (python -m experiments.train --out DIR)")
-    src.add_argument("--hf-gpt2", metavar="DIR",
-                     help="a Hugging Face GPT-2 directory (config.json + model.safetensors)")
+    add_model_source(p)
     p.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text file to score")
     p.add_argument("--stride", type=int, default=None, metavar="S",
                    help="tokens between window starts, in [1, context] (default: half the context)")
@@ -52,11 +49,7 @@ def main(argv: list[str] | None = None) -> dict:
     from scaling import generate as gen  # jax is imported only once the arguments are valid
     from scaling.tokenizer import token_byte_lengths
 
-    if args.checkpoint:
-        model = gen.load_checkpoint(args.checkpoint)
-    else:
-        from scaling.hf import load_gpt2
-        model = load_gpt2(args.hf_gpt2)
+    model = load_model(args)
     if args.stride is not None and not 1 <= args.stride <= model.cfg.seq_len:
         raise UsageError(f"--stride must be in [1, {model.cfg.seq_len}] (the model's context), got {args.stride}")
     print(yaml.safe_dump({"source": model.source, "model": dataclasses.asdict(model.cfg), "text": str(path),

@@ -25,17 +25,14 @@ import time
 
 import yaml
 
+from experiments.model_source import add_model_source, load_model
 from scaling.errors import UsageError, exit_on_usage_error
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m experiments.generate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="DIR",
-                     help="a training run directory (python -m experiments.train --out DIR)")
-    src.add_argument("--hf-gpt2", metavar="DIR",
-                     help="a Hugging Face GPT-2 directory (config.json + model.safetensors)")
+    add_model_source(p)
     p.add_argument("--prompt", action="append", required=True, metavar="TEXT",
                    help="prompt text; repeat for a batch of prompts (an empty prompt starts from end-of-text)")
     p.add_argument("--max-new-tokens", type=int, default=64, metavar="K",
@@ -84,11 +81,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     sampling = _strategy(args)
     from scaling import generate as gen  # jax is imported only once the arguments are valid
 
-    if args.checkpoint:
-        model = gen.load_checkpoint(args.checkpoint)
-    else:
-        from scaling.hf import load_gpt2
-        model = load_gpt2(args.hf_gpt2)
+    model = load_model(args)
     if args.top_k is not None and args.top_k > model.cfg.vocab_size:
         raise UsageError(f"--top-k {args.top_k} exceeds the vocabulary ({model.cfg.vocab_size})")
     prompts = [model.encode(text) or [model.eot] for text in args.prompt]

@@ -202,15 +202,13 @@ def _next_logits(cfg: ModelConfig, params, cache, buf_bT: jax.Array, pos: jax.Ar
 # ----------------------------------------------------------------------------- sampling / greedy
 
 @dataclass(frozen=True)
-class Generation:
+class Sequences:
     """tokens: (B, T) prompt then generated ids; lengths: tokens used per row (the
-    end-of-text token, when emitted, is included); n_new: generated tokens per row;
-    logits: (B, T, V) the logits each position was chosen from (``return_logits``)."""
+    end-of-text token, when emitted, is included); n_new: generated tokens per row."""
 
     tokens: np.ndarray
     lengths: np.ndarray
     prompt_lengths: np.ndarray
-    logits: np.ndarray | None = None
 
     @property
     def n_new(self) -> np.ndarray:
@@ -221,6 +219,14 @@ class Generation:
 
     def sequence(self, i: int) -> list[int]:
         return self.tokens[i, : self.lengths[i]].tolist()
+
+
+@dataclass(frozen=True)
+class Generation(Sequences):
+    """Sampled or greedy sequences; logits: (B, T, V) the logits each position was chosen
+    from (``return_logits``)."""
+
+    logits: np.ndarray | None = None
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "use_cache"))
@@ -276,26 +282,13 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_new
 # ----------------------------------------------------------------------------- beam search
 
 @dataclass(frozen=True)
-class BeamResult:
+class BeamResult(Sequences):
     """The best finished hypothesis per prompt: tokens (prompt then generated), lengths,
     its log-probability (sum over generated tokens, end-of-text included) and its score
     ``logprob / n_new ** length_penalty``."""
 
-    tokens: np.ndarray
-    lengths: np.ndarray
-    prompt_lengths: np.ndarray
     logprob: np.ndarray
     score: np.ndarray
-
-    @property
-    def n_new(self) -> np.ndarray:
-        return self.lengths - self.prompt_lengths
-
-    def new_tokens(self, i: int) -> list[int]:
-        return self.tokens[i, self.prompt_lengths[i]: self.lengths[i]].tolist()
-
-    def sequence(self, i: int) -> list[int]:
-        return self.tokens[i, : self.lengths[i]].tolist()
 
 
 def _lp(n, alpha):

@@ -1,0 +1,22 @@
+"""The model-source options shared by generate and evaluate: a training run or GPT-2 weights."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_source(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", metavar="DIR",
+                     help="a training run directory (python -m experiments.train --out DIR)")
+    src.add_argument("--hf-gpt2", metavar="DIR",
+                     help="a Hugging Face GPT-2 directory (config.json + model.safetensors)")
+
+
+def load_model(args: argparse.Namespace):
+    """The model named by --checkpoint or --hf-gpt2 (imports jax only now)."""
+    if args.checkpoint:
+        from scaling.generate import load_checkpoint
+        return load_checkpoint(args.checkpoint)
+    from scaling.hf import load_gpt2
+    return load_gpt2(args.hf_gpt2)

@@ -186,6 +186,11 @@ def make_all(out_dir, runs, result: dict, *, curves=None, dpi: int = 110) -> lis
     a1 = result.get("approach1")
     if curves is not None and a1 and "envelope" in a1:
         figs["envelope"] = envelope(curves, result)
+    return save_figures(figs, out, dpi)
+
+
+def save_figures(figs: dict, out: Path, dpi: int) -> list[Path]:
+    """Write each figure as ``out/<name>.png``; returns the paths."""
     paths = []
     for name, fig in figs.items():
         p = out / f"{name}.png"

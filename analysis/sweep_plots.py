@@ -22,6 +22,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from analysis.plots import save_figures
+
 
 def _num(v) -> float:
     try:
@@ -143,9 +145,4 @@ def write_sweep_plots(plots_dir, runs_dir, rows: list[dict], fit: dict, *, loss_
     figs = {"training_curves": training_curves(Path(runs_dir), rows), "loss_vs_n": loss_vs_n(rows, loss_col)}
     if isoflop and "minima" not in (fit.get("approach2") or {}):
         figs["isoflop"] = isoflop_curves(rows, loss_col)
-    paths = []
-    for name, fig in figs.items():
-        p = out / f"{name}.png"
-        fig.savefig(p, dpi=dpi)
-        paths.append(p)
-    return paths
+    return save_figures(figs, out, dpi)

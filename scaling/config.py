@@ -58,6 +58,8 @@ class ModelConfig:
     mlp: str = _f("gelu", "MLP type: gelu (tanh approximation, GPT-2) | swiglu")
     dropout: float = _f(0.0, "dropout rate on attention probabilities and residual branches")
     dtype: str = _f("float32", "compute dtype: float32 | bfloat16 (parameters stay float32)")
+    attention: str = _f("auto", "training attention: auto (blocked on CPU, dot_product elsewhere) | blocked "
+                               "(cache-sized blocks, hand-written backward) | dot_product (jax.nn.dot_product_attention)")
     init_std: float = _f(0.02, "std of the normal init; residual projections get init_std/sqrt(2*n_layer)")
 
     def __post_init__(self) -> None:
@@ -70,6 +72,8 @@ class ModelConfig:
         _check(self.norm in ("layernorm", "rmsnorm"), f"model.norm must be layernorm or rmsnorm, got {self.norm!r}")
         _check(self.mlp in ("gelu", "swiglu"), f"model.mlp must be gelu or swiglu, got {self.mlp!r}")
         _check(self.dtype in ("float32", "bfloat16"), f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
+        _check(self.attention in ("auto", "blocked", "dot_product"),
+               f"model.attention must be auto, blocked or dot_product, got {self.attention!r}")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
         _check(self.position == "learned" or (self.d_model // self.n_head) % 2 == 0,
                "rotary positions need an even head size (d_model / n_head)")
@@ -237,7 +241,7 @@ class Config:
 # Sections whose change makes an existing checkpoint a different run; within them, fields
 # that are safe to change on resume.
 RESUME_IDENTITY_SECTIONS = ("model", "data", "optim", "train")
-RESUME_SAFE_FIELDS = ("train.eval_every", "train.eval_batches", "train.log_every", "train.progress",
+RESUME_SAFE_FIELDS = ("model.attention", "train.eval_every", "train.eval_batches", "train.log_every", "train.progress",
                       "train.skip_nonfinite", "train.inject_nan_step")
 
 

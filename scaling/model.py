@@ -21,10 +21,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from scaling import attention as attn_lib
+from scaling.attention import NEG_INF
 from scaling.config import ModelConfig
+from scaling.sharding import logical_axis_size
 
 Cache = list[tuple[jax.Array, jax.Array]]  # per layer: (k_bThd, v_bThd), T = max length
-NEG_INF = -1e9
 
 
 def _init(std: float, names: tuple[str | None, ...]):
@@ -50,60 +52,25 @@ def _norm(cfg: ModelConfig, name: str) -> nn.Module:
     return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=jnp.float32, scale_init=_ones(("norm",)), name=name)
 
 
-def rotary(x_bthd: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
-    """Rotate channel pairs (i, i + hd/2) by position * theta^(-2i/hd) (GPT-NeoX layout)."""
-    hd = x_bthd.shape[-1]
+def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+    """Rotate channel pairs (i, i + hd/2) by position * theta^(-2i/hd) (GPT-NeoX layout).
+
+    ``positions`` broadcasts against ``x.shape[:-1]`` (e.g. ``positions_bt[:, :, None]`` for
+    ``x_bthd``, ``positions_bt[:, None, :]`` for ``x_bhtd``).
+    """
+    hd = x.shape[-1]
     inv_freq = theta ** (-jnp.arange(0, hd // 2, dtype=jnp.float32) * 2.0 / hd)
-    ang_bth = positions_bt[..., None].astype(jnp.float32) * inv_freq  # (b, t, hd/2)
-    cos, sin = jnp.cos(ang_bth)[:, :, None, :], jnp.sin(ang_bth)[:, :, None, :]
-    x1, x2 = jnp.split(x_bthd.astype(jnp.float32), 2, axis=-1)
+    ang = positions[..., None].astype(jnp.float32) * inv_freq
+    cos, sin = jnp.cos(ang), jnp.sin(ang)
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x_bthd.dtype)
+    return out.astype(x.dtype)
 
 
-ATTN_BLOCK = 64  # query block of the training-time causal attention (blocks above the diagonal are skipped)
-
-
-def blocked_causal_attention(q_bthd: jax.Array, k_bthd: jax.Array, v_bthd: jax.Array,
-                             block: int = ATTN_BLOCK) -> jax.Array:
-    """Causal self-attention of a fresh sequence, one query block at a time.
-
-    Query block i only meets keys 0..(i+1)*block - 1, so the score blocks above the diagonal
-    are never computed (about half the work of the full T x T product for long contexts),
-    and each block's scores stay small enough to live in cache. Mathematically identical to
-    :func:`causal_attention` with positions 0..T-1.
-    """
-    b, t, h, hd = q_bthd.shape
-    if t <= block or t % block:
-        return causal_attention(q_bthd, k_bthd, v_bthd, jnp.broadcast_to(jnp.arange(t), (b, t)))
-    q_bhtd = jnp.swapaxes(q_bthd, 1, 2) * jnp.asarray(1.0 / math.sqrt(hd), q_bthd.dtype)
-    k_bhtd, v_bhtd = jnp.swapaxes(k_bthd, 1, 2), jnp.swapaxes(v_bthd, 1, 2)
-    outs = []
-    for i in range(t // block):
-        end = (i + 1) * block
-        scores_bhqs = jnp.einsum("bhqd,bhsd->bhqs", q_bhtd[:, :, i * block:end], k_bhtd[:, :, :end],
-                                 preferred_element_type=jnp.float32)
-        mask_qs = jnp.arange(end)[None, :] <= (i * block + jnp.arange(block))[:, None]
-        probs_bhqs = jax.nn.softmax(jnp.where(mask_qs, scores_bhqs, NEG_INF), axis=-1).astype(v_bthd.dtype)
-        outs.append(jnp.einsum("bhqs,bhsd->bhqd", probs_bhqs, v_bhtd[:, :, :end]))
-    return jnp.swapaxes(jnp.concatenate(outs, axis=2), 1, 2)
-
-
-def causal_attention(q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array,
-                     q_pos_bt: jax.Array) -> jax.Array:
-    """Softmax attention where query at absolute position p sees keys at positions <= p.
-
-    Keys are at absolute positions 0..S-1 (a fresh sequence or a cache); ``q_pos_bt``
-    are the queries' absolute positions.
-    """
-    hd = q_bthd.shape[-1]
-    s = k_bshd.shape[1]
-    scores_bhts = jnp.einsum("bthd,bshd->bhts", q_bthd, k_bshd,
-                             preferred_element_type=jnp.float32) / math.sqrt(hd)
-    mask_bts = jnp.arange(s)[None, None, :] <= q_pos_bt[:, :, None]
-    scores_bhts = jnp.where(mask_bts[:, None], scores_bhts, NEG_INF)
-    probs_bhts = jax.nn.softmax(scores_bhts, axis=-1).astype(v_bshd.dtype)
-    return jnp.einsum("bhts,bshd->bthd", probs_bhts, v_bshd)
+def _training_attention(cfg: ModelConfig) -> str:
+    if cfg.attention != "auto":
+        return cfg.attention
+    return "blocked" if jax.default_backend() == "cpu" else "dot_product"
 
 
 class Attention(nn.Module):
@@ -114,30 +81,36 @@ class Attention(nn.Module):
         cfg = self.cfg
         dt = jnp.dtype(cfg.dtype)
         w_d3hk = self.param("qkv_kernel", _init(cfg.init_std, ("embed", "qkv", "heads", "head_dim")),
-                            (cfg.d_model, 3, cfg.n_head, cfg.head_dim))
-        qkv_bt3hk = jnp.einsum("btd,dshk->btshk", x_btd.astype(dt), w_d3hk.astype(dt))
-        if cfg.bias:
-            qkv_bt3hk = qkv_bt3hk + self.param("qkv_bias", _zeros(("qkv", "heads", "head_dim")),
-                                               (3, cfg.n_head, cfg.head_dim)).astype(dt)
-        q_bthd, k_bthd, v_bthd = (qkv_bt3hk[:, :, i] for i in range(3))
+                            (cfg.d_model, 3, cfg.n_head, cfg.head_dim)).astype(dt)
+        b_3hk = (self.param("qkv_bias", _zeros(("qkv", "heads", "head_dim")), (3, cfg.n_head, cfg.head_dim)).astype(dt)
+                 if cfg.bias else None)
+        # One dot for q, k and v; training (no cache) then works heads-major (b, h, t, d), as the
+        # attention's batched dots want; the cache is stored (b, t, h, d).
+        fresh = cache is None
+        layout, pos = ("bhtk", positions_bt[:, None, :]) if fresh else ("bthk", positions_bt[:, :, None])
+        qkv_bt3hk = jnp.einsum("btd,dshk->btshk", x_btd.astype(dt), w_d3hk)
+        if b_3hk is not None:
+            qkv_bt3hk = qkv_bt3hk + b_3hk
+        q, k, v = (jnp.swapaxes(qkv_bt3hk[:, :, i], 1, 2) if fresh else qkv_bt3hk[:, :, i] for i in range(3))
         if cfg.position == "rotary":
-            q_bthd = rotary(q_bthd, positions_bt, cfg.rope_theta)
-            k_bthd = rotary(k_bthd, positions_bt, cfg.rope_theta)
-        names = ("act_batch", "act_seq", "act_heads", None)
-        q_bthd, k_bthd, v_bthd = (nn.with_logical_constraint(a, names) for a in (q_bthd, k_bthd, v_bthd))
+            q, k = rotary(q, pos, cfg.rope_theta), rotary(k, pos, cfg.rope_theta)
+        names = ("act_batch", "act_heads", "act_seq", None) if fresh else ("act_batch", "act_seq", "act_heads", None)
+        q, k, v = (nn.with_logical_constraint(a, names) for a in (q, k, v))
         new_cache = None
-        if cache is not None:
-            ck, cv = cache
-            k_bshd = jax.lax.dynamic_update_slice(ck, k_bthd.astype(ck.dtype), (0, cache_index, 0, 0))
-            v_bshd = jax.lax.dynamic_update_slice(cv, v_bthd.astype(cv.dtype), (0, cache_index, 0, 0))
-            new_cache = (k_bshd, v_bshd)
-            y_bthd = causal_attention(q_bthd, k_bshd, v_bshd, positions_bt)
+        if fresh and _training_attention(cfg) == "blocked":
+            y = attn_lib.blocked_causal_attention(q, k, v, chunk=logical_axis_size("act_batch"))
+        elif fresh:
+            y = attn_lib.dot_product_attention(q, k, v)
         else:
-            y_bthd = blocked_causal_attention(q_bthd, k_bthd, v_bthd)
+            ck, cv = cache
+            k_bshd = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
+            v_bshd = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
+            new_cache = (k_bshd, v_bshd)
+            y = attn_lib.causal_attention(q, k_bshd, v_bshd, positions_bt)
         w_hkd = self.param("out_kernel", _init(cfg.init_std / math.sqrt(2 * cfg.n_layer),
                                                ("heads", "head_dim", "embed")),
                            (cfg.n_head, cfg.head_dim, cfg.d_model))
-        y_btd = jnp.einsum("bthk,hkd->btd", y_bthd.astype(dt), w_hkd.astype(dt))
+        y_btd = jnp.einsum(f"{layout},hkd->btd", y.astype(dt), w_hkd.astype(dt))
         if cfg.bias:
             y_btd = y_btd + self.param("out_bias", _zeros(("embed",)), (cfg.d_model,)).astype(dt)
         y_btd = nn.Dropout(cfg.dropout)(y_btd, deterministic=not train)

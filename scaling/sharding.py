@@ -87,6 +87,16 @@ def logical_to_sharding(logical_specs: Any, mesh: jax.sharding.Mesh) -> Any:
     return nn.logical_to_mesh_sharding(logical_specs, mesh, LOGICAL_AXIS_RULES)
 
 
+def logical_axis_size(name: str) -> int:
+    """How many shards the logical axis ``name`` has under the current mesh (1 without one)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return 1
+    axes = dict(LOGICAL_AXIS_RULES).get(name)
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    return math.prod(mesh.shape[a] for a in axes if a in mesh.shape)
+
+
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
     return NamedSharding(mesh, P(BATCH_AXES))
 

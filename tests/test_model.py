@@ -81,8 +81,18 @@ def test_every_parameter_has_logical_axis_names():
 
 
 def test_blocked_attention_equals_full_causal_attention():
-    from scaling.model import blocked_causal_attention, causal_attention
-    q, k, v = (jax.random.normal(jax.random.key(i), (2, 256, 4, 16)) for i in range(3))
-    full = causal_attention(q, k, v, jnp.broadcast_to(jnp.arange(256), (2, 256)))
-    for block in (32, 64, 128, 256):
-        np.testing.assert_allclose(blocked_causal_attention(q, k, v, block), full, atol=2e-6)
+    from scaling.attention import blocked_causal_attention, causal_attention
+    q, k, v, g = (jax.random.normal(jax.random.key(i), (4, 256, 2, 16)) for i in range(4))
+    full = lambda q, k, v: causal_attention(q, k, v, jnp.broadcast_to(jnp.arange(256), (4, 256)))  # noqa: E731
+    heads_major = lambda a: jnp.swapaxes(a, 1, 2)  # noqa: E731  (b, t, h, d) <-> (b, h, t, d)
+
+    def blocked(block, chunk):
+        return lambda q, k, v: heads_major(blocked_causal_attention(*map(heads_major, (q, k, v)), block, chunk))
+
+    want = full(q, k, v)
+    grad = lambda f: jax.grad(lambda q, k, v: jnp.sum(f(q, k, v) * g), argnums=(0, 1, 2))(q, k, v)  # noqa: E731
+    want_grads = grad(full)
+    for block, chunk in ((32, 1), (64, 2), (100, 4), (128, 3), (256, 1)):
+        np.testing.assert_allclose(blocked(block, chunk)(q, k, v), want, atol=2e-6)
+        for got, ref in zip(grad(blocked(block, chunk)), want_grads):
+            np.testing.assert_allclose(got, ref, atol=2e-5)

@@ -6,10 +6,20 @@ length at the time. The RNG of a step is ``fold_in(key(seed), step)`` and the da
 position is the step, so the state is all a resumed run needs to continue bit for bit.
 Restores go through ``StandardRestore`` with the *current* run's shardings, so a run
 saved on one mesh resumes on another (orbax reshards).
+
+Saves are asynchronous by default (``checkpoint.async_save``): ``save`` returns once the
+arrays are copied to host memory and orbax writes them in a background thread into a
+temporary directory that it renames into place when complete, so a kill mid-save leaves the
+previous checkpoints intact (and the temporary directory is cleaned up on the next start).
+Old checkpoints are pruned by orbax's preservation policy (the last ``keep``, plus the best
+by validation loss with ``keep_best``) only after the newer checkpoint has been committed.
+``wait``/``close`` block until the last save is on disk; a run calls them before it reports
+completion.
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from pathlib import Path
@@ -26,9 +36,14 @@ class Checkpointer:
     def __init__(self, directory: Path, cfg: CheckpointConfig):
         self.cfg = cfg
         self.directory = Path(directory).absolute()
+        policies = [ocp.checkpoint_managers.LatestN(n=cfg.keep)]
+        if cfg.keep_best:
+            policies.append(ocp.checkpoint_managers.BestN(
+                get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1, keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=None, create=True, enable_async_checkpointing=cfg.async_save,
-            cleanup_tmp_directories=True)
+            create=True, enable_async_checkpointing=cfg.async_save, cleanup_tmp_directories=True,
+            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+            best_fn=(lambda m: m["val_loss"]) if cfg.keep_best else None, best_mode="min")
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
         self._last_save_time = time.monotonic()
 
@@ -49,25 +64,17 @@ class Checkpointer:
         return bool(self.cfg.every_seconds) and time.monotonic() - self._last_save_time >= self.cfg.every_seconds
 
     def save(self, step: int, state: Any, meta: dict) -> None:
+        """Start saving ``state`` at ``step`` (returns once it is copied to host memory when
+        saving asynchronously; an earlier save still in flight is finished first)."""
         if step in self.manager.all_steps():
             return
+        metrics = None
+        if self.cfg.keep_best:  # an unevaluated checkpoint never counts as the best
+            metrics = {"val_loss": math.inf if meta.get("val_loss") is None else float(meta["val_loss"])}
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        meta=ocp.args.JsonSave(meta)), force=True)
+                                                        meta=ocp.args.JsonSave(meta)),
+                          metrics=metrics, force=True)
         self._last_save_time = time.monotonic()
-        self._prune()
-
-    def _prune(self) -> None:
-        self.manager.wait_until_finished()
-        steps = self.steps()
-        keep = set(steps[-self.cfg.keep:])
-        if self.cfg.keep_best:
-            scored = [(m["val_loss"], s) for s in steps
-                      if (m := self.read_meta(s)) and m.get("val_loss") is not None]
-            if scored:
-                keep.add(min(scored)[1])
-        for s in steps:
-            if s not in keep:
-                self.manager.delete(s)
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict, int] | None:
         """The newest checkpoint that restores, as (state, meta, step); a warning line for

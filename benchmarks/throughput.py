@@ -55,7 +55,8 @@ def matmul_runner(dtype, n: int):
     return run, 2.0 * n ** 3
 
 
-def step_rate(model: ModelConfig, batch: int, windows: int, steps: int, peak_run, peak_work) -> dict:
+def step_runner(model: ModelConfig, batch: int) -> tuple:
+    """(run(reps), compiled step, compile seconds) for full train steps of ``model``."""
     cfg = dataclasses.replace(Config(), model=model, optim=OptimConfig(warmup_steps=10),
                               train=TrainConfig(batch_size=batch, tokens=10 ** 9))
     mesh = make_mesh(mesh_shape(cfg.mesh, jax.device_count()))
@@ -63,20 +64,24 @@ def step_rate(model: ModelConfig, batch: int, windows: int, steps: int, peak_run
     t0 = time.perf_counter()
     compiled = trainer.compile_step()
     compile_s = time.perf_counter() - t0
-    state = trainer.init_state()
     rng = np.random.default_rng(0)
     batches = [jax.device_put(rng.integers(0, model.vocab_size, (batch, model.seq_len + 1), dtype=np.int32),
                               trainer.batch_sharding) for _ in range(4)]
-    holder = {"state": state}
+    holder = {"state": trainer.init_state()}
 
     def run(reps):
         s = holder["state"]
         m = None
         for i in range(reps):
-            s, m = compiled(s, batches[i % 4])
+            s, m = trainer.train_step(s, batches[i % 4])
         jax.block_until_ready(m)
         holder["state"] = s
     run(2)  # warm up
+    return run, compiled, compile_s
+
+
+def step_rate(model: ModelConfig, batch: int, windows: int, steps: int, peak_run, peak_work) -> dict:
+    run, compiled, compile_s = step_runner(model, batch)
     tokens = batch * model.seq_len
     fpt = flops_lib.flops_per_token_chinchilla(model)
     peak_reps = max(1, int(tokens * steps * fpt / peak_work))  # the same work as a window of steps

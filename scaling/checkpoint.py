@@ -56,9 +56,14 @@ class Checkpointer:
         except Exception:
             return None
 
-    def due(self, step: int, final: bool) -> bool:
+    def due(self, step: int, final: bool, steps_left: int | None = None) -> bool:
+        """Whether to save after ``step``: always at the end; every ``every_steps`` steps (and
+        ``every_seconds``) except within the last quarter of an interval before the end, when
+        the final save is as good and only moments away."""
         if final:
             return True
+        if steps_left is not None and steps_left < self.cfg.every_steps // 4:
+            return False
         if self.cfg.every_steps and step % self.cfg.every_steps == 0:
             return True
         return bool(self.cfg.every_seconds) and time.monotonic() - self._last_save_time >= self.cfg.every_seconds

@@ -197,7 +197,8 @@ class CheckpointConfig:
     every_seconds: float = _f(0.0, "also save when this many seconds passed since the last save (0: off)")
     keep: int = _f(2, "keep the last this many checkpoints")
     keep_best: bool = _f(False, "also keep the checkpoint with the best validation loss")
-    async_save: bool = _f(True, "save in a background thread, overlapping training (a run waits for its last save before it reports completion)")
+    async_save: bool = _f(True, "save in a background thread, overlapping training (a run waits for its last "
+                                "save before it reports completion)")
 
     def __post_init__(self) -> None:
         _check(self.every_steps >= 0 and self.every_seconds >= 0, "checkpoint.every_* must be >= 0")

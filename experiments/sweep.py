@@ -84,7 +84,10 @@ def main(argv: list[str] | None = None):
         calib = None
         if not args.no_calibration:
             calib = sweep.calibrate(runs)
-            estimates = {r.run_id: calib.estimate(r) for r in runs}
+            estimates, seen = {}, set()  # a shape compiles once per process
+            for r in runs:
+                estimates[r.run_id] = calib.estimate(r, compiles=sweep.shape_key(r) not in seen)
+                seen.add(sweep.shape_key(r))
         if is_main:
             print(sweep.format_plan(plan, runs, estimates, shard))
             if calib is not None:

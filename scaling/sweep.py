@@ -768,6 +768,13 @@ def format_plan(plan: Plan, runs: tuple[PlannedRun, ...] | None = None, estimate
 # ----------------------------------------------------------------------------- calibration
 
 
+def shape_key(r: PlannedRun) -> tuple:
+    """Runs with equal keys share compiled functions when one process trains them (the mesh
+    aside, ``train.Trainer.program_key``)."""
+    c = r.cfg
+    return (c.model, c.optim, c.train.batch_size, c.train.microbatches, c.mesh)
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Timings of a few real steps of some planned shapes, and a per-run wall-time model."""
@@ -788,14 +795,15 @@ class Calibration:
             t = min(max(t, 0.0), 1.0)  # compile and checkpoint times: no extrapolation
         return math.exp(ya + t * (yb - ya))
 
-    def estimate(self, r: PlannedRun) -> float:
-        """Seconds: compile + steps + evaluations + checkpoints + a fixed overhead."""
+    def estimate(self, r: PlannedRun, compiles: bool = True) -> float:
+        """Seconds: compile + steps + evaluations + checkpoints + a fixed overhead. ``compiles``
+        False: an earlier run of the same shape in the process compiled the step already."""
         c = r.cfg
         f = r.flops_per_step
         n_eval = r.steps // c.train.eval_every + (1 if r.steps % c.train.eval_every else 0)
         every = c.checkpoint.every_steps
         n_ckpt = (r.steps // every + (1 if r.steps % every else 0)) if every else 1
-        return (self._interp(f, "compile_s") + r.steps * self._interp(f, "step_s")
+        return (compiles * self._interp(f, "compile_s") + r.steps * self._interp(f, "step_s")
                 + n_eval * c.train.eval_batches * self._interp(f, "eval_s")
                 + n_ckpt * self._interp(f, "ckpt_s") + self.fixed_s)
 
@@ -1024,9 +1032,11 @@ def _run_state(run_dir: Path) -> str | None:
 
 
 def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_diverged: bool = False,
-            progress: bool | None = None, echo=print) -> SweepResult:
+            progress: bool | None = None, echo=print, trainers: dict | None = None) -> SweepResult:
     """Train this shard's runs one after another (resuming), rebuilding results.csv after each;
-    when every planned run has finished, fit and plot. ``echo`` prints progress lines."""
+    when every planned run has finished, fit and plot. ``echo`` prints progress lines. Runs of
+    one shape share compiled functions through ``trainers`` (a fresh dict by default; pass
+    the same dict to several calls to share across them)."""
     import jax
     from tqdm import tqdm
 
@@ -1056,6 +1066,7 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} FLOPs "
                           "[{elapsed}<{remaining}{postfix}]")
     bar.set_postfix_str(f"runs {n_done}/{len(mine)}")
+    trainers = {} if trainers is None else trainers  # one Trainer per shape, shared by its runs
     try:
         for r in mine:
             run_dir = out / "runs" / r.run_id
@@ -1072,7 +1083,7 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
                 if finished(r):  # finished by another process meanwhile
                     res.skipped.append(r.run_id)
                     continue
-                _train_one(plan, r, run_dir, out, is_main, bar, Run)
+                _train_one(plan, r, run_dir, out, is_main, bar, Run, trainers)
                 res.trained.append(r.run_id)
             n_done += 1
             bar.update(r.flops["6nd"])
@@ -1089,14 +1100,15 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
     return res
 
 
-def _train_one(plan: Plan, r: PlannedRun, run_dir: Path, out: Path, is_main: bool, bar, Run) -> dict:
+def _train_one(plan: Plan, r: PlannedRun, run_dir: Path, out: Path, is_main: bool, bar, Run,
+               trainers: dict | None = None) -> dict:
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(run_dir / "plan.json", json.dumps({**r.to_json(), "sweep": plan.spec.name}, indent=1))
         old = run_dir / "summary.json"
         if old.is_file():  # a diverged run being retried: keep its summary aside
             os.replace(old, run_dir / "summary.diverged.json")
-    run = Run(r.cfg, run_dir)
+    run = Run(r.cfg, run_dir, trainers=trainers)
     ckpts = run.ckpt.steps()
     start = ckpts[-1] if ckpts else 0
     if is_main:

@@ -5,11 +5,17 @@ table, and a jitted init with ``out_shardings`` materialises it already sharded.
 train step is compiled once ahead of time with explicit in/out shardings and donates the
 state; its XLA cost analysis is the ``flops_xla`` cross-check. The loop dispatches step
 t before fetching step t-1's metrics, so the host never waits on the device.
+
+What differs between runs of one shape (the schedule's length, the seed, the NaN-injection
+step) is an argument of the compiled step, not a constant in it: runs of the same model,
+optimizer, batch and mesh share one compiled init, train and eval step
+(``Trainer.for_run``; a sweep keeps one Trainer per shape, ``Run(..., trainers=)``).
 """
 
 from __future__ import annotations
 
 import collections
+import copy
 import json
 import math
 import sys
@@ -42,11 +48,13 @@ class TrainState:
     opt_state: Any
 
 
-def lr_schedule(cfg: OptimConfig, total_steps: int):
+def lr_schedule(cfg: OptimConfig, total_steps):
     """Linear warmup to the peak over ``warmup_steps`` (nanoGPT's (s+1)/(w+1)), then cosine
-    decay that reaches ``min_lr_ratio * lr`` exactly at the last step (s = total_steps-1)."""
-    warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
-    decay = max(total_steps - 1 - warmup, 1)
+    decay that reaches ``min_lr_ratio * lr`` exactly at the last step (s = total_steps-1).
+    ``total_steps`` may be a traced integer (one compiled step serves every schedule length)."""
+    total_steps = jnp.asarray(total_steps, jnp.int32)
+    warmup = jnp.minimum(cfg.warmup_steps, jnp.maximum(total_steps - 1, 0))
+    decay = jnp.maximum(total_steps - 1 - warmup, 1)
     peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
 
     def schedule(step):
@@ -67,10 +75,29 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+def scale_by_lr_schedule(cfg: OptimConfig) -> optax.GradientTransformationExtraArgs:
+    """optax's ``scale_by_learning_rate(lr_schedule(cfg, total_steps))`` (the same state, a
+    ``ScaleByScheduleState`` counting updates) with ``total_steps`` passed to ``update``."""
+
+    def init(params):
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None, *, total_steps, **extra_args):
+        del params, extra_args
+        step_size = -lr_schedule(cfg, total_steps)(state.count)
+        updates = jax.tree.map(lambda g: jnp.array(step_size, dtype=g.dtype) * g, updates)
+        return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformationExtraArgs:
+    """AdamW (optax.adamw's chain) after global-norm clipping; ``update`` takes ``total_steps=``."""
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
-    parts.append(optax.adamw(lr_schedule(cfg, total_steps), b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps,
-                             weight_decay=cfg.weight_decay, mask=decay_mask))
+    parts.append(optax.chain(optax.scale_by_adam(b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps),
+                             optax.add_decayed_weights(cfg.weight_decay, decay_mask),
+                             scale_by_lr_schedule(cfg)))
     return optax.chain(*parts)
 
 
@@ -91,12 +118,14 @@ def steps_for(cfg: Config) -> int:
 
 
 class Trainer:
-    """The model, its mesh and shardings, and the compiled init/train/eval functions."""
+    """The model, its mesh and shardings, and the compiled init/train/eval functions of one
+    shape; the run's own values (schedule length, seed, NaN-injection step) are arguments."""
 
     def __init__(self, cfg: Config, mesh: jax.sharding.Mesh, total_steps: int):
         self.cfg, self.mesh, self.total_steps = cfg, mesh, total_steps
+        self.key = self.program_key(cfg, mesh)
         self.model = GPT(cfg.model)
-        self.tx = make_optimizer(cfg.optim, total_steps)
+        self.tx = make_optimizer(cfg.optim)
         self.batch_sharding = sh.batch_sharding(mesh)
         self.replicated = sh.replicated(mesh)
         with sh.mesh_context(mesh):
@@ -111,10 +140,34 @@ class Trainer:
         abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=nn.unbox(boxed),
                               opt_state=abstract_opt)
         self.abstract_state = abstract_with_shardings(abstract, self.state_sharding)
-        self._compiled_step = None
+        self._compiled = {}  # "step", "init": AOT-compiled functions, shared by for_run copies
         self._eval_jit = jax.jit(lambda params, b: cross_entropy(self.model, params, b),
                                  in_shardings=(self.state_sharding.params, self.batch_sharding),
                                  out_shardings=self.replicated)
+        self.run_args = self._run_args()
+
+    @staticmethod
+    def program_key(cfg: Config, mesh: jax.sharding.Mesh) -> tuple:
+        """What the compiled functions depend on: runs with equal keys share them."""
+        return (cfg.model, cfg.optim, cfg.train.batch_size, cfg.train.microbatches, mesh)
+
+    def for_run(self, cfg: Config, total_steps: int) -> "Trainer":
+        """A Trainer for another run of the same shape, sharing this one's compiled functions
+        (what was compiled for one is compiled for both)."""
+        if self.program_key(cfg, self.mesh) != self.key:
+            raise ValueError("for_run needs a run of the same model, optimizer, batch and mesh")
+        t = copy.copy(self)
+        t.cfg, t.total_steps = cfg, total_steps
+        t.run_args = t._run_args()
+        return t
+
+    def _run_args(self) -> dict:
+        """The run's values the compiled step takes as arguments (replicated scalars)."""
+        key_data = np.asarray(jax.random.key_data(jax.random.key(self.cfg.train.seed)))
+        host = {"key": key_data, "total_steps": np.int32(self.total_steps),
+                "nan_step": np.int32(self.cfg.train.inject_nan_step)}
+        return {k: jax.make_array_from_callback(v.shape, self.replicated, lambda idx, v=v: v[idx])
+                for k, v in host.items()}
 
     def _init_params(self, rng):
         return self.model.init(rng, jnp.zeros((1, self.cfg.model.seq_len), jnp.int32))["params"]
@@ -124,9 +177,15 @@ class Trainer:
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=self.tx.init(params))
 
     def init_state(self) -> TrainState:
-        init = jax.jit(self._init_state, out_shardings=self.state_sharding)
+        """A fresh state from the run's seed (the init is compiled once per shape)."""
         with sh.mesh_context(self.mesh):
-            return init(jax.random.key(self.cfg.train.seed))
+            if "init" not in self._compiled:
+                # it runs once per run: on a CPU, skip LLVM's optimisations (a third of the
+                # compile time; the values are the same random draws)
+                opts = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+                jitted = jax.jit(self._init_state, out_shardings=self.state_sharding)
+                self._compiled["init"] = jitted.lower(jax.random.key(0)).compile(compiler_options=opts)
+            return self._compiled["init"](jax.random.key(self.cfg.train.seed))
 
     def _loss_and_grads(self, params, batch_bt, rng):
         m = self.cfg.train.microbatches
@@ -143,34 +202,43 @@ class Trainer:
         (loss, grads), _ = jax.lax.scan(body, zero, jnp.arange(m))
         return jax.tree.map(lambda a: a / m, (loss, grads))
 
-    def _train_step(self, state: TrainState, batch_bt: jax.Array):
-        rng = jax.random.fold_in(jax.random.key(self.cfg.train.seed), state.step)
+    def _train_step(self, state: TrainState, batch_bt: jax.Array, run: dict):
+        # only shape-level settings (self.key) may be read from self.cfg here: ``run`` holds the rest
+        rng = jax.random.fold_in(jax.random.wrap_key_data(run["key"]), state.step)
         loss, grads = self._loss_and_grads(state.params, batch_bt, rng)
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+        updates, opt_state = self.tx.update(grads, state.opt_state, state.params, total_steps=run["total_steps"])
         params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & (state.step != self.cfg.train.inject_nan_step)
-        loss = jnp.where(state.step == self.cfg.train.inject_nan_step, jnp.nan, loss)
+        injected = state.step == run["nan_step"]
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & ~injected
+        loss = jnp.where(injected, jnp.nan, loss)
         # A non-finite step leaves parameters and optimizer state untouched.
         keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
         new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
                                opt_state=keep(opt_state, state.opt_state))
-        lr = lr_schedule(self.cfg.optim, self.total_steps)(state.step)
+        lr = lr_schedule(self.cfg.optim, run["total_steps"])(state.step)
         return new_state, {"loss": loss, "grad_norm": grad_norm, "lr": lr}
 
+    @property
+    def step_compiled(self) -> bool:
+        """Whether the train step is compiled already (by this Trainer or one it shares with)."""
+        return "step" in self._compiled
+
     def compile_step(self) -> Any:
-        """AOT-compile the train step (once); its cost analysis gives flops_xla."""
-        if self._compiled_step is None:
-            jitted = jax.jit(self._train_step, in_shardings=(self.state_sharding, self.batch_sharding),
+        """AOT-compile the train step (once per shape); its cost analysis gives flops_xla."""
+        if "step" not in self._compiled:
+            jitted = jax.jit(self._train_step, in_shardings=(self.state_sharding, self.batch_sharding, self.replicated),
                              out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
             batch = jax.ShapeDtypeStruct((self.cfg.train.batch_size, self.cfg.model.seq_len + 1), jnp.int32,
                                          sharding=self.batch_sharding)
+            run = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated),
+                               self.run_args)
             with sh.mesh_context(self.mesh):
-                self._compiled_step = jitted.lower(self.abstract_state, batch).compile()
-        return self._compiled_step
+                self._compiled["step"] = jitted.lower(self.abstract_state, batch, run).compile()
+        return self._compiled["step"]
 
     def train_step(self, state: TrainState, batch_bt: jax.Array):
-        return self.compile_step()(state, batch_bt)
+        return self.compile_step()(state, batch_bt, self.run_args)
 
     def eval_step(self, params, batch_bt: jax.Array) -> jax.Array:
         with sh.mesh_context(self.mesh):
@@ -194,10 +262,15 @@ def setup_distributed(cfg: Config) -> None:
 
 
 class Run:
-    """One training run into ``out``: plans and checks everything before any compute."""
+    """One training run into ``out``: plans and checks everything before any compute.
 
-    def __init__(self, cfg: Config, out: Path):
+    ``trainers`` (a dict the caller keeps, keyed by ``Trainer.program_key``) lets runs of the
+    same shape share compiled functions: a sweep passes the same dict to all its runs.
+    """
+
+    def __init__(self, cfg: Config, out: Path, trainers: dict | None = None):
         self.out = Path(out)
+        self.trainers = trainers
         self.splits = load_tokens(cfg.data)
         if cfg.model.vocab_size == 0:
             cfg = _with_vocab(cfg, self.splits.n_vocab)
@@ -248,18 +321,30 @@ class Run:
         self._prior_wall_s = float(restored[1].get("wall_s", 0.0))
         return restored[0]
 
+    def trainer(self) -> Trainer:
+        """This run's Trainer: sharing the compiled functions of an earlier run of its shape
+        in ``trainers``, or a new one (remembered there)."""
+        key = Trainer.program_key(self.cfg, self.mesh)
+        if self.trainers is not None and key in self.trainers:
+            return self.trainers[key].for_run(self.cfg, self.steps)
+        trainer = Trainer(self.cfg, self.mesh, self.steps)
+        if self.trainers is not None:
+            self.trainers[key] = trainer
+        return trainer
+
     def run(self) -> dict:
         cfg, t0 = self.cfg, time.time()
         self._write_config()
-        trainer = Trainer(cfg, self.mesh, self.steps)
+        trainer = self.trainer()
         state = self._restore_or_init(trainer)
         start = int(jax.device_get(state.step))
         metrics_path = self.out / "metrics.jsonl"
         if self.is_main:
             _truncate_metrics(metrics_path, start)
         compile_t0 = time.time()
+        self._compile_shared = trainer.step_compiled
         compiled = trainer.compile_step()
-        compile_s = time.time() - compile_t0
+        compile_s = time.time() - compile_t0  # ~0 when an earlier run of the shape compiled it
         fpt = flops_lib.all_flops_per_token(cfg.model)
         xla_step = flops_lib.xla_flops(compiled) * jax.device_count()
         logger = MetricsLogger(metrics_path, self.is_main, fpt, cfg.train.batch_size * cfg.model.seq_len,
@@ -280,7 +365,7 @@ class Run:
             pending = (step, metrics)
             final = step == self.steps
             eval_due = step % cfg.train.eval_every == 0 or final
-            ckpt_due = self.ckpt.due(step, final)
+            ckpt_due = self.ckpt.due(step, final, steps_left=self.steps - step)
             if eval_due or ckpt_due:
                 diverged, pending = self._handle(pending, logger, bar), None
                 if diverged:
@@ -350,7 +435,7 @@ class Run:
             "flops_chinchilla": fpt["chinchilla"] * tokens, "flops_xla": xla_step * self.steps,
             "final_train_loss": float(np.mean(tail)) if tail else None,
             "val_loss": None if val is None else val[0], "val_bpb": None if val is None else val[1],
-            "status": status, "wall_s": wall_s, "compile_s": compile_s,
+            "status": status, "wall_s": wall_s, "compile_s": compile_s, "compile_shared": self._compile_shared,
             "tokens_per_s": logger.mean_tokens_per_s, "epochs": self.batches.epochs(tokens),
             "n_layer": cfg.model.n_layer, "d_model": cfg.model.d_model, "n_head": cfg.model.n_head,
             "seq_len": cfg.model.seq_len, "batch_size": cfg.train.batch_size, "vocab_size": cfg.model.vocab_size,

@@ -80,6 +80,43 @@ def test_gradient_accumulation_equals_one_big_batch():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_runs_of_one_shape_share_the_compiled_step_and_train_as_if_compiled_alone():
+    """for_run: another schedule length, seed and NaN step, the same compiled step; every
+    step's loss, lr and parameters equal those of a Trainer compiled for that run alone."""
+    model = ModelConfig(n_layer=1, d_model=16, n_head=2, vocab_size=64, seq_len=8, dropout=0.1)
+    mesh = make_mesh({"data": 1, "fsdp": 1, "model": 1})
+    batch = jax.random.randint(jax.random.key(0), (4, 9), 0, 64)
+    optim = OptimConfig(lr=1e-2, warmup_steps=3)
+
+    def cfg(seed, nan_step=-1):
+        return dataclasses.replace(Config(), model=model, optim=optim,
+                                   train=TrainConfig(batch_size=4, seed=seed, inject_nan_step=nan_step))
+
+    def train(t, n):
+        state, out = t.init_state(), []
+        for _ in range(n):
+            state, m = t.train_step(state, batch)
+            out.append((float(m["loss"]), float(m["lr"])))
+        return out, jax.tree.leaves(state.params)
+
+    first = Trainer(cfg(0), mesh, 20)
+    train(first, 2)
+    assert Trainer.program_key(cfg(1, 4), mesh) == first.key
+    shared = first.for_run(cfg(1, 4), 7)
+    assert shared.compile_step() is first.compile_step() and shared.step_compiled
+    alone = Trainer(cfg(1, 4), mesh, 7)
+    assert not alone.step_compiled
+    (a, pa), (b, pb) = train(shared, 7), train(alone, 7)
+    assert a == b or all((x == y) or (math.isnan(x[0]) and math.isnan(y[0]) and x[1] == y[1]) for x, y in zip(a, b))
+    for x, y in zip(pa, pb):
+        np.testing.assert_array_equal(x, y)
+    f = lr_schedule(optim, 7)
+    assert [lr for _, lr in a] == pytest.approx([float(f(s)) for s in range(7)], rel=1e-6)
+    assert math.isnan(a[4][0]) and not any(math.isnan(x) for x, _ in a[:4] + a[5:])  # step 4 injected
+    with pytest.raises(ValueError):
+        first.for_run(dataclasses.replace(cfg(0), optim=OptimConfig(lr=3e-3)), 7)
+
+
 def test_loss_is_cross_entropy_by_hand():
     cfg = ModelConfig(n_layer=1, d_model=16, n_head=2, vocab_size=30, seq_len=6)
     from scaling.model import GPT

@@ -84,14 +84,14 @@ class Attention(nn.Module):
                             (cfg.d_model, 3, cfg.n_head, cfg.head_dim)).astype(dt)
         b_3hk = (self.param("qkv_bias", _zeros(("qkv", "heads", "head_dim")), (3, cfg.n_head, cfg.head_dim)).astype(dt)
                  if cfg.bias else None)
-        # One dot for q, k and v; training (no cache) then works heads-major (b, h, t, d), as the
-        # attention's batched dots want; the cache is stored (b, t, h, d).
+        # q, k and v are three dots of the one stacked kernel, each written straight into the
+        # layout its consumer wants: heads-major (b, h, t, d) for training, as the attention's
+        # batched dots want, (b, t, h, d) for the cache. (One stacked dot sliced afterwards
+        # made the backward pass stitch dq, dk, dv back together: 9% slower steps on a CPU.)
         fresh = cache is None
         layout, pos = ("bhtk", positions_bt[:, None, :]) if fresh else ("bthk", positions_bt[:, :, None])
-        qkv_bt3hk = jnp.einsum("btd,dshk->btshk", x_btd.astype(dt), w_d3hk)
-        if b_3hk is not None:
-            qkv_bt3hk = qkv_bt3hk + b_3hk
-        q, k, v = (jnp.swapaxes(qkv_bt3hk[:, :, i], 1, 2) if fresh else qkv_bt3hk[:, :, i] for i in range(3))
+        q, k, v = (jnp.einsum(f"btd,dhk->{layout}", x_btd.astype(dt), w_d3hk[:, i])
+                   + (0 if b_3hk is None else b_3hk[i][:, None] if fresh else b_3hk[i]) for i in range(3))
         if cfg.position == "rotary":
             q, k = rotary(q, pos, cfg.rope_theta), rotary(k, pos, cfg.rope_theta)
         names = ("act_batch", "act_heads", "act_seq", None) if fresh else ("act_batch", "act_seq", "act_heads", None)

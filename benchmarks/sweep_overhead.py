@@ -1,12 +1,18 @@
 """Where a sweep's wall time goes: the share spent outside training steps (compilation,
 evaluation, checkpoints, data, fit and plots, the rest), measured in one process.
 
-    python benchmarks/sweep_overhead.py [--config experiments/configs/smoke.yaml] [--warm-cache]
+    python benchmarks/sweep_overhead.py [--config experiments/configs/bench-smoke.yaml] [--warm-cache]
+
+The default sweep, bench-smoke, is the smoke sweep's design (2 budgets x 3 sizes) at budgets
+where training takes a couple of minutes on 2 CPU cores; ``--config
+experiments/configs/smoke.yaml`` measures the smoke sweep itself, whose runs train for
+fractions of a second each, so that per-shape compilation dominates it whatever is done.
 
 Runs the sweep in this process into a temporary directory (with a fresh, empty JAX
 compilation cache unless --warm-cache, as on a fresh clone), one run at a time (``execute``
 with a one-run shard, so results.csv, the log and, after the last run, the fit and plots are
-all part of it), and right after each run times in isolation, under the same machine load: a
+all part of it; the calls share one ``trainers`` dict, as one sweep process's runs do, so a
+shape compiles once), and right after each run times in isolation, under the same machine load: a
 training step on a ready device batch (x the run's steps = the training steps' share), one
 evaluation (x the run's evaluations), one checkpoint save (x its saves) and the host-side
 batch assembly (x its steps). Compilation is the runs' own ``compile_s`` (summary.json; the
@@ -35,16 +41,16 @@ def _time(fn, n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def isolated_costs(run_cfg, steps: int, run_dir: Path) -> dict:
+def isolated_costs(run_cfg, steps: int, run_dir: Path, trainers: dict) -> dict:
     """Seconds per step, per evaluation, per checkpoint save and per batch assembly of one run."""
     import jax
 
     from scaling import sharding as sh
     from scaling.checkpoint import Checkpointer
-    from scaling.train import Run, Trainer
+    from scaling.train import Run
 
-    run = Run(run_cfg, run_dir)  # a scratch directory: nothing of the sweep is touched
-    trainer = Trainer(run.cfg, run.mesh, steps)
+    run = Run(run_cfg, run_dir, trainers=trainers)  # a scratch directory: nothing of the sweep is touched
+    trainer = run.trainer()  # the sweep's compiled functions (nothing compiles here)
     state = trainer.init_state()
     lo, hi = run.rows
     batch = sh.make_global_batch(run.mesh, run.batches.train_batch(0, lo, hi), run.cfg.train.batch_size)
@@ -78,7 +84,7 @@ def isolated_costs(run_cfg, steps: int, run_dir: Path) -> dict:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(REPO / "experiments" / "configs" / "smoke.yaml"))
+    p.add_argument("--config", default=str(REPO / "experiments" / "configs" / "bench-smoke.yaml"))
     p.add_argument("--warm-cache", action="store_true",
                    help="use the usual compilation cache (else a fresh empty one, as on a fresh clone)")
     args = p.parse_args(argv)
@@ -97,14 +103,17 @@ def main(argv=None) -> dict:
              "data (batch assembly)": 0.0}
     per_run = []
     wall = 0.0
+    trainers: dict = {}  # as one sweep process: runs of a shape share compiled functions
     for r in plan.runs:
         t0 = time.perf_counter()
-        sweep.execute(plan, out, shard=(r.index, len(plan.runs)), progress=False, echo=lambda *a: None)
+        sweep.execute(plan, out, shard=(r.index, len(plan.runs)), progress=False, echo=lambda *a: None,
+                      trainers=trainers)
         wall += time.perf_counter() - t0
         summary = json.loads((out / "runs" / r.run_id / "summary.json").read_text())
-        c = isolated_costs(r.cfg, r.steps, tmp / "scratch" / r.run_id)
+        c = isolated_costs(r.cfg, r.steps, tmp / "scratch" / r.run_id, trainers)
         every, ev = r.cfg.checkpoint.every_steps, r.cfg.train.eval_every
-        n_ckpt = (r.steps // every + (1 if r.steps % every else 0)) if every else 1
+        # periodic saves (none in the last quarter-interval before the end: Checkpointer.due) + the final one
+        n_ckpt = 1 + (sum(1 for s in range(every, r.steps, every) if r.steps - s >= every // 4) if every else 0)
         n_eval = r.steps // ev + (1 if r.steps % ev else 0)
         parts["train steps"] += r.steps * c["step_s"]
         parts["compile (train step)"] += summary["compile_s"]
@@ -123,7 +132,8 @@ def main(argv=None) -> dict:
     for rid, w, s, c in per_run:
         print(f"  {rid:<26} {w:8.2f} {s:8.2f} {c:9.2f}  {s / w:6.1%}")
     outside = 1 - parts["train steps"] / wall
-    print(f"share of the sweep's wall time outside training steps: {outside:.1%}")
+    print(f"share of the sweep's wall time outside training steps: {outside:.1%} "
+          f"({(wall - parts['train steps']) / len(plan.runs):.2f}s per run)")
     for k, v in parts.items():
         print(f"  {k:<55} {v:8.2f}s  {v / wall:6.1%}")
     return {"wall_s": wall, "outside_share": outside, **{k: v / wall for k, v in parts.items()}}

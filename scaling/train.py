@@ -3,7 +3,7 @@
 The state is built abstractly (``eval_shape``), its shardings come from the logical rule
 table, and a jitted init with ``out_shardings`` materialises it already sharded. The
 train step is compiled once ahead of time with explicit in/out shardings and donates the
-state; its XLA cost analysis is the ``flops_xla`` cross-check. The loop dispatches step
+state; XLA's cost analysis of the step is the ``flops_xla`` cross-check. The loop dispatches step
 t before fetching step t-1's metrics, so the host never waits on the device.
 
 What differs between runs of one shape (the schedule's length, the seed, the NaN-injection
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import dataclasses
 import json
 import math
 import sys
@@ -224,18 +225,35 @@ class Trainer:
         """Whether the train step is compiled already (by this Trainer or one it shares with)."""
         return "step" in self._compiled
 
+    def _lower_step(self) -> Any:
+        jitted = jax.jit(self._train_step, in_shardings=(self.state_sharding, self.batch_sharding, self.replicated),
+                         out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
+        batch = jax.ShapeDtypeStruct((self.cfg.train.batch_size, self.cfg.model.seq_len + 1), jnp.int32,
+                                     sharding=self.batch_sharding)
+        run = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated),
+                           self.run_args)
+        with sh.mesh_context(self.mesh):
+            return jitted.lower(self.abstract_state, batch, run)
+
     def compile_step(self) -> Any:
-        """AOT-compile the train step (once per shape); its cost analysis gives flops_xla."""
+        """AOT-compile the train step (once per shape)."""
         if "step" not in self._compiled:
-            jitted = jax.jit(self._train_step, in_shardings=(self.state_sharding, self.batch_sharding, self.replicated),
-                             out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
-            batch = jax.ShapeDtypeStruct((self.cfg.train.batch_size, self.cfg.model.seq_len + 1), jnp.int32,
-                                         sharding=self.batch_sharding)
-            run = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated),
-                               self.run_args)
-            with sh.mesh_context(self.mesh):
-                self._compiled["step"] = jitted.lower(self.abstract_state, batch, run).compile()
+            self._compiled["step"] = self._lower_step().compile()
         return self._compiled["step"]
+
+    def xla_flops_per_step(self) -> float:
+        """FLOPs of one train step (all devices) by XLA's cost analysis: the flops_xla cross-check.
+
+        Counted on the step as it would be written with ``jax.nn.dot_product_attention`` (full
+        T x T scores, as Chinchilla counts them), lowered but not compiled: the blocked CPU
+        attention skips the blocks above the diagonal and runs in loops whose bodies XLA's
+        cost analysis counts once, so its own count would not be comparable.
+        """
+        if "xla_flops" not in self._compiled:
+            cfg = dataclasses.replace(self.cfg, model=dataclasses.replace(self.cfg.model, attention="dot_product"))
+            plain = self if cfg == self.cfg else Trainer(cfg, self.mesh, self.total_steps)
+            self._compiled["xla_flops"] = flops_lib.xla_flops(plain._lower_step())
+        return self._compiled["xla_flops"]
 
     def train_step(self, state: TrainState, batch_bt: jax.Array):
         return self.compile_step()(state, batch_bt, self.run_args)
@@ -346,7 +364,7 @@ class Run:
         compiled = trainer.compile_step()
         compile_s = time.time() - compile_t0  # ~0 when an earlier run of the shape compiled it
         fpt = flops_lib.all_flops_per_token(cfg.model)
-        xla_step = flops_lib.xla_flops(compiled) * jax.device_count()
+        xla_step = trainer.xla_flops_per_step()
         logger = MetricsLogger(metrics_path, self.is_main, fpt, cfg.train.batch_size * cfg.model.seq_len,
                                cfg.train.log_every)
         bar = tqdm(total=self.steps, initial=start, disable=not (cfg.train.progress and self.is_main),
@@ -520,7 +538,6 @@ def _atomic_json(path: Path, obj: dict) -> None:
 
 
 def _with_vocab(cfg: Config, n_vocab: int) -> Config:
-    import dataclasses
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=n_vocab))
 
 

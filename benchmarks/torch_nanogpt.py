@@ -111,7 +111,7 @@ def main(argv=None) -> dict:
     model = ModelConfig(n_layer=n_layer, d_model=d, n_head=max(1, d // 32), seq_len=args.seq, vocab_size=257)
     tokens = args.batch * args.seq
     fpt = flops_lib.flops_per_token_chinchilla(model)
-    jax_run, _, _ = step_runner(model, args.batch)
+    jax_run, _, _, micro = step_runner(model, args.batch)
     jax_peak, peak_work = matmul_runner(jnp.float32, 2048)
     torch_run, torch_peak, _ = torch_step_runner(model, args.batch)
     peak_reps = max(1, int(tokens * args.steps * fpt / peak_work))
@@ -129,9 +129,9 @@ def main(argv=None) -> dict:
     speedup = statistics.median(j[0] / t[0] for j, t in zip(samples["jax"], samples["torch"]))
     result = {"shape": args.shape, "n_head": model.n_head, "batch": args.batch, "seq_len": args.seq,
               "flops_per_token": fpt, "jax": jax.__version__, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "rows": rows, "jax_over_torch_tokens_per_s": speedup}
+              "threads": torch.get_num_threads(), "jax_microbatches": micro, "rows": rows, "jax_over_torch_tokens_per_s": speedup}
     print(f"{args.shape} (n_head {model.n_head}), batch {args.batch} x context {args.seq}, f32, "
-          f"{torch.get_num_threads()} threads")
+          f"{torch.get_num_threads()} threads; this repo's step in {micro} microbatches (auto), nanoGPT's in one")
     print(f"{'step':>22} {'tok/s':>8} {'peak GFLOP/s':>13} {'MFU':>6}")
     for name, label in (("jax", f"this repo (jax {jax.__version__})"), ("torch", f"nanoGPT (torch {torch.__version__})")):
         r = rows[name]

@@ -12,7 +12,10 @@
   reduction over the scores), so every intermediate stays cache-sized.
 - :func:`dot_product_attention`: ``jax.nn.dot_product_attention`` (cuDNN's fused kernel on GPUs).
 
-Training layouts are heads-major, ``(batch, heads, T, head_dim)``, as the batched dots want.
+All take ``(batch, T, heads, head_dim)``, the layout the q/k/v projections write as plain
+matmuls; the blocked kernel turns each chunk heads-major (as its batched dots want) inside
+its loop, on cache-resident slices, which measured 3-6% faster steps than projecting
+straight into a heads-major layout.
 """
 
 from __future__ import annotations
@@ -44,9 +47,8 @@ def causal_attention(q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array,
     return jnp.einsum("bhts,bshd->bthd", probs_bhts, v_bshd)
 
 
-def dot_product_attention(q_bhtd: jax.Array, k_bhtd: jax.Array, v_bhtd: jax.Array) -> jax.Array:
-    swap = functools.partial(jnp.swapaxes, axis1=1, axis2=2)
-    return swap(jax.nn.dot_product_attention(swap(q_bhtd), swap(k_bhtd), swap(v_bhtd), is_causal=True))
+def dot_product_attention(q_bthd: jax.Array, k_bthd: jax.Array, v_bthd: jax.Array) -> jax.Array:
+    return jax.nn.dot_product_attention(q_bthd, k_bthd, v_bthd, is_causal=True)
 
 
 def _blocks(t: int, block: int) -> list[tuple[int, int]]:
@@ -95,25 +97,37 @@ def _backward(q_chtd, k_chtd, v_chtd, o_chtd, lse_cht, do_chtd, block):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _chunked(q_nchtd, k_nchtd, v_nchtd, block):
-    return _chunked_fwd(q_nchtd, k_nchtd, v_nchtd, block)[0]
+def _chunked(q_ncthd, k_ncthd, v_ncthd, block):
+    return _chunked_fwd(q_ncthd, k_ncthd, v_ncthd, block)[0]
 
 
-def _chunked_fwd(q_nchtd, k_nchtd, v_nchtd, block):
-    o, lse = jax.lax.map(lambda x: _forward(*x, block), (q_nchtd, k_nchtd, v_nchtd))
-    return o, (q_nchtd, k_nchtd, v_nchtd, o, lse)
+def _heads_major(*xs):
+    """(c, t, h, d) <-> (c, h, t, d), inside the loop, on cache-resident slices."""
+    return [jnp.swapaxes(x, 1, 2) for x in xs]
 
 
-def _chunked_bwd(block, res, do_nchtd):
+def _chunked_fwd(q_ncthd, k_ncthd, v_ncthd, block):
+    def body(x):
+        o_chtd, lse_cht = _forward(*_heads_major(*x), block)
+        return jnp.swapaxes(o_chtd, 1, 2), lse_cht
+    o, lse = jax.lax.map(body, (q_ncthd, k_ncthd, v_ncthd))
+    return o, (q_ncthd, k_ncthd, v_ncthd, o, lse)
+
+
+def _chunked_bwd(block, res, do_ncthd):
     q, k, v, o, lse = res
-    dq, dk, dv = jax.lax.map(lambda x: _backward(*x, block), (q, k, v, o, lse, do_nchtd))
+
+    def body(x):
+        q, k, v, o, lse, do = x
+        return _heads_major(*_backward(*_heads_major(q, k, v, o), lse, *_heads_major(do), block))
+    dq, dk, dv = jax.lax.map(body, (q, k, v, o, lse, do_ncthd))
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
-def blocked_causal_attention(q_bhtd: jax.Array, k_bhtd: jax.Array, v_bhtd: jax.Array,
+def blocked_causal_attention(q_bthd: jax.Array, k_bthd: jax.Array, v_bthd: jax.Array,
                              block: int = ATTN_BLOCK, chunk: int = 1) -> jax.Array:
     """Causal self-attention of fresh sequences, ``chunk`` sequences at a time.
 
@@ -121,11 +135,11 @@ def blocked_causal_attention(q_bhtd: jax.Array, k_bhtd: jax.Array, v_bhtd: jax.A
     sequences per iteration, and the batch sharding is kept). Mathematically identical to
     :func:`causal_attention` with positions 0..T-1, gradients included.
     """
-    b, h, t, hd = q_bhtd.shape
+    b, t, h, hd = q_bthd.shape
     chunk = math.gcd(b, chunk)
     # (b, ...) -> (b/chunk, chunk, ...) with row r = (i, j) <- sequence j * (b/chunk) + i, so a
     # batch split into `chunk` contiguous shards keeps one sequence of each shard per iteration.
-    split = lambda x: jnp.swapaxes(x.reshape(chunk, b // chunk, h, t, hd), 0, 1)  # noqa: E731
-    q = q_bhtd * jnp.asarray(1.0 / math.sqrt(hd), q_bhtd.dtype)
-    out = _chunked(split(q), split(k_bhtd), split(v_bhtd), block)
-    return jnp.swapaxes(out, 0, 1).reshape(b, h, t, hd)
+    split = lambda x: jnp.swapaxes(x.reshape(chunk, b // chunk, t, h, hd), 0, 1)  # noqa: E731
+    q = q_bthd * jnp.asarray(1.0 / math.sqrt(hd), q_bthd.dtype)
+    out = _chunked(split(q), split(k_bthd), split(v_bthd), block)
+    return jnp.swapaxes(out, 0, 1).reshape(b, t, h, hd)

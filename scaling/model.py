@@ -84,22 +84,19 @@ class Attention(nn.Module):
                             (cfg.d_model, 3, cfg.n_head, cfg.head_dim)).astype(dt)
         b_3hk = (self.param("qkv_bias", _zeros(("qkv", "heads", "head_dim")), (3, cfg.n_head, cfg.head_dim)).astype(dt)
                  if cfg.bias else None)
-        # q, k and v are three dots of the one stacked kernel, each written straight into the
-        # layout its consumer wants: heads-major (b, h, t, d) for training, as the attention's
-        # batched dots want, (b, t, h, d) for the cache. (One stacked dot sliced afterwards
-        # made the backward pass stitch dq, dk, dv back together: 9% slower steps on a CPU.)
-        fresh = cache is None
-        layout, pos = ("bhtk", positions_bt[:, None, :]) if fresh else ("bthk", positions_bt[:, :, None])
-        q, k, v = (jnp.einsum(f"btd,dhk->{layout}", x_btd.astype(dt), w_d3hk[:, i])
-                   + (0 if b_3hk is None else b_3hk[i][:, None] if fresh else b_3hk[i]) for i in range(3))
+        # q, k and v: three (b, t, h, d) dots of the one stacked kernel. (One stacked dot sliced
+        # afterwards made the backward pass stitch dq, dk, dv back together: 9% slower steps.)
+        q, k, v = (jnp.einsum("btd,dhk->bthk", x_btd.astype(dt), w_d3hk[:, i])
+                   + (0 if b_3hk is None else b_3hk[i]) for i in range(3))
         if cfg.position == "rotary":
-            q, k = rotary(q, pos, cfg.rope_theta), rotary(k, pos, cfg.rope_theta)
-        names = ("act_batch", "act_heads", "act_seq", None) if fresh else ("act_batch", "act_seq", "act_heads", None)
+            positions = positions_bt[:, :, None]
+            q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
+        names = ("act_batch", "act_seq", "act_heads", None)
         q, k, v = (nn.with_logical_constraint(a, names) for a in (q, k, v))
         new_cache = None
-        if fresh and _training_attention(cfg) == "blocked":
+        if cache is None and _training_attention(cfg) == "blocked":
             y = attn_lib.blocked_causal_attention(q, k, v, chunk=logical_axis_size("act_batch"))
-        elif fresh:
+        elif cache is None:
             y = attn_lib.dot_product_attention(q, k, v)
         else:
             ck, cv = cache
@@ -110,7 +107,7 @@ class Attention(nn.Module):
         w_hkd = self.param("out_kernel", _init(cfg.init_std / math.sqrt(2 * cfg.n_layer),
                                                ("heads", "head_dim", "embed")),
                            (cfg.n_head, cfg.head_dim, cfg.d_model))
-        y_btd = jnp.einsum(f"{layout},hkd->btd", y.astype(dt), w_hkd.astype(dt))
+        y_btd = jnp.einsum("bthk,hkd->btd", y.astype(dt), w_hkd.astype(dt))
         if cfg.bias:
             y_btd = y_btd + self.param("out_bias", _zeros(("embed",)), (cfg.d_model,)).astype(dt)
         y_btd = nn.Dropout(cfg.dropout)(y_btd, deterministic=not train)

@@ -68,8 +68,8 @@ def check_mesh_fits(shape: dict[str, int], model: ModelConfig, batch_size: int, 
          f"padded vocabulary ({model.padded_vocab}) is not divisible by mesh.model ({tp}); set model.vocab_multiple"),
         (model.d_model % shape["fsdp"] == 0,
          f"model.d_model ({model.d_model}) is not divisible by mesh.fsdp ({shape['fsdp']})"),
-        ((batch_size // microbatches) % dp == 0,
-         f"microbatch size {batch_size // microbatches} (train.batch_size / train.microbatches) is not "
+        ((batch_size // max(microbatches, 1)) % dp == 0,
+         f"microbatch size {batch_size // max(microbatches, 1)} (train.batch_size / train.microbatches) is not "
          f"divisible by the data axes (mesh.data * mesh.fsdp = {dp})"),
     ]
     for ok, msg in checks:

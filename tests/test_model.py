@@ -84,10 +84,9 @@ def test_blocked_attention_equals_full_causal_attention():
     from scaling.attention import blocked_causal_attention, causal_attention
     q, k, v, g = (jax.random.normal(jax.random.key(i), (4, 256, 2, 16)) for i in range(4))
     full = lambda q, k, v: causal_attention(q, k, v, jnp.broadcast_to(jnp.arange(256), (4, 256)))  # noqa: E731
-    heads_major = lambda a: jnp.swapaxes(a, 1, 2)  # noqa: E731  (b, t, h, d) <-> (b, h, t, d)
 
     def blocked(block, chunk):
-        return lambda q, k, v: heads_major(blocked_causal_attention(*map(heads_major, (q, k, v)), block, chunk))
+        return lambda q, k, v: blocked_causal_attention(q, k, v, block, chunk)
 
     want = full(q, k, v)
     grad = lambda f: jax.grad(lambda q, k, v: jnp.sum(f(q, k, v) * g), argnums=(0, 1, 2))(q, k, v)  # noqa: E731

@@ -80,6 +80,23 @@ def test_gradient_accumulation_equals_one_big_batch():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_auto_microbatches_keep_about_1024_tokens_per_device_on_a_cpu():
+    from scaling.train import resolve_microbatches
+
+    def auto(batch, seq, shards, backend="cpu", m=0):
+        cfg = dataclasses.replace(Config(), model=ModelConfig(seq_len=seq),
+                                  train=TrainConfig(batch_size=batch, microbatches=m))
+        return resolve_microbatches(cfg, shards, backend)
+    assert auto(16, 256, 1) == 4          # 4 rows x 256 tokens each
+    assert auto(16, 256, 2) == 2          # 8 rows per device -> 2 x 4
+    assert auto(12, 256, 1) == 3
+    assert auto(6, 256, 1) == 1           # 6 rows: no split leaves >= 4 rows
+    assert auto(8, 64, 1) == 1            # 8 x 64 tokens is under 1024 already
+    assert auto(64, 64, 1) == 4           # 16 rows x 64 tokens each
+    assert auto(16, 256, 1, backend="gpu") == 1
+    assert auto(16, 256, 1, m=2) == 2     # an explicit value is kept
+
+
 def test_runs_of_one_shape_share_the_compiled_step_and_train_as_if_compiled_alone():
     """for_run: another schedule length, seed and NaN step, the same compiled step; every
     step's loss, lr and parameters equal those of a Trainer compiled for that run alone."""

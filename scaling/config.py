@@ -56,7 +56,7 @@ class ModelConfig:
     bias: bool = _f(True, "biases in linear layers and LayerNorm")
     tie_embeddings: bool = _f(True, "output head shares the token embedding matrix")
     mlp: str = _f("gelu", "MLP type: gelu (tanh approximation, GPT-2) | swiglu")
-    dropout: float = _f(0.0, "dropout rate on attention probabilities and residual branches")
+    dropout: float = _f(0.0, "dropout rate on the embeddings and the residual branches")
     dtype: str = _f("float32", "compute dtype: float32 | bfloat16 (parameters stay float32)")
     attention: str = _f("auto", "training attention: auto (blocked on CPU, dot_product elsewhere) | blocked "
                                "(cache-sized blocks, hand-written backward) | dot_product (jax.nn.dot_product_attention)")

@@ -2,7 +2,7 @@
 measured matmul peak, for a few model shapes.
 
 python -m benchmarks.throughput [--shapes 128x4,256x6,512x8] [--batch 16] [--seq 256]
-                                [--windows 5] [--steps 4] [--microbatches 0]
+                                [--windows 5] [--steps 4] [--microbatches 0] [--attention auto]
                                 [--out benchmarks/results/throughput.json]
 
 Achieved FLOP/s = Chinchilla FLOPs per token x tokens/s (median of timed windows, after
@@ -112,6 +112,7 @@ def main(argv=None) -> dict:
     p.add_argument("--windows", type=int, default=5)
     p.add_argument("--steps", type=int, default=4, help="train steps per timed window")
     p.add_argument("--microbatches", type=int, default=0, help="train.microbatches (0: the product's auto choice)")
+    p.add_argument("--attention", default="auto", help="model.attention: auto | blocked | dot_product")
     p.add_argument("--out", default="benchmarks/results/throughput.json")
     args = p.parse_args(argv)
     gpu = jax.default_backend() == "gpu"
@@ -121,7 +122,7 @@ def main(argv=None) -> dict:
     for shape in args.shapes.split(","):
         d, n_layer = map(int, shape.split("x"))
         model = ModelConfig(n_layer=n_layer, d_model=d, n_head=max(1, d // 32), seq_len=args.seq,
-                            vocab_size=257, dtype=dtype)
+                            vocab_size=257, dtype=dtype, attention=args.attention)
         r = step_rate(model, args.batch, args.windows, args.steps, peak_run, peak_work, args.microbatches)
         rows.append({"shape": f"{d}x{n_layer}", "n_head": model.n_head, **r})
     result = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind, "n_devices": jax.device_count(),

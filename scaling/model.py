@@ -55,8 +55,7 @@ def _norm(cfg: ModelConfig, name: str) -> nn.Module:
 def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     """Rotate channel pairs (i, i + hd/2) by position * theta^(-2i/hd) (GPT-NeoX layout).
 
-    ``positions`` broadcasts against ``x.shape[:-1]`` (e.g. ``positions_bt[:, :, None]`` for
-    ``x_bthd``, ``positions_bt[:, None, :]`` for ``x_bhtd``).
+    ``positions`` broadcasts against ``x.shape[:-1]`` (``positions_bt[:, :, None]`` for ``x_bthd``).
     """
     hd = x.shape[-1]
     inv_freq = theta ** (-jnp.arange(0, hd // 2, dtype=jnp.float32) * 2.0 / hd)

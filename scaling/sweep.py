@@ -771,8 +771,8 @@ def format_plan(plan: Plan, runs: tuple[PlannedRun, ...] | None = None, estimate
 def shape_key(r: PlannedRun) -> tuple:
     """Runs with equal keys share compiled functions when one process trains them (the mesh
     aside, ``train.Trainer.program_key``)."""
-    c = r.cfg
-    return (c.model, c.optim, c.train.batch_size, c.train.microbatches, c.mesh)
+    from scaling.train import shape_fields
+    return (*shape_fields(r.cfg), r.cfg.mesh)
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,19 @@ where training takes a couple of minutes on 2 CPU cores; ``--config
 experiments/configs/smoke.yaml`` measures the smoke sweep itself, whose runs train for
 fractions of a second each, so that per-shape compilation dominates it whatever is done.
 
-Runs the sweep in this process into a temporary directory (with a fresh, empty JAX
-compilation cache unless --warm-cache, as on a fresh clone), one run at a time (``execute``
-with a one-run shard, so results.csv, the log and, after the last run, the fit and plots are
-all part of it; the calls share one ``trainers`` dict, as one sweep process's runs do, so a
-shape compiles once), and right after each run times in isolation, under the same machine load: a
-training step on a ready device batch (x the run's steps = the training steps' share), one
-evaluation (x the run's evaluations), one checkpoint save (x its saves) and the host-side
-batch assembly (x its steps). Compilation is the runs' own ``compile_s`` (summary.json; the
-train step only: evaluation and init compile fall in "other"). Prints each part as a share
-of the sweep's wall time; "other" is the remainder (it absorbs timing noise too).
+Runs the whole sweep in this process, as ``python -m experiments.sweep`` does (``execute``:
+results.csv, the log, compile-ahead of later shapes while earlier runs train, and after the
+last run the fit and plots), into a temporary directory, with a fresh, empty JAX compilation
+cache unless --warm-cache (as on a fresh clone). Then, with the sweep's compiled functions,
+it times in isolation: a training step of each shape on a ready device batch, in the run's
+loop (the median of 7 windows, the shapes' windows interleaved; x each run's steps = the
+training steps' share), one evaluation (x the run's evaluations),
+one checkpoint save (x its saves) and the host-side batch assembly (x its steps).
+Compilation is the time the runs waited for their init and train step (``compile_s`` in
+summary.json; compiles that overlap training are not waited for). Prints each part as a
+share of the sweep's wall time; "other" is the remainder (run set-up, the evaluation and
+FLOP-count compiles a run waited for, logging, training slowed by compiles running beside
+it, and timing noise).
 """
 
 from __future__ import annotations
@@ -41,8 +44,40 @@ def _time(fn, n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def isolated_costs(run_cfg, steps: int, run_dir: Path, trainers: dict) -> dict:
-    """Seconds per step, per evaluation, per checkpoint save and per batch assembly of one run."""
+def step_seconds(runs, tmp: Path, trainers: dict, rounds: int = 7, window_s: float = 0.3) -> dict:
+    """Seconds per training step of each shape: the median of ``rounds`` windows, the shapes'
+    windows interleaved (so that the machine's drift touches all of them alike). The loop is
+    the run's (step t dispatched before step t-1's metrics are fetched) on a ready batch."""
+    import jax
+    import numpy as np
+
+    from scaling import sharding as sh
+    from scaling.train import Run
+
+    loops = {}
+    for r in runs:
+        run = Run(r.cfg, tmp / r.run_id, trainers=trainers)  # a scratch directory: the sweep is untouched
+        trainer = run.trainer()  # the sweep's compiled functions (nothing compiles here)
+        key = trainer.key
+        if key not in loops:
+            batch = sh.make_global_batch(run.mesh, run.batches.train_batch(0, *run.rows), r.cfg.train.batch_size)
+            loops[key] = {"trainer": trainer, "state": trainer.init_state(), "batch": batch, "windows": []}
+        run.ckpt.close()
+    for _ in range(rounds + 1):  # the first round warms up
+        for lp in loops.values():
+            n, prev, t0 = 0, None, time.perf_counter()
+            while n < 10 or time.perf_counter() - t0 < window_s:
+                lp["state"], m = lp["trainer"].train_step(lp["state"], lp["batch"])
+                if prev is not None:
+                    jax.device_get(prev)
+                prev, n = m, n + 1
+            jax.device_get(prev)
+            lp["windows"].append((time.perf_counter() - t0) / n)
+    return {key: float(np.median(lp["windows"][1:])) for key, lp in loops.items()}
+
+
+def isolated_costs(run_cfg, run_dir: Path, trainers: dict) -> dict:
+    """Seconds per evaluation, per checkpoint save and per batch assembly of one run, and its shape."""
     import jax
 
     from scaling import sharding as sh
@@ -50,19 +85,10 @@ def isolated_costs(run_cfg, steps: int, run_dir: Path, trainers: dict) -> dict:
     from scaling.train import Run
 
     run = Run(run_cfg, run_dir, trainers=trainers)  # a scratch directory: nothing of the sweep is touched
-    trainer = run.trainer()  # the sweep's compiled functions (nothing compiles here)
+    trainer = run.trainer()
     state = trainer.init_state()
     lo, hi = run.rows
-    batch = sh.make_global_batch(run.mesh, run.batches.train_batch(0, lo, hi), run.cfg.train.batch_size)
-    state, m = trainer.train_step(state, batch)
-    jax.block_until_ready(m)
-    n, t0 = 0, time.perf_counter()
-    while n < min(steps, 1000) and (n < 20 or time.perf_counter() - t0 < 2.0):
-        state, m = trainer.train_step(state, batch)
-        n += 1
-    jax.block_until_ready(m)
-    step_s = (time.perf_counter() - t0) / n
-    run.evaluate(trainer, state.params)  # compiles the evaluation
+    run.evaluate(trainer, state.params)  # warm-up
     eval_s = _time(lambda: run.evaluate(trainer, state.params), 2)
     data_s = _time(lambda: jax.block_until_ready(sh.make_global_batch(
         run.mesh, run.batches.train_batch(7, lo, hi), run.cfg.train.batch_size)), 20)
@@ -79,7 +105,7 @@ def isolated_costs(run_cfg, steps: int, run_dir: Path, trainers: dict) -> dict:
             ck.wait()
         ck.close()
     run.ckpt.close()
-    return {"step_s": step_s, "eval_s": eval_s, "data_s": data_s, "ckpt_s": ckpt_s}
+    return {"key": trainer.key, "eval_s": eval_s, "data_s": data_s, "ckpt_s": ckpt_s}
 
 
 def main(argv=None) -> dict:
@@ -99,32 +125,34 @@ def main(argv=None) -> dict:
     compile_cache.enable()
     plan = sweep.make_plan(sweep.load_spec(args.config), {"train": {"progress": "false"}})
     out = tmp / "sweep"
-    parts = {"train steps": 0.0, "compile (train step)": 0.0, "evaluation": 0.0, "checkpoints": 0.0,
-             "data (batch assembly)": 0.0}
+    trainers: dict = {}  # the sweep's compiled functions, one Trainer per shape
+    t0 = time.perf_counter()
+    sweep.execute(plan, out, progress=False, echo=lambda *a: None, trainers=trainers)
+    wall = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sweep.finalize(plan, out, echo=lambda *a: None, force=True)
+    fit_s = time.perf_counter() - t0  # (already inside the sweep's wall time: timed again)
+
+    parts = {"train steps": 0.0, "compile (init and train step, waited for)": 0.0, "evaluation": 0.0,
+             "checkpoints": 0.0, "data (batch assembly)": 0.0}
     per_run = []
-    wall = 0.0
-    trainers: dict = {}  # as one sweep process: runs of a shape share compiled functions
+    step_s = step_seconds(plan.runs, tmp / "scratch-steps", trainers)
     for r in plan.runs:
-        t0 = time.perf_counter()
-        sweep.execute(plan, out, shard=(r.index, len(plan.runs)), progress=False, echo=lambda *a: None,
-                      trainers=trainers)
-        wall += time.perf_counter() - t0
         summary = json.loads((out / "runs" / r.run_id / "summary.json").read_text())
-        c = isolated_costs(r.cfg, r.steps, tmp / "scratch" / r.run_id, trainers)
+        c = isolated_costs(r.cfg, tmp / "scratch" / r.run_id, trainers)
+        c["step_s"] = step_s[c["key"]]
         every, ev = r.cfg.checkpoint.every_steps, r.cfg.train.eval_every
         # periodic saves (none in the last quarter-interval before the end: Checkpointer.due) + the final one
         n_ckpt = 1 + (sum(1 for s in range(every, r.steps, every) if r.steps - s >= every // 4) if every else 0)
         n_eval = r.steps // ev + (1 if r.steps % ev else 0)
         parts["train steps"] += r.steps * c["step_s"]
-        parts["compile (train step)"] += summary["compile_s"]
+        parts["compile (init and train step, waited for)"] += summary["compile_s"]
         parts["evaluation"] += n_eval * c["eval_s"]
         parts["checkpoints"] += n_ckpt * c["ckpt_s"]
         parts["data (batch assembly)"] += r.steps * c["data_s"]
         per_run.append((r.run_id, summary["wall_s"], r.steps * c["step_s"], summary["compile_s"]))
-    t0 = time.perf_counter()
-    sweep.finalize(plan, out, echo=lambda *a: None, force=True)
-    parts["fit and plots"] = time.perf_counter() - t0  # (already inside the last run's wall time)
-    parts["other (run set-up, init/eval compile, logging, results)"] = wall - sum(parts.values())
+    parts["fit and plots"] = fit_s
+    parts["other (run set-up, eval/FLOP-count compile waits, logging, results)"] = wall - sum(parts.values())
 
     print(f"sweep {plan.spec.name}: {len(plan.runs)} runs, wall {wall:.1f}s "
           f"({'warm' if args.warm_cache else 'fresh'} compilation cache)")

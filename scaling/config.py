@@ -58,7 +58,7 @@ class ModelConfig:
     mlp: str = _f("gelu", "MLP type: gelu (tanh approximation, GPT-2) | swiglu")
     dropout: float = _f(0.0, "dropout rate on the embeddings and the residual branches")
     dtype: str = _f("float32", "compute dtype: float32 | bfloat16 (parameters stay float32)")
-    attention: str = _f("auto", "training attention: auto (blocked on CPU, dot_product elsewhere) | blocked "
+    attention: str = _f("auto", "training attention: auto (blocked on CPU for seq_len > 64, dot_product otherwise) | blocked "
                                "(cache-sized blocks, hand-written backward) | dot_product (jax.nn.dot_product_attention)")
     init_std: float = _f(0.02, "std of the normal init; residual projections get init_std/sqrt(2*n_layer)")
 

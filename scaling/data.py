@@ -225,6 +225,7 @@ class Batches:
     def _perm(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(self.n_windows)
 
+    @functools.lru_cache(maxsize=4)
     def _offset(self, epoch: int) -> int:
         return int(np.random.default_rng([self.seed, epoch, 1]).integers(0, self.max_offset + 1))
 
@@ -235,6 +236,9 @@ class Batches:
         if self.sampler is not None:
             return self.sampler(step, sample) * self.seq_len
         epoch, pos = np.divmod(sample, self.n_windows)
+        if epoch[0] == epoch[-1]:  # the usual case: the rows lie in one epoch
+            e = int(epoch[0])
+            return self._perm(e)[pos] * self.seq_len + self._offset(e)
         out = np.empty_like(sample)
         for e in np.unique(epoch):
             m = epoch == e

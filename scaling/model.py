@@ -66,10 +66,12 @@ def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return out.astype(x.dtype)
 
 
-def _training_attention(cfg: ModelConfig) -> str:
+def training_attention(cfg: ModelConfig) -> str:
+    """``model.attention`` resolved: auto is blocked on a CPU for sequences longer than one
+    block (for one block it is plain attention in a loop), dot_product otherwise."""
     if cfg.attention != "auto":
         return cfg.attention
-    return "blocked" if jax.default_backend() == "cpu" else "dot_product"
+    return "blocked" if jax.default_backend() == "cpu" and cfg.seq_len > attn_lib.ATTN_BLOCK else "dot_product"
 
 
 class Attention(nn.Module):
@@ -93,7 +95,7 @@ class Attention(nn.Module):
         names = ("act_batch", "act_seq", "act_heads", None)
         q, k, v = (nn.with_logical_constraint(a, names) for a in (q, k, v))
         new_cache = None
-        if cache is None and _training_attention(cfg) == "blocked":
+        if cache is None and training_attention(cfg) == "blocked":
             y = attn_lib.blocked_causal_attention(q, k, v, chunk=logical_axis_size("act_batch"))
         elif cache is None:
             y = attn_lib.dot_product_attention(q, k, v)

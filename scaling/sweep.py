@@ -71,6 +71,7 @@ finishes last (when every planned run has a summary) writes fit.json and the plo
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import csv
 import dataclasses
@@ -1067,7 +1068,9 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
                           "[{elapsed}<{remaining}{postfix}]")
     bar.set_postfix_str(f"runs {n_done}/{len(mine)}")
     trainers = {} if trainers is None else trainers  # one Trainer per shape, shared by its runs
+    ahead = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile-ahead")
     try:
+        _compile_ahead([r for r in mine if not finished(r)], trainers, ahead)
         for r in mine:
             run_dir = out / "runs" / r.run_id
             if finished(r):
@@ -1091,6 +1094,7 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
             if is_main:
                 rebuild_results(out)
     finally:
+        ahead.shutdown(wait=False, cancel_futures=True)
         bar.close()
     if is_main:
         res.rows = rebuild_results(out)
@@ -1098,6 +1102,30 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
         if plan.spec.fit and not res.pending:
             res.fit = finalize(plan, out, echo=echo)
     return res
+
+
+def _compile_ahead(runs: list[PlannedRun], trainers: dict, pool) -> None:
+    """Queue the compilation of every shape ``runs`` train on ``pool``, in the order the runs
+    need them, so that later shapes compile while earlier runs train (a Trainer per shape goes
+    into ``trainers``, where the runs find it)."""
+    import jax
+
+    from scaling import sharding as sh
+    from scaling.train import Trainer
+
+    def build(key, cfg, mesh, steps):
+        trainer = trainers.get(key)
+        if trainer is None:
+            trainer = trainers.setdefault(key, Trainer(cfg, mesh, steps))
+        trainer.compile_all()
+
+    queued = set()
+    for r in runs:
+        mesh = sh.make_mesh(sh.mesh_shape(r.cfg.mesh, jax.device_count()))
+        key = Trainer.program_key(r.cfg, mesh)
+        if key not in queued:
+            queued.add(key)
+            pool.submit(build, key, r.cfg, mesh, r.steps)
 
 
 def _train_one(plan: Plan, r: PlannedRun, run_dir: Path, out: Path, is_main: bool, bar, Run,

@@ -234,7 +234,8 @@ class Trainer:
 
     def _program(self, name: str, build: Callable[[], Any], wait: bool = True) -> Any:
         """Program ``name``, built by the first thread that asks for it (the training loop or a
-        ``compile_ahead`` worker); later requests wait for that build (unless not ``wait``)."""
+        ``compile_ahead`` worker); later requests wait for that build. With ``wait`` false
+        (building ahead) it returns None, and a failed build is kept for whoever asks next."""
         with self._lock:
             fut = self._compiled.get(name)
             mine = fut is None
@@ -245,7 +246,7 @@ class Trainer:
                 fut.set_result(build())
             except BaseException as e:  # the error reaches whoever asks for the program
                 fut.set_exception(e)
-        return fut.result() if wait or mine else None
+        return fut.result() if wait else None
 
     def compile_all(self) -> None:
         """Build, in this thread, every program nobody has started yet, in the order a run

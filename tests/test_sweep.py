@@ -432,3 +432,34 @@ def test_two_shards_at_once_train_every_run_exactly_once(reference_sweep, tmp_pa
     assert len({e["pid"] for e in events}) == 2
     fit = json.loads((out / "fit.json").read_text())
     assert fit["sweep"]["results_sha256"] == sweep._results_digest(out)
+
+
+def test_compile_ahead_queues_each_shape_once_in_run_order_for_the_runs_to_find(tmp_path):
+    """The sweep queues one compile task per shape, in the order its runs come; the Trainer a
+    task builds is the one every run of that shape then trains with (same compiled step)."""
+    from scaling.train import Run
+
+    plan = sweep.make_plan(sweep.load_spec(SMOKE), {"train": {"progress": "false"}})
+
+    class Recorder:  # an executor that only records what it is given
+        def __init__(self):
+            self.tasks = []
+
+        def submit(self, fn, *args):
+            self.tasks.append((fn, args))
+
+    pool, trainers = Recorder(), {}
+    sweep._compile_ahead(plan.runs, trainers, pool)
+    shapes = list(dict.fromkeys(r.shape for r in plan.runs))
+    assert len(pool.tasks) == len(shapes) == 3 and not trainers  # nothing built on this thread
+    assert [args[1].model for _, args in pool.tasks] == [next(r.cfg.model for r in plan.runs if r.shape == s)
+                                                         for s in shapes]
+    fn, args = pool.tasks[0]
+    fn(*args)  # the first shape's task, run here
+    (built,) = trainers.values()
+    assert built.step_compiled and built._compiled["eval"].done() and built._compiled["init"].done()
+    for r in plan.runs:
+        if r.shape == shapes[0]:
+            run = Run(r.cfg, tmp_path / r.run_id, trainers=trainers)
+            assert run.trainer().compile_step() is built.compile_step()
+            run.ckpt.close()

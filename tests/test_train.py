@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import json
 import math
+import sys
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +18,7 @@ import pytest
 from experiments import train as train_cli
 from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig
 from scaling.sharding import make_mesh
-from scaling.train import Trainer, cross_entropy, decay_mask, lr_schedule
+from scaling.train import Trainer, cross_entropy, decay_mask, lr_schedule, short_gil_switch
 from tests.conftest import TINY, run_cli
 
 
@@ -190,3 +194,65 @@ def test_mesh_errors_on_eight_devices_exit_2_in_a_real_process(tmp_path):
         assert r.returncode == 2, r.stderr
         assert r.stderr.strip().splitlines() == [r.stderr.strip().splitlines()[-1]] and message in r.stderr, r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def _tiny_trainer(steps=10):
+    model = ModelConfig(n_layer=1, d_model=16, n_head=2, vocab_size=64, seq_len=8)
+    cfg = dataclasses.replace(Config(), model=model, train=TrainConfig(batch_size=4))
+    return Trainer(cfg, make_mesh({"data": 1, "fsdp": 1, "model": 1}), steps)
+
+
+def test_compile_ahead_builds_each_program_once_and_trains_as_compiled_in_line():
+    """Two compile_ahead calls from two pool threads: every program built once, off this
+    thread; the state, steps, evaluation and FLOP count equal a Trainer's that compiled each
+    program when first asked."""
+    ahead, inline = _tiny_trainer(), _tiny_trainer()
+    builds = collections.Counter()
+    for name in ("_build_step", "_build_init", "_build_eval", "_build_xla_flops", "_lower_step"):
+        def counted(f=getattr(ahead, name), name=name):
+            builds[(name, threading.get_ident())] += 1
+            return f()
+        setattr(ahead, name, counted)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        for f in [ahead.compile_ahead(pool), ahead.compile_ahead(pool)]:
+            f.result()
+    assert sorted(n for n, _ in builds) == sorted(["_build_step", "_build_init", "_build_eval",
+                                                   "_build_xla_flops", "_lower_step"])
+    assert all(c == 1 and tid != threading.get_ident() for (_, tid), c in builds.items())
+    assert ahead.step_compiled and not inline.step_compiled
+    batch = jax.random.randint(jax.random.key(0), (4, 9), 0, 64)
+    outs = []
+    for t in (ahead, inline):
+        state, losses = t.init_state(), []
+        for _ in range(3):
+            state, m = t.train_step(state, batch)
+            losses.append(float(m["loss"]))
+        outs.append((losses, float(t.eval_step(state.params, batch)), t.xla_flops_per_step(),
+                     jax.tree.leaves(state.params)))
+    assert outs[0][:3] == outs[1][:3]
+    for x, y in zip(outs[0][3], outs[1][3]):
+        np.testing.assert_array_equal(x, y)
+    assert sum(builds.values()) == 5  # asking for the programs built none again
+
+
+def test_a_failed_background_build_raises_where_the_program_is_asked_for():
+    t = _tiny_trainer()
+
+    def broken():
+        raise RuntimeError("evaluation does not compile")
+    t._build_eval = broken
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        t.compile_ahead(pool).result()  # the worker goes on to the programs after it
+    assert t.step_compiled and t._compiled["xla_flops"].done()
+    state = t.init_state()
+    with pytest.raises(RuntimeError, match="evaluation does not compile"):
+        t.eval_step(state.params, jnp.zeros((4, 9), jnp.int32))
+
+
+def test_short_gil_switch_is_restored_after_the_last_user():
+    before = sys.getswitchinterval()
+    with short_gil_switch(1e-4):
+        with short_gil_switch(1e-4):
+            assert sys.getswitchinterval() == pytest.approx(1e-4)
+        assert sys.getswitchinterval() == pytest.approx(1e-4)
+    assert sys.getswitchinterval() == before

@@ -11,10 +11,11 @@ fractions of a second each, so that per-shape compilation dominates it whatever 
 Runs the whole sweep in this process, as ``python -m experiments.sweep`` does (``execute``:
 results.csv, the log, compile-ahead of later shapes while earlier runs train, and after the
 last run the fit and plots), into a temporary directory, with a fresh, empty JAX compilation
-cache unless --warm-cache (as on a fresh clone). Then, with the sweep's compiled functions,
+cache unless --warm-cache (as on a fresh clone). With the sweep's compiled functions
 it times in isolation: a training step of each shape on a ready device batch, in the run's
-loop (the median of 7 windows, the shapes' windows interleaved; x each run's steps = the
-training steps' share), one evaluation (x the run's evaluations),
+loop (after every run, two short windows of each shape compiled so far, the time taken out
+of the sweep's wall time; a shape's step time is the median of all its windows; x each
+run's steps = the training steps' share), one evaluation (x the run's evaluations),
 one checkpoint save (x its saves) and the host-side batch assembly (x its steps).
 Compilation is the time the runs waited for their init and train step (``compile_s`` in
 summary.json; compiles that overlap training are not waited for). Prints each part as a
@@ -44,36 +45,53 @@ def _time(fn, n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def step_seconds(runs, tmp: Path, trainers: dict, rounds: int = 7, window_s: float = 0.3) -> dict:
-    """Seconds per training step of each shape: the median of ``rounds`` windows, the shapes'
-    windows interleaved (so that the machine's drift touches all of them alike). The loop is
-    the run's (step t dispatched before step t-1's metrics are fetched) on a ready batch."""
-    import jax
-    import numpy as np
+class StepTimer:
+    """Seconds per training step of each shape, timed in the run's own loop (step t dispatched
+    before step t-1's metrics are fetched) on a ready batch with the sweep's compiled step:
+    after every run, two short windows of each shape compiled so far; a shape's step time is
+    the median of all its windows, so that the machine's drift over the sweep touches the
+    estimate as it touches the runs."""
 
-    from scaling import sharding as sh
-    from scaling.train import Run
+    def __init__(self, plan, tmp: Path, trainers: dict, window_s: float = 0.25):
+        self.plan, self.tmp, self.trainers, self.window_s = plan, tmp, trainers, window_s
+        self.loops: dict = {}
+        self.spent = 0.0  # seconds spent timing (taken out of the sweep's wall time)
 
-    loops = {}
-    for r in runs:
-        run = Run(r.cfg, tmp / r.run_id, trainers=trainers)  # a scratch directory: the sweep is untouched
-        trainer = run.trainer()  # the sweep's compiled functions (nothing compiles here)
-        key = trainer.key
-        if key not in loops:
+    def _loop(self, r):
+        from scaling import sharding as sh
+        from scaling.train import Run
+
+        run = Run(r.cfg, self.tmp / r.run_id, trainers=self.trainers)  # a scratch directory
+        trainer = run.trainer()
+        if trainer.key not in self.loops and trainer.step_compiled:
             batch = sh.make_global_batch(run.mesh, run.batches.train_batch(0, *run.rows), r.cfg.train.batch_size)
-            loops[key] = {"trainer": trainer, "state": trainer.init_state(), "batch": batch, "windows": []}
+            self.loops[trainer.key] = {"trainer": trainer, "state": trainer.init_state(), "batch": batch,
+                                       "windows": []}
         run.ckpt.close()
-    for _ in range(rounds + 1):  # the first round warms up
-        for lp in loops.values():
-            n, prev, t0 = 0, None, time.perf_counter()
-            while n < 10 or time.perf_counter() - t0 < window_s:
-                lp["state"], m = lp["trainer"].train_step(lp["state"], lp["batch"])
-                if prev is not None:
-                    jax.device_get(prev)
-                prev, n = m, n + 1
-            jax.device_get(prev)
-            lp["windows"].append((time.perf_counter() - t0) / n)
-    return {key: float(np.median(lp["windows"][1:])) for key, lp in loops.items()}
+        return trainer.key
+
+    def __call__(self, _run=None) -> None:
+        import jax
+
+        t_start = time.perf_counter()
+        for r in self.plan.runs:
+            self._loop(r)
+        for lp in self.loops.values():
+            for w in range(3):  # a warm-up window, then two timed ones
+                n, prev, t0 = 0, None, time.perf_counter()
+                while n < 5 or time.perf_counter() - t0 < self.window_s:
+                    lp["state"], m = lp["trainer"].train_step(lp["state"], lp["batch"])
+                    if prev is not None:
+                        jax.device_get(prev)
+                    prev, n = m, n + 1
+                jax.device_get(prev)
+                if w:
+                    lp["windows"].append((time.perf_counter() - t0) / n)
+        self.spent += time.perf_counter() - t_start
+
+    def step_s(self, r) -> float:
+        import numpy as np
+        return float(np.median(self.loops[self._loop(r)]["windows"]))
 
 
 def isolated_costs(run_cfg, run_dir: Path, trainers: dict) -> dict:
@@ -126,9 +144,11 @@ def main(argv=None) -> dict:
     plan = sweep.make_plan(sweep.load_spec(args.config), {"train": {"progress": "false"}})
     out = tmp / "sweep"
     trainers: dict = {}  # the sweep's compiled functions, one Trainer per shape
+    timer = StepTimer(plan, tmp / "scratch-steps", trainers)
     t0 = time.perf_counter()
-    sweep.execute(plan, out, progress=False, echo=lambda *a: None, trainers=trainers)
-    wall = time.perf_counter() - t0
+    sweep.execute(plan, out, progress=False, echo=lambda *a: None, trainers=trainers, after_run=timer)
+    wall = time.perf_counter() - t0 - timer.spent
+    timer()  # a last round on the idle machine
     t0 = time.perf_counter()
     sweep.finalize(plan, out, echo=lambda *a: None, force=True)
     fit_s = time.perf_counter() - t0  # (already inside the sweep's wall time: timed again)
@@ -136,11 +156,10 @@ def main(argv=None) -> dict:
     parts = {"train steps": 0.0, "compile (init and train step, waited for)": 0.0, "evaluation": 0.0,
              "checkpoints": 0.0, "data (batch assembly)": 0.0}
     per_run = []
-    step_s = step_seconds(plan.runs, tmp / "scratch-steps", trainers)
     for r in plan.runs:
         summary = json.loads((out / "runs" / r.run_id / "summary.json").read_text())
         c = isolated_costs(r.cfg, tmp / "scratch" / r.run_id, trainers)
-        c["step_s"] = step_s[c["key"]]
+        c["step_s"] = timer.step_s(r)
         every, ev = r.cfg.checkpoint.every_steps, r.cfg.train.eval_every
         # periodic saves (none in the last quarter-interval before the end: Checkpointer.due) + the final one
         n_ckpt = 1 + (sum(1 for s in range(every, r.steps, every) if r.steps - s >= every // 4) if every else 0)

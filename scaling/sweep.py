@@ -1033,11 +1033,14 @@ def _run_state(run_dir: Path) -> str | None:
 
 
 def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_diverged: bool = False,
-            progress: bool | None = None, echo=print, trainers: dict | None = None) -> SweepResult:
+            progress: bool | None = None, echo=print, trainers: dict | None = None,
+            after_run=None) -> SweepResult:
     """Train this shard's runs one after another (resuming), rebuilding results.csv after each;
     when every planned run has finished, fit and plot. ``echo`` prints progress lines. Runs of
     one shape share compiled functions through ``trainers`` (a fresh dict by default; pass
-    the same dict to several calls to share across them)."""
+    the same dict to several calls to share across them); later shapes compile on background
+    threads while earlier runs train. ``after_run(run)``, if given, is called after each run
+    this call trains (benchmarks/sweep_overhead.py times steps there)."""
     import jax
     from tqdm import tqdm
 
@@ -1068,7 +1071,9 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
                           "[{elapsed}<{remaining}{postfix}]")
     bar.set_postfix_str(f"runs {n_done}/{len(mine)}")
     trainers = {} if trainers is None else trainers  # one Trainer per shape, shared by its runs
-    ahead = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile-ahead")
+    # one compile thread per 4 cores (an XLA compile keeps about 1.5 busy): 1 on a laptop
+    ahead = concurrent.futures.ThreadPoolExecutor(max(1, (os.cpu_count() or 1) // 4),
+                                                  thread_name_prefix="compile-ahead")
     try:
         _compile_ahead([r for r in mine if not finished(r)], trainers, ahead)
         for r in mine:
@@ -1088,6 +1093,8 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
                     continue
                 _train_one(plan, r, run_dir, out, is_main, bar, Run, trainers)
                 res.trained.append(r.run_id)
+            if after_run is not None:
+                after_run(r)
             n_done += 1
             bar.update(r.flops["6nd"])
             bar.set_postfix_str(f"runs {n_done}/{len(mine)}")

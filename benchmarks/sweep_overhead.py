@@ -2,6 +2,7 @@
 evaluation, checkpoints, data, fit and plots, the rest), measured in one process.
 
     python benchmarks/sweep_overhead.py [--config experiments/configs/bench-smoke.yaml] [--warm-cache]
+                                        [--no-compile-ahead]
 
 The default sweep, bench-smoke, is the smoke sweep's design (2 budgets x 3 sizes) at budgets
 where training takes a couple of minutes on 2 CPU cores; ``--config
@@ -131,6 +132,8 @@ def main(argv=None) -> dict:
     p.add_argument("--config", default=str(REPO / "experiments" / "configs" / "bench-smoke.yaml"))
     p.add_argument("--warm-cache", action="store_true",
                    help="use the usual compilation cache (else a fresh empty one, as on a fresh clone)")
+    p.add_argument("--no-compile-ahead", action="store_true",
+                   help="compile each program on the loop's thread when first needed (the A/B baseline)")
     args = p.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="sweep-overhead-"))
     if not args.warm_cache:
@@ -141,6 +144,10 @@ def main(argv=None) -> dict:
     from scaling import compile_cache, sweep
 
     compile_cache.enable()
+    if args.no_compile_ahead:
+        from scaling import train
+        sweep._compile_ahead = lambda *a, **k: None
+        train.Trainer.compile_ahead = lambda self, pool: None
     plan = sweep.make_plan(sweep.load_spec(args.config), {"train": {"progress": "false"}})
     out = tmp / "sweep"
     trainers: dict = {}  # the sweep's compiled functions, one Trainer per shape
@@ -174,7 +181,8 @@ def main(argv=None) -> dict:
     parts["other (run set-up, eval/FLOP-count compile waits, logging, results)"] = wall - sum(parts.values())
 
     print(f"sweep {plan.spec.name}: {len(plan.runs)} runs, wall {wall:.1f}s "
-          f"({'warm' if args.warm_cache else 'fresh'} compilation cache)")
+          f"({'warm' if args.warm_cache else 'fresh'} compilation cache"
+          f"{', no compile-ahead' if args.no_compile_ahead else ''})")
     print(f"  {'run':<26} {'wall_s':>8} {'steps_s':>8} {'compile_s':>9}  steps' share")
     for rid, w, s, c in per_run:
         print(f"  {rid:<26} {w:8.2f} {s:8.2f} {c:9.2f}  {s / w:6.1%}")

@@ -14,9 +14,9 @@ results.csv, the log, compile-ahead of later shapes while earlier runs train, an
 last run the fit and plots), into a temporary directory, with a fresh, empty JAX compilation
 cache unless --warm-cache (as on a fresh clone). With the sweep's compiled functions
 it times in isolation: a training step of each shape on a ready device batch, in the run's
-loop (after every run, two short windows of each shape compiled so far, the time taken out
-of the sweep's wall time; a shape's step time is the median of all its windows; x each
-run's steps = the training steps' share), one evaluation (x the run's evaluations),
+loop (after every run that leaves no compile pending, two short windows of each shape, the
+time taken out of the sweep's wall time; a shape's step time is the median of all its
+windows; x each run's steps = the training steps' share), one evaluation (x the run's evaluations),
 one checkpoint save (x its saves) and the host-side batch assembly (x its steps).
 Compilation is the time the runs waited for their init and train step (``compile_s`` in
 summary.json; compiles that overlap training are not waited for). Prints each part as a
@@ -49,9 +49,9 @@ def _time(fn, n: int) -> float:
 class StepTimer:
     """Seconds per training step of each shape, timed in the run's own loop (step t dispatched
     before step t-1's metrics are fetched) on a ready batch with the sweep's compiled step:
-    after every run, two short windows of each shape compiled so far; a shape's step time is
-    the median of all its windows, so that the machine's drift over the sweep touches the
-    estimate as it touches the runs."""
+    after every run that leaves no compile pending, two short windows of each shape; a shape's
+    step time is the median of all its windows, so that the machine's drift over the sweep
+    touches the estimate as it touches the runs."""
 
     def __init__(self, plan, tmp: Path, trainers: dict, window_s: float = 0.25):
         self.plan, self.tmp, self.trainers, self.window_s = plan, tmp, trainers, window_s
@@ -71,9 +71,19 @@ class StepTimer:
         run.ckpt.close()
         return trainer.key
 
-    def __call__(self, _run=None) -> None:
+    def _compiling(self) -> bool:
+        """Whether a shape's programs are still to be compiled or compiling (ahead, on a thread
+        that would go on during the timing, which is taken out of the wall time)."""
+        from scaling.sweep import shape_key
+        shapes = {shape_key(r) for r in self.plan.runs}
+        return len(self.trainers) < len(shapes) or not all(
+            f.done() for t in list(self.trainers.values()) for f in list(t._compiled.values()))
+
+    def __call__(self, _run=None, *, last: bool = False) -> None:
         import jax
 
+        if self._compiling() and not last:
+            return  # time later: compiles must not get the timing's pause for free
         t_start = time.perf_counter()
         for r in self.plan.runs:
             self._loop(r)
@@ -155,7 +165,7 @@ def main(argv=None) -> dict:
     t0 = time.perf_counter()
     sweep.execute(plan, out, progress=False, echo=lambda *a: None, trainers=trainers, after_run=timer)
     wall = time.perf_counter() - t0 - timer.spent
-    timer()  # a last round on the idle machine
+    timer(last=True)  # a last round on the idle machine
     t0 = time.perf_counter()
     sweep.finalize(plan, out, echo=lambda *a: None, force=True)
     fit_s = time.perf_counter() - t0  # (already inside the sweep's wall time: timed again)

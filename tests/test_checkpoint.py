@@ -165,3 +165,26 @@ def test_restore_under_a_different_mesh(tmp_path):
         lines = _metrics(out)
         assert [x["step"] for x in lines] == [x["step"] for x in _metrics(src)]
         np.testing.assert_allclose([x["loss"] for x in lines], ref, rtol=1e-4)
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_keep_best_keeps_the_lowest_validation_loss_beside_the_last_k(tmp_path, async_save):
+    """keep=2 with keep_best: after saves at steps 1-6 the directory holds the last two and the
+    step of the lowest validation loss; an unevaluated save never counts as the best."""
+    from scaling.checkpoint import Checkpointer
+    from scaling.config import CheckpointConfig
+
+    ck = Checkpointer(tmp_path / "ck", CheckpointConfig(keep=2, keep_best=True, async_save=async_save))
+    val = {1: 3.0, 2: 1.0, 3: None, 4: 2.5, 5: 2.2, 6: 2.4}
+    for step, v in val.items():
+        state = {"w": np.full((3,), float(step), np.float32)}
+        ck.save(step, state, {"val_loss": v})
+    ck.wait()
+    assert ck.steps() == [2, 5, 6]
+    ck.close()
+    plain = Checkpointer(tmp_path / "plain", CheckpointConfig(keep=2, async_save=async_save))
+    for step, v in val.items():
+        plain.save(step, {"w": np.zeros(3, np.float32)}, {"val_loss": v})
+    plain.wait()
+    assert plain.steps() == [5, 6]
+    plain.close()

@@ -156,8 +156,8 @@ def short_gil_switch(interval_s: float = 2e-4):
     """While a thread traces programs beside a training loop, make Python hand the GIL over
     every ``interval_s`` instead of every 5 ms (its default): otherwise the loop, which lets go
     of the GIL at each wait on the device, waits up to 5 ms to get it back, several times a
-    step. Measured on 2 CPU cores, a 5 ms step: 156 ms per step beside a tracing thread with
-    the default interval, 6.1 ms with 0.2 ms (4.8 ms alone)."""
+    step. ``python -m benchmarks.gil_switch`` on 2 CPU cores: a 4.5 ms step took 154 ms beside
+    a tracing thread with the default interval, 8.4 ms with 0.2 ms."""
     with _switch["lock"]:
         if _switch["users"] == 0:
             _switch["saved"] = sys.getswitchinterval()
@@ -236,6 +236,9 @@ class Trainer:
         """Program ``name``, built by the first thread that asks for it (the training loop or a
         ``compile_ahead`` worker); later requests wait for that build. With ``wait`` false
         (building ahead) it returns None, and a failed build is kept for whoever asks next."""
+        fut = self._compiled.get(name)
+        if fut is not None and fut.done():  # the training loop's case, once per step: no lock
+            return fut.result() if wait else None
         with self._lock:
             fut = self._compiled.get(name)
             mine = fut is None

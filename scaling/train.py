@@ -264,13 +264,19 @@ class Trainer:
         this thread trains; asking for one still being built waits for it."""
         return pool.submit(self.compile_all)
 
-    def _build_init(self) -> Any:
-        # it runs once per run: on a CPU, skip LLVM's optimisations (a third of the compile
-        # time; the values are the same random draws)
-        opts = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+    def _lower_init(self) -> Any:
         jitted = jax.jit(self._init_state, out_shardings=self.state_sharding)
         with sh.mesh_context(self.mesh):
-            return jitted.lower(jax.random.key(0)).compile(compiler_options=opts)
+            return jitted.lower(jax.random.key(0))
+
+    @staticmethod
+    def init_compiler_options() -> dict | None:
+        """The init runs once per run: on a CPU, skip LLVM's optimisations (a third of its
+        compile time; the values are the same random draws)."""
+        return {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+
+    def _build_init(self) -> Any:
+        return self._lower_init().compile(compiler_options=self.init_compiler_options())
 
     def init_state(self) -> TrainState:
         """A fresh state from the run's seed (the init is compiled once per shape)."""
@@ -360,12 +366,15 @@ class Trainer:
     def train_step(self, state: TrainState, batch_bt: jax.Array):
         return self.compile_step()(state, batch_bt, self.run_args)
 
-    def _build_eval(self) -> Any:
+    def _lower_eval(self) -> Any:
         jitted = jax.jit(lambda params, b: cross_entropy(self.model, params, b),
                          in_shardings=(self.state_sharding.params, self.batch_sharding),
                          out_shardings=self.replicated)
         with sh.mesh_context(self.mesh):
-            return jitted.lower(self.abstract_state.params, self._abstract_batch()).compile()
+            return jitted.lower(self.abstract_state.params, self._abstract_batch())
+
+    def _build_eval(self) -> Any:
+        return self._lower_eval().compile()
 
     def eval_step(self, params, batch_bt: jax.Array) -> jax.Array:
         """Mean cross-entropy of one batch (the evaluation is compiled once per shape)."""

@@ -1,0 +1,430 @@
+"""A sweep's plan: the sizing rule, every run resolved to its Config, and the plan as printed."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from scaling import config as config_lib
+from scaling.config import Config, ModelConfig
+from scaling.errors import UsageError
+from scaling import flops as flops_lib
+from scaling.sweep_spec import DESIGN_FIELDS, Arm, ModelSpec, Sizing, Spec, _si
+
+
+# ----------------------------------------------------------------------------- sizing
+
+
+def count(model: ModelConfig, which: str = "total") -> int:
+    c = flops_lib.param_counts(model)
+    return c["n_params"] if which == "total" else c["n_params_nonembed"]
+
+
+def shape_for(target: float, sizing: Sizing, model: ModelConfig) -> tuple[int, int, int]:
+    """(n_layer, d_model, n_head) of the sizing rule for a target parameter count.
+
+    ``model`` supplies everything else that counts (vocabulary, context, MLP, biases)."""
+    best: tuple[float, int, int] | None = None
+    for n_layer in range(1, sizing.max_layers + 1):
+        d_model = sizing.head_dim * max(1, round(sizing.aspect * n_layer / sizing.head_dim))
+        m = dataclasses.replace(model, n_layer=n_layer, d_model=d_model, n_head=d_model // sizing.head_dim)
+        err = abs(math.log(count(m, sizing.count) / target))
+        if best is None or err < best[0]:
+            best = (err, n_layer, d_model)
+    _, n_layer, d_model = best  # type: ignore[misc]
+    return n_layer, d_model, d_model // sizing.head_dim
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of the sweep, fully resolved (its Config is the one Run trains)."""
+
+    index: int
+    run_id: str
+    cfg: Config
+    seed: int
+    arm: str | None
+    budget: float | None
+    target: float | None
+    tags: dict
+    n_params: int
+    n_params_nonembed: int
+    steps: int
+    flops: dict  # 6nd, kaplan, chinchilla: totals over the run
+
+    @property
+    def tokens(self) -> int:
+        return self.cfg.train.tokens
+
+    @property
+    def shape(self) -> str:
+        m = self.cfg.model
+        return f"L{m.n_layer}-d{m.d_model}-h{m.n_head}"
+
+    @property
+    def flops_per_step(self) -> float:
+        return self.flops["6nd"] / self.steps
+
+    def to_json(self) -> dict:
+        m = self.cfg.model
+        return {"index": self.index, "run_id": self.run_id, "n_layer": m.n_layer, "d_model": m.d_model,
+                "n_head": m.n_head, "seq_len": m.seq_len, "batch_size": self.cfg.train.batch_size,
+                "n_params": self.n_params, "n_params_nonembed": self.n_params_nonembed, "tokens": self.tokens,
+                "steps": self.steps, "flops_6nd": self.flops["6nd"], "flops_kaplan": self.flops["kaplan"],
+                "flops_chinchilla": self.flops["chinchilla"], "budget": self.budget, "seed": self.seed,
+                "arm": self.arm, "target_n": self.target, "tags": self.tags,
+                "config_hash": self.cfg.identity_hash()}
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: Spec
+    runs: tuple[PlannedRun, ...]
+    base: Config  # base config after overrides (before arms and the design)
+    dropped: tuple[str, ...] = ()  # notes on design points left out
+    approaches: tuple[str, ...] = ()  # the fits the plan supports
+
+    def shard(self, index: int, count_: int) -> tuple[PlannedRun, ...]:
+        return tuple(r for r in self.runs if r.index % count_ == index)
+
+    @property
+    def has_arms(self) -> bool:
+        return bool(self.spec.arms)
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """"I/N" (0 <= I < N) -> (I, N); None -> (0, 1)."""
+    if text is None:
+        return 0, 1
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m:
+        raise UsageError(f"--shard expects I/N (e.g. 0/4), got {text!r}")
+    i, n = int(m.group(1)), int(m.group(2))
+    if n < 1 or not 0 <= i < n:
+        raise UsageError(f"--shard {text}: need 0 <= I < N")
+    return i, n
+
+
+def format_tokens(tokens: float) -> str:
+    mant, exp = f"{tokens:.1e}".split("e")
+    return f"{mant}e{int(exp)}"
+
+
+def _check_overrides(spec: Spec, overrides: dict) -> None:
+    fixed = list(DESIGN_FIELDS) + (["train.seed"] if spec.seeds is not None else [])
+    for key in fixed:
+        sec, name = key.split(".")
+        if name in (overrides.get(sec) or {}):
+            raise UsageError(f"--{key} is set by the sweep design of {spec.path}; edit the spec instead")
+    for i, arm in enumerate(spec.arms):
+        for key in fixed:
+            sec, name = key.split(".")
+            if name in (arm.config.get(sec) or {}):
+                raise UsageError(f"sweep spec {spec.path}: arms[{i}] ({arm.name}) sets {key}, which the design sets")
+
+
+def make_plan(spec: Spec, overrides: dict | None = None, *, load_data: bool = True) -> Plan:
+    """Resolve every run of the sweep and validate it (configs, budgets, corpus, mesh, batch).
+
+    Nothing is trained or written. ``load_data`` checks the corpus (tokenizing it into the
+    token cache the first time) and takes the vocabulary from the tokenizer; without it the
+    vocabulary must be given (``model.vocab_size``) or is taken from the tokenizer name."""
+    overrides = overrides or {}
+    _check_overrides(spec, overrides)
+    base_dict = config_lib.merge(spec.base, overrides)
+    base = config_lib.from_dict(base_dict)
+    arms: tuple[Arm | None, ...] = spec.arms or (None,)
+    seeds = spec.seeds if spec.seeds is not None else (base.train.seed,)
+    vocab_of: dict = {}
+    arm_info = []
+    for arm in arms:
+        d = config_lib.merge(base_dict, arm.config) if arm else base_dict
+        try:
+            cfg = config_lib.from_dict(d)
+        except UsageError as e:
+            raise UsageError(f"arm {arm.name}: {e}" if arm else str(e)) from None
+        if cfg.data not in vocab_of:
+            vocab_of[cfg.data] = _vocab(cfg, load_data)
+        n_vocab = vocab_of[cfg.data]
+        if cfg.model.vocab_size and cfg.model.vocab_size < n_vocab:
+            raise UsageError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's "
+                             f"{n_vocab} ids")
+        vocab = cfg.model.vocab_size or n_vocab
+        d = config_lib.merge(d, {"model": {"vocab_size": vocab}})
+        arm_info.append((arm, d, config_lib.from_dict(d)))
+
+    points: list[tuple] = []  # (budget, tokens request, model spec) in design order
+    if spec.design == "grid":
+        for t in sorted(spec.tokens):
+            for m in spec.models:
+                points.append((None, t, m))
+    else:
+        for b in sorted(spec.budgets, key=lambda b: b.flops):
+            for m in b.models:
+                points.append((b.flops, None, m))
+
+    runs: list[dict] = []
+    dropped: list[str] = []
+    for budget, tokens_req, mspec in points:
+        per_arm = []
+        for arm, d, cfg in arm_info:
+            shape = _shape(mspec, spec.sizing, cfg.model)
+            model = _model(cfg.model, shape, mspec)
+            counts = flops_lib.param_counts(model)
+            per_step = cfg.train.batch_size * cfg.model.seq_len
+            if budget is None:
+                steps = max(1, round(tokens_req / per_step))
+                if tokens_req < per_step / 2:
+                    raise UsageError(f"grid tokens {tokens_req:g} is less than one batch "
+                                     f"(train.batch_size * model.seq_len = {per_step})")
+            else:
+                steps = round(budget / (6 * counts["n_params"] * per_step))
+                if steps < spec.min_steps:
+                    dropped.append(f"budget {budget:.3g} x {mspec.describe()} (N={counts['n_params']:,}): "
+                                   f"{steps} steps < isoflop.min_steps {spec.min_steps}")
+                    per_arm = None
+                    break
+            per_arm.append((arm, d, model, counts, steps))
+        if per_arm is None:
+            continue
+        for seed in seeds:
+            for arm, d, model, counts, steps in per_arm:
+                runs.append(dict(arm=arm, d=d, model=model, counts=counts, steps=steps, seed=seed,
+                                 budget=budget, target=mspec.target, mspec=mspec))
+    if not runs:
+        raise UsageError(f"sweep spec {spec.path} plans no runs" + (f" ({dropped[0]}; ...)" if dropped else ""))
+
+    planned: list[PlannedRun] = []
+    seen: dict[str, str] = {}
+    for r in runs:
+        model, seed, arm = r["model"], r["seed"], r["arm"]
+        d = config_lib.merge(r["d"], {"model": {"n_layer": model.n_layer, "d_model": model.d_model,
+                                                "n_head": model.n_head}})
+        cfg0 = config_lib.from_dict(d)
+        tokens = r["steps"] * cfg0.train.batch_size * cfg0.model.seq_len
+        cfg = config_lib.from_dict(config_lib.merge(d, {"train": {"tokens": tokens, "seed": seed}}))
+        run_id = f"L{model.n_layer}-d{model.d_model}-D{format_tokens(tokens)}-s{seed}"
+        if model.n_head * spec.sizing.head_dim != model.d_model:
+            run_id = run_id.replace("-D", f"-h{model.n_head}-D", 1)
+        if arm is not None:
+            run_id += f"-{arm.name}"
+        what = f"{r['mspec'].describe()}" + (f" at budget {r['budget']:.3g}" if r["budget"] else "")
+        if run_id in seen:
+            raise UsageError(f"sweep spec {spec.path}: {what} and {seen[run_id]} give the same run {run_id} "
+                             f"(the same shape, and tokens equal to 2 significant digits); remove or change one")
+        seen[run_id] = what
+        fpt = flops_lib.all_flops_per_token(cfg.model)
+        tags = dict(spec.tags)
+        if arm is not None:
+            tags.update(arm.tags)
+        planned.append(PlannedRun(
+            index=len(planned), run_id=run_id, cfg=cfg, seed=seed, arm=None if arm is None else arm.name,
+            budget=r["budget"], target=r["target"], tags=tags, n_params=r["counts"]["n_params"],
+            n_params_nonembed=r["counts"]["n_params_nonembed"], steps=r["steps"],
+            flops={k: v * tokens for k, v in fpt.items()}))
+    _validate_runs(planned, load_data)
+    approaches = fit_support(spec, planned)
+    if spec.fit and not approaches:
+        raise UsageError(f"sweep spec {spec.path} plans too few runs to fit a scaling law (approach 3 needs "
+                         f"{_MIN_APPROACH3} runs over 2+ sizes and 2+ token counts, approach 2 two budgets of 3+ "
+                         f"sizes, approach 1 two sizes{' per arm' if spec.arms else ''}); add runs or set fit: false")
+    return Plan(spec=spec, runs=tuple(planned), base=base, dropped=tuple(dropped), approaches=approaches)
+
+
+_MIN_APPROACH3 = 6  # more runs than the law's 5 parameters
+
+
+def fit_support(spec: Spec, runs: tuple[PlannedRun, ...] | list[PlannedRun]) -> tuple[str, ...]:
+    """The approaches a set of runs supports, in every arm: '3', '2', '1'."""
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault(r.arm, []).append(r)
+    ok = {"1", "2", "3"}
+    for rs in groups.values():
+        ns = {r.n_params for r in rs}
+        if not (len(rs) >= _MIN_APPROACH3 and len(ns) >= 2 and len({r.tokens for r in rs}) >= 2):
+            ok.discard("3")
+        by_budget: dict = {}
+        for r in rs:
+            if r.budget is not None:
+                by_budget.setdefault(r.budget, set()).add(r.n_params)
+        if sum(len(v) >= 3 for v in by_budget.values()) < 2:
+            ok.discard("2")
+        if len(ns) < 2:
+            ok.discard("1")
+    return tuple(a for a in ("3", "2", "1") if a in ok)
+
+
+def _vocab(cfg: Config, load_data: bool) -> int:
+    if load_data:
+        from scaling.data import load_tokens
+        return load_tokens(cfg.data).n_vocab
+    from scaling import tokenizer as tok
+    tok.check_name(cfg.data.tokenizer)
+    if cfg.model.vocab_size:
+        return cfg.model.vocab_size
+    if cfg.data.tokenizer == "byte":
+        return 257
+    if cfg.data.tokenizer == "gpt2":
+        return 50257
+    return tok.parse_bpe_vocab(cfg.data.tokenizer)
+
+
+def _shape(mspec: ModelSpec, sizing: Sizing, model: ModelConfig) -> tuple[int, int, int]:
+    if mspec.target is not None:
+        return shape_for(mspec.target, sizing, model)
+    n_head = mspec.n_head
+    if n_head is None:
+        if mspec.d_model % sizing.head_dim:  # type: ignore[operator]
+            raise UsageError(f"model {mspec.describe()}: d_model is not a multiple of sizing.head_dim "
+                             f"({sizing.head_dim}); give n_head")
+        n_head = mspec.d_model // sizing.head_dim  # type: ignore[operator]
+    return mspec.n_layer, mspec.d_model, n_head  # type: ignore[return-value]
+
+
+def _model(model: ModelConfig, shape: tuple[int, int, int], mspec: ModelSpec) -> ModelConfig:
+    n_layer, d_model, n_head = shape
+    try:
+        return dataclasses.replace(model, n_layer=n_layer, d_model=d_model, n_head=n_head)
+    except UsageError as e:
+        raise UsageError(f"model {mspec.describe()}: {e}") from None
+
+
+def _validate_runs(runs: list[PlannedRun], load_data: bool) -> None:
+    """Everything Run checks before compute, for every run: steps, mesh and batch, data windows."""
+    from scaling.train import steps_for
+
+    for r in runs:
+        if steps_for(r.cfg) != r.steps:
+            raise AssertionError(f"{r.run_id}: planned {r.steps} steps, steps_for gives {steps_for(r.cfg)}")
+    import jax
+    from scaling import sharding as sh
+
+    n_dev = jax.device_count()
+    for r in runs:
+        try:
+            shape = sh.mesh_shape(r.cfg.mesh, n_dev)
+            sh.check_mesh_fits(shape, r.cfg.model, r.cfg.train.batch_size, r.cfg.train.microbatches)
+        except UsageError as e:
+            raise UsageError(f"run {r.run_id}: {e}") from None
+    if load_data:
+        from scaling.data import Batches, load_tokens
+
+        checked = set()
+        for r in runs:
+            key = (r.cfg.data, r.cfg.model.seq_len)
+            if key in checked:
+                continue
+            checked.add(key)
+            Batches(load_tokens(r.cfg.data), r.cfg.model.seq_len, r.cfg.train.batch_size, r.seed)
+
+
+def check_outputs(plan: Plan, out: Path) -> None:
+    """Refuse (UsageError, nothing written) an --out that is a file or holds any of the plan's
+    runs trained with a different config (model, data, optimizer or budget)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
+    if plan.base.resume.allow_config_change:
+        return
+    for r in plan.runs:
+        stored = out / "runs" / r.run_id / "config.yaml"
+        if not stored.is_file():
+            continue
+        try:
+            old = config_lib.from_dict(config_lib.load_yaml(stored))
+        except UsageError as e:
+            raise UsageError(f"{stored} is not a readable run config ({e}); use a new --out") from None
+        if old.identity_hash() != r.cfg.identity_hash():
+            diff = _first_difference(old, r.cfg)
+            raise UsageError(f"{out / 'runs' / r.run_id} was trained with a different config ({diff}); "
+                             f"use a new --out, or --resume.allow_config_change true")
+
+
+def _first_difference(a: Config, b: Config) -> str:
+    da, db = a.to_dict(), b.to_dict()
+    for sec in config_lib.RESUME_IDENTITY_SECTIONS:
+        for k in da[sec]:
+            if f"{sec}.{k}" in config_lib.RESUME_SAFE_FIELDS:
+                continue
+            if da[sec][k] != db[sec].get(k):
+                return f"{sec}.{k}: {da[sec][k]!r} there, {db[sec].get(k)!r} now"
+    return "identity hash differs"
+
+
+# ----------------------------------------------------------------------------- printing
+
+
+def format_duration(s: float) -> str:
+    s = max(0.0, float(s))
+    if s < 60:
+        return f"{s:.1f}s"
+    if s < 3600:
+        return f"{int(s // 60)}m{int(s % 60):02d}s"
+    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
+
+
+def format_plan(plan: Plan, runs: tuple[PlannedRun, ...] | None = None, estimates: dict | None = None,
+                shard: tuple[int, int] = (0, 1)) -> str:
+    """The plan as a table (one line per run) with totals; ``estimates`` maps run_id to seconds."""
+    spec = plan.spec
+    runs = plan.runs if runs is None else runs
+    n_seeds = len(spec.seeds) if spec.seeds is not None else 1
+    if spec.design == "grid":
+        design = f"grid of {len(spec.models)} models x {len(spec.tokens)} token budgets"
+    else:
+        sizes = sorted({len(b.models) for b in spec.budgets})
+        n_models = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
+        design = f"IsoFLOP design of {len(spec.budgets)} budgets x {n_models} models"
+    lines = [f"sweep {spec.name} ({spec.path}): {design} x {n_seeds} seed(s)"
+             + (f" x {len(spec.arms)} arms" if spec.arms else "") + f" = {len(plan.runs)} runs"]
+    if spec.description:
+        lines.append(f"  {spec.description}")
+    b = plan.base
+    lines.append(f"  corpus {b.data.corpus}, tokenizer {b.data.tokenizer}, seq_len {b.model.seq_len}, "
+                 f"batch {b.train.batch_size} (tokens are whole batches of {b.train.batch_size * b.model.seq_len})")
+    lines.append(f"  sizing rule: {spec.sizing.describe()}; N = n_params (all parameters), C = 6 N D")
+    if shard != (0, 1):
+        lines.append(f"  shard {shard[0]}/{shard[1]}: runs {shard[0]}, {shard[0] + shard[1]}, ... "
+                     f"({len(runs)} of {len(plan.runs)})")
+    for note in plan.dropped:
+        lines.append(f"  left out: {note}")
+    head = (f"{'#':>3} {'run_id':<26} {'L':>3} {'d':>5} {'h':>3} {'N':>10} {'N_nonemb':>10} {'target':>7} "
+            f"{'D':>11} {'steps':>6} {'C=6ND':>9} {'budget':>8}")
+    if spec.arms:
+        head += f" {'arm':>10}"
+    if estimates is not None:
+        head += f" {'est.wall':>9}"
+    lines.append(head)
+    for r in runs:
+        m = r.cfg.model
+        line = (f"{r.index:>3} {r.run_id:<26} {m.n_layer:>3} {m.d_model:>5} {m.n_head:>3} {r.n_params:>10,} "
+                f"{r.n_params_nonembed:>10,} {_si(r.target) if r.target else '-':>7} {r.tokens:>11,} {r.steps:>6} "
+                f"{r.flops['6nd']:>9.3g} {format(r.budget, '.3g') if r.budget else '-':>8}")
+        if spec.arms:
+            line += f" {r.arm:>10}"
+        if estimates is not None:
+            line += f" {format_duration(estimates[r.run_id]):>9}"
+        lines.append(line)
+    total = sum(r.flops["6nd"] for r in runs)
+    tail = f"total: {len(runs)} runs, {sum(r.tokens for r in runs):,} tokens, C = {total:.3g} FLOPs (6ND)"
+    if estimates is not None:
+        tail += f", est. wall {format_duration(sum(estimates[r.run_id] for r in runs))}"
+    lines.append(tail)
+    fits = {"3": "3 (parametric)", "2": "2 (IsoFLOP)", "1": "1 (training curves)"}
+    if spec.fit:
+        lines.append("fit at the end: approaches " + ", ".join(fits[a] for a in plan.approaches))
+    return "\n".join(lines)
+
+
+def shape_key(r: PlannedRun) -> tuple:
+    """Runs with equal keys share compiled functions when one process trains them (the mesh
+    aside, ``train.Trainer.program_key``)."""
+    from scaling.train import shape_fields
+    return (*shape_fields(r.cfg), r.cfg.mesh)

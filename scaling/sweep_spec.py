@@ -1,0 +1,270 @@
+"""A sweep spec: the YAML file of ``experiments.sweep`` parsed and checked (the format is in
+``scaling.sweep``)."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from scaling import config as config_lib
+from scaling.errors import UsageError
+from scaling.sweep_results import RESULT_COLUMNS
+
+
+DESIGN_FIELDS = ("model.n_layer", "model.d_model", "model.n_head", "train.tokens")
+SPEC_KEYS = {"name", "description", "base", "sizing", "grid", "isoflop", "seeds", "arms", "tags", "fit"}
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+]*$")
+_SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
+
+
+# ----------------------------------------------------------------------------- spec
+
+
+@dataclass(frozen=True)
+class Sizing:
+    """The sizing rule for target parameter counts (see the module docstring)."""
+
+    aspect: float = 16.0
+    head_dim: int = 16
+    count: str = "total"
+    max_layers: int = 64
+
+    def describe(self) -> str:
+        what = "n_params" if self.count == "total" else "n_params_nonembed"
+        return (f"d_model = {self.head_dim} * round({self.aspect:g} * n_layer / {self.head_dim}), "
+                f"n_head = d_model / {self.head_dim}, depth chosen so that {what} is closest to the target")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model entry: a target count, or an explicit shape."""
+
+    target: float | None = None
+    n_layer: int | None = None
+    d_model: int | None = None
+    n_head: int | None = None
+
+    def describe(self) -> str:
+        if self.target is not None:
+            return f"target {_si(self.target)}"
+        return f"L{self.n_layer}-d{self.d_model}" + (f"-h{self.n_head}" if self.n_head else "")
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str
+    config: dict = field(default_factory=dict)
+    tags: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Budget:
+    flops: float
+    models: tuple[ModelSpec, ...]
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    path: str
+    design: str  # "grid" | "isoflop"
+    base: dict
+    sizing: Sizing = Sizing()
+    description: str = ""
+    models: tuple[ModelSpec, ...] = ()  # grid
+    tokens: tuple[float, ...] = ()  # grid
+    budgets: tuple[Budget, ...] = ()  # isoflop
+    min_steps: int = 1
+    seeds: tuple[int, ...] | None = None
+    arms: tuple[Arm, ...] = ()
+    tags: dict = field(default_factory=dict)
+    fit: bool = True
+    fit_loss: str = "val_loss"
+
+
+def _err(where: str, msg: str) -> UsageError:
+    return UsageError(f"sweep spec {where}: {msg}")
+
+
+def parse_number(value: Any, where: str, *, positive: bool = True) -> float:
+    """A number from YAML: 1e6, 2000000, "1e6", "100K", "1.5M", "2B", "3T"."""
+    if isinstance(value, bool):
+        raise _err(where, f"expected a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        x = float(value)
+    elif isinstance(value, str):
+        s = value.strip().replace("_", "").replace(",", "")
+        mult = 1.0
+        if s and s[-1].lower() in _SUFFIX:
+            mult, s = _SUFFIX[s[-1].lower()], s[:-1]
+        try:
+            x = float(s) * mult
+        except ValueError:
+            raise _err(where, f"expected a number, got {value!r}") from None
+    else:
+        raise _err(where, f"expected a number, got {value!r}")
+    if not math.isfinite(x) or (positive and x <= 0):
+        raise _err(where, f"expected a positive number, got {value!r}")
+    return x
+
+
+def _positive_int(value: Any, where: str) -> int:
+    x = parse_number(value, where)
+    if x != int(x):
+        raise _err(where, f"expected a whole number, got {value!r}")
+    return int(x)
+
+
+def _mapping(value: Any, where: str, allowed: set[str] | None = None) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _err(where, f"expected a mapping, got {type(value).__name__}")
+    if allowed is not None:
+        unknown = sorted(set(value) - allowed)
+        if unknown:
+            raise _err(where, f"unknown key {unknown[0]!r} (expected one of {sorted(allowed)})")
+    return value
+
+
+def _list(value: Any, where: str) -> list:
+    if not isinstance(value, list) or not value:
+        raise _err(where, "expected a non-empty list")
+    return value
+
+
+def _parse_model(value: Any, where: str) -> ModelSpec:
+    if isinstance(value, dict):
+        m = _mapping(value, where, {"n_layer", "d_model", "n_head", "params"})
+        if "params" in m:
+            if set(m) != {"params"}:
+                raise _err(where, "give either params (a target count) or n_layer and d_model, not both")
+            return ModelSpec(target=parse_number(m["params"], f"{where}.params"))
+        if "n_layer" not in m or "d_model" not in m:
+            raise _err(where, "a shape needs n_layer and d_model (n_head is optional)")
+        return ModelSpec(n_layer=_positive_int(m["n_layer"], f"{where}.n_layer"),
+                         d_model=_positive_int(m["d_model"], f"{where}.d_model"),
+                         n_head=_positive_int(m["n_head"], f"{where}.n_head") if m.get("n_head") is not None else None)
+    return ModelSpec(target=parse_number(value, where))
+
+
+def _parse_models(value: Any, where: str) -> tuple[ModelSpec, ...]:
+    return tuple(_parse_model(v, f"{where}[{i}]") for i, v in enumerate(_list(value, where)))
+
+
+def _parse_tags(value: Any, where: str) -> dict:
+    tags = _mapping(value, where)
+    for k, v in tags.items():
+        if not isinstance(k, str) or not _NAME_RE.match(k):
+            raise _err(where, f"tag name {k!r} must be a plain word")
+        if k in RESULT_COLUMNS or k == "arm":
+            raise _err(where, f"tag {k!r} would shadow a results column")
+        if isinstance(v, (dict, list)):
+            raise _err(f"{where}.{k}", "a tag value must be a scalar")
+    return dict(tags)
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Parse and check a sweep spec; UsageError naming the problem."""
+    p = Path(path)
+    d = config_lib.load_yaml(p)
+    where = str(p)
+    _mapping(d, where, SPEC_KEYS)
+    name = str(d.get("name") or p.stem)
+    if not _NAME_RE.match(name):
+        raise _err(where, f"name {name!r} must be a plain word (letters, digits, - _ . +)")
+    base = d.get("base") or {}
+    if isinstance(base, str):
+        base_path = (p.parent / base) if not Path(base).is_absolute() else Path(base)
+        base = config_lib.load_yaml(base_path)
+    base = _mapping(base, f"{where}: base")
+    sz = _mapping(d.get("sizing"), f"{where}: sizing", {"aspect", "head_dim", "count", "max_layers"})
+    sizing = Sizing(
+        aspect=parse_number(sz.get("aspect", Sizing.aspect), f"{where}: sizing.aspect"),
+        head_dim=_positive_int(sz.get("head_dim", Sizing.head_dim), f"{where}: sizing.head_dim"),
+        count=str(sz.get("count", Sizing.count)),
+        max_layers=_positive_int(sz.get("max_layers", Sizing.max_layers), f"{where}: sizing.max_layers"),
+    )
+    if sizing.count not in ("total", "nonembed"):
+        raise _err(where, f"sizing.count must be total or nonembed, got {sizing.count!r}")
+    designs = [k for k in ("grid", "isoflop") if k in d]
+    if len(designs) != 1:
+        raise _err(where, "give exactly one design: grid (models x tokens) or isoflop (budgets x models)")
+    design = designs[0]
+    kw: dict[str, Any] = {}
+    if design == "grid":
+        g = _mapping(d["grid"], f"{where}: grid", {"models", "tokens"})
+        if "models" not in g or "tokens" not in g:
+            raise _err(where, "grid needs models and tokens")
+        kw["models"] = _parse_models(g["models"], f"{where}: grid.models")
+        kw["tokens"] = tuple(parse_number(t, f"{where}: grid.tokens[{i}]")
+                             for i, t in enumerate(_list(g["tokens"], f"{where}: grid.tokens")))
+    else:
+        g = _mapping(d["isoflop"], f"{where}: isoflop", {"budgets", "models", "min_steps"})
+        if "budgets" not in g:
+            raise _err(where, "isoflop needs budgets")
+        shared = _parse_models(g["models"], f"{where}: isoflop.models") if "models" in g else None
+        budgets = []
+        for i, b in enumerate(_list(g["budgets"], f"{where}: isoflop.budgets")):
+            bw = f"{where}: isoflop.budgets[{i}]"
+            if isinstance(b, dict):
+                bm = _mapping(b, bw, {"flops", "models"})
+                if "flops" not in bm:
+                    raise _err(bw, "needs flops")
+                models = _parse_models(bm["models"], f"{bw}.models") if "models" in bm else shared
+                flops = parse_number(bm["flops"], f"{bw}.flops")
+            else:
+                flops, models = parse_number(b, bw), shared
+            if models is None:
+                raise _err(bw, "has no models (give isoflop.models or models for this budget)")
+            budgets.append(Budget(flops, models))
+        if len({b.flops for b in budgets}) != len(budgets):
+            raise _err(where, "isoflop.budgets has a repeated budget")
+        kw["budgets"] = tuple(budgets)
+        kw["min_steps"] = _positive_int(g.get("min_steps", 1), f"{where}: isoflop.min_steps")
+    if d.get("seeds") is not None:
+        seeds = _list(d["seeds"], f"{where}: seeds")
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+            raise _err(where, f"seeds must be non-negative integers, got {seeds}")
+        if len(set(seeds)) != len(seeds):
+            raise _err(where, "seeds has a repeated seed")
+        kw["seeds"] = tuple(seeds)
+    arms = []
+    if d.get("arms") is not None:
+        for i, a in enumerate(_list(d["arms"], f"{where}: arms")):
+            aw = f"{where}: arms[{i}]"
+            if isinstance(a, str):
+                a = {"name": a}
+            am = _mapping(a, aw, {"name", "config", "tags"})
+            aname = str(am.get("name", ""))
+            if not _NAME_RE.match(aname):
+                raise _err(aw, f"name {aname!r} must be a plain word (letters, digits, _ . +)")
+            if "-" in aname:
+                raise _err(aw, f"name {aname!r} must not contain '-'")
+            cfg = _mapping(am.get("config"), f"{aw}.config")
+            arms.append(Arm(aname, cfg, _parse_tags(am.get("tags"), f"{aw}.tags")))
+        if len({a.name for a in arms}) != len(arms):
+            raise _err(where, "arms has a repeated name")
+    fit, fit_loss = d.get("fit", True), "val_loss"
+    if isinstance(fit, dict):
+        fm = _mapping(fit, f"{where}: fit", {"enabled", "loss"})
+        fit_loss = str(fm.get("loss", "val_loss"))
+        fit = fm.get("enabled", True)
+    if not isinstance(fit, bool):
+        raise _err(where, f"fit must be true, false or a mapping, got {fit!r}")
+    if fit_loss not in ("val_loss", "final_train_loss", "val_bpb"):
+        raise _err(where, f"fit.loss must be val_loss, final_train_loss or val_bpb, got {fit_loss!r}")
+    return Spec(name=name, path=str(p), design=design, base=base, sizing=sizing,
+                description=str(d.get("description") or "").strip(), arms=tuple(arms),
+                tags=_parse_tags(d.get("tags"), f"{where}: tags"), fit=fit, fit_loss=fit_loss, **kw)
+
+
+def _si(x: float) -> str:
+    for div, suf in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{suf}"
+    return f"{x:.3g}"

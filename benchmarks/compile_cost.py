@@ -1,7 +1,7 @@
 """What one new model shape costs to compile on this machine: the fixed cost a sweep pays per shape.
 
     python benchmarks/compile_cost.py [--config experiments/configs/bench-smoke.yaml]
-                                      [--depths 2,4,8] [--out benchmarks/results/compile_cost.json]
+                                      [--depths 2,4,8,12] [--out benchmarks/results/compile_cost.json]
 
 For each shape of the sweep (and the sweep's narrowest width at ``--depths`` layers), with
 JAX's persistent compilation cache off, on the otherwise idle machine, in one process:
@@ -58,7 +58,7 @@ def shape_cost(trainer_factory) -> dict:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(REPO / "experiments" / "configs" / "bench-smoke.yaml"))
-    p.add_argument("--depths", default="2,4,8", help="extra layer counts at the sweep's narrowest width")
+    p.add_argument("--depths", default="2,4,8,12", help="extra layer counts at the sweep's narrowest width")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "compile_cost.json"))
     args = p.parse_args(argv)
 

@@ -90,9 +90,13 @@ def torch_parts(model: ModelConfig, batch: int) -> dict:
     c_fc, c_proj = tnn.Linear(d, 4 * d), tnn.Linear(4 * d, d)
     c_attn, a_proj = tnn.Linear(d, 3 * d), tnn.Linear(d, d)
 
+    leaves = [q, k, v, x, *c_fc.parameters(), *c_proj.parameters(), *c_attn.parameters(), *a_proj.parameters()]
+
     def part(loss_fn):
         def run(reps):
             for _ in range(reps):
+                for leaf in leaves:  # as nanoGPT's zero_grad(set_to_none=True): no accumulation
+                    leaf.grad = None
                 loss_fn().backward()
         run(1)
         return run

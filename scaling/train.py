@@ -270,18 +270,13 @@ class Trainer:
             return jitted.lower(jax.random.key(0))
 
     @staticmethod
-    def compiler_options(program: str) -> dict | None:
-        """XLA compile options of ``program`` ("step", "init" or "eval"). On a CPU, LLVM's
-        optimisation level: 0 for the init, which runs once per run (a third of its compile
-        time; the same random draws), 1 for the train step and the evaluation, whose kernels
-        XLA's fusion emitters have already vectorised: at the default level 2, LLVM took
-        8-27% more compile CPU for steps no faster (in-process A/B of whole steps: 128 x 4,
-        256 x 6 and 512 x 8 at batch 16 x 256, and bench-smoke's three shapes)."""
-        level = {"init": 0, "step": 1, "eval": 1}[program]
-        return {"xla_backend_optimization_level": level} if jax.default_backend() == "cpu" else None
+    def init_compiler_options() -> dict | None:
+        """The init runs once per run: on a CPU, skip LLVM's optimisations (a third of its
+        compile time; the values are the same random draws)."""
+        return {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
 
     def _build_init(self) -> Any:
-        return self._lower_init().compile(compiler_options=self.compiler_options("init"))
+        return self._lower_init().compile(compiler_options=self.init_compiler_options())
 
     def init_state(self) -> TrainState:
         """A fresh state from the run's seed (the init is compiled once per shape)."""
@@ -346,7 +341,7 @@ class Trainer:
             return jitted.lower(self.abstract_state, batch, run)
 
     def _build_step(self) -> Any:
-        return self._program("lowered_step", self._lower_step).compile(compiler_options=self.compiler_options("step"))
+        return self._program("lowered_step", self._lower_step).compile()
 
     def compile_step(self) -> Any:
         """The AOT-compiled train step (compiled once per shape)."""
@@ -379,7 +374,7 @@ class Trainer:
             return jitted.lower(self.abstract_state.params, self._abstract_batch())
 
     def _build_eval(self) -> Any:
-        return self._lower_eval().compile(compiler_options=self.compiler_options("eval"))
+        return self._lower_eval().compile()
 
     def eval_step(self, params, batch_bt: jax.Array) -> jax.Array:
         """Mean cross-entropy of one batch (the evaluation is compiled once per shape)."""

@@ -16,7 +16,6 @@ every level sees the same machine); medians over ``--rounds`` windows. bench-smo
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import statistics
 import time
@@ -26,7 +25,8 @@ os.environ["SCALING_COMPILE_CACHE"] = "off"  # every compile is a real one
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig  # noqa: E402
+from benchmarks.throughput import bench_config  # noqa: E402
+from scaling.config import Config, ModelConfig  # noqa: E402
 from scaling.sharding import make_mesh, mesh_shape  # noqa: E402
 from scaling.train import Trainer  # noqa: E402
 
@@ -68,9 +68,7 @@ def main(argv=None) -> list[dict]:
         d, n_layer = map(int, shape.split("x"))
         model = ModelConfig(n_layer=n_layer, d_model=d, n_head=max(1, d // args.head_dim), seq_len=args.seq,
                             vocab_size=257)
-        cfg = dataclasses.replace(Config(), model=model, optim=OptimConfig(warmup_steps=10),
-                                  train=TrainConfig(batch_size=args.batch, tokens=10 ** 9))
-        steps = compiled_steps(cfg, levels, args.compiles)
+        steps = compiled_steps(bench_config(model, args.batch), levels, args.compiles)
         state = {}
         for level, (step, trainer, _, _) in steps.items():
             batch = jax.device_put(rng.integers(0, 257, (args.batch, args.seq + 1), dtype=np.int32),

@@ -58,10 +58,15 @@ def matmul_runner(dtype, n: int):
     return run, 2.0 * n ** 3
 
 
+def bench_config(model: ModelConfig, batch: int, microbatches: int = 0) -> Config:
+    """The benchmarks' train config of ``model``: the defaults, a short warmup, ample tokens."""
+    return dataclasses.replace(Config(), model=model, optim=OptimConfig(warmup_steps=10),
+                               train=TrainConfig(batch_size=batch, microbatches=microbatches, tokens=10 ** 9))
+
+
 def step_runner(model: ModelConfig, batch: int, microbatches: int = 0) -> tuple:
     """(run(reps), compiled step, compile seconds, microbatches used) for train steps of ``model``."""
-    cfg = dataclasses.replace(Config(), model=model, optim=OptimConfig(warmup_steps=10),
-                              train=TrainConfig(batch_size=batch, microbatches=microbatches, tokens=10 ** 9))
+    cfg = bench_config(model, batch, microbatches)
     mesh = make_mesh(mesh_shape(cfg.mesh, jax.device_count()))
     trainer = Trainer(cfg, mesh, total_steps=10 ** 6)
     t0 = time.perf_counter()

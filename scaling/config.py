@@ -21,6 +21,8 @@ import yaml
 
 from scaling.errors import UsageError
 
+CPU_KERNEL_HEAD_DIMS = (16, 32, 64, 128)  # the head sizes scaling/kernels/causal_attention_cpu.cc is built for
+
 
 def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
@@ -58,8 +60,10 @@ class ModelConfig:
     mlp: str = _f("gelu", "MLP type: gelu (tanh approximation, GPT-2) | swiglu")
     dropout: float = _f(0.0, "dropout rate on the embeddings and the residual branches")
     dtype: str = _f("float32", "compute dtype: float32 | bfloat16 (parameters stay float32)")
-    attention: str = _f("auto", "training attention: auto (blocked on CPU for seq_len > 64, dot_product otherwise) | blocked "
-                               "(cache-sized blocks, hand-written backward) | dot_product (jax.nn.dot_product_attention)")
+    attention: str = _f("auto", "training attention: auto (on a CPU cpu_kernel where it builds and fits, else blocked for "
+                               "seq_len > 64; dot_product otherwise) | cpu_kernel (C++ kernel through XLA's FFI; float32, "
+                               "head size 16/32/64/128) | blocked (cache-sized blocks in XLA, hand-written backward) | "
+                               "dot_product (jax.nn.dot_product_attention)")
     init_std: float = _f(0.02, "std of the normal init; residual projections get init_std/sqrt(2*n_layer)")
 
     def __post_init__(self) -> None:
@@ -72,8 +76,11 @@ class ModelConfig:
         _check(self.norm in ("layernorm", "rmsnorm"), f"model.norm must be layernorm or rmsnorm, got {self.norm!r}")
         _check(self.mlp in ("gelu", "swiglu"), f"model.mlp must be gelu or swiglu, got {self.mlp!r}")
         _check(self.dtype in ("float32", "bfloat16"), f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
-        _check(self.attention in ("auto", "blocked", "dot_product"),
-               f"model.attention must be auto, blocked or dot_product, got {self.attention!r}")
+        _check(self.attention in ("auto", "cpu_kernel", "blocked", "dot_product"),
+               f"model.attention must be auto, cpu_kernel, blocked or dot_product, got {self.attention!r}")
+        _check(self.attention != "cpu_kernel" or (self.dtype == "float32" and self.head_dim in CPU_KERNEL_HEAD_DIMS),
+               f"model.attention=cpu_kernel needs model.dtype float32 and a head size (d_model / n_head) in "
+               f"{CPU_KERNEL_HEAD_DIMS}, got {self.dtype} and {self.d_model // self.n_head}")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
         _check(self.position == "learned" or (self.d_model // self.n_head) % 2 == 0,
                "rotary positions need an even head size (d_model / n_head)")

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from scaling import attention as attn_lib
+from scaling import cpu_attention
 from scaling.attention import NEG_INF
 from scaling.config import ModelConfig
 from scaling.sharding import logical_axis_size
@@ -67,11 +68,16 @@ def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 
 def training_attention(cfg: ModelConfig) -> str:
-    """``model.attention`` resolved: auto is blocked on a CPU for sequences longer than one
-    block (for one block it is plain attention in a loop), dot_product otherwise."""
+    """``model.attention`` resolved. auto on a CPU: the C++ kernel where it takes this head size
+    and dtype and builds; else blocked for sequences longer than one block (for one block it is
+    plain attention in a loop). dot_product on other backends (cuDNN on a GPU)."""
     if cfg.attention != "auto":
         return cfg.attention
-    return "blocked" if jax.default_backend() == "cpu" and cfg.seq_len > attn_lib.ATTN_BLOCK else "dot_product"
+    if jax.default_backend() != "cpu":
+        return "dot_product"
+    if cpu_attention.supports(cfg.head_dim, cfg.dtype) and cpu_attention.unavailable() is None:
+        return "cpu_kernel"
+    return "blocked" if cfg.seq_len > attn_lib.ATTN_BLOCK else "dot_product"
 
 
 class Attention(nn.Module):
@@ -95,9 +101,12 @@ class Attention(nn.Module):
         names = ("act_batch", "act_seq", "act_heads", None)
         q, k, v = (nn.with_logical_constraint(a, names) for a in (q, k, v))
         new_cache = None
-        if cache is None and training_attention(cfg) == "blocked":
+        kind = training_attention(cfg) if cache is None else "cache"
+        if kind == "cpu_kernel":
+            y = cpu_attention.causal_attention(q, k, v)
+        elif kind == "blocked":
             y = attn_lib.blocked_causal_attention(q, k, v, chunk=logical_axis_size("act_batch"))
-        elif cache is None:
+        elif kind == "dot_product":
             y = attn_lib.dot_product_attention(q, k, v)
         else:
             ck, cv = cache

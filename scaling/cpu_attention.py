@@ -1,0 +1,151 @@
+"""Causal attention of fresh sequences through a C++ CPU kernel (XLA FFI custom calls).
+
+``kernels/causal_attention_cpu.cc`` holds the forward pass (output and each query's
+log-sum-exp) and a flash-attention-style backward pass, register-tiled over the head
+dimension and spread over XLA's intra-op threads one (sequence, head) pair at a time. At
+16 x 256 tokens, 8 heads of 32, forward + backward took 21.5 ms against 58.3 ms for the
+XLA-written blocked kernel (``scaling.attention``) on 2 cores
+(``python -m benchmarks.attention_check --time``).
+
+The library is compiled on first use with the machine's C++ compiler (``$CXX``, else
+``g++``/``c++``/``clang++``; ``-O3 -march=native``) into ``SCALING_CACHE_DIR/kernels``,
+named by a hash of the source, the flags, the XLA FFI headers and the CPU's feature flags,
+and loaded from there afterwards. :func:`unavailable` says why it cannot be used (no
+compiler, a failed build); ``model.attention=auto`` then falls back to the blocked kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from scaling import paths
+from scaling import sharding as sh
+from scaling.config import CPU_KERNEL_HEAD_DIMS as HEAD_DIMS
+
+SOURCE = Path(__file__).parent / "kernels" / "causal_attention_cpu.cc"
+FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-std=c++17")
+_TARGETS = {"fwd": "scaling_causal_attention_fwd", "bwd": "scaling_causal_attention_bwd"}
+_SYMBOLS = {"fwd": "ScalingCausalAttentionFwd", "bwd": "ScalingCausalAttentionBwd"}
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def library_path(compiler: str) -> Path:
+    """Where the built library for this source, compiler, flags, jaxlib and CPU lives."""
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), compiler.encode(), " ".join(FLAGS).encode(), jax.ffi.include_dir().encode(),
+                 jax.lib.__version__.encode(), _cpu_flags().encode()):
+        h.update(part)
+    return paths.cache_dir() / "kernels" / f"causal_attention_cpu-{h.hexdigest()[:16]}.so"
+
+
+def _build(compiler: str, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        cmd = [compiler, *FLAGS, "-I", jax.ffi.include_dir(), str(SOURCE), "-o", tmp]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode:
+            last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            raise RuntimeError(f"building {SOURCE.name} failed: {last}")
+        os.replace(tmp, out)  # atomic: a concurrent build of the same library is harmless
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def unavailable() -> str | None:
+    """None once the kernel is built, loaded and registered with XLA; else why it cannot be."""
+    compiler = _compiler()
+    if compiler is None:
+        return "no C++ compiler found (set CXX)"
+    path = library_path(compiler)
+    try:
+        if not path.exists():
+            _build(compiler, path)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, RuntimeError) as e:
+        return str(e)
+    for part, target in _TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, _SYMBOLS[part])), platform="cpu")
+    return None
+
+
+def supports(head_dim: int, dtype) -> bool:
+    """Whether the kernel handles this head size and dtype (float32 only)."""
+    return head_dim in HEAD_DIMS and jnp.dtype(dtype) == jnp.float32
+
+
+def _forward_local(q_bthd, k_bthd, v_bthd):
+    b, t, h, _ = q_bthd.shape
+    out = (jax.ShapeDtypeStruct(q_bthd.shape, jnp.float32), jax.ShapeDtypeStruct((b, h, t), jnp.float32))
+    return jax.ffi.ffi_call(_TARGETS["fwd"], out, vmap_method="sequential")(q_bthd, k_bthd, v_bthd)
+
+
+def _backward_local(q_bthd, k_bthd, v_bthd, o_bthd, lse_bht, do_bthd):
+    grad = jax.ShapeDtypeStruct(q_bthd.shape, jnp.float32)
+    return jax.ffi.ffi_call(_TARGETS["bwd"], (grad, grad, grad), vmap_method="sequential")(
+        q_bthd, k_bthd, v_bthd, o_bthd, lse_bht, do_bthd)
+
+
+_BTHD = ("act_batch", "act_seq", "act_heads", None)
+_BHT = ("act_batch", "act_heads", "act_seq")
+
+
+@jax.custom_vjp
+def _attention(q_bthd, k_bthd, v_bthd):
+    return _attention_fwd(q_bthd, k_bthd, v_bthd)[0]
+
+
+def _attention_fwd(q_bthd, k_bthd, v_bthd):
+    fwd = sh.shard_local(_forward_local, (_BTHD,) * 3, (_BTHD, _BHT))
+    o_bthd, lse_bht = fwd(q_bthd, k_bthd, v_bthd)
+    return o_bthd, (q_bthd, k_bthd, v_bthd, o_bthd, lse_bht)
+
+
+def _attention_bwd(res, do_bthd):
+    bwd = sh.shard_local(_backward_local, (_BTHD,) * 3 + (_BTHD, _BHT, _BTHD), (_BTHD,) * 3)
+    return bwd(*res, do_bthd)
+
+
+_attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def causal_attention(q_bthd: jax.Array, k_bthd: jax.Array, v_bthd: jax.Array) -> jax.Array:
+    """Causal softmax self-attention of fresh sequences, (batch, T, heads, head_dim) float32;
+    each device runs the kernel on its own shard of the batch and heads."""
+    reason = unavailable()
+    if reason is not None:
+        raise RuntimeError(f"the CPU attention kernel is unavailable: {reason}")
+    if not supports(q_bthd.shape[-1], q_bthd.dtype):
+        raise ValueError(f"the CPU attention kernel takes float32 with head_dim in {HEAD_DIMS}, "
+                         f"got {q_bthd.dtype} with head_dim {q_bthd.shape[-1]}")
+    return _attention(q_bthd, k_bthd, v_bthd)

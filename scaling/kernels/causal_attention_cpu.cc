@@ -1,0 +1,307 @@
+// Causal softmax attention of fresh sequences on a CPU: the forward pass (output and the
+// log-sum-exp of each query's scores) and a flash-attention-style backward pass, as XLA FFI
+// handlers. Built and registered by scaling/cpu_attention.py.
+//
+// Layout: q, k, v, o and their gradients are (batch, T, heads, D) float32; lse is
+// (batch, heads, T). Each (sequence, head) pair is one work item, spread over XLA's
+// intra-op thread pool. Within an item, queries go R rows at a time against the keys at or
+// below the block's last row (rounded up to 32), with every operand in cache: scores are an
+// R x 32 register tile over D, and the products with V (and, backward, the gradients of Q,
+// K and V) are R-row register tiles over D, written with GCC vector extensions (16 floats,
+// one AVX-512 register; the compiler splits them on narrower machines).
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+typedef float v16 __attribute__((vector_size(64)));
+constexpr int kLanes = 16;
+constexpr int kKeyTile = 32;
+
+inline v16 load(const float* p) { v16 r; std::memcpy(&r, p, sizeof(r)); return r; }
+inline void store(float* p, v16 x) { std::memcpy(p, &x, sizeof(x)); }
+inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
+
+struct Dims { int64_t B, T, H; };  // batch, sequence length, heads
+
+template <int D>
+struct Kernel {
+  static constexpr int DV = D / kLanes;
+  static constexpr int R = DV >= 2 ? kLanes / DV : 8;  // query rows per tile
+
+  // S[r][j] = sum_c A[r][c] * BT[c][j] for r < R, j < n (n a multiple of kKeyTile).
+  static void scores(const float* A, const float* BT, int ldb, int n, float* S, int lds) {
+    for (int j = 0; j < n; j += kKeyTile) {
+      v16 acc[R][2] = {};
+      for (int c = 0; c < D; ++c) {
+        v16 b0 = load(BT + c * ldb + j), b1 = load(BT + c * ldb + j + kLanes);
+#pragma GCC unroll 16
+        for (int r = 0; r < R; ++r) {
+          float a = A[r * D + c];
+          acc[r][0] += b0 * a;
+          acc[r][1] += b1 * a;
+        }
+      }
+      for (int r = 0; r < R; ++r) {
+        store(S + r * lds + j, acc[r][0]);
+        store(S + r * lds + j + kLanes, acc[r][1]);
+      }
+    }
+  }
+
+  // acc[r] = sum_{j<n} P[r][j] * X[j]  (X rows of D floats)
+  static void rows_times(const float* P, int lds, const float* X, int n, v16 (&acc)[R][DV]) {
+    for (int r = 0; r < R; ++r)
+      for (int d = 0; d < DV; ++d) acc[r][d] = v16{};
+    for (int j = 0; j < n; ++j) {
+      v16 x[DV];
+      for (int d = 0; d < DV; ++d) x[d] = load(X + j * D + d * kLanes);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        float p = P[r * lds + j];
+        for (int d = 0; d < DV; ++d) acc[r][d] += x[d] * p;
+      }
+    }
+  }
+
+  // Y[j] += sum_{r<R} P[r][j] * X[r] for j < n  (X: R rows of D floats)
+  static void cols_times(const float* P, int lds, const float* X, int n, float* Y) {
+    v16 x[R][DV];
+    for (int r = 0; r < R; ++r)
+      for (int d = 0; d < DV; ++d) x[r][d] = load(X + r * D + d * kLanes);
+    for (int j = 0; j < n; ++j) {
+      v16 y[DV];
+      for (int d = 0; d < DV; ++d) y[d] = load(Y + j * D + d * kLanes);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        float p = P[r * lds + j];
+        for (int d = 0; d < DV; ++d) y[d] += x[r][d] * p;
+      }
+      for (int d = 0; d < DV; ++d) store(Y + j * D + d * kLanes, y[d]);
+    }
+  }
+
+  // Rows of one (sequence, head) from a (B, T, H, D) array into a (Tp, D) buffer, times scale,
+  // zero-padded; and the transposed copy into (D, Tp).
+  static void gather(const float* x, const Dims& s, int64_t b, int64_t h, float scale, float* rows, float* cols, int Tp) {
+    const int64_t rs = s.H * D;
+    const float* base = x + b * s.T * rs + h * D;
+    for (int t = 0; t < Tp; ++t)
+      for (int c = 0; c < D; ++c) {
+        float v = t < s.T ? base[t * rs + c] * scale : 0.f;
+        if (rows) rows[t * D + c] = v;
+        if (cols) cols[c * Tp + t] = v;
+      }
+  }
+
+  static void scatter(const float* rows, const Dims& s, int64_t b, int64_t h, float* x) {
+    const int64_t rs = s.H * D;
+    float* base = x + b * s.T * rs + h * D;
+    for (int t = 0; t < s.T; ++t) std::memcpy(base + t * rs, rows + t * D, D * sizeof(float));
+  }
+
+  static float* scratch(size_t n) {
+    thread_local std::vector<float> buf;
+    if (buf.size() < n) buf.assign(n, 0.f);
+    return buf.data();
+  }
+
+  static void forward(const Dims& s, int64_t item, const float* q, const float* k, const float* v, float* o, float* lse) {
+    const int64_t b = item / s.H, h = item % s.H;
+    const int T = s.T, Tp = round_up(T, kKeyTile);
+    const float scale = 1.f / std::sqrt(float(D));
+    float* Q = scratch(size_t(Tp) * D * 4 + size_t(R) * Tp);
+    float* KT = Q + Tp * D;
+    float* V = KT + Tp * D;
+    float* O = V + Tp * D;
+    float* S = O + Tp * D;
+    gather(q, s, b, h, scale, Q, nullptr, Tp);
+    gather(k, s, b, h, 1.f, nullptr, KT, Tp);
+    gather(v, s, b, h, 1.f, V, nullptr, Tp);
+    float* lse_t = lse + item * T;
+    for (int i0 = 0; i0 < T; i0 += R) {
+      const int n = std::min(Tp, round_up(i0 + R, kKeyTile));
+      scores(Q + i0 * D, KT, Tp, n, S, Tp);
+      float inv[R];
+      for (int r = 0; r < R; ++r) {
+        const int i = i0 + r;
+        float* row = S + r * Tp;
+        if (i >= T) { std::fill(row, row + n, 0.f); inv[r] = 0.f; continue; }
+        float m = row[0];
+        for (int j = 1; j <= i; ++j) m = std::max(m, row[j]);
+        float sum = 0.f;
+        for (int j = 0; j <= i; ++j) { float p = std::exp(row[j] - m); row[j] = p; sum += p; }
+        std::fill(row + i + 1, row + n, 0.f);
+        lse_t[i] = m + std::log(sum);
+        inv[r] = 1.f / sum;
+      }
+      v16 acc[R][DV];
+      rows_times(S, Tp, V, n, acc);
+      for (int r = 0; r < R && i0 + r < T; ++r)
+        for (int d = 0; d < DV; ++d) store(O + (i0 + r) * D + d * kLanes, acc[r][d] * inv[r]);
+    }
+    scatter(O, s, b, h, o);
+  }
+
+  static void backward(const Dims& s, int64_t item, const float* q, const float* k, const float* v, const float* o,
+                       const float* lse, const float* dout, float* dq, float* dk, float* dv) {
+    const int64_t b = item / s.H, h = item % s.H;
+    const int T = s.T, Tp = round_up(T, kKeyTile);
+    const float scale = 1.f / std::sqrt(float(D));
+    float* Q = scratch(size_t(Tp) * D * 9 + size_t(R) * Tp * 2 + Tp);
+    float* K = Q + Tp * D;
+    float* KT = K + Tp * D;
+    float* VT = KT + Tp * D;
+    float* dO = VT + Tp * D;
+    float* Ob = dO + Tp * D;
+    float* dQ = Ob + Tp * D;
+    float* dK = dQ + Tp * D;
+    float* dV = dK + Tp * D;
+    float* P = dV + Tp * D;
+    float* dS = P + R * Tp;
+    float* delta = dS + R * Tp;
+    gather(q, s, b, h, scale, Q, nullptr, Tp);
+    gather(k, s, b, h, 1.f, K, KT, Tp);
+    gather(v, s, b, h, 1.f, nullptr, VT, Tp);
+    gather(dout, s, b, h, 1.f, dO, nullptr, Tp);
+    gather(o, s, b, h, 1.f, Ob, nullptr, Tp);
+    std::fill(dK, dK + 2 * Tp * D, 0.f);  // dK and dV
+    for (int t = 0; t < Tp; ++t) {
+      float acc = 0.f;
+      for (int c = 0; c < D; ++c) acc += dO[t * D + c] * Ob[t * D + c];
+      delta[t] = acc;
+    }
+    const float* lse_t = lse + item * T;
+    for (int i0 = 0; i0 < T; i0 += R) {
+      const int n = std::min(Tp, round_up(i0 + R, kKeyTile));
+      scores(Q + i0 * D, KT, Tp, n, P, Tp);
+      scores(dO + i0 * D, VT, Tp, n, dS, Tp);
+      for (int r = 0; r < R; ++r) {
+        const int i = i0 + r;
+        float* p = P + r * Tp;
+        float* ds = dS + r * Tp;
+        if (i >= T) { std::fill(p, p + n, 0.f); std::fill(ds, ds + n, 0.f); continue; }
+        const float l = lse_t[i], dl = delta[i];
+        for (int j = 0; j <= i; ++j) {
+          float pj = std::exp(p[j] - l);
+          p[j] = pj;
+          ds[j] = pj * (ds[j] - dl);
+        }
+        std::fill(p + i + 1, p + n, 0.f);
+        std::fill(ds + i + 1, ds + n, 0.f);
+      }
+      cols_times(P, Tp, dO + i0 * D, n, dV);
+      cols_times(dS, Tp, Q + i0 * D, n, dK);
+      v16 acc[R][DV];
+      rows_times(dS, Tp, K, n, acc);
+      for (int r = 0; r < R && i0 + r < T; ++r)
+        for (int d = 0; d < DV; ++d) store(dQ + (i0 + r) * D + d * kLanes, acc[r][d] * scale);
+    }
+    scatter(dQ, s, b, h, dq);
+    scatter(dK, s, b, h, dk);
+    scatter(dV, s, b, h, dv);
+  }
+};
+
+// Runs fn(item) for item in [0, n) on the caller and up to threads - 1 tasks of the pool.
+// Tasks claim items from a shared counter; the caller returns once every item is done (a
+// task that starts late finds none and touches nothing but the shared counters).
+template <typename F>
+void parallel_for(ffi::ThreadPool& pool, int64_t n, const F& fn) {
+  struct State { std::atomic<int64_t> next{0}, done{0}; };
+  auto st = std::make_shared<State>();
+  const F* f = &fn;
+  auto work = [st, n, f]() {
+    for (int64_t i; (i = st->next.fetch_add(1)) < n;) {
+      (*f)(i);
+      st->done.fetch_add(1, std::memory_order_release);
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work]() { work(); });
+  work();
+  while (st->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
+}
+
+template <template <int> class Fn, typename... A>
+ffi::Error dispatch(int64_t d, A&&... args) {
+  switch (d) {
+    case 16: Fn<16>::run(args...); break;
+    case 32: Fn<32>::run(args...); break;
+    case 64: Fn<64>::run(args...); break;
+    case 128: Fn<128>::run(args...); break;
+    default: return ffi::Error::InvalidArgument("causal_attention_cpu: head_dim must be 16, 32, 64 or 128");
+  }
+  return ffi::Error::Success();
+}
+
+template <int D>
+struct Fwd {
+  static void run(ffi::ThreadPool& pool, const Dims& s, const float* q, const float* k,
+                  const float* v, float* o, float* lse) {
+    parallel_for(pool, s.B * s.H, [&](int64_t i) { Kernel<D>::forward(s, i, q, k, v, o, lse); });
+  }
+};
+
+template <int D>
+struct Bwd {
+  static void run(ffi::ThreadPool& pool, const Dims& s, const float* q, const float* k,
+                  const float* v, const float* o, const float* lse, const float* dout, float* dq, float* dk,
+                  float* dv) {
+    parallel_for(pool, s.B * s.H, [&](int64_t i) { Kernel<D>::backward(s, i, q, k, v, o, lse, dout, dq, dk, dv); });
+  }
+};
+
+ffi::Error FwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                   ffi::ResultBuffer<ffi::F32> o, ffi::ResultBuffer<ffi::F32> lse) {
+  auto dims = q.dimensions();
+  if (dims.size() != 4) return ffi::Error::InvalidArgument("causal_attention_cpu: q must be (batch, T, heads, D)");
+  const Dims s{dims[0], dims[1], dims[2]};
+  return dispatch<Fwd>(dims[3], pool, s, q.typed_data(), k.typed_data(),
+                       v.typed_data(), o->typed_data(), lse->typed_data());
+}
+
+ffi::Error BwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
+                   ffi::Buffer<ffi::F32> o, ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
+                   ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv) {
+  auto dims = q.dimensions();
+  if (dims.size() != 4) return ffi::Error::InvalidArgument("causal_attention_cpu: q must be (batch, T, heads, D)");
+  const Dims s{dims[0], dims[1], dims[2]};
+  return dispatch<Bwd>(dims[3], pool, s, q.typed_data(), k.typed_data(),
+                       v.typed_data(), o.typed_data(), lse.typed_data(), dout.typed_data(), dq->typed_data(),
+                       dk->typed_data(), dv->typed_data());
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ScalingCausalAttentionFwd, FwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ScalingCausalAttentionBwd, BwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

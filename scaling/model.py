@@ -14,7 +14,9 @@ prompt, decoding then writes one position per call.
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 from typing import Any
 
 import flax.linen as nn
@@ -25,6 +27,7 @@ from scaling import attention as attn_lib
 from scaling import cpu_attention
 from scaling.attention import NEG_INF
 from scaling.config import ModelConfig
+from scaling.errors import UsageError
 from scaling.sharding import logical_axis_size
 
 Cache = list[tuple[jax.Array, jax.Array]]  # per layer: (k_bThd, v_bThd), T = max length
@@ -75,9 +78,28 @@ def training_attention(cfg: ModelConfig) -> str:
         return cfg.attention
     if jax.default_backend() != "cpu":
         return "dot_product"
-    if cpu_attention.supports(cfg.head_dim, cfg.dtype) and cpu_attention.unavailable() is None:
-        return "cpu_kernel"
+    if cpu_attention.supports(cfg.head_dim, cfg.dtype):
+        reason = cpu_attention.unavailable()
+        if reason is None:
+            return "cpu_kernel"
+        _note_fallback(reason)
     return "blocked" if cfg.seq_len > attn_lib.ATTN_BLOCK else "dot_product"
+
+
+@functools.cache
+def _note_fallback(reason: str) -> None:
+    print(f"note: the CPU attention kernel is unavailable ({reason}); using XLA's attention", file=sys.stderr)
+
+
+def check_attention(cfg: ModelConfig) -> None:
+    """Refuse ``model.attention=cpu_kernel`` where it cannot run, before any compute."""
+    if cfg.attention != "cpu_kernel":
+        return
+    if jax.default_backend() != "cpu":
+        raise UsageError(f"model.attention=cpu_kernel runs on a CPU backend only, not {jax.default_backend()}")
+    reason = cpu_attention.unavailable()
+    if reason is not None:
+        raise UsageError(f"model.attention=cpu_kernel is unavailable: {reason}")
 
 
 class Attention(nn.Module):

@@ -46,7 +46,7 @@ from scaling.checkpoint import Checkpointer, CorruptCheckpoints, abstract_with_s
 from scaling.config import Config, OptimConfig
 from scaling.data import Batches, bits_per_byte, load_tokens
 from scaling.errors import UsageError
-from scaling.model import GPT, training_attention
+from scaling.model import GPT, check_attention, training_attention
 
 
 @flax.struct.dataclass
@@ -417,6 +417,7 @@ class Run:
         self.steps = steps_for(cfg)
         shape = sh.mesh_shape(cfg.mesh, jax.device_count())
         sh.check_mesh_fits(shape, cfg.model, cfg.train.batch_size, cfg.train.microbatches)
+        check_attention(cfg.model)
         self.mesh_shape = shape
         self.mesh = sh.make_mesh(shape)
         self.batches = Batches(self.splits, cfg.model.seq_len, cfg.train.batch_size, cfg.train.seed,

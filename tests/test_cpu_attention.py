@@ -1,0 +1,97 @@
+"""The C++ CPU attention kernel (scaling/cpu_attention.py): exact against the plain masked
+softmax, values and gradients, on one device and on sharded meshes; and what happens where
+it cannot be used."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from scaling import cpu_attention
+from scaling.attention import causal_attention
+from scaling.config import ModelConfig
+from scaling.errors import UsageError
+from scaling.model import check_attention, training_attention
+
+from conftest import REPO
+
+
+def _reference(q, k, v):
+    b, t = q.shape[:2]
+    return causal_attention(q, k, v, jnp.broadcast_to(jnp.arange(t), (b, t)))
+
+
+def _value_and_grads(fn, q, k, v, do):
+    out, vjp = jax.vjp(fn, q, k, v)
+    return (out, *vjp(do))
+
+
+@pytest.mark.parametrize("b,t,h,d", [(2, 256, 4, 32), (2, 100, 3, 16), (2, 77, 2, 64), (1, 33, 2, 128),
+                                     (3, 1, 2, 32), (1, 40, 1, 16)])
+def test_kernel_equals_masked_softmax_values_and_gradients(b, t, h, d):
+    assert cpu_attention.unavailable() is None
+    q, k, v, do = (jax.random.normal(key, (b, t, h, d)) * s
+                   for key, s in zip(jax.random.split(jax.random.key(t * d), 4), (3.0, 3.0, 1.0, 1.0)))
+    got = jax.jit(lambda *a: _value_and_grads(cpu_attention.causal_attention, *a))(q, k, v, do)
+    want = jax.jit(lambda *a: _value_and_grads(_reference, *a))(q, k, v, do)
+    for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=5e-5, rtol=1e-4, err_msg=name)
+    # causality: the first query attends only to the first key, so its output is v[0]
+    np.testing.assert_allclose(np.asarray(got[0][:, 0]), np.asarray(v[:, 0]), atol=1e-6)
+
+
+def test_kernel_on_sharded_meshes_matches_one_device():
+    """Batch over data/fsdp and heads over model (shard_map through the rule table): the same
+    values and gradients as on one device."""
+    code = textwrap.dedent("""
+        import jax, jax.numpy as jnp, numpy as np
+        from scaling import cpu_attention, sharding as sh
+        q, k, v, do = (jax.random.normal(key, (8, 96, 8, 32)) for key in jax.random.split(jax.random.key(0), 4))
+        f = jax.jit(lambda q, k, v, do: (lambda o, vjp: (o, *vjp(do)))(*jax.vjp(cpu_attention.causal_attention, q, k, v)))
+        want = f(q, k, v, do)
+        for shape in ({"data": 2, "fsdp": 1, "model": 4}, {"data": 2, "fsdp": 2, "model": 2}, {"data": 1, "fsdp": 1, "model": 8}):
+            mesh = sh.make_mesh(shape)
+            names = ("act_batch", "act_seq", "act_heads", None)
+            args = [jax.device_put(x, sh.logical_to_sharding(jax.sharding.PartitionSpec(*names), mesh))
+                    for x in (q, k, v, do)]
+            with sh.mesh_context(mesh):
+                got = f(*args)
+            for g in got:  # each device ran the kernel on its own shard: nothing was gathered
+                assert g.sharding.is_equivalent_to(args[0].sharding, 4), (shape, g.sharding)
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5)
+        print("ok")
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_auto_picks_the_kernel_where_it_fits():
+    assert training_attention(ModelConfig(d_model=128, n_head=4, seq_len=256)) == "cpu_kernel"
+    assert training_attention(ModelConfig(d_model=32, n_head=4, seq_len=256)) == "blocked"  # head size 8
+    assert training_attention(ModelConfig(d_model=128, n_head=4, seq_len=256, dtype="bfloat16")) == "blocked"
+    assert training_attention(ModelConfig(d_model=32, n_head=4, seq_len=64)) == "dot_product"
+    assert training_attention(ModelConfig(d_model=128, n_head=4, attention="blocked")) == "blocked"
+
+
+def test_cpu_kernel_that_cannot_run_is_refused_up_front():
+    with pytest.raises(UsageError, match="head size"):
+        ModelConfig(d_model=48, n_head=2, attention="cpu_kernel")
+    with pytest.raises(UsageError, match="float32"):
+        ModelConfig(d_model=64, n_head=2, attention="cpu_kernel", dtype="bfloat16")
+    check_attention(ModelConfig(d_model=64, n_head=2, attention="cpu_kernel"))  # builds here: no error
+
+
+def test_a_failed_build_is_reported_not_raised(monkeypatch, tmp_path):
+    monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
+    monkeypatch.setenv("SCALING_CACHE_DIR", str(tmp_path))
+    reason = cpu_attention.unavailable.__wrapped__()
+    assert reason is not None and "failed" in reason
+    assert not list((tmp_path / "kernels").glob("*.so"))  # no half-written library left behind

@@ -1,34 +1,46 @@
-"""The training loss and gradient norm of one model under each attention implementation.
+"""The training loss and gradients of one model under each attention implementation, and
+(``--time``) each kernel's forward + backward time.
 
-python -m benchmarks.attention_check [--dtype float32]
+python -m benchmarks.attention_check [--dtype float32] [--time] [--batch 16] [--seq 256] [--heads 8] [--head-dim 32]
 
 A check for a new backend (e.g. a GPU, where ``model.attention=auto`` picks
-``jax.nn.dot_product_attention``): both implementations must give the same loss and gradients.
+``jax.nn.dot_product_attention``): every implementation that runs there (``cpu_kernel`` only on
+a CPU, in float32) must give the same loss and gradients as ``dot_product``.
+
+``--time``: forward + backward of the causal attention kernel alone on (batch, seq, heads,
+head_dim) inputs, each implementation jitted, timed in alternating windows in this one
+process (medians of 7 windows), and each one's time over ``cpu_kernel``'s.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from scaling import attention as attn_lib
+from scaling import cpu_attention
 from scaling.config import ModelConfig
 from scaling.model import GPT
 
 
-def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--dtype", default="float32")
-    args = p.parse_args(argv)
-    base = ModelConfig(n_layer=2, d_model=128, n_head=4, seq_len=256, vocab_size=257, dtype=args.dtype)
+def _implementations(dtype: str) -> list[str]:
+    cpu_ok = jax.default_backend() == "cpu" and cpu_attention.supports(32, dtype) and cpu_attention.unavailable() is None
+    return (["cpu_kernel"] if cpu_ok else []) + ["blocked", "dot_product"]
+
+
+def check(dtype: str) -> dict:
+    base = ModelConfig(n_layer=2, d_model=128, n_head=4, seq_len=256, vocab_size=257, dtype=dtype)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 257, (4, 257)), jnp.int32)
     params = GPT(base).init(jax.random.key(0), tokens[:, :-1])["params"]
     out = {}
-    for impl in ("blocked", "dot_product"):
+    for impl in _implementations(dtype):
         model = GPT(dataclasses.replace(base, attention=impl))
 
         def loss(p):
@@ -36,11 +48,52 @@ def main(argv=None) -> dict:
             return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
         value, grads = jax.jit(jax.value_and_grad(loss))(params)
         out[impl] = (float(value), grads)
-    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in
-               zip(jax.tree.leaves(out["blocked"][1]), jax.tree.leaves(out["dot_product"][1])))
-    print(f"{jax.default_backend()} {args.dtype}: loss blocked {out['blocked'][0]:.6f}, "
-          f"dot_product {out['dot_product'][0]:.6f}; max |grad difference| {diff:.2e}")
-    return {"loss": {k: v[0] for k, v in out.items()}, "max_grad_diff": diff}
+    ref = out["dot_product"][1]
+    diffs = {impl: max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref)))
+             for impl, (_, g) in out.items() if impl != "dot_product"}
+    print(f"{jax.default_backend()} {dtype}: loss " + ", ".join(f"{k} {v[0]:.6f}" for k, v in out.items())
+          + "; max |grad difference| to dot_product: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+    return {"loss": {k: v[0] for k, v in out.items()}, "max_grad_diff": diffs}
+
+
+def timing(dtype: str, b: int, t: int, h: int, d: int, windows: int = 7) -> dict:
+    kernels = {"cpu_kernel": cpu_attention.causal_attention, "blocked": attn_lib.blocked_causal_attention,
+               "dot_product": attn_lib.dot_product_attention}
+    q, k, v, do = (jax.random.normal(key, (b, t, h, d), dtype) for key in jax.random.split(jax.random.key(0), 4))
+    fns = {}
+    for impl in _implementations(dtype):
+        f = jax.jit(lambda q, k, v, do, fn=kernels[impl]: jax.vjp(fn, q, k, v)[1](do))
+        jax.block_until_ready(f(q, k, v, do))
+        fns[impl] = f
+    times: dict = {impl: [] for impl in fns}
+    for _ in range(windows):  # alternating windows: every implementation sees the same machine
+        for impl, f in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(5):
+                out = f(q, k, v, do)
+            jax.block_until_ready(out)
+            times[impl].append((time.perf_counter() - t0) / 5 * 1e3)
+    med = {impl: statistics.median(ts) for impl, ts in times.items()}
+    first = next(iter(med.values()))
+    print(f"forward + backward, ({b}, {t}, {h}, {d}) {dtype}, medians of {windows} windows:")
+    for impl, ms in med.items():
+        print(f"{impl:>12} {ms:8.1f} ms  {ms / first:5.2f}x")
+    return med
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--time", action="store_true", help="also time each kernel's forward + backward")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--head-dim", type=int, default=32)
+    args = p.parse_args(argv)
+    out = check(args.dtype)
+    if args.time:
+        out["ms"] = timing(args.dtype, args.batch, args.seq, args.heads, args.head_dim)
+    return out
 
 
 if __name__ == "__main__":

@@ -117,7 +117,7 @@ def main(argv=None) -> dict:
     p.add_argument("--windows", type=int, default=5)
     p.add_argument("--steps", type=int, default=4, help="train steps per timed window")
     p.add_argument("--microbatches", type=int, default=0, help="train.microbatches (0: the product's auto choice)")
-    p.add_argument("--attention", default="auto", help="model.attention: auto | blocked | dot_product")
+    p.add_argument("--attention", default="auto", help="model.attention: auto | cpu_kernel | blocked | dot_product")
     p.add_argument("--out", default="benchmarks/results/throughput.json")
     args = p.parse_args(argv)
     gpu = jax.default_backend() == "gpu"

@@ -9,7 +9,7 @@ In one process, the two frameworks alternating (f32, as many threads as JAX uses
   rest is the depth-independent part (embedding, logits, loss, the step's fixed work);
 - **parts**, forward + backward alone, per ``batch x seq`` tokens: causal attention (this
   repo's CPU kernel on one microbatch of sequences, as the step calls it, against
-  ``F.scaled_dot_product_attention``), the attention block (``scaling.model.Attention``:
+  ``F.scaled_dot_product_attention``; the kernel is the one ``model.attention=auto`` picks), the attention block (``scaling.model.Attention``:
   q/k/v and output projections around that kernel, against nanoGPT's ``c_attn``, SDPA and
   ``c_proj``; the projections are the block minus the kernel) and the MLP
   (``scaling.model.MLP`` on one microbatch, against two ``nn.Linear`` and GELU on the batch).
@@ -34,8 +34,9 @@ import jax.numpy as jnp
 from benchmarks.throughput import step_runner
 from benchmarks.torch_nanogpt import torch_step_runner
 from scaling import attention as attn_lib
+from scaling import cpu_attention
 from scaling.config import ModelConfig
-from scaling.model import MLP, Attention
+from scaling.model import MLP, Attention, training_attention
 
 
 def _ms(fn, reps: int) -> float:
@@ -63,12 +64,13 @@ def jax_parts(model: ModelConfig, batch: int, micro_rows: int) -> dict:
     pos = jnp.broadcast_to(jnp.arange(t), (micro_rows, t))
     per_call = batch // micro_rows
     q, k, v = (jax.random.normal(jax.random.key(i), (micro_rows, t, model.n_head, model.head_dim)) for i in range(3))
-    attn_grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(attn_lib.blocked_causal_attention(q, k, v) ** 2),
-                                 argnums=(0, 1, 2)))
+    kernel = {"cpu_kernel": cpu_attention.causal_attention, "blocked": attn_lib.blocked_causal_attention,
+              "dot_product": attn_lib.dot_product_attention}[training_attention(model)]  # the step's
+    attn_grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(kernel(q, k, v) ** 2), argnums=(0, 1, 2)))
     mlp = MLP(model)
     mlp_params = mlp.init(key, x, train=False)
     mlp_grad = jax.jit(jax.grad(lambda p, x: jnp.sum(mlp.apply(p, x, train=False) ** 2), argnums=(0, 1)))
-    attn = Attention(model)  # projections and the kernel the step uses (blocked on a CPU)
+    attn = Attention(model)  # projections and the kernel the step uses
     attn_params = attn.init(key, x, pos, train=False)
     block_grad = jax.jit(jax.grad(lambda p, x: jnp.sum(attn.apply(p, x, pos, train=False)[0] ** 2),
                                   argnums=(0, 1)))

@@ -40,6 +40,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
+from scaling import attention as attn_lib
 from scaling import flops as flops_lib
 from scaling import sharding as sh
 from scaling.checkpoint import Checkpointer, CorruptCheckpoints, abstract_with_shardings
@@ -353,15 +354,33 @@ class Trainer:
         Counted on the step as it would be written with ``jax.nn.dot_product_attention`` (full
         T x T scores, as Chinchilla counts them), lowered but not compiled: the blocked CPU
         attention skips the blocks above the diagonal and runs in loops whose bodies XLA's
-        cost analysis counts once, so its own count would not be comparable.
+        cost analysis counts once, so its own count would not be comparable (a second step
+        is traced for it); the C++ kernel's custom calls count as nothing, so the count gets
+        one layer's dot_product attention per layer added. A step of several microbatches is
+        counted as one batch (XLA counts a loop's body once).
         """
         return self._program("xla_flops", self._build_xla_flops)
 
     def _build_xla_flops(self) -> float:
-        if training_attention(self.cfg.model) == "dot_product":  # the step's own lowering
-            return flops_lib.xla_flops(self._program("lowered_step", self._lower_step))
-        cfg = dataclasses.replace(self.cfg, model=dataclasses.replace(self.cfg.model, attention="dot_product"))
-        return flops_lib.xla_flops(Trainer(cfg, self.mesh, self.total_steps)._lower_step())
+        kind, cfg = training_attention(self.cfg.model), self.cfg
+        if kind == "blocked":
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attention="dot_product"))
+        if self.microbatches > 1:  # the scan over microbatches would be counted once: count one batch
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, microbatches=1))
+        lowered = (self._program("lowered_step", self._lower_step) if cfg is self.cfg  # the step's own
+                   else Trainer(cfg, self.mesh, self.total_steps)._lower_step())
+        step = flops_lib.xla_flops(lowered)
+        if kind == "cpu_kernel":  # XLA counts the kernel's custom calls as nothing: add what they replace
+            step += self.cfg.model.n_layer * self._xla_attention_flops()
+        return step
+
+    def _xla_attention_flops(self) -> float:
+        """XLA's count of one layer's ``jax.nn.dot_product_attention``, forward and backward,
+        over the step's whole batch (a small program, lowered, not compiled)."""
+        m = self.cfg.model
+        x = jax.ShapeDtypeStruct((self.cfg.train.batch_size, m.seq_len, m.n_head, m.head_dim), jnp.dtype(m.dtype))
+        fwd_bwd = jax.jit(lambda q, k, v, do: jax.vjp(attn_lib.dot_product_attention, q, k, v)[1](do))
+        return flops_lib.xla_flops(fwd_bwd.lower(x, x, x, x))
 
     def train_step(self, state: TrainState, batch_bt: jax.Array):
         return self.compile_step()(state, batch_bt, self.run_args)

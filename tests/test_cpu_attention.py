@@ -20,6 +20,10 @@ from scaling.model import check_attention, training_attention
 
 from conftest import REPO
 
+# Without a C++ compiler the product falls back to XLA's attention (tested below); with one,
+# the kernel must build.
+needs_compiler = pytest.mark.skipif(cpu_attention.compiler() is None, reason="no C++ compiler on this machine")
+
 
 def _reference(q, k, v):
     b, t = q.shape[:2]
@@ -31,6 +35,7 @@ def _value_and_grads(fn, q, k, v, do):
     return (out, *vjp(do))
 
 
+@needs_compiler
 @pytest.mark.parametrize("b,t,h,d", [(2, 256, 4, 32), (2, 100, 3, 16), (2, 77, 2, 64), (1, 33, 2, 128),
                                      (3, 1, 2, 32), (1, 40, 1, 16)])
 def test_kernel_equals_masked_softmax_values_and_gradients(b, t, h, d):
@@ -45,6 +50,7 @@ def test_kernel_equals_masked_softmax_values_and_gradients(b, t, h, d):
     np.testing.assert_allclose(np.asarray(got[0][:, 0]), np.asarray(v[:, 0]), atol=1e-6)
 
 
+@needs_compiler
 def test_kernel_on_sharded_meshes_matches_one_device():
     """Batch over data/fsdp and heads over model (shard_map through the rule table): the same
     values and gradients as on one device."""
@@ -73,6 +79,7 @@ def test_kernel_on_sharded_meshes_matches_one_device():
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 
+@needs_compiler
 def test_auto_picks_the_kernel_where_it_fits():
     assert training_attention(ModelConfig(d_model=128, n_head=4, seq_len=256)) == "cpu_kernel"
     assert training_attention(ModelConfig(d_model=32, n_head=4, seq_len=256)) == "blocked"  # head size 8
@@ -81,6 +88,7 @@ def test_auto_picks_the_kernel_where_it_fits():
     assert training_attention(ModelConfig(d_model=128, n_head=4, attention="blocked")) == "blocked"
 
 
+@needs_compiler
 def test_cpu_kernel_that_cannot_run_is_refused_up_front():
     with pytest.raises(UsageError, match="head size"):
         ModelConfig(d_model=48, n_head=2, attention="cpu_kernel")

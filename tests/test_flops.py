@@ -30,13 +30,17 @@ def test_chinchilla_formula_by_hand():
     assert flops.flops_per_token_kaplan(cfg) == 6 * n["n_params_nonembed"] + 6 * L * s * d
 
 
-@pytest.mark.parametrize("shape", [dict(n_layer=2, d_model=64, n_head=4, seq_len=64),
-                                   dict(n_layer=3, d_model=96, n_head=3, seq_len=128),
-                                   dict(n_layer=2, d_model=128, n_head=4, seq_len=32, mlp="swiglu")])
-def test_xla_flops_within_15_percent_of_chinchilla(shape):
+@pytest.mark.parametrize("shape,batch", [(dict(n_layer=2, d_model=64, n_head=4, seq_len=64), 4),
+                                         (dict(n_layer=3, d_model=96, n_head=3, seq_len=128), 4),
+                                         (dict(n_layer=2, d_model=128, n_head=4, seq_len=32, mlp="swiglu"), 4),
+                                         (dict(n_layer=2, d_model=64, n_head=2, seq_len=256), 16),  # 4 microbatches
+                                         (dict(n_layer=2, d_model=64, n_head=4, seq_len=128, attention="blocked"), 8),
+                                         (dict(n_layer=2, d_model=64, n_head=8, seq_len=128), 4)])  # head size 8
+def test_xla_flops_within_15_percent_of_chinchilla(shape, batch):
+    """Whatever the attention (C++ kernel, blocked, plain) and the microbatches."""
     model = ModelConfig(vocab_size=257, **shape)
-    cfg = dataclasses.replace(Config(), model=model, train=TrainConfig(batch_size=4, tokens=10**6))
+    cfg = dataclasses.replace(Config(), model=model, train=TrainConfig(batch_size=batch, tokens=10**6))
     trainer = Trainer(cfg, make_mesh({"data": 1, "fsdp": 1, "model": 1}), total_steps=100)
-    xla_per_token = trainer.xla_flops_per_step() / (4 * model.seq_len)  # what summaries report
+    xla_per_token = trainer.xla_flops_per_step() / (batch * model.seq_len)  # what summaries report
     chin = flops.flops_per_token_chinchilla(model)
     assert abs(xla_per_token / chin - 1) < 0.15, (xla_per_token, chin)

@@ -310,15 +310,18 @@ class Trainer:
         rng = jax.random.fold_in(jax.random.wrap_key_data(run["key"]), state.step)
         loss, grads = self._loss_and_grads(state.params, batch_bt, rng)
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = self.tx.update(grads, state.opt_state, state.params, total_steps=run["total_steps"])
-        params = optax.apply_updates(state.params, updates)
         injected = state.step == run["nan_step"]
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & ~injected
         loss = jnp.where(injected, jnp.nan, loss)
-        # A non-finite step leaves parameters and optimizer state untouched.
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-        new_state = TrainState(step=state.step + 1, params=keep(params, state.params),
-                               opt_state=keep(opt_state, state.opt_state))
+
+        def update(params, opt_state):
+            updates, opt_state = self.tx.update(grads, opt_state, params, total_steps=run["total_steps"])
+            return optax.apply_updates(params, updates), opt_state
+        # A non-finite step leaves parameters and optimizer state untouched. (A cond rather than a
+        # select of new and old values: XLA then updates the donated buffers in place instead of
+        # copying the old state for the select.)
+        params, opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o), state.params, state.opt_state)
+        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
         lr = lr_schedule(self.cfg.optim, run["total_steps"])(state.step)
         return new_state, {"loss": loss, "grad_norm": grad_norm, "lr": lr}
 

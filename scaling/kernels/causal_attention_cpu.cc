@@ -92,16 +92,19 @@ struct Kernel {
   }
 
   // Rows of one (sequence, head) from a (B, T, H, D) array into a (Tp, D) buffer, times scale,
-  // zero-padded; and the transposed copy into (D, Tp).
+  // zero-padded; and the transposed copy into (D, Tp). Whole rows are read as vectors (the
+  // input rows are H * D floats apart: a scalar loop here waited on memory for a fifth of
+  // the backward pass).
   static void gather(const float* x, const Dims& s, int64_t b, int64_t h, float scale, float* rows, float* cols, int Tp) {
     const int64_t rs = s.H * D;
     const float* base = x + b * s.T * rs + h * D;
-    for (int t = 0; t < Tp; ++t)
-      for (int c = 0; c < D; ++c) {
-        float v = t < s.T ? base[t * rs + c] * scale : 0.f;
-        if (rows) rows[t * D + c] = v;
-        if (cols) cols[c * Tp + t] = v;
-      }
+    for (int t = 0; t < Tp; ++t) {
+      float row[D];
+      for (int d = 0; d < DV; ++d) store(row + d * kLanes, t < s.T ? load(base + t * rs + d * kLanes) * scale : v16{});
+      if (rows) std::memcpy(rows + t * D, row, sizeof(row));
+      if (cols)
+        for (int c = 0; c < D; ++c) cols[c * Tp + t] = row[c];
+    }
   }
 
   static void scatter(const float* rows, const Dims& s, int64_t b, int64_t h, float* x) {

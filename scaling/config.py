@@ -80,7 +80,7 @@ class ModelConfig:
                f"model.attention must be auto, cpu_kernel, blocked or dot_product, got {self.attention!r}")
         _check(self.attention != "cpu_kernel" or (self.dtype == "float32" and self.head_dim in CPU_KERNEL_HEAD_DIMS),
                f"model.attention=cpu_kernel needs model.dtype float32 and a head size (d_model / n_head) in "
-               f"{CPU_KERNEL_HEAD_DIMS}, got {self.dtype} and {self.d_model // self.n_head}")
+               f"{CPU_KERNEL_HEAD_DIMS}, got {self.dtype} and {self.head_dim}")
         _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
         _check(self.position == "learned" or (self.d_model // self.n_head) % 2 == 0,
                "rotary positions need an even head size (d_model / n_head)")

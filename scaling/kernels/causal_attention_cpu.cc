@@ -113,21 +113,24 @@ struct Kernel {
     for (int t = 0; t < s.T; ++t) std::memcpy(base + t * rs, rows + t * D, D * sizeof(float));
   }
 
-  static float* scratch(size_t n) {
-    thread_local std::vector<float> buf;
-    if (buf.size() < n) buf.assign(n, 0.f);
-    return buf.data();
-  }
+  // Consecutive buffers carved from one per-thread allocation, reused across calls.
+  struct Scratch {
+    float* next;
+    explicit Scratch(size_t n) {
+      thread_local std::vector<float> buf;
+      if (buf.size() < n) buf.assign(n, 0.f);
+      next = buf.data();
+    }
+    float* take(size_t n) { float* p = next; next += n; return p; }
+  };
 
   static void forward(const Dims& s, int64_t item, const float* q, const float* k, const float* v, float* o, float* lse) {
     const int64_t b = item / s.H, h = item % s.H;
     const int T = s.T, Tp = round_up(T, kKeyTile);
     const float scale = 1.f / std::sqrt(float(D));
-    float* Q = scratch(size_t(Tp) * D * 4 + size_t(R) * Tp);
-    float* KT = Q + Tp * D;
-    float* V = KT + Tp * D;
-    float* O = V + Tp * D;
-    float* S = O + Tp * D;
+    const size_t td = size_t(Tp) * D, rt = size_t(R) * Tp;
+    Scratch buf(4 * td + rt);
+    float *Q = buf.take(td), *KT = buf.take(td), *V = buf.take(td), *O = buf.take(td), *S = buf.take(rt);
     gather(q, s, b, h, scale, Q, nullptr, Tp);
     gather(k, s, b, h, 1.f, nullptr, KT, Tp);
     gather(v, s, b, h, 1.f, V, nullptr, Tp);
@@ -161,24 +164,17 @@ struct Kernel {
     const int64_t b = item / s.H, h = item % s.H;
     const int T = s.T, Tp = round_up(T, kKeyTile);
     const float scale = 1.f / std::sqrt(float(D));
-    float* Q = scratch(size_t(Tp) * D * 9 + size_t(R) * Tp * 2 + Tp);
-    float* K = Q + Tp * D;
-    float* KT = K + Tp * D;
-    float* VT = KT + Tp * D;
-    float* dO = VT + Tp * D;
-    float* Ob = dO + Tp * D;
-    float* dQ = Ob + Tp * D;
-    float* dK = dQ + Tp * D;
-    float* dV = dK + Tp * D;
-    float* P = dV + Tp * D;
-    float* dS = P + R * Tp;
-    float* delta = dS + R * Tp;
+    const size_t td = size_t(Tp) * D, rt = size_t(R) * Tp;
+    Scratch buf(9 * td + 2 * rt + Tp);
+    float *Q = buf.take(td), *K = buf.take(td), *KT = buf.take(td), *VT = buf.take(td), *dO = buf.take(td);
+    float *Ob = buf.take(td), *dQ = buf.take(td), *dK = buf.take(td), *dV = buf.take(td);
+    float *P = buf.take(rt), *dS = buf.take(rt), *delta = buf.take(Tp);
     gather(q, s, b, h, scale, Q, nullptr, Tp);
     gather(k, s, b, h, 1.f, K, KT, Tp);
     gather(v, s, b, h, 1.f, nullptr, VT, Tp);
     gather(dout, s, b, h, 1.f, dO, nullptr, Tp);
     gather(o, s, b, h, 1.f, Ob, nullptr, Tp);
-    std::fill(dK, dK + 2 * Tp * D, 0.f);  // dK and dV
+    std::fill(dK, dK + 2 * td, 0.f);  // dK and dV (adjacent)
     for (int t = 0; t < Tp; ++t) {
       float acc = 0.f;
       for (int c = 0; c < D; ++c) acc += dO[t * D + c] * Ob[t * D + c];

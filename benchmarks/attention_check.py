@@ -24,10 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from scaling import attention as attn_lib
 from scaling import cpu_attention
 from scaling.config import ModelConfig
-from scaling.model import GPT
+from scaling.model import GPT, attention_kernel
 
 
 def _implementations(dtype: str) -> list[str]:
@@ -57,12 +56,10 @@ def check(dtype: str) -> dict:
 
 
 def timing(dtype: str, b: int, t: int, h: int, d: int, windows: int = 7) -> dict:
-    kernels = {"cpu_kernel": cpu_attention.causal_attention, "blocked": attn_lib.blocked_causal_attention,
-               "dot_product": attn_lib.dot_product_attention}
     q, k, v, do = (jax.random.normal(key, (b, t, h, d), dtype) for key in jax.random.split(jax.random.key(0), 4))
     fns = {}
     for impl in _implementations(dtype):
-        f = jax.jit(lambda q, k, v, do, fn=kernels[impl]: jax.vjp(fn, q, k, v)[1](do))
+        f = jax.jit(lambda q, k, v, do, fn=attention_kernel(impl): jax.vjp(fn, q, k, v)[1](do))
         jax.block_until_ready(f(q, k, v, do))
         fns[impl] = f
     times: dict = {impl: [] for impl in fns}

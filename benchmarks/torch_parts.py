@@ -33,10 +33,8 @@ import jax.numpy as jnp
 
 from benchmarks.throughput import step_runner
 from benchmarks.torch_nanogpt import torch_step_runner
-from scaling import attention as attn_lib
-from scaling import cpu_attention
 from scaling.config import ModelConfig
-from scaling.model import MLP, Attention, training_attention
+from scaling.model import MLP, Attention, attention_kernel, training_attention
 
 
 def _ms(fn, reps: int) -> float:
@@ -64,8 +62,7 @@ def jax_parts(model: ModelConfig, batch: int, micro_rows: int) -> dict:
     pos = jnp.broadcast_to(jnp.arange(t), (micro_rows, t))
     per_call = batch // micro_rows
     q, k, v = (jax.random.normal(jax.random.key(i), (micro_rows, t, model.n_head, model.head_dim)) for i in range(3))
-    kernel = {"cpu_kernel": cpu_attention.causal_attention, "blocked": attn_lib.blocked_causal_attention,
-              "dot_product": attn_lib.dot_product_attention}[training_attention(model)]  # the step's
+    kernel = attention_kernel(training_attention(model))  # the step's
     attn_grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(kernel(q, k, v) ** 2), argnums=(0, 1, 2)))
     mlp = MLP(model)
     mlp_params = mlp.init(key, x, train=False)

@@ -91,6 +91,14 @@ def _note_fallback(reason: str) -> None:
     print(f"note: the CPU attention kernel is unavailable ({reason}); using XLA's attention", file=sys.stderr)
 
 
+def attention_kernel(kind: str):
+    """The causal self-attention of fresh (b, t, h, d) sequences behind a resolved
+    ``model.attention`` (the blocked kernel takes one sequence per batch shard at a time)."""
+    return {"cpu_kernel": cpu_attention.causal_attention,
+            "blocked": lambda q, k, v: attn_lib.blocked_causal_attention(q, k, v, chunk=logical_axis_size("act_batch")),
+            "dot_product": attn_lib.dot_product_attention}[kind]
+
+
 def check_attention(cfg: ModelConfig) -> None:
     """Refuse ``model.attention=cpu_kernel`` where it cannot run, before any compute."""
     if cfg.attention != "cpu_kernel":
@@ -123,13 +131,8 @@ class Attention(nn.Module):
         names = ("act_batch", "act_seq", "act_heads", None)
         q, k, v = (nn.with_logical_constraint(a, names) for a in (q, k, v))
         new_cache = None
-        kind = training_attention(cfg) if cache is None else "cache"
-        if kind == "cpu_kernel":
-            y = cpu_attention.causal_attention(q, k, v)
-        elif kind == "blocked":
-            y = attn_lib.blocked_causal_attention(q, k, v, chunk=logical_axis_size("act_batch"))
-        elif kind == "dot_product":
-            y = attn_lib.dot_product_attention(q, k, v)
+        if cache is None:
+            y = attention_kernel(training_attention(cfg))(q, k, v)
         else:
             ck, cv = cache
             k_bshd = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))

@@ -97,17 +97,18 @@ def logical_axis_size(name: str) -> int:
     return math.prod(mesh.shape[a] for a in axes if a in mesh.shape)
 
 
-def shard_local(fn, in_names: tuple, out_names: Any):
+def shard_local(fn, in_names: tuple, out_names: tuple):
     """``fn`` applied to each device's shard of its arguments (``jax.shard_map``), the shards
-    named by logical axes (one tuple per argument and output) through the rule table; ``fn``
+    named by logical axes (one tuple per argument, one per output of the tuple ``fn`` returns)
+    through the rule table; ``fn``
     itself without a mesh of more than one device. For per-shard kernels (custom calls) that
     XLA cannot partition."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return fn
     spec = lambda names: nn.logical_to_mesh_axes(names, LOGICAL_AXIS_RULES)  # noqa: E731
-    out_specs = tuple(map(spec, out_names)) if isinstance(out_names[0], tuple) else spec(out_names)
-    return jax.shard_map(fn, mesh=mesh, in_specs=tuple(map(spec, in_names)), out_specs=out_specs, check_vma=False)
+    return jax.shard_map(fn, mesh=mesh, in_specs=tuple(map(spec, in_names)), out_specs=tuple(map(spec, out_names)),
+                         check_vma=False)
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -13,6 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def pytest_configure(config):
+    # The tests check float32 maths against references; on a GPU, float32 dots default to
+    # TF32 (about 3 significant digits). Ask for full float32 here and in CLI subprocesses.
+    os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
     # Token caches and trained tokenizers of the test session go to a private directory.
     if "SCALING_CACHE_DIR" not in os.environ:
         import tempfile
@@ -32,10 +35,12 @@ def data_path(*parts: str) -> Path:
 
 def run_cli(module: str, *args: str, env: dict | None = None, timeout: float = 600,
             devices: int | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m module args`` in a subprocess (optionally with forced host devices)."""
+    """Run ``python -m module args`` in a subprocess (optionally with forced host devices, which
+    exist on the CPU platform only: such a subprocess runs on the CPU even where a GPU is)."""
     full_env = dict(os.environ)
     if devices:
         full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        full_env["JAX_PLATFORMS"] = "cpu"
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)

@@ -92,7 +92,7 @@ def test_cli_on_a_data2_model4_mesh_matches_one_device_and_two_processes(tmp_pat
 
     # two processes with 4 CPU devices each, joined on 127.0.0.1 with gloo collectives
     port = _free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     procs = [subprocess.Popen([sys.executable, "-m", "experiments.train", "--out", str(tmp_path / "multi"), *args,
                                "--mesh.data", "2", "--mesh.model", "4", "--dist.coordinator", f"127.0.0.1:{port}",
                                "--dist.num_processes", "2", "--dist.process_id", str(i)],

@@ -11,7 +11,8 @@
   pass is written by hand (flash-attention style: it recomputes the probabilities from the
   saved log-sum-exp instead of storing them, and uses rowsum(dO * O) in place of a
   reduction over the scores), so every intermediate stays cache-sized.
-- :func:`dot_product_attention`: ``jax.nn.dot_product_attention`` (its default implementation: XLA's in jax 0.10.2, also on GPUs).
+- :func:`dot_product_attention`: ``jax.nn.dot_product_attention`` (its default implementation:
+  XLA's in jax 0.10.2, also on GPUs).
 
 All take ``(batch, T, heads, head_dim)``, the layout the q/k/v projections write as plain
 matmuls; the blocked kernel turns each chunk heads-major (as its batched dots want) inside

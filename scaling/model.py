@@ -73,8 +73,8 @@ def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 def training_attention(cfg: ModelConfig) -> str:
     """``model.attention`` resolved. auto on a CPU: the C++ kernel where it takes this head size
     and dtype and builds; else blocked for sequences longer than one block (for one block it is
-    plain attention in a loop). dot_product on other backends
-    (``jax.nn.dot_product_attention``, whose default implementation in jax 0.10.2 is XLA's, also on a GPU)."""
+    plain attention in a loop). dot_product on other backends (``jax.nn.dot_product_attention``,
+    whose default implementation in jax 0.10.2 is XLA's, also on a GPU)."""
     if cfg.attention != "auto":
         return cfg.attention
     if jax.default_backend() != "cpu":

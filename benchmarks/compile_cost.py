@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import re
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.record import write_result  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -53,6 +54,12 @@ def shape_cost(trainer_factory) -> dict:
     row["python_s"] = row["trainer_s"] + row["step_lower_s"] + row["init_lower_s"] + row["eval_lower_s"]
     row["compile_cpu_s"] = row["step_compile_cpu_s"] + row["init_compile_cpu_s"] + row["eval_compile_cpu_s"]
     return row
+
+
+def _relative(path: str) -> str:
+    """A path inside the repository as written from its root (no host-specific prefix)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(path)
 
 
 def main(argv=None) -> dict:
@@ -84,7 +91,7 @@ def main(argv=None) -> dict:
         mesh = make_mesh(mesh_shape(cfg.mesh, jax.device_count()))
         row = shape_cost(lambda cfg=cfg, mesh=mesh: Trainer(cfg, mesh, steps_for(cfg)))
         rows.append({"shape": f"L{cfg.model.n_layer}-d{cfg.model.d_model}", "in_sweep": in_sweep, **row})
-    result = {"config": args.config, "backend": jax.default_backend(), "jax": jax.__version__, "rows": rows}
+    result = {"config": _relative(args.config), "backend": jax.default_backend(), "jax": jax.__version__, "rows": rows}
     print(f"compile cost per shape ({result['backend']}, jax {jax.__version__}, persistent cache off, idle machine)")
     print(f"{'shape':>10} {'sweep':>5} {'python s':>8} {'step s':>7} {'init s':>7} {'eval s':>7} "
           f"{'compile CPU s':>13} {'step fusions':>12}")
@@ -95,9 +102,7 @@ def main(argv=None) -> dict:
     swept = [r for r in rows if r["in_sweep"]]
     print(f"the sweep's {len(swept)} shapes: {sum(r['python_s'] for r in swept):.1f} s of Python (trace, lower), "
           f"{sum(r['compile_cpu_s'] for r in swept):.1f} CPU-s of XLA compiling")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    return result
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 import statistics
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -31,6 +29,7 @@ from scaling import flops as flops_lib
 from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig
 from scaling.sharding import make_mesh, mesh_shape
 from scaling.train import Trainer
+from benchmarks.record import write_result
 
 
 def _median_rate(fn, work: float, windows: int, reps: int) -> float:
@@ -140,9 +139,7 @@ def main(argv=None) -> dict:
         mem = "" if r["step_memory_bytes"] is None else f"{r['step_memory_bytes'] / 2 ** 20:.0f}"
         print(f"{r['shape']:>8} {r['n_params']:>10,} {r['microbatches']:>5} {r['tokens_per_s']:>10.0f} {r['achieved_flops'] / 1e9:>9.1f} "
               f"{r['matmul_peak_flops'] / 1e9:>7.1f} {r['mfu']:>6.1%} {r['compile_s']:>9.1f} {mem:>9}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    return result
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":

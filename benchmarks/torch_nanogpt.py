@@ -13,10 +13,8 @@ token x tokens/s over that peak) and the tokens/s ratio see the same machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +23,7 @@ import numpy as np
 from benchmarks.throughput import _median_rate, matmul_runner, step_runner
 from scaling import flops as flops_lib
 from scaling.config import ModelConfig
+from benchmarks.record import write_result
 
 
 def torch_step_runner(model_cfg: ModelConfig, batch: int):
@@ -136,9 +135,7 @@ def main(argv=None) -> dict:
         r = rows[name]
         print(f"{label:>22} {r['tokens_per_s']:>8.0f} {r['matmul_peak_flops'] / 1e9:>13.1f} {r['mfu']:>6.1%}")
     print(f"tokens/s, this repo over nanoGPT: {speedup:.2f}x")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    return result
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":

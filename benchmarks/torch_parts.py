@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import statistics
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +33,7 @@ from benchmarks.throughput import step_runner
 from benchmarks.torch_nanogpt import torch_step_runner
 from scaling.config import ModelConfig
 from scaling.model import MLP, Attention, attention_kernel, training_attention
+from benchmarks.record import write_result
 
 
 def _ms(fn, reps: int) -> float:
@@ -150,9 +149,7 @@ def main(argv=None) -> dict:
         print(f"{name:>34} {j:>10.1f} {t:>10.1f} {j / t:>7.2f}")
     result = {"shape": args.shape, "batch": args.batch, "seq_len": args.seq, "microbatches": micro,
               "jax": jax.__version__, "torch": torch.__version__, "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    return result
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -97,9 +97,24 @@ def test_cpu_kernel_that_cannot_run_is_refused_up_front():
     check_attention(ModelConfig(d_model=64, n_head=2, attention="cpu_kernel"))  # builds here: no error
 
 
-def test_a_failed_build_is_reported_not_raised(monkeypatch, tmp_path):
-    monkeypatch.setenv("CXX", "false")  # a "compiler" that always fails
-    monkeypatch.setenv("SCALING_CACHE_DIR", str(tmp_path))
-    reason = cpu_attention.unavailable.__wrapped__()
-    assert reason is not None and "failed" in reason
-    assert not list((tmp_path / "kernels").glob("*.so"))  # no half-written library left behind
+def test_a_failed_build_is_reported_not_raised(monkeypatch, capsys, tmp_path):
+    """A compiler that always fails: built twice, then one line saying why, XLA's attention
+    under auto, and nothing left in the cache to load."""
+    calls = tmp_path / "calls"
+    cxx = tmp_path / "failing-cxx"
+    cxx.write_text(f'#!/bin/sh\necho run >> "{calls}"\necho "error: no such luck" >&2\nexit 1\n')
+    cxx.chmod(0o755)
+    monkeypatch.setenv("CXX", str(cxx))
+    monkeypatch.setenv("SCALING_CACHE_DIR", str(tmp_path / "cache"))
+    cpu_attention.unavailable.cache_clear()
+    try:
+        reason = cpu_attention.unavailable()
+        assert reason is not None and "failed: error: no such luck" in reason and "\n" not in reason
+        assert calls.read_text().count("run") == 2  # rebuilt once
+        kernels = tmp_path / "cache" / "kernels"
+        assert not [p for p in kernels.iterdir() if not p.name.endswith(".lock")]  # no half-written library
+        assert training_attention(ModelConfig(d_model=128, n_head=4, seq_len=256)) == "blocked"
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and reason in err[0] and "using XLA's attention" in err[0]
+    finally:
+        cpu_attention.unavailable.cache_clear()

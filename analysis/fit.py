@@ -3,6 +3,7 @@
     python -m analysis.fit --results FILE [--n-col C] [--d-col C | --c-col C]
         [--loss-col C] [--approach 1|2|3|all] [--bootstrap K] [--ci 0.95]
         [--holdout-top-c K] [--predict-c C ...] [--group-col COL] [--curves DIR]
+        [--approach1-from curves|endpoints] [--diagnostics [--baseline-loss L] [--alt-n-col COL]]
         [--out fit.json] [--plots DIR]
 
 Reads any CSV with a model-size column (N), a tokens column (D) or a FLOPs column (C,
@@ -16,7 +17,9 @@ then D = C / (6 N)) and a loss column; rows whose ``status`` column exists and i
 The JSON (structure in :mod:`scaling.laws`) goes to ``--out``, with a readable report
 on stdout; without ``--out`` the JSON goes to stdout and the report to stderr.  Bad
 input ends with one line on stderr and exit code 2, before any fitting and without
-touching existing outputs.  The fitting itself lives in :mod:`scaling.laws`.
+touching existing outputs.  The fitting itself lives in :mod:`scaling.laws`; approach 1 on
+annealed endpoints, approach 2's intervals and the diagnostics (``--diagnostics``, which
+needs ``--bootstrap``) are wired in :mod:`analysis.fit_checks`.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import numpy as np  # noqa: E402
 
+from analysis import fit_checks  # noqa: E402
 from scaling import laws  # noqa: E402
 from scaling.errors import UsageError, exit_on_usage_error  # noqa: E402
 
@@ -372,6 +376,7 @@ def report(result: dict, *, title: str = "") -> str:
         lines.append(f"approach 1 not run: {a1['not_run']}")
     elif a1 is not None:
         lines.append(f"approach 1 (envelope of {a1['n_runs']} curves): a = {a1['a']:.4f}, b = {a1['b']:.4f}")
+    lines += fit_checks.report_lines(result)
     return "\n".join(x for x in lines if x is not None)
 
 
@@ -426,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the JSON here (else to stdout, report to stderr)")
     p.add_argument("--plots", default=None, metavar="DIR", help="write PNG plots to DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    fit_checks.add_arguments(p)
     return p
 
 
@@ -450,7 +456,7 @@ def _options(args) -> FitOptions:
     needs3 = args.bootstrap or args.holdout_top_c or args.predict_c
     if needs3 and "3" not in approaches:
         raise UsageError("--bootstrap, --holdout-top-c and --predict-c use approach 3; pass --approach 3 or all")
-    if args.approach == "1" and not args.curves:
+    if args.approach == "1" and not args.curves and args.approach1_from == "curves":
         raise UsageError("--approach 1 needs --curves DIR (a sweep directory with runs/<id>/metrics.jsonl)")
     opts = FitOptions(
         approaches=approaches,
@@ -472,6 +478,7 @@ def _options(args) -> FitOptions:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     opts = _options(args)
+    extra = fit_checks.options(args, opts.bootstrap)
     # ---- everything below up to the fits only reads and validates input
     runs = load_runs(
         args.results,
@@ -484,7 +491,7 @@ def main(argv=None) -> int:
         drop_top_loss=args.drop_top_loss,
     )
     curves = None
-    if args.curves and "1" in opts.approaches:
+    if args.curves and "1" in opts.approaches and extra.approach1_from == "curves":
         curves = load_curves(args.curves, loss_key=args.curve_loss_key)
     if args.group_col is not None:
         values = sorted(set(runs.group.tolist()))
@@ -496,15 +503,27 @@ def main(argv=None) -> int:
         raise UsageError(f"--out {args.out} is a directory; give a file name")
     if args.plots is not None and Path(args.plots).exists() and not Path(args.plots).is_dir():
         raise UsageError(f"--plots {args.plots} exists and is not a directory")
+    alt_n = fit_checks.alt_counts(load_runs, args, runs, extra)
+    a1_endpoints = None
+    if "1" in opts.approaches and extra.approach1_from == "endpoints":  # cheap: before the slow fits
+        a1_endpoints, curves = fit_checks.approach1_endpoints(args, runs, required=args.approach == "1")
 
     # ---- fits
     if args.group_col is not None:
         result: dict = {"group_col": args.group_col, "groups": {}}
         for v in values:
             result["groups"][v] = fit_runs(parts[v], opts, skip=skips[v])
+            sel = runs.group == v
+            fit_checks.extend(result["groups"][v], parts[v], opts, extra, None if alt_n is None else alt_n[sel])
+            if a1_endpoints is not None and v in a1_endpoints:
+                result["groups"][v]["approach1"] = a1_endpoints[v]
     else:
         result = fit_runs(runs, opts, skip=skips)
-    if "1" in opts.approaches:
+        fit_checks.extend(result, runs, opts, extra, alt_n)
+    if a1_endpoints is not None:
+        if None in a1_endpoints:
+            result["approach1"] = a1_endpoints[None]
+    elif "1" in opts.approaches:
         if curves is not None:
             result["approach1"] = laws.fit_approach1(curves)
         else:

@@ -873,6 +873,11 @@ def fit_approach1(
     log-spaced grid of ``n_grid`` FLOP values; at each grid point covered by at least
     ``min_runs`` curves the run with the lowest loss gives (N_opt, L_min); then
     N_opt = k_n C^a (and D_opt = C / (6 N_opt) = k_d C^b, so b = 1 - a).
+
+    Raw training curves bias this (losses before the learning rate decays, an envelope
+    clamped at the smallest and largest sizes, a step function of few sizes);
+    :func:`scaling.law_envelope.fit_approach1_endpoints` is approach 1 on annealed
+    endpoints where the sizes bracket the optimum.
     """
     runs = []
     for i, (n_i, fl, lo) in enumerate(curves):

@@ -345,3 +345,167 @@ def test_notebook_executes(tmp_path, monkeypatch):
     assert "approach 3" in text and "alpha =" in text and "approach 2 (IsoFLOP, 4 budgets)" in text
     images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) == 5  # isoflop, frontier, optimal N, predicted vs observed, residuals
+
+
+# ------------------------------------- annealed endpoints, approach 2 intervals, diagnostics
+
+EPOCH = (1.8172, 477.8, 2143.4, 0.3473, 0.3672)
+
+
+def write_shared_sizes_csv(path: Path, *, noise=0.003, seed=0):
+    """An IsoFLOP results.csv whose sizes recur across 4 budgets (each size's runs are its
+    annealed endpoints), Chinchilla's law (Epoch's fit), 0.3% noise; the non-embedding
+    count is N less a 2,000-parameter embedding."""
+    rng = np.random.default_rng(seed)
+    grid = np.logspace(5.6, 8.6, 11)
+    lines = ["run_id,n_params,n_params_nonembed,tokens,budget,val_loss,status"]
+    for C in np.logspace(17, 18.5, 4):
+        n_opt = laws.compute_optimal(C, *EPOCH)[0]
+        for N in grid[np.abs(np.log10(grid / n_opt)) <= 0.9]:
+            D = C / (6 * N)
+            loss = laws.law_loss(N, D, *EPOCH) * math.exp(noise * rng.standard_normal())
+            lines.append(f"r{len(lines)},{N:.8g},{N - 2000:.8g},{D:.8g},{C:.6g},{loss:.8f},completed")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def diagnosed(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("diag")
+    csv = write_shared_sizes_csv(tmp / "results.csv")
+    runs = fitcli.load_runs(csv)
+    baseline = float(np.sort(runs.L)[-2])  # the highest-loss run is not below it
+    out = tmp / "fit.json"
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = fitcli.main(["--results", str(csv), "--approach", "all", "--approach1-from", "endpoints",
+                          "--bootstrap", "30", "--diagnostics", "--baseline-loss", repr(baseline),
+                          "--out", str(out), "--no-progress"])
+    assert rc == 0
+    return runs, baseline, json.loads(out.read_text()), buf.getvalue()
+
+
+def test_diagnostics_in_the_json_and_the_report(diagnosed):
+    runs, baseline, res, text = diagnosed
+    for k in ("E", "A", "B", "alpha", "beta", "a", "b", "G", "ci", "bootstrap", "approach2", "approach1", "input"):
+        assert k in res  # the existing keys stay
+    diag = res["diagnostics"]
+    checks = {c["name"]: c for c in diag["checks"]}
+    assert len(checks) == 13
+    below = checks["regime.below_baseline"]
+    assert below["value"] == pytest.approx(runs.L.max()) and below["threshold"] == baseline
+    assert diag["failed"] == ["regime.below_baseline"] and diag["not_evaluated"] == []
+    assert diag["passed"] is False and diag["verdict"] == "FAIL: 1 failed: regime.below_baseline"
+    assert "[FAIL] regime.below_baseline: highest run loss" in text
+    assert "verdict: FAIL: 1 failed: regime.below_baseline" in text
+    assert text.count("[pass]") == 12
+    # the stability check refitted the non-embedding count; the E interval is the bootstrap's
+    assert checks["stable.n_count"]["details"]["a"][0] == pytest.approx(res["a"])
+    assert checks["non_degenerate.E_lower"]["value"] == pytest.approx(res["ci"]["E"][0])
+
+
+def test_approach2_intervals_and_approach1_endpoints_in_the_json(diagnosed):
+    from scaling.law_envelope import fit_approach1_endpoints
+
+    runs, _, res, text = diagnosed
+    a2 = res["approach2"]
+    assert a2["ci_level"] == 0.95 and a2["bootstrap"]["method"] == "residual"
+    assert a2["bootstrap"]["n_resamples"] == 30
+    lo, hi = a2["ci"]["a"]
+    assert lo <= a2["a"] <= hi
+    assert [b["C"] for b in a2["budget_ci"]] == [m["C"] for m in a2["minima"]]
+    for b, m in zip(a2["budget_ci"], a2["minima"]):
+        assert b["N_opt"][0] <= m["N_opt"] <= b["N_opt"][1]
+    assert "approach 2 95% intervals (30 residual resamples)" in text
+    a1 = res["approach1"]
+    ref = fit_approach1_endpoints(runs.N, runs.C, runs.L)
+    assert a1["input"] == "annealed endpoints" and a1["a"] == pytest.approx(ref["a"], rel=1e-12)
+    assert abs(a1["a"] - EPOCH[4] / (EPOCH[3] + EPOCH[4])) < 0.05
+    assert "annealed endpoints of" in text
+
+
+def write_endpoint_runs(root: Path) -> Path:
+    """Run directories as a warmup-stable-decay sweep might write them: per size, a
+    stable-phase run (not annealed) and its cooldown endpoints as marked metrics lines."""
+    budgets = np.logspace(math.log10(8e11), math.log10(6e12), 4)
+    for i, N in enumerate(np.logspace(math.log10(3.5e4), math.log10(3.5e5), 6)):
+        run = root / "runs" / f"size{i}"
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps({"n_params": N, "status": "completed", "annealed": False,
+                                                      "flops_6nd": float(budgets[-1]), "val_loss": 9.0}))
+        lines = [json.dumps({"step": 1, "flops": float(budgets[0]) / 2, "loss": 9.0, "val_loss": 9.0})]
+        for C in budgets:
+            lines.append(json.dumps({"step": 2, "flops": float(C), "val_loss": float(laws.law_loss(N, C / (6 * N), *EPOCH)),
+                                     "endpoint": True}))
+        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_load_endpoints_reads_final_points_and_marked_cooldowns(tmp_path):
+    from analysis.endpoints import load_endpoints
+
+    root = tmp_path / "sweep"
+    for name, summary, metrics in [
+        ("a", {"n_params": 1e5, "flops_6nd": 6e12, "val_loss": 2.5, "status": "completed"}, None),
+        ("b", {"n_params": 2e5, "flops_6nd": 6e12, "val_loss": 2.4, "status": "completed"},
+         [{"flops": 1e12, "val_loss": 2.9, "endpoint": True}, {"flops": 2e12, "loss": 2.7},
+          {"flops": 3e12, "val_loss": 2.6, "endpoint": True}]),
+        ("c", {"n_params": 3e5, "flops_6nd": 6e12, "val_loss": 3.3, "status": "completed", "annealed": False}, None),
+        ("d", {"n_params": 4e5, "flops_6nd": 6e12, "val_loss": 2.0, "status": "diverged"}, None),
+    ]:
+        (root / "runs" / name).mkdir(parents=True)
+        (root / "runs" / name / "summary.json").write_text(json.dumps(summary))
+        if metrics:
+            (root / "runs" / name / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in metrics) + "\n")
+    N, C, L = load_endpoints(root)
+    assert N.tolist() == [1e5, 2e5, 2e5] and C.tolist() == [6e12, 1e12, 3e12] and L.tolist() == [2.5, 2.9, 2.6]
+    (root / "runs" / "b" / "metrics.jsonl").write_text(json.dumps({"flops": 1e12, "endpoint": True}) + "\n")
+    with pytest.raises(fitcli.UsageError, match="'val_loss' must be a positive number"):
+        load_endpoints(root)
+
+
+def test_approach1_from_endpoint_runs_cli(tmp_path, capsys):
+    from analysis.endpoints import load_endpoints
+    from scaling.law_envelope import fit_approach1_endpoints
+
+    root = write_endpoint_runs(tmp_path / "sweep")
+    csv = write_shared_sizes_csv(tmp_path / "results.csv")
+    out, plots = tmp_path / "fit.json", tmp_path / "plots"
+    assert fitcli.main(["--results", str(csv), "--approach", "1", "--approach1-from", "endpoints", "--curves",
+                        str(root), "--out", str(out), "--plots", str(plots), "--no-progress"]) == 0
+    a1 = json.loads(out.read_text())["approach1"]
+    assert a1["n_runs"] == 6 and a1["n_endpoints"] == 24  # the stable-phase runs' own ends are left out
+    assert a1["a"] == pytest.approx(fit_approach1_endpoints(*load_endpoints(root))["a"], rel=1e-12)
+    assert abs(a1["a"] - EPOCH[4] / (EPOCH[3] + EPOCH[4])) < 0.03
+    assert (plots / "envelope.png").read_bytes()[:4] == b"\x89PNG"
+
+
+BAD_CHECKS = [
+    ("diagnostics without bootstrap", ["--diagnostics"], "--diagnostics needs --bootstrap"),
+    ("baseline without diagnostics", ["--bootstrap", "5", "--baseline-loss", "2.0"], "--baseline-loss is used by --diagnostics"),
+    ("negative baseline", ["--bootstrap", "5", "--diagnostics", "--baseline-loss", "-1"], "--baseline-loss must be a positive"),
+    ("missing alt column", ["--bootstrap", "5", "--diagnostics", "--alt-n-col", "nope"], "missing column(s) 'nope'"),
+    ("endpoints without shared sizes", ["--approach", "1", "--approach1-from", "endpoints"], "at least 3 model sizes"),
+]
+
+
+@pytest.mark.parametrize("name,args,message", BAD_CHECKS, ids=[b[0] for b in BAD_CHECKS])
+def test_bad_diagnostics_input_exits_2_before_any_fitting(name, args, message, tmp_path, capsys, monkeypatch):
+    files = _bad_csvs(tmp_path)
+    out = tmp_path / "fit.json"
+    out.write_text("previous result\n")
+
+    def no_compute(*a, **k):
+        raise AssertionError("fitting started before the input was validated")
+
+    for fn in ("fit_approach3", "fit_approach2", "bootstrap_approach3", "holdout_top_c", "lbfgs_batch"):
+        monkeypatch.setattr(laws, fn, no_compute)
+    with pytest.raises(SystemExit) as e:
+        fitcli.main(["--results", str(files["good"]), *args, "--out", str(out), "--no-progress"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+    assert out.read_text() == "previous result\n"

@@ -415,3 +415,143 @@ def test_approach1_on_the_law_recovers_the_exponent():
     assert out["a"] + out["b"] == pytest.approx(1.0)
     with pytest.raises(UsageError, match="at least 2 runs"):
         laws.fit_approach1(curves[:1])
+
+
+# ------------------------------------------- approach 1 on annealed endpoints (law_envelope)
+
+EPOCH = (1.8172, 477.8, 2143.4, 0.3473, 0.3672)  # Besiroglu et al.'s Huber-sum grid fit
+EPOCH_A = EPOCH[4] / (EPOCH[3] + EPOCH[4])
+SMALL_SIZES = np.logspace(math.log10(3.5e4), math.log10(3.5e5), 6)  # a small CPU sweep's sizes
+SMALL_BUDGETS = np.logspace(math.log10(8e11), math.log10(6e12), 4)  # and budgets (FLOPs)
+
+
+def annealed_isoflop(sizes=SMALL_SIZES, budgets=SMALL_BUDGETS, law=EPOCH):
+    """Every size at every budget, each run's final (annealed) loss on the law."""
+    N, C = (a.ravel() for a in np.meshgrid(sizes, budgets))
+    return N, C, laws.law_loss(N, C / (6 * N), *law)
+
+
+def test_approach1_endpoints_recovers_the_exponent_on_a_small_sweep():
+    """Annealed endpoints of 6 sizes (35K-350K) x 4 budgets (8e11-6e12 FLOPs) on
+    Chinchilla's law, as an IsoFLOP sweep, with 5 sizes, and as warmup-stable-decay
+    cooldowns (every size cooled down at the same 6 token counts): a within 0.03."""
+    from scaling.law_envelope import fit_approach1_endpoints
+
+    out = fit_approach1_endpoints(*annealed_isoflop())
+    assert abs(out["a"] - EPOCH_A) < 0.03
+    assert out["a"] + out["b"] == pytest.approx(1.0)
+    assert out["n_runs"] == 6 and out["n_endpoints"] == 24 and out["input"] == "annealed endpoints"
+    five = fit_approach1_endpoints(*annealed_isoflop(sizes=np.logspace(math.log10(3.5e4), math.log10(3.5e5), 5)))
+    assert abs(five["a"] - EPOCH_A) < 0.03
+    N, D = (a.ravel() for a in np.meshgrid(SMALL_SIZES, np.logspace(6, 7.5, 6)))
+    wsd = fit_approach1_endpoints(N, 6 * N * D, laws.law_loss(N, D, *EPOCH))
+    assert abs(wsd["a"] - EPOCH_A) < 0.03
+    # only where the optimum is bracketed: never at the smallest or largest size
+    for r in (out, five, wsd):
+        n_opt = np.array([p["N_opt"] for p in r["envelope"]])
+        assert np.all(n_opt > SMALL_SIZES[0]) and np.all(n_opt < SMALL_SIZES[-1])
+        for p in r["envelope"]:
+            assert p["D_opt"] == pytest.approx(p["C"] / (6 * p["N_opt"]))
+
+
+def test_approach1_endpoints_skips_compute_where_the_envelope_is_clamped():
+    """Budgets reaching below the smallest size's optimum: there the smallest model is the
+    best whatever the optimum is, and those C are left out of the fit."""
+    from scaling.law_envelope import fit_approach1_endpoints
+
+    budgets = np.logspace(10, math.log10(6e12), 6)
+    N, C, L = annealed_isoflop(budgets=budgets)
+    out = fit_approach1_endpoints(N, C, L, n_grid=300)
+    lo, hi = out["c_range"]
+    # the smallest size is the best up to where its loss curve crosses the next size's
+    grid = np.exp(np.linspace(math.log(C.min()), math.log(C.max()), 300))
+    best = np.argmin([laws.law_loss(n, grid / (6 * n), *EPOCH) for n in SMALL_SIZES], axis=0)
+    assert lo == pytest.approx(grid[np.argmax(best > 0)], rel=1e-9)
+    assert out["grid_fraction"] < 1.0
+    assert abs(out["a"] - EPOCH_A) < 0.03
+    plain = fit_approach1_endpoints(N, C, L, n_grid=300, refine="none")
+    assert {p["N_opt"] for p in plain["envelope"]} <= set(SMALL_SIZES[1:-1])
+
+
+def test_approach1_endpoints_parabola_vertex_is_exact_at_the_endpoints():
+    """Losses exactly parabolic in log N with vertex k C^a at each endpoint C: the
+    envelope's N_opt at the endpoints' C equals k C^a."""
+    from scaling.law_envelope import annealed_curves, fit_approach1_endpoints
+
+    k, a = 0.3, 0.55
+    sizes = np.logspace(6, 10, 17)  # the vertices lie between 10^7.7 and 10^8.8
+    budgets = np.logspace(15, 17, 5)
+    N, C = (v.ravel() for v in np.meshgrid(sizes, budgets))
+    L = 3.0 - 0.1 * np.log10(C) + 0.05 * (np.log(N) - np.log(k * C**a)) ** 2
+    out = fit_approach1_endpoints(N, C, L, n_grid=9)  # grid points on the budgets and midway
+    at = {round(math.log10(p["C"]), 6): p["N_opt"] for p in out["envelope"]}
+    for c in budgets:
+        assert at[round(math.log10(c), 6)] == pytest.approx(k * c**a, rel=1e-9)
+    # a repeated endpoint (a second seed) is averaged into its size's curve
+    curves = annealed_curves(np.r_[N, N[:1]], np.r_[C, C[:1]], np.r_[L, L[:1] + 0.2])
+    assert curves[0][0] == sizes[0] and curves[0][2][0] == pytest.approx(L[0] + 0.1)
+
+
+def test_approach1_endpoints_bad_input():
+    from scaling.law_envelope import fit_approach1_endpoints
+
+    N, C, L = annealed_isoflop(sizes=SMALL_SIZES[:2])
+    with pytest.raises(UsageError, match="at least 3 model sizes with 2 or more endpoints"):
+        fit_approach1_endpoints(N, C, L)
+    N, C, L = annealed_isoflop(sizes=np.logspace(7, 8, 4))  # all far above the optimum
+    with pytest.raises(UsageError, match="do not straddle the optimum"):
+        fit_approach1_endpoints(N, C, L)
+    with pytest.raises(UsageError, match="non-positive loss"):
+        fit_approach1_endpoints([1.0, 2.0], [1.0, 2.0], [1.0, 0.0])
+
+
+# ------------------------------------------------ approach 2 bootstrap (law_isoflop)
+
+
+def test_approach2_bootstrap_covers_true_a_and_narrows_with_less_noise():
+    """Residual bootstrap on 5 budgets x 7 sizes from Hoffmann's law: the 95% interval
+    for a covers the true a at 1% and at 0.25% noise, and is narrower at 0.25%."""
+    from scaling.law_isoflop import bootstrap_approach2
+
+    widths = {}
+    for noise in (0.01, 0.0025):
+        N, D, L, C = synthetic_isoflop(seed=2, noise=noise, c_lo=1e18, c_hi=1e21, n_budgets=5, n_sizes=7, span=0.8)
+        fit = laws.fit_approach2(N, L, C, budgets=C)
+        boot = bootstrap_approach2(N, L, C, fit, 100, budgets=C, seed=0)
+        lo, hi = boot.interval("a")
+        assert lo <= TRUE_A <= hi, (noise, lo, hi)
+        assert lo <= fit["a"] <= hi
+        assert boot.n_failed == 0 and boot.a.size == 100 and boot.n_opt.shape == (100, 5)
+        d = boot.to_dict()
+        assert d["bootstrap"] == {"n_resamples": 100, "seed": 0, "method": "residual", "n_failed": 0}
+        for m, b in zip(fit["minima"], d["budgets"]):
+            assert b["C"] == m["C"] and b["N_opt"][0] <= m["N_opt"] <= b["N_opt"][1]
+        # b is 1 - a on every resample (D_opt = C / 6 N_opt)
+        np.testing.assert_allclose(boot.a + boot.b, 1.0, atol=1e-9)
+        widths[noise] = hi - lo
+    assert widths[0.0025] < 0.5 * widths[0.01]
+
+
+def test_approach2_residuals_are_leverage_adjusted():
+    """Each budget's residuals are r_i / sqrt(1 - h_ii) of its own parabola, pooled and
+    centred; a budget with exactly 3 sizes has none, and a design of only such budgets
+    has nothing to resample."""
+    from scaling.law_isoflop import bootstrap_approach2, parabola_residuals
+
+    rng = np.random.default_rng(0)
+    x = np.log(np.logspace(6, 8, 5))
+    N = np.exp(np.r_[x, x[:3]])
+    L = np.r_[3 + 0.1 * (x - x.mean()) ** 2 + 0.01 * rng.standard_normal(5), [3.2, 3.0, 3.1]]
+    labels = np.r_[np.zeros(5, int), np.ones(3, int)]
+    fitted, res = parabola_residuals(N, L, labels, 2)
+    X = np.vander(x, 3)
+    H = X @ np.linalg.inv(X.T @ X) @ X.T
+    r = (np.eye(5) - H) @ L[:5]
+    expect = r / np.sqrt(1 - np.diag(H))
+    np.testing.assert_allclose(res, expect - expect.mean(), atol=1e-12)
+    np.testing.assert_allclose(fitted[:5], H @ L[:5], atol=1e-12)
+    np.testing.assert_allclose(fitted[5:], L[5:], atol=1e-12)  # exactly 3 sizes: the parabola interpolates
+    N3 = np.exp(np.r_[x[:3], x[:3] + 1])
+    L3 = np.r_[[3.2, 3.0, 3.1], [3.1, 2.9, 3.0]]
+    with pytest.raises(UsageError, match="no residuals"):
+        bootstrap_approach2(N3, L3, np.r_[np.full(3, 1e18), np.full(3, 1e19)], n_resamples=5)

@@ -1,4 +1,4 @@
-"""Orbax checkpoints of the train state: save, keep the last k (and the best), resume.
+"""Orbax checkpoints of the train state: save, keep the last k (and the best), verify, resume.
 
 A checkpoint holds the train state (step, parameters, optimizer state) and a small JSON
 ``meta`` item: the config's identity hash, the validation loss and the metrics.jsonl
@@ -11,15 +11,33 @@ Saves are asynchronous by default (``checkpoint.async_save``): ``save`` returns 
 arrays are copied to host memory and orbax writes them in a background thread into a
 temporary directory that it renames into place when complete, so a kill mid-save leaves the
 previous checkpoints intact (and the temporary directory is cleaned up on the next start).
-Old checkpoints are pruned by orbax's preservation policy (the last ``keep``, plus the best
-by validation loss with ``keep_best``) only after the newer checkpoint has been committed.
 ``wait``/``close`` block until the last save is on disk; a run calls them before it reports
 completion.
+
+Checksums: right after orbax renames a step into place (on the primary process, once every
+process has written its part), every file of the step is fsynced and its SHA-256 and size go
+into ``<step>/checksums.json``, written atomically. Only then is the step committed: orbax
+prunes older checkpoints (its preservation policy: the last ``keep``, plus the best by
+validation loss with ``keep_best``) after this, so a kill between the rename and the manifest
+loses nothing that was committed. Before a step is read (state or meta) every file is checked
+against the manifest; a step whose manifest is missing (a kill before it was written) or
+unreadable, or with a missing, truncated, changed or unlisted file, is corrupt. A restore
+falls back to the newest step that verifies and moves each newer one, with one warning line,
+to ``checkpoints/corrupt/<step>-<time>-<pid>``: outside orbax's step listing, kept for
+inspection, never retried, and the step can be saved again. When no step verifies nothing is
+moved and ``CorruptCheckpoints`` (exit 2) is raised; a run that then starts from scratch
+moves them at its first save. The manifest guards against damage at rest and torn writes;
+it is not a signature (whoever can write the directory can rewrite it).
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import itertools
+import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +48,11 @@ import orbax.checkpoint as ocp
 
 from scaling.config import CheckpointConfig
 from scaling.errors import UsageError
+from scaling.io import atomic_write_text, fsync_dir
+
+MANIFEST = "checksums.json"
+CORRUPT_DIR = "corrupt"
+_CHUNK = 1 << 20
 
 
 class Checkpointer:
@@ -43,18 +66,30 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             create=True, enable_async_checkpointing=cfg.async_save, cleanup_tmp_directories=True,
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-            best_fn=(lambda m: m["val_loss"]) if cfg.keep_best else None, best_mode="min")
+            best_fn=(lambda m: m["val_loss"]) if cfg.keep_best else None, best_mode="min",
+            temporary_path_class=_ChecksummedPath)
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
         self._last_save_time = time.monotonic()
+        self._problems: dict[int, str | None] = {}  # verification result per step, this process
+        self._barriers = itertools.count()  # multi-process barrier names must not repeat
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
+    def step_dir(self, step: int) -> Path:
+        return self.directory / str(step)
+
+    def problem(self, step: int) -> str | None:
+        """Why ``step`` cannot be trusted (see ``verify_step``), or None; checked once per process."""
+        if step not in self._problems:
+            self._problems[step] = verify_step(self.step_dir(step))
+        return self._problems[step]
+
     def read_meta(self, step: int) -> dict | None:
-        try:
-            return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        except Exception:
+        """The meta item of ``step``; None if the step does not verify."""
+        if self.problem(step) is not None:
             return None
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
     def due(self, step: int, final: bool, steps_left: int | None = None) -> bool:
         """Whether to save after ``step``: always at the end; every ``every_steps`` steps (and
@@ -71,33 +106,71 @@ class Checkpointer:
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Start saving ``state`` at ``step`` (returns once it is copied to host memory when
         saving asynchronously; an earlier save still in flight is finished first)."""
+        corrupt = [s for s in self.steps() if self._problems.get(s)]
+        if corrupt:  # found by a restore that then started from scratch: make room for new saves
+            self.manager.wait_until_finished()
+            for s in corrupt:
+                self._set_aside(s, self._problems[s], "the run saves anew")
         if step in self.manager.all_steps():
             return
         metrics = None
         if self.cfg.keep_best:  # an unevaluated checkpoint never counts as the best
             metrics = {"val_loss": math.inf if meta.get("val_loss") is None else float(meta["val_loss"])}
+        self._problems.pop(step, None)
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                         meta=ocp.args.JsonSave(meta)),
                           metrics=metrics, force=True)
         self._last_save_time = time.monotonic()
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict, int] | None:
-        """The newest checkpoint that restores, as (state, meta, step); a warning line for
-        each one that does not. None if there is no checkpoint at all."""
+        """The newest checkpoint that verifies, as (state, meta, step); the newer ones that do
+        not are moved aside, with a warning line each. None if there is no checkpoint at all.
+        If none verifies, nothing is moved (the next ``save`` moves them) and CorruptCheckpoints
+        is raised."""
         steps = self.steps()
+        corrupt: list[tuple[int, str]] = []
         for step in reversed(steps):
+            problem = self.problem(step)
+            if problem is not None:
+                corrupt.append((step, problem))
+                continue
+            for s, p in corrupt:
+                self._set_aside(s, p, f"resuming from checkpoint {step}")
             try:
                 out = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-                return out["state"], out["meta"], step
-            except Exception as e:  # truncated or partial files
+            except ValueError as e:  # intact files, but another tree structure than this run's state
                 msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-                print(f"warning: checkpoint {step} under {self.directory} failed to restore ({msg}); "
-                      f"trying an earlier one", file=sys.stderr)
-        if steps:
-            raise CorruptCheckpoints(f"no checkpoint under {self.directory} could be restored "
-                                     f"(pass --resume.restart_if_corrupt true to start from scratch)")
+                raise UsageError(f"checkpoint {step} under {self.directory} does not fit this run's "
+                                 f"train state ({msg}); use a new --out") from e
+            return out["state"], out["meta"], step
+        if corrupt:
+            raise CorruptCheckpoints(
+                f"no checkpoint under {self.directory} can be restored: {len(corrupt)} corrupt, the newest "
+                f"({corrupt[0][0]}) because {corrupt[0][1]} (pass --resume.restart_if_corrupt true to "
+                f"start from scratch)")
         return None
+
+    def _set_aside(self, step: int, problem: str, then: str) -> None:
+        """Move a corrupt step out of orbax's listing (primary process; all processes wait for it)
+        so that it is neither retried nor in the way of a new save of that step."""
+        src = self.step_dir(step)
+        dest = self.directory / CORRUPT_DIR / f"{step}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+        ocp.multihost.sync_global_processes(f"scaling_checkpoint_corrupt_{step}_{next(self._barriers)}")
+        if jax.process_index() == 0:
+            try:
+                dest.parent.mkdir(exist_ok=True)
+                os.rename(src, dest)
+                fsync_dir(self.directory)
+                fsync_dir(dest.parent)
+                where = f"moved to {dest}"
+            except OSError as e:  # e.g. a read-only run directory opened only to read it
+                where = f"left in place ({e.strerror or e})"
+            print(f"warning: checkpoint {step} under {self.directory} is corrupt ({problem}); {where}; "
+                  f"{then}", file=sys.stderr)
+        ocp.multihost.sync_global_processes(f"scaling_checkpoint_set_aside_{step}_{next(self._barriers)}")
+        self.manager.reload()
+        self._problems.pop(step, None)
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -113,3 +186,73 @@ class CorruptCheckpoints(UsageError):
 
 def abstract_with_shardings(state: Any, shardings: Any) -> Any:
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state, shardings)
+
+
+class _ChecksummedPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
+    """Orbax's atomic-rename commit of a step, followed by its checksum manifest. Orbax uses
+    the class for the step and for each item inside it; only the step gets a manifest."""
+
+    async def finalize(self) -> None:
+        await super().finalize()
+        final = Path(self.get_final())
+        if ocp.path.atomicity_types.TMP_DIR_SUFFIX not in final.parent.name:
+            await asyncio.to_thread(write_manifest, final)
+
+
+def _files(step_dir: Path) -> list[str]:
+    """Paths (relative, POSIX) of everything in ``step_dir`` that is not a directory, but the manifest."""
+    return sorted(p.relative_to(step_dir).as_posix() for p in step_dir.rglob("*")
+                  if not p.is_dir() and p.relative_to(step_dir).as_posix() != MANIFEST)
+
+
+def _sha256(path: Path, fsync: bool = False) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+        if fsync:
+            os.fsync(f.fileno())
+    return h.hexdigest()
+
+
+def write_manifest(step_dir: Path) -> None:
+    """Make every file of a committed step durable, then record their sizes and SHA-256 in
+    ``step_dir/MANIFEST`` (written atomically): from then on the step counts as committed."""
+    files = {rel: {"bytes": (step_dir / rel).stat().st_size, "sha256": _sha256(step_dir / rel, fsync=True)}
+             for rel in _files(step_dir)}
+    for d in sorted({(step_dir / rel).parent for rel in files}, key=lambda p: -len(p.parts)):
+        fsync_dir(d)
+    fsync_dir(step_dir)
+    fsync_dir(step_dir.parent)  # orbax's rename of the step into place
+    manifest = {"version": 1, "files": files}
+    atomic_write_text(step_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+
+
+def verify_step(step_dir: Path) -> str | None:
+    """None if every file of the step matches its manifest and nothing else is there; otherwise
+    what is wrong, in a few words."""
+    try:
+        manifest = json.loads((step_dir / MANIFEST).read_text())
+    except FileNotFoundError:
+        return f"no {MANIFEST}: the save was never committed"
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return f"unreadable {MANIFEST} ({type(e).__name__})"
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(
+            isinstance(e, dict) and isinstance(e.get("bytes"), int) and isinstance(e.get("sha256"), str)
+            for e in files.values()):
+        return f"malformed {MANIFEST}"
+    present = set(_files(step_dir))
+    for rel, entry in sorted(files.items()):
+        path = step_dir / rel
+        if rel not in present:
+            return f"{rel} is missing"
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            return f"{rel} has {size} bytes, not {entry['bytes']}"
+        if _sha256(path) != entry["sha256"]:
+            return f"{rel} does not match its SHA-256"
+    extra = sorted(present - set(files))
+    if extra:
+        return f"{extra[0]} is not in {MANIFEST}"
+    return None

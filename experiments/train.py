@@ -11,7 +11,7 @@ import json
 import sys
 
 from scaling import config as config_lib
-from scaling.errors import exit_on_usage_error
+from scaling.errors import check_out_dir, exit_on_usage_error
 
 
 def parser() -> argparse.ArgumentParser:
@@ -26,6 +26,7 @@ def parser() -> argparse.ArgumentParser:
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
+    check_out_dir(args.out, "--out")
     cfg = config_lib.resolve(args.config, config_lib.overrides_from_args(args))
     from scaling.train import Run, setup_distributed  # jax is imported only after the config is valid
 

@@ -2,40 +2,30 @@
 
 Every field carries its documentation in ``metadata["help"]``; ``--help`` of every entry
 point prints it. A config is built from defaults, then a YAML file (sections as
-mappings), then dotted overrides, and is checked by each dataclass's ``__post_init__``:
-bad values raise :class:`scaling.errors.UsageError` before anything is computed.
+mappings), then dotted overrides, and is checked by each dataclass's ``__post_init__``
+(types and ranges declared per field, :mod:`scaling.fields`; then the relations between
+fields): bad values raise :class:`scaling.errors.UsageError` before anything is computed.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import hashlib
 import json
-import math
-import numbers
-import typing
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from scaling.errors import UsageError, read_input_text
+from scaling.fields import check_fields, field_type, parse_value, ranged, show
 
 CPU_KERNEL_HEAD_DIMS = (16, 32, 64, 128)  # the head sizes scaling/kernels/causal_attention_cpu.cc is built for
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # every integer field fits a signed 64-bit integer
 SEED_MAX = 2**32 - 1  # jax.random.key keeps only a seed's low 32 bits (without x64); numpy refuses negative seeds
-FLOAT_EXACT_INT = 2**53  # a float beyond this may already have rounded the integer it was written as
 
-
-def _f(default: Any, help: str, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-       lt: float | None = None) -> Any:
-    """A config field: its default, its documentation and its allowed range (checked, with its
-    type and, for floats, finiteness, by :func:`_check_fields`)."""
-    return field(default=default, metadata={"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt})
+_f = ranged  # the short name keeps the many field declarations below readable
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -43,70 +33,8 @@ def _check(cond: bool, msg: str) -> None:
         raise UsageError(msg)
 
 
-def _section(obj: Any) -> str:
-    return type(obj).__name__.removesuffix("Config").lower()
-
-
-@functools.cache
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _num(x: float) -> str:
-    return str(x) if isinstance(x, int) else f"{x:g}"
-
-
-def _range_text(m: dict) -> str:
-    lo = f"[{_num(m['ge'])}" if m["ge"] is not None else f"({_num(m['gt'])}" if m["gt"] is not None else None
-    hi = f"{_num(m['le'])}]" if m["le"] is not None else f"{_num(m['lt'])})" if m["lt"] is not None else None
-    if lo and hi:
-        return f"in {lo}, {hi}"
-    if lo:
-        return (">= " if lo[0] == "[" else "> ") + lo[1:]
-    return ("<= " if hi[-1] == "]" else "< ") + hi[:-1]  # type: ignore[index]
-
-
 def _check_fields(obj: Any) -> None:
-    """Every field of a config dataclass has its declared type (bool, an int within int64, a
-    finite float, str) and lies in its declared range. Integers and reals of other types (numpy
-    scalars) are stored as Python ``int``/``float``."""
-    sec = _section(obj)
-    for f in dataclasses.fields(obj):
-        typ, v, key = _hints(type(obj))[f.name], getattr(obj, f.name), f"{sec}.{f.name}"
-        if typ is bool:
-            _check(isinstance(v, bool), f"{key} must be true or false, got {_show(v)}")
-            continue
-        if typ is str:
-            _check(isinstance(v, str), f"{key} must be a string, got {_show(v)}")
-            continue
-        if typ is int:
-            _check(isinstance(v, numbers.Integral) and not isinstance(v, bool), f"{key} must be an integer, got {_show(v)}")
-            v = int(v)
-            _check(INT64_MIN <= v <= INT64_MAX, f"{key} is out of the 64-bit integer range, got {_show(v)}")
-        else:
-            _check(isinstance(v, numbers.Real) and not isinstance(v, bool), f"{key} must be a number, got {_show(v)}")
-            try:
-                v = float(v)
-            except OverflowError:
-                raise UsageError(f"{key} is out of the floating-point range, got {_show(v)}") from None
-            _check(math.isfinite(v), f"{key} must be a finite number, got {v}")
-        object.__setattr__(obj, f.name, v)
-        m = f.metadata
-        ok = ((m.get("ge") is None or v >= m["ge"]) and (m.get("gt") is None or v > m["gt"])
-              and (m.get("le") is None or v <= m["le"]) and (m.get("lt") is None or v < m["lt"]))
-        _check(ok, f"{key} must be {_range_text(m)}, got {v}")
-
-
-def _show(v: Any, limit: int = 60) -> str:
-    """A value for an error message: short scalars as repr, containers by their type."""
-    if v is None:
-        return "null"
-    if isinstance(v, (str, int, float, bool)):
-        if isinstance(v, int) and not isinstance(v, bool) and v.bit_length() > 64:
-            return f"an integer of {v.bit_length()} bits"
-        r = repr(v)
-        return r if len(r) <= limit else r[: limit - 3] + "..."
-    return f"a {type(v).__name__}"
+    check_fields(obj, type(obj).__name__.removesuffix("Config").lower())
 
 
 @dataclass(frozen=True)
@@ -328,100 +256,40 @@ RESUME_SAFE_FIELDS = ("model.attention", "train.eval_every", "train.eval_batches
                       "train.skip_nonfinite", "train.inject_nan_step")
 
 
-def _field_type(cls: type, name: str) -> type:
-    return _hints(cls)[name]
-
-
-_SCALARS = (str, bool, int, float)
-_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
-
-
-def _parse_int(value: Any, key: str) -> int:
-    """An integer from a YAML scalar or command-line text, exactly: "2e6" and 2000000.0 are
-    2000000, "2.5", "inf" and a float past 2**53 (already rounded) are refused."""
-    bad = f"--{key} expects an integer, got {_show(value)}"
-    if isinstance(value, bool):
-        raise UsageError(bad)
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float):
-        if not (math.isfinite(value) and value.is_integer()):
-            raise UsageError(bad)
-        if abs(value) > FLOAT_EXACT_INT:
-            raise UsageError(f"--{key}: {value!r} is a float beyond 2**53, which may have rounded the integer "
-                             f"meant; write the integer out in full")
-        return int(value)
-    try:
-        d = Decimal(value.strip())  # exact, unlike float(): "12345678901234567891" keeps every digit
-    except InvalidOperation:
-        raise UsageError(bad) from None
-    if not d.is_finite():
-        raise UsageError(bad)
-    if d.adjusted() > 19 or not INT64_MIN <= d <= INT64_MAX:  # adjusted(): the exponent of the leading digit
-        raise UsageError(f"--{key} is out of the 64-bit integer range, got {_show(value)}")
-    n = int(d)
-    if n != d:
-        raise UsageError(bad)
-    return n
-
-
-def _parse_value(value: Any, typ: type, key: str) -> Any:
-    """A config value of type ``typ`` from a YAML scalar or command-line text. Containers and
-    values of other types are a UsageError; ranges are checked by the dataclasses."""
-    if value is not None and not isinstance(value, _SCALARS):
-        raise UsageError(f"--{key} expects {_WORDS[typ]}, got {_show(value)}")
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-        s = str(value).lower()
-        if s in ("1", "true", "yes", "on"):
-            return True
-        if s in ("0", "false", "no", "off"):
-            return False
-        raise UsageError(f"--{key} expects true or false, got {_show(value)}")
-    if typ is int:
-        if value is None:
-            raise UsageError(f"--{key} expects an integer, got null")
-        return _parse_int(value, key)
-    if typ is float:
-        if value is None or isinstance(value, bool):
-            raise UsageError(f"--{key} expects a number, got {_show(value)}")
-        try:
-            return float(value.strip() if isinstance(value, str) else value)
-        except ValueError:
-            raise UsageError(f"--{key} expects a number, got {_show(value)}") from None
-        except OverflowError:
-            raise UsageError(f"--{key} is out of the floating-point range, got {_show(value)}") from None
-    return "" if value is None else str(value)
-
-
 def _keys(d: dict) -> str:
     return str(sorted(map(str, d))[0])
 
 
-def from_dict(d: Any, base: Config | None = None) -> Config:
-    """Build a Config from nested mappings, starting from ``base`` (defaults if None)."""
+def parse_sections(d: Any) -> dict[str, dict[str, Any]]:
+    """Nested mappings of sections and fields with every value parsed to its field's type
+    (ranges are left to the dataclasses); UsageError on an unknown name or a wrong type."""
     if not isinstance(d, dict):
-        raise UsageError(f"a config must be a mapping of sections, got {_show(d)}")
+        raise UsageError(f"a config must be a mapping of sections, got {show(d)}")
     unknown = {k: None for k in d if k not in {f.name for f in dataclasses.fields(Config)}}
     if unknown:
         raise UsageError(f"unknown config section {_keys(unknown)!r}")
-    base = base or Config()
-    sections = {}
+    out = {}
     for f in dataclasses.fields(Config):
-        sub = getattr(base, f.name)
         given = d.get(f.name)
         if given is None:
-            given = {}
+            continue
         if not isinstance(given, dict):
-            raise UsageError(f"config section {f.name} must be a mapping of fields, got {_show(given)}")
-        known = {g.name for g in dataclasses.fields(sub)}
+            raise UsageError(f"config section {f.name} must be a mapping of fields, got {show(given)}")
+        cls = f.default_factory  # type: ignore[misc]
+        known = {g.name for g in dataclasses.fields(cls)}
         unknown = {k: None for k in given if k not in known}
         if unknown:
             raise UsageError(f"unknown config field {f.name}.{_keys(unknown)}")
-        kwargs = {k: _parse_value(v, _field_type(type(sub), k), f"{f.name}.{k}") for k, v in given.items()}
-        sections[f.name] = dataclasses.replace(sub, **kwargs)
-    return Config(**sections)
+        out[f.name] = {k: parse_value(v, field_type(cls, k), f"{f.name}.{k}") for k, v in given.items()}
+    return out
+
+
+def from_dict(d: Any, base: Config | None = None) -> Config:
+    """Build a Config from nested mappings, starting from ``base`` (defaults if None)."""
+    base = base or Config()
+    parsed = parse_sections(d)
+    return Config(**{f.name: dataclasses.replace(getattr(base, f.name), **parsed.get(f.name, {}))
+                     for f in dataclasses.fields(Config)})
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -437,7 +305,7 @@ def load_yaml(path: str | Path) -> dict:
     if d is None:
         return {}
     if not isinstance(d, dict):
-        raise UsageError(f"config file {p} must hold a mapping of sections, got {_show(d)}")
+        raise UsageError(f"config file {p} must hold a mapping of sections, got {show(d)}")
     return d
 
 
@@ -450,7 +318,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, .
         group = parser.add_argument_group(f.name, (cls.__doc__ or "").strip().splitlines()[0])
         for g in dataclasses.fields(cls):
             group.add_argument(f"--{f.name}.{g.name}", dest=f"{f.name}.{g.name}", default=None,
-                               metavar=_field_type(cls, g.name).__name__.upper(),
+                               metavar=field_type(cls, g.name).__name__.upper(),
                                help=f"{g.metadata.get('help', '')} (default: {g.default!r})")
 
 
@@ -479,11 +347,19 @@ def merge(a: dict, b: dict) -> dict:
             old.update(v)
         else:
             bad = old if not isinstance(old, dict) else v
-            raise UsageError(f"config section {k} must be a mapping of fields, got {_show(bad)}")
+            raise UsageError(f"config section {k} must be a mapping of fields, got {show(bad)}")
     return out
 
 
 def resolve(config_file: str | None, overrides: dict) -> Config:
-    d = load_yaml(config_file) if config_file is not None else {}
+    """The config of a YAML file (its values checked on their own: an override does not hide a
+    value of the wrong type) with the overrides on top."""
+    d = {}
+    if config_file is not None:
+        d = load_yaml(config_file)
+        try:
+            parse_sections(d)
+        except UsageError as e:
+            raise UsageError(f"config file {config_file}: {e}") from None
     return from_dict(merge(d, overrides))
 

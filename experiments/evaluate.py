@@ -26,7 +26,7 @@ from scaling.errors import ArgumentParser, UsageError, exit_on_usage_error, read
 
 def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m experiments.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_source(p)
     p.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text file to score")
     p.add_argument("--stride", type=int, default=None, metavar="S",

@@ -34,7 +34,7 @@ from scaling.errors import ArgumentParser, UsageError, exit_on_usage_error
 
 def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m experiments.generate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_source(p)
     p.add_argument("--prompt", action="append", required=True, metavar="TEXT",
                    help="prompt text; repeat for a batch of prompts (an empty prompt starts from end-of-text)")

@@ -81,7 +81,8 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
             continue
         if not (isinstance(info, dict) and isinstance(info.get("dtype"), str) and _uints(info.get("shape"))
                 and _uints(info.get("data_offsets"), 2)):
-            raise _bad(path, f"tensor {name!r} lacks a dtype, a shape or two data_offsets")
+            raise _bad(path, f"tensor {str(name)[:40]!r} needs a dtype name, and a shape and two data_offsets "
+                             f"of non-negative integers")
         dt, shape, (lo, hi) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
         if dt == "BF16":
             import ml_dtypes

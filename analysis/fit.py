@@ -16,7 +16,9 @@ then D = C / (6 N)) and a loss column; rows whose ``status`` column exists and i
 The JSON (structure in :mod:`scaling.laws`) goes to ``--out``, with a readable report
 on stdout; without ``--out`` the JSON goes to stdout and the report to stderr.  Bad
 input ends with one line on stderr and exit code 2, before any fitting and without
-touching existing outputs.  The fitting itself lives in :mod:`scaling.laws`.
+touching existing outputs.  Data that fit no valid law (an exponent <= 0, E at zero) give
+a fit written with ``"degenerate": true`` and its reasons, said in the report too; the
+JSON is strict (null, never NaN).  The fitting itself lives in :mod:`scaling.laws`.
 """
 
 from __future__ import annotations

@@ -17,7 +17,9 @@ then D = C / (6 N)) and a loss column; rows whose ``status`` column exists and i
 The JSON (structure in :mod:`scaling.laws`) goes to ``--out``, with a readable report
 on stdout; without ``--out`` the JSON goes to stdout and the report to stderr.  Bad
 input ends with one line on stderr and exit code 2, before any fitting and without
-touching existing outputs.  The fitting itself lives in :mod:`scaling.laws`; approach 1 on
+touching existing outputs.  Data that fit no valid law (an exponent <= 0, E at zero) give
+a fit written with ``"degenerate": true`` and its reasons, said in the report too; the
+JSON is strict (null, never NaN).  The fitting itself lives in :mod:`scaling.laws`; approach 1 on
 annealed endpoints, approach 2's intervals and the diagnostics (``--diagnostics``, which
 needs ``--bootstrap``) are wired in :mod:`analysis.fit_checks`.
 """
@@ -25,6 +27,7 @@ needs ``--bootstrap``) are wired in :mod:`analysis.fit_checks`.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -43,9 +46,11 @@ import numpy as np  # noqa: E402
 
 from analysis import fit_checks  # noqa: E402
 from scaling import laws  # noqa: E402
-from scaling.errors import UsageError, exit_on_usage_error  # noqa: E402
+from scaling.errors import (ArgumentParser, UsageError, check_out_dir, check_out_file,  # noqa: E402
+                            exit_on_usage_error, read_input_bytes, read_input_text)
 
 APPROACHES = ("1", "2", "3", "all")
+MAX_BOOTSTRAP = 100_000  # resamples: the resample-by-run count matrix is held in memory at once
 
 
 def default_data_dir() -> Path:
@@ -124,10 +129,9 @@ def load_runs(
     import pandas as pd
 
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"results file not found: {path}")
+    data = read_input_bytes(path, "results file")
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(io.BytesIO(data))
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read {path} as CSV: {str(e).splitlines()[0]}") from None
     cols = list(df.columns)
@@ -198,27 +202,29 @@ def load_curves(sweep_dir, *, n_key: str = "n_params", loss_key: str = "loss", f
         if not (summary.is_file() and metrics.is_file()):
             continue
         try:
-            meta = json.loads(summary.read_text())
+            meta = json.loads(read_input_text(summary, "run summary"))
         except json.JSONDecodeError as e:
             raise UsageError(f"{summary} is not valid JSON: {e}") from None
+        if not isinstance(meta, dict):
+            raise UsageError(f"{summary} is not a JSON object")
         if meta.get("status", "completed") != "completed":
             continue
         if n_key not in meta:
             raise UsageError(f"{summary} has no {n_key!r}")
         fl, lo = [], []
-        for i, line in enumerate(metrics.read_text().splitlines()):
+        for i, line in enumerate(read_input_text(metrics, "metrics file").splitlines()):
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 raise UsageError(f"{metrics} line {i + 1} is not valid JSON") from None
-            if rec.get(loss_key) is None or rec.get(flops_key) is None:
+            if not isinstance(rec, dict) or rec.get(loss_key) is None or rec.get(flops_key) is None:
                 continue
-            fl.append(float(rec[flops_key]))
-            lo.append(float(rec[loss_key]))
+            fl.append(_number(rec[flops_key], f"{metrics} line {i + 1}: {flops_key}"))
+            lo.append(_number(rec[loss_key], f"{metrics} line {i + 1}: {loss_key}"))
         if len(fl) >= 2:
-            curves.append((float(meta[n_key]), np.array(fl), np.array(lo)))
+            curves.append((_number(meta[n_key], f"{summary}: {n_key}"), np.array(fl), np.array(lo)))
     if len(curves) < 2:
         raise UsageError(
             f"approach 1 needs training curves of at least 2 runs under {runs_dir} "
@@ -226,6 +232,16 @@ def load_curves(sweep_dir, *, n_key: str = "n_params", loss_key: str = "loss", f
             f"found {len(curves)}"
         )
     return curves
+
+
+def _number(v, where: str) -> float:
+    """A JSON value that must be a number (bools and strings are refused)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise UsageError(f"{where} is not a number: {str(v)[:40]!r}")
+    try:
+        return float(v)
+    except OverflowError:
+        raise UsageError(f"{where} is out of the floating-point range") from None
 
 
 # ------------------------------------------------------------------------ fitting
@@ -324,17 +340,52 @@ def fit_runs(runs: Runs, opts: FitOptions, *, skip: dict[str, str] | None = None
         if "2" in skip:
             out["approach2"] = {"not_run": skip["2"]}
         else:
-            out["approach2"] = laws.fit_approach2(
-                runs.N, runs.L, runs.C, budgets=runs.budget, rtol=opts.budget_tol
+            out["approach2"] = _optional(
+                opts.approach2_optional,
+                lambda: laws.fit_approach2(runs.N, runs.L, runs.C, budgets=runs.budget, rtol=opts.budget_tol),
             )
-    return out
+    return json_safe(out)
+
+
+def _optional(optional: bool, fit):
+    """``fit()``, or, when the approach is optional (``--approach all``) and its data turn out
+    unusable only once fitted, ``{"not_run": why}``, so that the other fits are still written."""
+    try:
+        return fit()
+    except UsageError as e:
+        if not optional:
+            raise
+        return {"not_run": str(e)}
+
+
+def json_safe(obj):
+    """``obj`` with every non-finite float (and numpy scalar) made JSON-safe: NaN and infinity
+    become None (null), so that the JSON written is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
 
 
 # ------------------------------------------------------------------------ report
 
 
-def _g(x) -> str:
-    return f"{x:.6g}"
+def _g(x, fmt: str = ".6g") -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def _degenerate(what: str, r: dict) -> list[str]:
+    if not r.get("degenerate"):
+        return []
+    return [f"  DEGENERATE {what}: not a valid scaling law ({'; '.join(r.get('degenerate_reasons', []))}); "
+            "its exponents and predictions are not to be trusted"]
 
 
 def report(result: dict, *, title: str = "") -> str:
@@ -351,9 +402,11 @@ def report(result: dict, *, title: str = "") -> str:
         if ci:
             n_res = result["bootstrap"]["n_resamples"]
             lines.append(f"  ({result['ci_level']:.0%} percentile intervals, {n_res} resamples)")
+        lines += _degenerate("fit (approach 3)", result)
         for p in result.get("predict", []):
             lines.append(
-                f"predict C={p['C']:.4g}: N_opt={p['N_opt']:.4g}  D_opt={p['D_opt']:.4g}  loss={p['loss']:.5g}"
+                f"predict C={p['C']:.4g}: N_opt={_g(p['N_opt'], '.4g')}  D_opt={_g(p['D_opt'], '.4g')}  "
+                f"loss={_g(p['loss'], '.5g')}"
             )
         if "holdout" in result:
             h = result["holdout"]
@@ -362,20 +415,25 @@ def report(result: dict, *, title: str = "") -> str:
             for r in h["runs"]:
                 lines.append(
                     f"  {r['C']:10.4g} {r['N']:10.4g} {r['D']:10.4g} {r['observed']:9.5g} "
-                    f"{r['predicted']:9.5g} {r['rel_error']:+8.4f}"
+                    f"{_g(r['predicted'], '9.5g')} {_g(r['rel_error'], '+8.4f')}"
                 )
-            lines.append(f"  mean |rel. error| = {h['mean_abs_rel_error']:.4f}")
+            lines.append(f"  mean |rel. error| = {_g(h['mean_abs_rel_error'], '.4f')}")
+            lines += _degenerate("hold-out fit", h["fit"])
     a2 = result.get("approach2")
     if a2 is not None:
         if "not_run" in a2:
             lines.append(f"approach 2 not run: {a2['not_run']}")
         else:
-            lines.append(f"approach 2 (IsoFLOP, {len(a2['minima'])} budgets): a = {a2['a']:.4f}, b = {a2['b']:.4f}")
+            lines.append(f"approach 2 (IsoFLOP, {len(a2['minima'])} budgets): a = {_g(a2['a'], '.4f')}, "
+                         f"b = {_g(a2['b'], '.4f')}")
+            lines += _degenerate("fit (approach 2)", a2)
     a1 = result.get("approach1")
     if a1 is not None and "not_run" in a1:
         lines.append(f"approach 1 not run: {a1['not_run']}")
     elif a1 is not None:
-        lines.append(f"approach 1 (envelope of {a1['n_runs']} curves): a = {a1['a']:.4f}, b = {a1['b']:.4f}")
+        lines.append(f"approach 1 (envelope of {a1['n_runs']} curves): a = {_g(a1['a'], '.4f')}, "
+                     f"b = {_g(a1['b'], '.4f')}")
+        lines += _degenerate("fit (approach 1)", a1)
     lines += fit_checks.report_lines(result)
     return "\n".join(x for x in lines if x is not None)
 
@@ -385,7 +443,7 @@ def _write_json_atomic(path: Path, obj) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, allow_nan=True)
+            json.dump(json_safe(obj), f, indent=2, allow_nan=False)
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:
@@ -397,7 +455,7 @@ def _write_json_atomic(path: Path, obj) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m analysis.fit",
         description="Fit Chinchilla scaling laws (approaches 1, 2, 3) to a CSV of runs.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -442,13 +500,17 @@ def _options(args) -> FitOptions:
         approaches = frozenset({args.approach})
     if args.bootstrap < 0:
         raise UsageError(f"--bootstrap must be >= 0, got {args.bootstrap}")
+    if args.bootstrap > MAX_BOOTSTRAP:
+        raise UsageError(f"--bootstrap must be at most {MAX_BOOTSTRAP}, got {args.bootstrap}")
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if not 0 < args.ci < 1:
         raise UsageError(f"--ci must be in (0, 1), got {args.ci}")
-    if not args.delta > 0:
+    if not (math.isfinite(args.delta) and args.delta > 0):
         raise UsageError(f"--delta must be > 0, got {args.delta}")
     if args.holdout_top_c < 0:
         raise UsageError(f"--holdout-top-c must be >= 0, got {args.holdout_top_c}")
-    if not args.budget_tol >= 0:
+    if not (math.isfinite(args.budget_tol) and args.budget_tol >= 0):
         raise UsageError(f"--budget-tol must be >= 0, got {args.budget_tol}")
     for c in args.predict_c:
         if not (math.isfinite(c) and c > 0):
@@ -478,6 +540,10 @@ def _options(args) -> FitOptions:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     opts = _options(args)
+    if args.out is not None:
+        check_out_file(args.out, "--out")
+    if args.plots is not None:
+        check_out_dir(args.plots, "--plots")
     extra = fit_checks.options(args, opts.bootstrap)
     # ---- everything below up to the fits only reads and validates input
     runs = load_runs(
@@ -499,10 +565,6 @@ def main(argv=None) -> int:
         skips = {v: validate(parts[v], opts, where=f"{args.group_col}={v}") for v in values}
     else:
         skips = validate(runs, opts)
-    if args.out is not None and Path(args.out).is_dir():
-        raise UsageError(f"--out {args.out} is a directory; give a file name")
-    if args.plots is not None and Path(args.plots).exists() and not Path(args.plots).is_dir():
-        raise UsageError(f"--plots {args.plots} exists and is not a directory")
     alt_n = fit_checks.alt_counts(load_runs, args, runs, extra)
     a1_endpoints = None
     if "1" in opts.approaches and extra.approach1_from == "endpoints":  # cheap: before the slow fits
@@ -525,7 +587,7 @@ def main(argv=None) -> int:
             result["approach1"] = a1_endpoints[None]
     elif "1" in opts.approaches:
         if curves is not None:
-            result["approach1"] = laws.fit_approach1(curves)
+            result["approach1"] = json_safe(_optional(args.approach == "all", lambda: laws.fit_approach1(curves)))
         else:
             result["approach1"] = {"not_run": "no --curves directory given"}
     result["input"] = {
@@ -558,7 +620,7 @@ def main(argv=None) -> int:
         print(text)
     else:
         print(text, file=sys.stderr)
-        print(json.dumps(result, indent=2))
+        print(json.dumps(json_safe(result), indent=2, allow_nan=False))
     return 0
 
 

@@ -30,6 +30,16 @@ def _law(result: dict):
     return tuple(result[k] for k in laws.PARAM_NAMES)
 
 
+def _has_law(result: dict) -> bool:
+    """An approach-3 fit whose parameters are all numbers (a degenerate fit may lack some)."""
+    return "E" in result and all(result.get(k) is not None for k in laws.PARAM_NAMES)
+
+
+def _has_frontier(result: dict) -> bool:
+    """An approach-3 fit with a compute-optimal frontier (none when an exponent is <= 0)."""
+    return _has_law(result) and result.get("a") is not None
+
+
 def _scatter_colored(ax, x, y, c, fig, label: str):
     sc = ax.scatter(x, y, c=np.log10(c), cmap="viridis", s=14, alpha=0.85, edgecolors="none")
     cb = fig.colorbar(sc, ax=ax)
@@ -56,7 +66,7 @@ def isoflop(runs, result: dict) -> Figure:
             p2, p1, p0 = m["parabola"]
             ax.plot(np.exp(ln), p0 + p1 * ln + p2 * ln**2, color=col, lw=1.2)
             ax.scatter([m["N_opt"]], [m["L_min"]], color=col, marker="*", s=140, edgecolors="k", zorder=5)
-        if "E" in result:
+        if _has_law(result):
             nn = np.exp(ln)
             ax.plot(nn, laws.law_loss(nn, cb / (6 * nn), *_law(result)), color=col, lw=0.8, ls="--")
     ax.set_xscale("log")
@@ -78,7 +88,7 @@ def frontier(runs, result: dict) -> Figure:
     fig = Figure(figsize=(7, 5), layout="constrained")
     ax = fig.add_subplot()
     _scatter_colored(ax, runs.C, runs.L, runs.N, fig, "log10 N")
-    if "E" in result:
+    if _has_frontier(result):
         cc = np.logspace(np.log10(runs.C.min()) - 0.3, np.log10(runs.C.max()) + 1.0, 200)
         _, _, l_opt = laws.compute_optimal(cc, *_law(result))
         ax.plot(cc, l_opt, "r-", lw=1.5, label=f"approach 3 frontier (a={result['a']:.3f})")
@@ -91,7 +101,8 @@ def frontier(runs, result: dict) -> Figure:
     ax.set_xlabel("training FLOPs C")
     ax.set_ylabel("loss")
     ax.set_title("loss against compute")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # a degenerate fit draws no frontier
+        ax.legend(fontsize=8)
     return fig
 
 
@@ -100,7 +111,7 @@ def optimal_n(runs, result: dict) -> Figure:
     fig = Figure(figsize=(7, 5), layout="constrained")
     ax = fig.add_subplot()
     cc = np.logspace(np.log10(runs.C.min()) - 0.3, np.log10(runs.C.max()) + 1.0, 200)
-    if "E" in result:
+    if _has_frontier(result):
         n_opt, _, _ = laws.compute_optimal(cc, *_law(result))
         ax.plot(cc, n_opt, "r-", label=f"approach 3: a = {result['a']:.3f}")
     a2 = result.get("approach2")
@@ -119,7 +130,8 @@ def optimal_n(runs, result: dict) -> Figure:
     ax.set_xlabel("training FLOPs C")
     ax.set_ylabel("compute-optimal N")
     ax.set_title("compute-optimal model size")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # a degenerate fit draws no frontier
+        ax.legend(fontsize=8)
     return fig
 
 
@@ -177,11 +189,11 @@ def make_all(out_dir, runs, result: dict, *, curves=None, dpi: int = 110) -> lis
     a2 = result.get("approach2")
     if a2 and "minima" in a2:
         figs["isoflop"] = isoflop(runs, result)
-    if "E" in result:
+    if _has_law(result):
         figs["frontier"] = frontier(runs, result)
         figs["pred_vs_obs"] = pred_vs_obs(runs, result)
         figs["residuals"] = residuals(runs, result)
-    if "E" in result or (a2 and "minima" in a2):
+    if _has_law(result) or (a2 and "minima" in a2):
         figs["optimal_n"] = optimal_n(runs, result)
     a1 = result.get("approach1")
     if curves is not None and a1 and "envelope" in a1:

@@ -21,12 +21,12 @@ from pathlib import Path
 import yaml
 
 from experiments.model_source import add_model_source, load_model
-from scaling.errors import UsageError, exit_on_usage_error
+from scaling.errors import ArgumentParser, UsageError, exit_on_usage_error, read_input_text
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m experiments.evaluate", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_source(p)
     p.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text file to score")
     p.add_argument("--stride", type=int, default=None, metavar="S",
@@ -39,9 +39,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     path = Path(args.text)
-    if not path.is_file():
-        raise UsageError(f"text file not found: {path}")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = read_input_text(path, "text file", errors="replace")
     if not text:
         raise UsageError(f"text file is empty: {path}")
     if args.batch_size < 1:
@@ -52,6 +50,7 @@ def main(argv: list[str] | None = None) -> dict:
     model = load_model(args)
     if args.stride is not None and not 1 <= args.stride <= model.cfg.seq_len:
         raise UsageError(f"--stride must be in [1, {model.cfg.seq_len}] (the model's context), got {args.stride}")
+    gen.check_memory(model.cfg, args.batch_size, model.cfg.seq_len, "evaluating", "--batch-size")
     print(yaml.safe_dump({"source": model.source, "model": dataclasses.asdict(model.cfg), "text": str(path),
                           "stride": args.stride or max(model.cfg.seq_len // 2, 1)}, sort_keys=False), file=sys.stderr)
     result = gen.evaluate_tokens(model.cfg, model.params, model.encode(text), bos=model.eot,

@@ -9,7 +9,8 @@ call, then one token per step in a compiled loop, until the end-of-text token or
 --max-new-tokens. Without --temperature/--top-k/--top-p/--beam decoding is greedy.
 --no-cache recomputes the whole prefix at every step (the reference; same output).
 With learned positions (GPT-2), a prompt plus --max-new-tokens longer than the model's
-context is refused. Prints each prompt and its continuation (with --json: one JSON
+context is refused, and so is a request whose buffers would take more than half of the
+device's memory (scaling.generate.check_memory). Prints each prompt and its continuation (with --json: one JSON
 object per prompt: prompt, completion, new token ids, n_new, stopped at end-of-text,
 and for beam search the log-probability and score); the settings and the speed go to
 stderr.
@@ -20,18 +21,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 
 import yaml
 
 from experiments.model_source import add_model_source, load_model
-from scaling.errors import UsageError, exit_on_usage_error
+from scaling.config import SEED_MAX
+from scaling.errors import ArgumentParser, UsageError, exit_on_usage_error
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.generate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m experiments.generate", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_source(p)
     p.add_argument("--prompt", action="append", required=True, metavar="TEXT",
                    help="prompt text; repeat for a batch of prompts (an empty prompt starts from end-of-text)")
@@ -64,8 +67,8 @@ def _strategy(args):
     if args.beam is not None:
         if args.beam < 1:
             raise UsageError(f"--beam must be >= 1, got {args.beam}")
-        if args.length_penalty < 0:
-            raise UsageError(f"--length-penalty must be >= 0, got {args.length_penalty}")
+        if not (math.isfinite(args.length_penalty) and args.length_penalty >= 0):
+            raise UsageError(f"--length-penalty must be a finite number >= 0, got {args.length_penalty}")
         return None
     if not sampling_given:
         return GREEDY
@@ -78,6 +81,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser().parse_args(argv)
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not 0 <= args.seed <= SEED_MAX:
+        raise UsageError(f"--seed must be in [0, {SEED_MAX}], got {args.seed}")
     sampling = _strategy(args)
     from scaling import generate as gen  # jax is imported only once the arguments are valid
 
@@ -85,8 +90,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.top_k is not None and args.top_k > model.cfg.vocab_size:
         raise UsageError(f"--top-k {args.top_k} exceeds the vocabulary ({model.cfg.vocab_size})")
     prompts = [model.encode(text) or [model.eot] for text in args.prompt]
-    for ids in prompts:  # refuse an over-long request before any compute
-        gen.buffer_length(model.cfg, len(ids) + args.max_new_tokens)
+    # refuse a request past the context or beyond memory before any compute
+    gen.plan_buffer(model.cfg, max(map(len, prompts)), args.max_new_tokens, len(prompts) * (args.beam or 1))
     settings = {"source": model.source, "model": dataclasses.asdict(model.cfg),
                 "max_new_tokens": args.max_new_tokens,
                 "strategy": (f"beam(width={args.beam}, length_penalty={args.length_penalty})" if sampling is None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from scaling.errors import UsageError
+
 
 def add_model_source(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
@@ -15,8 +17,11 @@ def add_model_source(parser: argparse.ArgumentParser) -> None:
 
 def load_model(args: argparse.Namespace):
     """The model named by --checkpoint or --hf-gpt2 (imports jax only now)."""
-    if args.checkpoint:
+    flag, path = ("--checkpoint", args.checkpoint) if args.checkpoint is not None else ("--hf-gpt2", args.hf_gpt2)
+    if not str(path).strip():
+        raise UsageError(f"{flag} must name a directory, got an empty path")
+    if args.checkpoint is not None:
         from scaling.generate import load_checkpoint
-        return load_checkpoint(args.checkpoint)
+        return load_checkpoint(path)
     from scaling.hf import load_gpt2
-    return load_gpt2(args.hf_gpt2)
+    return load_gpt2(path)

@@ -30,15 +30,15 @@ import sys
 from pathlib import Path
 
 from scaling import config as config_lib
-from scaling.errors import exit_on_usage_error
+from scaling.errors import ArgumentParser, check_out_dir, exit_on_usage_error
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIGS / "default.yaml"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m experiments.sweep", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None,
                    help=f"sweep spec (YAML); default {DEFAULT_CONFIG.relative_to(CONFIGS.parent.parent)}")
     p.add_argument("--out", default=None, help="sweep directory (default: runs/sweep-<spec name>, relative to cwd)")
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None):
     spec = sweep.load_spec(args.config or DEFAULT_CONFIG)
     shard = sweep.parse_shard(args.shard)
     overrides = config_lib.overrides_from_args(args)
-    out = Path(args.out) if args.out else Path("runs") / f"sweep-{spec.name}"
+    out = check_out_dir(Path("runs") / f"sweep-{spec.name}" if args.out is None else args.out, "--out")
     base = config_lib.from_dict(config_lib.merge(spec.base, overrides))  # fail fast on bad overrides
 
     from scaling import compile_cache

@@ -11,12 +11,12 @@ import json
 import sys
 
 from scaling import config as config_lib
-from scaling.errors import exit_on_usage_error
+from scaling.errors import ArgumentParser, check_out_dir, exit_on_usage_error
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(prog="python -m experiments.train", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="run directory (created; reused to resume)")
     p.add_argument("--config", help="YAML file of config sections (overrides win over it)")
     config_lib.add_config_arguments(p)
@@ -26,6 +26,7 @@ def parser() -> argparse.ArgumentParser:
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
+    check_out_dir(args.out, "--out")
     cfg = config_lib.resolve(args.config, config_lib.overrides_from_args(args))
     from scaling.train import Run, setup_distributed  # jax is imported only after the config is valid
 

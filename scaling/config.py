@@ -2,8 +2,9 @@
 
 Every field carries its documentation in ``metadata["help"]``; ``--help`` of every entry
 point prints it. A config is built from defaults, then a YAML file (sections as
-mappings), then dotted overrides, and is checked by each dataclass's ``__post_init__``:
-bad values raise :class:`scaling.errors.UsageError` before anything is computed.
+mappings), then dotted overrides, and is checked by each dataclass's ``__post_init__``
+(types and ranges declared per field, :mod:`scaling.fields`; then the relations between
+fields): bad values raise :class:`scaling.errors.UsageError` before anything is computed.
 """
 
 from __future__ import annotations
@@ -12,20 +13,19 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from scaling.errors import UsageError
+from scaling.errors import UsageError, read_input_text
+from scaling.fields import check_fields, field_type, parse_value, ranged, show
 
 CPU_KERNEL_HEAD_DIMS = (16, 32, 64, 128)  # the head sizes scaling/kernels/causal_attention_cpu.cc is built for
+SEED_MAX = 2**32 - 1  # jax.random.key keeps only a seed's low 32 bits (without x64); numpy refuses negative seeds
 
-
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+_f = ranged  # the short name keeps the many field declarations below readable
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -33,10 +33,8 @@ def _check(cond: bool, msg: str) -> None:
         raise UsageError(msg)
 
 
-def _positive(obj: Any, *names: str) -> None:
-    for name in names:
-        v = getattr(obj, name)
-        _check(v > 0, f"{type(obj).__name__.removesuffix('Config').lower()}.{name} must be > 0, got {v}")
+def _check_fields(obj: Any) -> None:
+    check_fields(obj, type(obj).__name__.removesuffix("Config").lower())
 
 
 @dataclass(frozen=True)
@@ -44,34 +42,34 @@ class ModelConfig:
     """A decoder-only GPT. The defaults are GPT-2's choices (learned positions, biases,
     LayerNorm eps 1e-5, tanh-GELU, tied head)."""
 
-    n_layer: int = _f(4, "number of transformer blocks")
-    n_head: int = _f(4, "attention heads per block; d_model must be divisible by it")
-    d_model: int = _f(128, "residual stream width")
-    d_ff: int = _f(0, "hidden width of the MLP; 0 means 4*d_model (gelu) or 8/3*d_model rounded up to 64 (swiglu)")
-    seq_len: int = _f(128, "context length in tokens (n_ctx)")
-    vocab_size: int = _f(0, "tokens the model can emit; 0 takes the tokenizer's n_vocab")
-    vocab_multiple: int = _f(64, "pad the embedding table to a multiple of this (padded ids are masked out of the logits)")
+    n_layer: int = _f(4, "number of transformer blocks", ge=1)
+    n_head: int = _f(4, "attention heads per block; d_model must be divisible by it", ge=1)
+    d_model: int = _f(128, "residual stream width", ge=1)
+    d_ff: int = _f(0, "hidden width of the MLP; 0 means 4*d_model (gelu) or 8/3*d_model rounded up to 64 (swiglu)",
+                      ge=0)
+    seq_len: int = _f(128, "context length in tokens (n_ctx)", ge=1)
+    vocab_size: int = _f(0, "tokens the model can emit; 0 takes the tokenizer's n_vocab", ge=0)
+    vocab_multiple: int = _f(64, "pad the embedding table to a multiple of this (padded ids are masked out of the "
+                                 "logits)", ge=1)
     position: str = _f("learned", "position encoding: learned | rotary")
-    rope_theta: float = _f(10000.0, "rotary base frequency (position=rotary)")
+    rope_theta: float = _f(10000.0, "rotary base frequency (position=rotary)", gt=0)
     norm: str = _f("layernorm", "layernorm | rmsnorm")
-    norm_eps: float = _f(1e-5, "epsilon of the normalisation layers")
+    norm_eps: float = _f(1e-5, "epsilon of the normalisation layers", gt=0)
     bias: bool = _f(True, "biases in linear layers and LayerNorm")
     tie_embeddings: bool = _f(True, "output head shares the token embedding matrix")
     mlp: str = _f("gelu", "MLP type: gelu (tanh approximation, GPT-2) | swiglu")
-    dropout: float = _f(0.0, "dropout rate on the embeddings and the residual branches")
+    dropout: float = _f(0.0, "dropout rate on the embeddings and the residual branches", ge=0, lt=1)
     dtype: str = _f("float32", "compute dtype: float32 | bfloat16 (parameters stay float32)")
     attention: str = _f("auto", "training attention: auto (on a CPU cpu_kernel where it builds and fits, else blocked for "
                                "seq_len > 64; dot_product otherwise) | cpu_kernel (C++ kernel through XLA's FFI; float32, "
                                "head size 16/32/64/128) | blocked (cache-sized blocks in XLA, hand-written backward) | "
                                "dot_product (jax.nn.dot_product_attention)")
-    init_std: float = _f(0.02, "std of the normal init; residual projections get init_std/sqrt(2*n_layer)")
+    init_std: float = _f(0.02, "std of the normal init; residual projections get init_std/sqrt(2*n_layer)", gt=0)
 
     def __post_init__(self) -> None:
-        _positive(self, "n_layer", "n_head", "d_model", "seq_len", "vocab_multiple", "norm_eps", "init_std")
+        _check_fields(self)
         _check(self.d_model % self.n_head == 0,
                f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})")
-        _check(self.d_ff >= 0, f"model.d_ff must be >= 0, got {self.d_ff}")
-        _check(self.vocab_size >= 0, f"model.vocab_size must be >= 0, got {self.vocab_size}")
         _check(self.position in ("learned", "rotary"), f"model.position must be learned or rotary, got {self.position!r}")
         _check(self.norm in ("layernorm", "rmsnorm"), f"model.norm must be layernorm or rmsnorm, got {self.norm!r}")
         _check(self.mlp in ("gelu", "swiglu"), f"model.mlp must be gelu or swiglu, got {self.mlp!r}")
@@ -81,7 +79,6 @@ class ModelConfig:
         _check(self.attention != "cpu_kernel" or (self.dtype == "float32" and self.head_dim in CPU_KERNEL_HEAD_DIMS),
                f"model.attention=cpu_kernel needs model.dtype float32 and a head size (d_model / n_head) in "
                f"{CPU_KERNEL_HEAD_DIMS}, got {self.dtype} and {self.head_dim}")
-        _check(0.0 <= self.dropout < 1.0, f"model.dropout must be in [0, 1), got {self.dropout}")
         _check(self.position == "learned" or (self.d_model // self.n_head) % 2 == 0,
                "rotary positions need an even head size (d_model / n_head)")
 
@@ -110,17 +107,18 @@ class DataConfig:
     corpus: str = _f("tinyshakespeare", "a text file, a directory of .txt files, a glob, hf:<dataset name or path>, "
                                         "or a corpus name under the shared data dir (tinyshakespeare, gutenberg)")
     tokenizer: str = _f("byte", "byte | gpt2 | bpe:<vocab size> (trained on the training split)")
-    val_fraction: float = _f(0.1, "share held out for validation: of documents, or of tokens (the tail) for a one-document corpus")
+    val_fraction: float = _f(0.1, "share held out for validation: of documents, or of tokens (the tail) for a "
+                                 "one-document corpus", gt=0, lt=1)
     hf_text_field: str = _f("text", "record field holding the text (hf: corpora)")
     curriculum: str = _f("", "curriculum pacing: '' (none) | linear | root | step | exp | anti-<pacing>")
     curriculum_score: str = _f("length", "difficulty score: [seq:|doc:]length | rarity | model:<run dir> "
                                          "(doc: scores whole documents)")
-    curriculum_horizon: float = _f(0.5, "fraction of the run after which competence reaches 1")
-    curriculum_c0: float = _f(0.1, "initial competence c0")
+    curriculum_horizon: float = _f(0.5, "fraction of the run after which competence reaches 1", gt=0, le=1)
+    curriculum_c0: float = _f(0.1, "initial competence c0", gt=0, le=1)
 
     def __post_init__(self) -> None:
+        _check_fields(self)
         _check(bool(self.corpus), "data.corpus must not be empty")
-        _check(0.0 < self.val_fraction < 1.0, f"data.val_fraction must be in (0, 1), got {self.val_fraction}")
         from scaling.curriculum import check_config  # no jax import; the curriculum names live there
 
         check_config(self)
@@ -130,57 +128,56 @@ class DataConfig:
 class OptimConfig:
     """AdamW with linear warmup and cosine decay to min_lr_ratio*lr at the end of the token budget."""
 
-    lr: float = _f(1e-3, "peak learning rate")
-    min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of the peak")
-    warmup_steps: int = _f(100, "linear warmup steps (capped at the run's steps)")
-    weight_decay: float = _f(0.1, "decoupled weight decay on matrices (not on norms, biases or embeddings)")
-    beta1: float = _f(0.9, "Adam beta1")
-    beta2: float = _f(0.95, "Adam beta2")
-    eps: float = _f(1e-8, "Adam epsilon")
-    grad_clip: float = _f(1.0, "clip the global gradient norm to this; 0 disables")
+    lr: float = _f(1e-3, "peak learning rate", gt=0)
+    min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of the peak", ge=0, le=1)
+    warmup_steps: int = _f(100, "linear warmup steps (capped at the run's steps)", ge=0)
+    weight_decay: float = _f(0.1, "decoupled weight decay on matrices (not on norms, biases or embeddings)",
+                             ge=0)
+    beta1: float = _f(0.9, "Adam beta1", ge=0, lt=1)
+    beta2: float = _f(0.95, "Adam beta2", ge=0, lt=1)
+    eps: float = _f(1e-8, "Adam epsilon", gt=0)
+    grad_clip: float = _f(1.0, "clip the global gradient norm to this; 0 disables", ge=0)
 
     def __post_init__(self) -> None:
-        _positive(self, "lr", "eps")
-        _check(0.0 <= self.min_lr_ratio <= 1.0, "optim.min_lr_ratio must be in [0, 1]")
-        _check(self.warmup_steps >= 0, "optim.warmup_steps must be >= 0")
-        _check(self.weight_decay >= 0 and self.grad_clip >= 0, "optim.weight_decay and optim.grad_clip must be >= 0")
-        _check(0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0, "optim.beta1 and optim.beta2 must be in [0, 1)")
+        _check_fields(self)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The token budget and the loop."""
 
-    tokens: int = _f(2_000_000, "training tokens D; decides the number of steps (tokens // (batch_size*seq_len))")
-    batch_size: int = _f(32, "global batch size in sequences")
+    tokens: int = _f(2_000_000, "training tokens D; decides the number of steps (tokens // (batch_size*seq_len))",
+                     ge=1)
+    batch_size: int = _f(32, "global batch size in sequences", ge=1)
     microbatches: int = _f(0, "gradient accumulation: split each batch into this many microbatches (0: auto, "
                               "about 1024 tokens per device each on a CPU, where smaller activations stay in "
-                              "cache; 1 elsewhere)")
-    seed: int = _f(0, "seed of the initialisation, the data order and dropout")
-    eval_every: int = _f(250, "evaluate on the validation batches every this many steps (and at the end)")
-    eval_batches: int = _f(16, "fixed validation batches per evaluation")
-    log_every: int = _f(10, "write a metrics.jsonl line every this many steps")
-    skip_nonfinite: int = _f(0, "skip up to this many steps with a non-finite loss before calling the run diverged")
+                              "cache; 1 elsewhere)", ge=0)
+    seed: int = _f(0, "seed of the initialisation, the data order and dropout (0 to 2**32-1)", ge=0, le=SEED_MAX)
+    eval_every: int = _f(250, "evaluate on the validation batches every this many steps (and at the end)", ge=1)
+    eval_batches: int = _f(16, "fixed validation batches per evaluation", ge=1)
+    log_every: int = _f(10, "write a metrics.jsonl line every this many steps", ge=1)
+    skip_nonfinite: int = _f(0, "skip up to this many steps with a non-finite loss before calling the run diverged",
+                             ge=0)
     progress: bool = _f(True, "show a progress bar on stderr")
-    inject_nan_step: int = _f(-1, "fault injection for tests: report a NaN loss at this step (-1: never)")
+    inject_nan_step: int = _f(-1, "fault injection for tests: report a NaN loss at this step (-1: never)",
+                              ge=-1)
 
     def __post_init__(self) -> None:
-        _positive(self, "tokens", "batch_size", "eval_every", "eval_batches", "log_every")
-        _check(self.microbatches >= 0, f"train.microbatches must be >= 0 (0: auto), got {self.microbatches}")
+        _check_fields(self)
         _check(self.microbatches == 0 or self.batch_size % self.microbatches == 0,
                f"train.batch_size ({self.batch_size}) must be divisible by train.microbatches ({self.microbatches})")
-        _check(self.skip_nonfinite >= 0, "train.skip_nonfinite must be >= 0")
 
 
 @dataclass(frozen=True)
 class MeshConfig:
     """Device mesh axes; one of them may be -1 to take the remaining devices."""
 
-    data: int = _f(-1, "data-parallel axis size")
-    fsdp: int = _f(1, "fully-sharded data-parallel axis size (parameters and optimizer state split)")
-    model: int = _f(1, "tensor-parallel axis size (heads, MLP hidden and vocab split)")
+    data: int = _f(-1, "data-parallel axis size", ge=-1)
+    fsdp: int = _f(1, "fully-sharded data-parallel axis size (parameters and optimizer state split)", ge=-1)
+    model: int = _f(1, "tensor-parallel axis size (heads, MLP hidden and vocab split)", ge=-1)
 
     def __post_init__(self) -> None:
+        _check_fields(self)
         sizes = (self.data, self.fsdp, self.model)
         _check(all(s == -1 or s >= 1 for s in sizes), f"mesh axes must be >= 1 or -1, got {sizes}")
         _check(sizes.count(-1) <= 1, "at most one mesh axis may be -1")
@@ -191,11 +188,11 @@ class DistConfig:
     """Multi-process (multi-host) setup; also read from JAX's usual environment variables."""
 
     coordinator: str = _f("", "HOST:PORT of process 0; empty means a single process (or the environment's)")
-    num_processes: int = _f(1, "number of processes")
-    process_id: int = _f(0, "this process's index")
+    num_processes: int = _f(1, "number of processes", ge=1)
+    process_id: int = _f(0, "this process's index", ge=0)
 
     def __post_init__(self) -> None:
-        _positive(self, "num_processes")
+        _check_fields(self)
         _check(0 <= self.process_id < self.num_processes, "dist.process_id must be in [0, dist.num_processes)")
 
 
@@ -203,16 +200,16 @@ class DistConfig:
 class CheckpointConfig:
     """Orbax checkpoints under OUT/checkpoints."""
 
-    every_steps: int = _f(500, "save every this many steps (0: only by time and at the end)")
-    every_seconds: float = _f(0.0, "also save when this many seconds passed since the last save (0: off)")
-    keep: int = _f(2, "keep the last this many checkpoints")
+    every_steps: int = _f(500, "save every this many steps (0: only by time and at the end)", ge=0)
+    every_seconds: float = _f(0.0, "also save when this many seconds passed since the last save (0: off)",
+                                ge=0)
+    keep: int = _f(2, "keep the last this many checkpoints", ge=1)
     keep_best: bool = _f(False, "also keep the checkpoint with the best validation loss")
     async_save: bool = _f(True, "save in a background thread, overlapping training (a run waits for its last "
                                 "save before it reports completion)")
 
     def __post_init__(self) -> None:
-        _check(self.every_steps >= 0 and self.every_seconds >= 0, "checkpoint.every_* must be >= 0")
-        _positive(self, "keep")
+        _check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -221,6 +218,9 @@ class ResumeConfig:
 
     allow_config_change: bool = _f(False, "resume even if model/optimizer/data settings changed")
     restart_if_corrupt: bool = _f(False, "start from scratch when no checkpoint can be restored")
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
 
 
 @dataclass(frozen=True)
@@ -256,66 +256,56 @@ RESUME_SAFE_FIELDS = ("model.attention", "train.eval_every", "train.eval_batches
                       "train.skip_nonfinite", "train.inject_nan_step")
 
 
-def _field_type(cls: type, name: str) -> type:
-    hints = typing.get_type_hints(cls)
-    return hints[name]
+def _keys(d: dict) -> str:
+    return str(sorted(map(str, d))[0])
 
 
-def _parse_value(text: Any, typ: type, key: str) -> Any:
-    if typ is bool:
-        if isinstance(text, bool):
-            return text
-        s = str(text).lower()
-        if s in ("1", "true", "yes", "on"):
-            return True
-        if s in ("0", "false", "no", "off"):
-            return False
-        raise UsageError(f"--{key} expects true or false, got {text!r}")
-    if typ is int:
-        try:
-            v = float(text)
-        except (TypeError, ValueError):
-            raise UsageError(f"--{key} expects an integer, got {text!r}") from None
-        if v != int(v):
-            raise UsageError(f"--{key} expects an integer, got {text!r}")
-        return int(v)
-    if typ is float:
-        try:
-            return float(text)
-        except (TypeError, ValueError):
-            raise UsageError(f"--{key} expects a number, got {text!r}") from None
-    return "" if text is None else str(text)
+def parse_sections(d: Any) -> dict[str, dict[str, Any]]:
+    """Nested mappings of sections and fields with every value parsed to its field's type
+    (ranges are left to the dataclasses); UsageError on an unknown name or a wrong type."""
+    if not isinstance(d, dict):
+        raise UsageError(f"a config must be a mapping of sections, got {show(d)}")
+    unknown = {k: None for k in d if k not in {f.name for f in dataclasses.fields(Config)}}
+    if unknown:
+        raise UsageError(f"unknown config section {_keys(unknown)!r}")
+    out = {}
+    for f in dataclasses.fields(Config):
+        given = d.get(f.name)
+        if given is None:
+            continue
+        if not isinstance(given, dict):
+            raise UsageError(f"config section {f.name} must be a mapping of fields, got {show(given)}")
+        cls = f.default_factory  # type: ignore[misc]
+        known = {g.name for g in dataclasses.fields(cls)}
+        unknown = {k: None for k in given if k not in known}
+        if unknown:
+            raise UsageError(f"unknown config field {f.name}.{_keys(unknown)}")
+        out[f.name] = {k: parse_value(v, field_type(cls, k), f"{f.name}.{k}") for k, v in given.items()}
+    return out
 
 
-def from_dict(d: dict, base: Config | None = None) -> Config:
+def from_dict(d: Any, base: Config | None = None) -> Config:
     """Build a Config from nested mappings, starting from ``base`` (defaults if None)."""
     base = base or Config()
-    sections = {}
-    for f in dataclasses.fields(Config):
-        sub = getattr(base, f.name)
-        given = dict(d.get(f.name) or {})
-        known = {g.name for g in dataclasses.fields(sub)}
-        unknown = set(given) - known
-        if unknown:
-            raise UsageError(f"unknown config field {f.name}.{sorted(unknown)[0]}")
-        kwargs = {k: _parse_value(v, _field_type(type(sub), k), f"{f.name}.{k}") for k, v in given.items()}
-        sections[f.name] = dataclasses.replace(sub, **kwargs)
-    unknown = set(d) - {f.name for f in dataclasses.fields(Config)}
-    if unknown:
-        raise UsageError(f"unknown config section {sorted(unknown)[0]!r}")
-    return Config(**sections)
+    parsed = parse_sections(d)
+    return Config(**{f.name: dataclasses.replace(getattr(base, f.name), **parsed.get(f.name, {}))
+                     for f in dataclasses.fields(Config)})
 
 
 def load_yaml(path: str | Path) -> dict:
+    """A YAML file of sections (a mapping); UsageError when it cannot be read or parsed."""
     p = Path(path)
-    if not p.is_file():
-        raise UsageError(f"config file not found: {p}")
+    text = read_input_text(p, "config file")
     try:
-        d = yaml.safe_load(p.read_text()) or {}
+        d = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise UsageError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except (ValueError, RecursionError) as e:  # an integer of over 4300 digits; nesting beyond the stack
+        raise UsageError(f"config file {p} cannot be parsed: {type(e).__name__}") from None
+    if d is None:
+        return {}
     if not isinstance(d, dict):
-        raise UsageError(f"config file {p} must hold a mapping of sections")
+        raise UsageError(f"config file {p} must hold a mapping of sections, got {show(d)}")
     return d
 
 
@@ -328,7 +318,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, .
         group = parser.add_argument_group(f.name, (cls.__doc__ or "").strip().splitlines()[0])
         for g in dataclasses.fields(cls):
             group.add_argument(f"--{f.name}.{g.name}", dest=f"{f.name}.{g.name}", default=None,
-                               metavar=_field_type(cls, g.name).__name__.upper(),
+                               metavar=field_type(cls, g.name).__name__.upper(),
                                help=f"{g.metadata.get('help', '')} (default: {g.default!r})")
 
 
@@ -343,17 +333,33 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
 
 
 def merge(a: dict, b: dict) -> dict:
-    """Section-wise merge of nested config dicts (b wins)."""
+    """Section-wise merge of nested config dicts (b wins; a section of b that is null changes
+    nothing). A section that is a mapping on one side only is a UsageError, so that an
+    override never hides a malformed section of the file it overrides."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in a.items()}
     for k, v in b.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k].update(v)
+        old = out.get(k)
+        if v is None:
+            continue
+        if old is None:
+            out[k] = dict(v) if isinstance(v, dict) else v
+        elif isinstance(old, dict) and isinstance(v, dict):
+            old.update(v)
         else:
-            out[k] = v
+            bad = old if not isinstance(old, dict) else v
+            raise UsageError(f"config section {k} must be a mapping of fields, got {show(bad)}")
     return out
 
 
 def resolve(config_file: str | None, overrides: dict) -> Config:
-    d = load_yaml(config_file) if config_file else {}
+    """The config of a YAML file (its values checked on their own: an override does not hide a
+    value of the wrong type) with the overrides on top."""
+    d = {}
+    if config_file is not None:
+        d = load_yaml(config_file)
+        try:
+            parse_sections(d)
+        except UsageError as e:
+            raise UsageError(f"config file {config_file}: {e}") from None
     return from_dict(merge(d, overrides))
 

@@ -17,7 +17,9 @@ its entry before attending, and the causal mask hides the later ones.
 
 Learned positions cap the context: a prompt plus ``max_new_tokens`` longer than
 ``seq_len`` is refused (:class:`~scaling.errors.UsageError`), never slid. Rotary models
-may run past ``seq_len`` (the cache is sized to the request).
+may run past ``seq_len`` (the cache is sized to the request), as far as memory allows: a
+request whose buffers (:func:`forward_bytes`: KV cache, the prefill's logits and attention
+scores) would take more than half of the device's memory is refused before any compute.
 
 Strategies (:class:`Sampling`): greedy (argmax); otherwise logits / temperature, then
 top-k (keep the k largest), then top-p (keep the smallest set of most likely tokens
@@ -37,6 +39,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -45,11 +49,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scaling.config import ModelConfig
+from scaling.config import SEED_MAX, ModelConfig
 from scaling.errors import UsageError
 from scaling.model import GPT, init_cache
 
 NEG = -1e30  # a score no real hypothesis reaches
+MEMORY_FRACTION = 0.5  # of the device's memory that the buffers of one decode or evaluation may take
 
 
 @dataclass(frozen=True)
@@ -63,11 +68,11 @@ class Sampling:
     top_p: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise UsageError(f"--temperature must be >= 0, got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise UsageError(f"--temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise UsageError(f"--top-k must be >= 0 (0: off), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
+        if not 0.0 < self.top_p <= 1.0:  # NaN fails this too
             raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
 
     @property
@@ -157,18 +162,50 @@ def buffer_length(cfg: ModelConfig, total: int) -> int:
     return min(t, cfg.seq_len) if total <= cfg.seq_len else t
 
 
-def _layout(cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int):
-    if not prompts:
-        raise UsageError("no prompts given")
+def forward_bytes(cfg: ModelConfig, rows: int, length: int) -> int:
+    """A lower bound of the memory a forward pass over ``rows`` sequences of ``length`` tokens
+    holds at once: a float32 KV cache of every layer, the logits, one layer's attention scores."""
+    cache = 2 * cfg.n_layer * rows * length * cfg.d_model * 4
+    return cache + rows * length * cfg.padded_vocab * 4 + rows * cfg.n_head * length * length * 4
+
+
+def device_memory_bytes() -> int:
+    """Memory of the first local device: its allocator's limit where JAX reports one (GPUs,
+    TPUs), else the machine's physical memory (CPUs)."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(cfg: ModelConfig, rows: int, length: int, what: str, lower: str) -> None:
+    """UsageError when :func:`forward_bytes` exceeds MEMORY_FRACTION of the device's memory."""
+    need, have = forward_bytes(cfg, rows, length), device_memory_bytes()
+    if need > MEMORY_FRACTION * have:
+        raise UsageError(f"{what} ({rows} row(s) of {length} tokens) needs at least {need / 2**30:.3g} GiB, more than "
+                         f"{MEMORY_FRACTION:.0%} of this device's {have / 2**30:.3g} GiB; lower {lower}")
+
+
+def plan_buffer(cfg: ModelConfig, longest_prompt: int, max_new_tokens: int, rows: int) -> int:
+    """The buffer length of a decode (:func:`buffer_length`), refused before any compute when
+    it exceeds a learned-position context or would not fit in memory (:func:`check_memory`)."""
     if max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    T = buffer_length(cfg, longest_prompt + max_new_tokens)
+    check_memory(cfg, rows, T, "decoding", "--max-new-tokens, --beam or the number of prompts")
+    return T
+
+
+def _layout(cfg: ModelConfig, prompts: Sequence[Sequence[int]], max_new_tokens: int, width: int = 1):
+    if not prompts:
+        raise UsageError("no prompts given")
     lens = [len(p) for p in prompts]
     if min(lens) < 1:
         raise UsageError("every prompt needs at least one token")
     for p in prompts:
         if max(p) >= cfg.vocab_size or min(p) < 0:
             raise UsageError(f"prompt token ids must be in [0, {cfg.vocab_size})")
-    T = buffer_length(cfg, max(lens) + max_new_tokens)
+    T = plan_buffer(cfg, max(lens), max_new_tokens, len(prompts) * width)
     buf = np.zeros((len(prompts), T), np.int32)
     for i, p in enumerate(prompts):
         buf[i, : len(p)] = p
@@ -269,6 +306,8 @@ def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_new
              return_logits: bool = False) -> Generation:
     """Continue each prompt (a list of token ids) by up to ``max_new_tokens`` tokens, stopping a
     row at ``eot`` (None: never). Batched over prompts; prompts may differ in length."""
+    if not 0 <= seed <= SEED_MAX:
+        raise UsageError(f"--seed must be in [0, {SEED_MAX}], got {seed}")
     buf, plen, n = _layout(cfg, prompts, max_new_tokens)
     logits, cache = _prefill_jit(cfg, params, buf, jnp.int32(n), use_cache)
     out, length, rec = _decode_loop(cfg, params, buf, plen, jnp.int32(n), logits, cache,
@@ -371,9 +410,9 @@ def beam_search(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_
     """Beam search of ``width`` beams per prompt (see the module docstring)."""
     if width < 1:
         raise UsageError(f"--beam must be >= 1, got {width}")
-    if length_penalty < 0:
-        raise UsageError(f"--length-penalty must be >= 0, got {length_penalty}")
-    buf, plen, n = _layout(cfg, prompts, max_new_tokens)
+    if not (math.isfinite(length_penalty) and length_penalty >= 0):
+        raise UsageError(f"--length-penalty must be a finite number >= 0, got {length_penalty}")
+    buf, plen, n = _layout(cfg, prompts, max_new_tokens, width)
     logits, cache = _prefill_jit(cfg, params, buf, jnp.int32(n), use_cache)
     out = _beam_loop(cfg, params, buf, plen, jnp.int32(n), logits, cache, jnp.int32(max_new_tokens),
                      jnp.int32(-1 if eot is None else eot), jnp.float32(length_penalty), width=width)
@@ -458,6 +497,7 @@ def evaluate_tokens(cfg: ModelConfig, params, ids: Sequence[int], *, bos: int, b
     stride = max(C // 2, 1) if stride is None else stride
     seq = np.concatenate([[bos], ids]).astype(np.int32)
     plan = window_plan(len(seq), C, stride)
+    check_memory(cfg, min(batch_size, len(plan)), C, "evaluating", "--batch-size")
     n = min(C, len(seq) - 1)
     windows = np.stack([seq[a: a + n + 1] for a, _ in plan])
     mask = np.stack([np.arange(n) >= first for _, first in plan]).astype(np.float64)

@@ -17,43 +17,72 @@ OpenAI-converted files). GPT-2's ``Conv1D`` stores weights as (in, out), y = x @
 The tokenizer is ``gpt2`` (tiktoken's r50k_base, read from the local cache). The
 safetensors files are read with a small reader of their documented layout (8-byte
 little-endian header size, a JSON header, raw little-endian tensors), so nothing beyond
-numpy is needed. Every missing file, unsupported option, missing tensor or wrong shape
-is a :class:`~scaling.errors.UsageError` naming it.
+numpy is needed. Every missing or unreadable file, malformed header (a size past the file,
+non-JSON, offsets outside the data, an unknown dtype), index entry outside the directory,
+unsupported option, missing tensor or wrong shape is a :class:`~scaling.errors.UsageError`
+naming it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import struct
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import numpy as np
 
 from scaling.config import ModelConfig
-from scaling.errors import UsageError
+from scaling.errors import UsageError, read_input_text
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32,
            "U8": np.uint8, "BOOL": np.bool_}
 _BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of older checkpoints
 
 
+def _bad(path: Path, why: str) -> UsageError:
+    return UsageError(f"{path} is not a readable safetensors file: {why}")
+
+
+def _uints(v: Any, n: int | None = None) -> bool:
+    """A JSON list of non-negative integers (of length n when given)."""
+    return (isinstance(v, list) and (n is None or len(v) == n)
+            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v))
+
+
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    """All tensors of one ``.safetensors`` file as numpy arrays (memory-mapped)."""
+    """All tensors of one ``.safetensors`` file as numpy arrays (memory-mapped). The header is
+    checked before any tensor is read: its size fits the file, it is a JSON object, and every
+    tensor has a known dtype, a shape of non-negative integers and offsets inside the data
+    that match its size."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
+            head = f.read(8)
+            if len(head) < 8:
+                raise _bad(path, f"{len(head)} bytes, shorter than the 8-byte header size")
+            (n,) = struct.unpack("<Q", head)
             if n <= 0 or 8 + n > size:
-                raise ValueError("header size out of range")
-            header = json.loads(f.read(n))
-    except (OSError, ValueError, struct.error) as e:
-        raise UsageError(f"{path} is not a readable safetensors file: {e}") from None
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if size > 8 + n else np.zeros(0, np.uint8)
+                raise _bad(path, f"header size {n} out of range for a file of {size} bytes")
+            raw = f.read(n)
+        data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n) if size > 8 + n else np.zeros(0, np.uint8)
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw)
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, or nested past the stack
+        raise _bad(path, "the header is not JSON") from None
+    if not isinstance(header, dict):
+        raise _bad(path, "the header is not a JSON object")
     out = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
+        if not (isinstance(info, dict) and isinstance(info.get("dtype"), str) and _uints(info.get("shape"))
+                and _uints(info.get("data_offsets"), 2)):
+            raise _bad(path, f"tensor {str(name)[:40]!r} needs a dtype name, and a shape and two data_offsets "
+                             f"of non-negative integers")
         dt, shape, (lo, hi) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
         if dt == "BF16":
             import ml_dtypes
@@ -61,11 +90,12 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         elif dt in _DTYPES:
             np_dt = np.dtype(_DTYPES[dt]).newbyteorder("<")
         else:
-            raise UsageError(f"{path}: tensor {name} has unsupported dtype {dt}")
-        if hi > len(data) or hi - lo != np_dt.itemsize * int(np.prod(shape, dtype=np.int64)):
-            raise UsageError(f"{path} is truncated or corrupt (tensor {name})")
-        out[name] = np.frombuffer(data, dtype=np_dt, count=int(np.prod(shape, dtype=np.int64)),
-                                  offset=lo).reshape(shape)
+            raise UsageError(f"{path}: tensor {name} has unsupported dtype {dt[:20]!r}")
+        count = math.prod(shape)
+        if not lo <= hi <= len(data) or hi - lo != np_dt.itemsize * count:
+            raise UsageError(f"{path} is truncated or corrupt (tensor {name}: bytes [{lo}, {hi}) of {len(data)}, "
+                             f"{count} x {np_dt.itemsize} expected)")
+        out[name] = np.frombuffer(data, dtype=np_dt, count=count, offset=lo).reshape(shape)
     return out
 
 
@@ -74,36 +104,68 @@ def read_config(model_dir: Path) -> dict:
     if not path.is_file():
         raise UsageError(f"not a Hugging Face GPT-2 directory (no config.json): {model_dir}")
     try:
-        hf = json.loads(path.read_text())
-    except ValueError as e:
-        raise UsageError(f"{path} is not valid JSON: {e}") from None
+        hf = json.loads(read_input_text(path, "config.json"))
+    except (ValueError, RecursionError) as e:
+        raise UsageError(f"{path} is not valid JSON: {str(e)[:80]}") from None
+    if not isinstance(hf, dict):
+        raise UsageError(f"{path} is not a JSON object")
     if hf.get("model_type") != "gpt2":
         raise UsageError(f"{path}: model_type is {hf.get('model_type')!r}, expected 'gpt2'")
     return hf
+
+
+def _get(hf: dict, key: str, typ: type, default: Any = None) -> Any:
+    """``hf[key]`` as ``typ`` (int: a JSON integer; float: a JSON number; bool), or ``default``
+    when absent; UsageError naming the key otherwise."""
+    v = hf.get(key, default)
+    if v is None:
+        if default is None:
+            raise UsageError(f"config.json lacks {key}")
+        return default
+    ok = (isinstance(v, bool) if typ is bool else
+          not isinstance(v, bool) and isinstance(v, int if typ is int else (int, float)))
+    if not ok:
+        raise UsageError(f"config.json: {key} must be {typ.__name__}, got {str(v)[:40]!r}")
+    return typ(v)
 
 
 def model_config(hf: dict, n_vocab_tokenizer: int = 50257) -> ModelConfig:
     """The ModelConfig equivalent to a GPT-2 ``config.json`` (refusing options it lacks)."""
     act = hf.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-        raise UsageError(f"config.json: activation_function {act!r} is not supported (only the tanh GELU, gelu_new)")
+        raise UsageError(f"config.json: activation_function {str(act)[:40]!r} is not supported "
+                         f"(only the tanh GELU, gelu_new)")
     for flag in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
         if hf.get(flag):
             raise UsageError(f"config.json: {flag}=true is not supported")
     if hf.get("scale_attn_weights") is False:
         raise UsageError("config.json: scale_attn_weights=false is not supported")
-    vocab = int(hf.get("vocab_size", 50257))
+    vocab = _get(hf, "vocab_size", int, 50257)
     if vocab < n_vocab_tokenizer:
         raise UsageError(f"config.json: vocab_size {vocab} is smaller than the gpt2 tokenizer's "
                          f"{n_vocab_tokenizer} ids")
     try:
-        return ModelConfig(n_layer=int(hf["n_layer"]), n_head=int(hf["n_head"]), d_model=int(hf["n_embd"]),
-                           d_ff=int(hf.get("n_inner") or 0), seq_len=int(hf["n_positions"]), vocab_size=vocab,
-                           vocab_multiple=1, position="learned", norm="layernorm",
-                           norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)), bias=True,
-                           tie_embeddings=bool(hf.get("tie_word_embeddings", True)), mlp="gelu", dropout=0.0)
-    except KeyError as e:
-        raise UsageError(f"config.json lacks {e.args[0]}") from None
+        return ModelConfig(n_layer=_get(hf, "n_layer", int), n_head=_get(hf, "n_head", int),
+                           d_model=_get(hf, "n_embd", int), d_ff=_get(hf, "n_inner", int, 0),
+                           seq_len=_get(hf, "n_positions", int), vocab_size=vocab, vocab_multiple=1,
+                           position="learned", norm="layernorm",
+                           norm_eps=_get(hf, "layer_norm_epsilon", float, 1e-5), bias=True,
+                           tie_embeddings=_get(hf, "tie_word_embeddings", bool, True), mlp="gelu", dropout=0.0)
+    except UsageError as e:
+        if str(e).startswith("config.json"):
+            raise
+        raise UsageError(f"config.json: {e}") from None
+
+
+def _shard_path(model_dir: Path, index: Path, name: Any) -> Path:
+    """A shard named by the index: a relative path inside the model directory (no absolute
+    path, no '..'); a symbolic link inside it is followed, as in the Hugging Face cache."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise UsageError(f"{index} is not a valid safetensors index: weight_map value {str(name)[:40]!r}")
+    p = PurePosixPath(name)
+    if p.is_absolute() or ".." in p.parts or PureWindowsPath(name).drive:
+        raise UsageError(f"{index} names a weight file outside {model_dir}: {name[:80]!r}")
+    return model_dir / p
 
 
 def read_weights(model_dir: Path) -> dict[str, np.ndarray]:
@@ -112,14 +174,18 @@ def read_weights(model_dir: Path) -> dict[str, np.ndarray]:
         tensors = read_safetensors(single)
     elif index.is_file():
         try:
-            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError) as e:
-            raise UsageError(f"{index} is not a valid safetensors index: {e}") from None
+            idx = json.loads(read_input_text(index, "safetensors index"))
+        except (ValueError, RecursionError) as e:
+            raise UsageError(f"{index} is not a valid safetensors index: {str(e)[:80]}") from None
+        weight_map = idx.get("weight_map") if isinstance(idx, dict) else None
+        if not isinstance(weight_map, dict):
+            raise UsageError(f"{index} is not a valid safetensors index: no weight_map object")
+        paths = sorted({_shard_path(model_dir, index, name) for name in weight_map.values()})
         tensors = {}
-        for name in files:
-            if not (model_dir / name).is_file():
-                raise UsageError(f"{model_dir / name} (listed in {index.name}) is missing")
-            tensors.update(read_safetensors(model_dir / name))
+        for path in paths:
+            if not path.is_file():
+                raise UsageError(f"{path} (listed in {index.name}) is missing")
+            tensors.update(read_safetensors(path))
     else:
         raise UsageError(f"no model.safetensors in {model_dir} (only safetensors weights are read)")
     return {k.removeprefix("transformer."): v for k, v in tensors.items() if not k.endswith(_BUFFERS)}

@@ -47,6 +47,7 @@ JSON structure written by ``python -m analysis.fit`` (built from ``to_dict`` her
       "E", "A", "B", "alpha", "beta",        # approach 3 (when run)
       "a", "b", "G",                          # its compute-optimal frontier
       "loss", "n_points", "n_starts", "n_starts_at_best", "delta",
+      "degenerate": false, "degenerate_reasons": [],   # see degenerate_reasons()
       "ci_level": 0.95,                       # with --bootstrap K
       "ci": {"E": [lo, hi], ..., "a": [lo, hi], "b": [lo, hi], "G": [lo, hi]},
       "bootstrap": {"n_resamples", "seed", "starts", "n_failed"},
@@ -55,11 +56,17 @@ JSON structure written by ``python -m analysis.fit`` (built from ``to_dict`` her
                   "predicted", "rel_error"}], "mean_abs_rel_error"},
       "approach2": {"a", "b", "k_n", "k_d", "budgets": "given" | "grouped by C",
                     "budget_tol", "minima": [{"C", "N_opt", "D_opt", "L_min", "n_runs",
-                    "parabola": [p2, p1, p0]}], "skipped": [{"C", "reason"}]},
+                    "parabola": [p2, p1, p0]}], "skipped": [{"C", "reason"}],
+                    "degenerate", "degenerate_reasons"},
       "approach1": {"a", "b", "k_n", "k_d", "n_runs", "envelope": [{"C", "N_opt",
-                    "D_opt", "L_min"}]},
+                    "D_opt", "L_min"}], "degenerate", "degenerate_reasons"},
       "input": {"results", "n_col", "d_col", "c_col", "loss_col", "drop_top_loss", "n_runs"},
     }
+
+A degenerate fit (approach 3: an exponent <= 0, E at zero, a term negligible at every run;
+approaches 1 and 2: a outside (0, 1)) is written with ``"degenerate": true`` and its
+reasons; values that do not exist for it (the frontier a, b, G of a law whose exponent is
+not positive) are null: the JSON never holds NaN or infinity.
 
 An approach that ``--approach all`` cannot run on the input appears as
 ``{"not_run": reason}``.  With ``--group-col COL``: ``{"group_col": COL, "groups":
@@ -118,9 +125,15 @@ def law_loss(N, D, E, A, B, alpha, beta):
 
 
 def frontier(E, A, B, alpha, beta):
-    """(G, a, b) of the compute-optimal frontier under C = 6 N D (Hoffmann et al. eq. 4)."""
-    G = (alpha * A / (beta * B)) ** (1.0 / (alpha + beta))
-    return G, beta / (alpha + beta), alpha / (alpha + beta)
+    """(G, a, b) of the compute-optimal frontier under C = 6 N D (Hoffmann et al. eq. 4);
+    NaN where it does not exist (alpha, beta, A or B not > 0: a degenerate law)."""
+    A, B, alpha, beta = (np.asarray(v, dtype=np.float64) for v in (A, B, alpha, beta))
+    ok = (alpha > 0) & (beta > 0) & (A > 0) & (B > 0)
+    with np.errstate(all="ignore"):
+        G = np.where(ok, (alpha * A / (beta * B)) ** (1.0 / (alpha + beta)), np.nan)
+        a = np.where(ok, beta / (alpha + beta), np.nan)
+        b = np.where(ok, alpha / (alpha + beta), np.nan)
+    return G[()], a[()], b[()]
 
 
 def compute_optimal(C, E, A, B, alpha, beta):
@@ -419,6 +432,53 @@ def lbfgs_batch(
     return BatchResult(x=x_out, f=f_out, nit=nit_out, status=status_out, n_evals=n_evals)
 
 
+# ------------------------------------------------------------------------ degenerate fits
+
+DEGENERATE_REL = 1e-4
+"""A fitted E, or a fitted A/N^alpha or B/D^beta at every run, below this fraction of the
+smallest observed loss counts as zero."""
+
+
+def _finite_or_none(x) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def degenerate_reasons(params, N, D, L) -> tuple[str, ...]:
+    """Why the law with ``params`` (E, A, B, alpha, beta), fitted to runs (N, D, L), is not a
+    valid scaling law: a non-finite parameter, an exponent that is not positive (the loss does
+    not fall with N or D, and the compute-optimal frontier does not exist), E at zero (no
+    irreducible loss), or an N or D term that is negligible at every run (the data show no
+    dependence on N or D). Empty when it is valid."""
+    E, A, B, alpha, beta = (float(v) for v in params)
+    if not all(math.isfinite(v) for v in (E, A, B, alpha, beta)):
+        return ("a fitted parameter is not finite",)
+    reasons = []
+    for name, v, x in (("alpha", alpha, "N"), ("beta", beta, "D")):
+        if v <= 0:
+            reasons.append(f"{name} = {v:.4g} <= 0: the fitted loss does not fall with {x}")
+    floor = DEGENERATE_REL * float(np.min(L))
+    if E < floor:
+        reasons.append(f"E = {E:.3g} is at zero (below {DEGENERATE_REL:g} of the smallest loss): no irreducible loss")
+    with np.errstate(over="ignore", under="ignore"):
+        for term, coef, x, e, name in (("A/N^alpha", A, N, alpha, "N"), ("B/D^beta", B, D, beta, "D")):
+            if e > 0 and float(np.max(coef * np.asarray(x, dtype=np.float64) ** -e)) < floor:
+                reasons.append(f"{term} is below {DEGENERATE_REL:g} of the smallest loss at every run: the "
+                               f"data show no dependence on {name}")
+    return tuple(reasons)
+
+
+def exponent_reasons(a: float, what: str) -> list[str]:
+    """Why a fitted N_opt ~ C^a (so D_opt ~ C^(1 - a)) is degenerate: a not in (0, 1)."""
+    if not math.isfinite(a):
+        return [f"{what}: a is not finite"]
+    if a <= 0:
+        return [f"{what}: a = {a:.4g} <= 0: N_opt does not grow with compute"]
+    if a >= 1:
+        return [f"{what}: a = {a:.4g} >= 1: D_opt does not grow with compute"]
+    return []
+
+
 # ------------------------------------------------------------------------ approach 3
 
 
@@ -461,6 +521,12 @@ class LawFit:
     delta: float
     ranked_starts: np.ndarray = dataclasses.field(repr=False, compare=False, default=None)
     """The starts (rows (a, b, e, alpha, beta)) ordered by the objective their run reached, best first."""
+    degenerate_reasons: tuple[str, ...] = ()
+    """Why the fit is not a valid scaling law (:func:`degenerate_reasons`); empty when it is."""
+
+    @property
+    def degenerate(self) -> bool:
+        return bool(self.degenerate_reasons)
 
     @property
     def params(self) -> tuple[float, float, float, float, float]:
@@ -469,19 +535,20 @@ class LawFit:
     @property
     def theta(self) -> np.ndarray:
         """Log-space parameters (a, b, e, alpha, beta) = (log A, log B, log E, alpha, beta)."""
-        return np.array([math.log(self.A), math.log(self.B), math.log(self.E), self.alpha, self.beta])
+        with np.errstate(divide="ignore"):  # a coefficient that underflowed to 0 is -inf here
+            return np.array([*np.log([self.A, self.B, self.E]), self.alpha, self.beta])
 
     @property
     def G(self) -> float:
-        return frontier(*self.params)[0]
+        return float(frontier(*self.params)[0])
 
     @property
     def a(self) -> float:
-        return self.beta / (self.alpha + self.beta)
+        return float(frontier(*self.params)[1])
 
     @property
     def b(self) -> float:
-        return self.alpha / (self.alpha + self.beta)
+        return float(frontier(*self.params)[2])
 
     def predict(self, N, D):
         """Predicted loss L(N, D)."""
@@ -492,26 +559,31 @@ class LawFit:
         return compute_optimal(C, *self.params)
 
     def to_dict(self) -> dict:
+        """The JSON fields; a frontier value that does not exist (a degenerate law) is None."""
         return {
             "E": self.E,
             "A": self.A,
             "B": self.B,
             "alpha": self.alpha,
             "beta": self.beta,
-            "a": self.a,
-            "b": self.b,
-            "G": self.G,
+            "a": _finite_or_none(self.a),
+            "b": _finite_or_none(self.b),
+            "G": _finite_or_none(self.G),
             "loss": self.loss,
             "n_points": self.n_points,
             "n_starts": self.n_starts,
             "n_starts_at_best": self.n_starts_at_best,
             "delta": self.delta,
+            "degenerate": self.degenerate,
+            "degenerate_reasons": list(self.degenerate_reasons),
         }
 
     @classmethod
     def from_theta(cls, theta, **kw) -> "LawFit":
         a, b, e, alpha, beta = (float(v) for v in theta)
-        return cls(E=math.exp(e), A=math.exp(a), B=math.exp(b), alpha=alpha, beta=beta, **kw)
+        with np.errstate(over="ignore"):  # inf: a degenerate fit, flagged by degenerate_reasons
+            E, A, B = (float(v) for v in np.exp([e, a, b]))
+        return cls(E=E, A=A, B=B, alpha=alpha, beta=beta, **kw)
 
 
 def fit_approach3(
@@ -551,8 +623,11 @@ def fit_approach3(
         if np.isfinite(pol.f[0]) and pol.f[0] < f_best:
             x_best, f_best = pol.x[0].copy(), float(pol.f[0])
     at_best = int(np.sum(f <= f_best * (1 + 1e-6) + 1e-15))
+    with np.errstate(over="ignore", under="ignore"):
+        params = (np.exp(x_best[2]), np.exp(x_best[0]), np.exp(x_best[1]), x_best[3], x_best[4])
     return LawFit.from_theta(
         x_best,
+        degenerate_reasons=degenerate_reasons(params, N, D, L),
         loss=f_best,
         n_points=int(N.size),
         n_starts=int(x0.shape[0]),
@@ -572,7 +647,10 @@ def percentile_interval(samples, level: float = 0.95):
     if not 0 < level < 1:
         raise UsageError(f"confidence level must be in (0, 1), got {level}")
     q = [50.0 * (1 - level), 50.0 * (1 + level)]
-    return np.percentile(np.asarray(samples, dtype=np.float64), q, axis=0)
+    samples = np.asarray(samples, dtype=np.float64)
+    if samples.shape[0] == 0:  # every resample failed: no interval
+        return np.full((2,) + samples.shape[1:], np.nan)
+    return np.percentile(samples, q, axis=0)
 
 
 @dataclass(frozen=True)
@@ -846,6 +924,7 @@ def fit_approach2(N, L, C, *, budgets=None, rtol: float = 0.1, min_runs: int = 3
     cs = [m["C"] for m in minima]
     k_n, a = power_law_fit(cs, [m["N_opt"] for m in minima])
     k_d, b = power_law_fit(cs, [m["D_opt"] for m in minima])
+    reasons = exponent_reasons(a, "approach 2")
     return {
         "a": a,
         "b": b,
@@ -855,6 +934,8 @@ def fit_approach2(N, L, C, *, budgets=None, rtol: float = 0.1, min_runs: int = 3
         "budget_tol": float(rtol),
         "minima": minima,
         "skipped": skipped,
+        "degenerate": bool(reasons),
+        "degenerate_reasons": reasons,
     }
 
 
@@ -920,4 +1001,6 @@ def fit_approach1(
         {"C": float(c), "N_opt": float(nn), "D_opt": float(dd), "L_min": float(ll)}
         for c, nn, dd, ll in zip(c_env, n_env, d_env, l_env)
     ]
-    return {"a": a, "b": b, "k_n": k_n, "k_d": k_d, "n_runs": len(runs), "envelope": envelope}
+    reasons = exponent_reasons(a, "approach 1")
+    return {"a": a, "b": b, "k_n": k_n, "k_d": k_d, "n_runs": len(runs), "envelope": envelope,
+            "degenerate": bool(reasons), "degenerate_reasons": reasons}

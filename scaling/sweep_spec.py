@@ -17,6 +17,7 @@ from scaling.sweep_results import RESULT_COLUMNS
 DESIGN_FIELDS = ("model.n_layer", "model.d_model", "model.n_head", "train.tokens")
 SPEC_KEYS = {"name", "description", "base", "sizing", "grid", "isoflop", "seeds", "arms", "tags", "fit"}
 
+MAX_LAYERS = 1024  # the depths the sizing rule tries, one parameter count each
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+]*$")
 _SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 
@@ -95,7 +96,11 @@ def parse_number(value: Any, where: str, *, positive: bool = True) -> float:
     if isinstance(value, bool):
         raise _err(where, f"expected a number, got {value!r}")
     if isinstance(value, (int, float)):
-        x = float(value)
+        try:
+            x = float(value)
+        except OverflowError:
+            raise _err(where, f"expected a number in the floating-point range, got an integer of "
+                              f"{value.bit_length()} bits") from None
     elif isinstance(value, str):
         s = value.strip().replace("_", "").replace(",", "")
         mult = 1.0
@@ -125,7 +130,7 @@ def _mapping(value: Any, where: str, allowed: set[str] | None = None) -> dict:
     if not isinstance(value, dict):
         raise _err(where, f"expected a mapping, got {type(value).__name__}")
     if allowed is not None:
-        unknown = sorted(set(value) - allowed)
+        unknown = sorted((k for k in value if k not in allowed), key=str)
         if unknown:
             raise _err(where, f"unknown key {unknown[0]!r} (expected one of {sorted(allowed)})")
     return value
@@ -189,6 +194,8 @@ def load_spec(path: str | Path) -> Spec:
         count=str(sz.get("count", Sizing.count)),
         max_layers=_positive_int(sz.get("max_layers", Sizing.max_layers), f"{where}: sizing.max_layers"),
     )
+    if sizing.max_layers > MAX_LAYERS:
+        raise _err(where, f"sizing.max_layers must be at most {MAX_LAYERS}, got {sizing.max_layers}")
     if sizing.count not in ("total", "nonembed"):
         raise _err(where, f"sizing.count must be total or nonembed, got {sizing.count!r}")
     designs = [k for k in ("grid", "isoflop") if k in d]

@@ -34,7 +34,13 @@ from scaling import sharding as sh
 from scaling.config import CPU_KERNEL_HEAD_DIMS as HEAD_DIMS
 
 SOURCE = Path(__file__).parent / "kernels" / "causal_attention_cpu.cc"
-FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC", "-shared", "-std=c++17")
+# -ffast-math's parts but -funsafe-math-optimizations' switch itself: with that (or -ffast-math)
+# on the link line, GCC and Clang link crtfastmath.o, whose constructor sets flush-to-zero and
+# denormals-are-zero for the whole process once the library loads, and numpy and scipy code
+# running later in the process (a sweep's fit) would silently lose subnormal numbers.
+FAST_MATH = ("-fno-math-errno", "-fno-signed-zeros", "-fno-trapping-math", "-fassociative-math",
+             "-freciprocal-math", "-ffinite-math-only", "-fcx-limited-range")
+FLAGS = ("-O3", "-march=native", *FAST_MATH, "-fPIC", "-shared", "-std=c++17")
 _TARGETS = {"fwd": "scaling_causal_attention_fwd", "bwd": "scaling_causal_attention_bwd"}
 _SYMBOLS = {"fwd": "ScalingCausalAttentionFwd", "bwd": "ScalingCausalAttentionBwd"}
 

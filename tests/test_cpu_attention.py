@@ -51,6 +51,25 @@ def test_kernel_equals_masked_softmax_values_and_gradients(b, t, h, d):
 
 
 @needs_compiler
+def test_loading_the_kernel_keeps_subnormal_numbers_for_the_rest_of_the_process():
+    """A library linked with crtfastmath.o (GCC's and Clang's -ffast-math link step) would set
+    flush-to-zero for the whole process: numpy's and scipy's subnormals would become 0."""
+    code = textwrap.dedent("""
+        import jax, numpy as np
+        from scaling import cpu_attention
+        assert cpu_attention.unavailable() is None
+        x = jax.random.normal(jax.random.key(0), (1, 8, 1, 16))
+        jax.block_until_ready(cpu_attention.causal_attention(x, x, x))
+        tiny = np.finfo(np.float64).tiny
+        assert tiny / 2 > 0 and np.float32(np.finfo(np.float32).tiny) / np.float32(2) > 0
+        print("ok")
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+@needs_compiler
 def test_kernel_on_sharded_meshes_matches_one_device():
     """Batch over data/fsdp and heads over model (shard_map through the rule table): the same
     values and gradients as on one device."""

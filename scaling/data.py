@@ -36,7 +36,7 @@ import numpy as np
 
 from scaling import tokenizer as tok
 from scaling.config import DataConfig
-from scaling.errors import UsageError
+from scaling.errors import UsageError, read_input_text
 from scaling.paths import cache_dir, data_dir
 
 NAMED_CORPORA = {"tinyshakespeare": "tinyshakespeare/input.txt", "gutenberg": "gutenberg"}
@@ -49,7 +49,7 @@ class Document:
 
 
 def _file_doc(p: Path) -> Document:
-    return Document(str(p), lambda: p.read_text(encoding="utf-8", errors="replace"))
+    return Document(str(p), lambda: read_input_text(p, "corpus file", errors="replace"))
 
 
 def _hf_documents(spec: str, field: str) -> list[Document]:

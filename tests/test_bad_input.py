@@ -193,7 +193,11 @@ def _paths(tmp: Path) -> dict[str, Path]:
     if not (tmp / "dangling").is_symlink():
         (tmp / "dangling").symlink_to(tmp / "nowhere")
     (tmp / "latin1.csv").write_bytes(b"n_params,tokens,val_loss\n1e6,1e9,3.0\xe9\n")
-    return {"dir": tmp / "a_dir", "file": tmp / "a_file", "dangling": tmp / "dangling",
+    (tmp / "corpus").mkdir(exist_ok=True)  # a readable book beside one that cannot be read
+    (tmp / "corpus" / "a.txt").write_text("a readable book\n" * 100)
+    if not (tmp / "corpus" / "b.txt").is_symlink():
+        (tmp / "corpus" / "b.txt").symlink_to(tmp / "nowhere")
+    return {"corpus": tmp / "corpus", "dir": tmp / "a_dir", "file": tmp / "a_file", "dangling": tmp / "dangling",
             "under_file": tmp / "a_file" / "sub", "latin1": tmp / "latin1.csv"}
 
 
@@ -206,6 +210,7 @@ FILES = [
     ("train", ["--out", ""], "--out must name a directory, got an empty path"),
     ("train", ["--out", "under_file"], "{file} is not a directory"),
     ("train", ["--out", "dangling"], "exists and is not a directory"),
+    ("train", ["--out", "RUN", "--data.corpus", "corpus"], "corpus file {corpus}/b.txt is a broken symbolic link"),
     ("sweep", ["--config", "dir", "--out", "RUN"], "config file {dir} is a directory"),
     ("sweep", ["--out", "file"], "--out {file} exists and is not a directory"),
     ("sweep", ["--out", ""], "--out must name a directory"),

@@ -68,7 +68,8 @@ class Checkpointer:
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
             best_fn=(lambda m: m["val_loss"]) if cfg.keep_best else None, best_mode="min",
             temporary_path_class=_ChecksummedPath)
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+            "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
         self._last_save_time = time.monotonic()
         self._problems: dict[int, str | None] = {}  # verification result per step, this process
         self._barriers = itertools.count()  # multi-process barrier names must not repeat
@@ -136,6 +137,7 @@ class Checkpointer:
                 continue
             for s, p in corrupt:
                 self._set_aside(s, p, f"resuming from checkpoint {step}")
+            self._check_shapes(step, abstract_state)
             try:
                 out = self.manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
@@ -150,6 +152,18 @@ class Checkpointer:
                 f"({corrupt[0][0]}) because {corrupt[0][1]} (pass --resume.restart_if_corrupt true to "
                 f"start from scratch)")
         return None
+
+    def _check_shapes(self, step: int, abstract_state: Any) -> None:
+        """Refuse a checkpoint whose arrays have other shapes or dtypes than this run's state
+        (orbax would restore a saved array into a target of another shape without a word)."""
+        saved = _shapes_by_path(self.manager.item_metadata(step)["state"])
+        wanted = _shapes_by_path(abstract_state)
+        if saved.keys() != wanted.keys():
+            return  # another tree structure: orbax's restore names the difference
+        for path, shape in wanted.items():
+            if saved[path] != shape:
+                raise UsageError(f"checkpoint {step} under {self.directory} holds {path} as "
+                                 f"{_fmt(saved[path])}, this run's state as {_fmt(shape)}; use a new --out")
 
     def _set_aside(self, step: int, problem: str, then: str) -> None:
         """Move a corrupt step out of orbax's listing (primary process; all processes wait for it)
@@ -256,3 +270,19 @@ def verify_step(step_dir: Path) -> str | None:
     if extra:
         return f"{extra[0]} is not in {MANIFEST}"
     return None
+
+
+def _shapes_by_path(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{"params/h_0/attn/kernel": (shape, dtype), ...}`` of a state or its saved metadata
+    (dataclass fields and dict keys name a path alike)."""
+    def name(k) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return str(k)
+    return {"/".join(name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _fmt(shape_dtype: tuple[tuple[int, ...], str]) -> str:
+    return f"{shape_dtype[1]}{list(shape_dtype[0])}"

@@ -165,3 +165,18 @@ def test_an_intact_checkpoint_of_another_state_tree_is_refused_not_moved(tmp_pat
         ck.restore_latest({"v": np.zeros((64,), np.float32)})
     assert ck.steps() == [3] and not (tmp_path / "ck" / "corrupt").exists()
     ck.close()
+
+
+def test_a_checkpoint_of_other_shapes_is_refused_even_when_config_changes_are_allowed(reference, tmp_path, capsys):
+    """--resume.allow_config_change lets safe fields change; an MLP of another width would be
+    restored into arrays of the wrong shape, so it is refused with one line and nothing moved."""
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    with pytest.raises(SystemExit) as e:
+        train_cli.main(["--out", str(out), *TINY, *CKPT, "--model.d_ff", "96", "--resume.allow_config_change", "true"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(("error", "warning"))]
+    assert e.value.code == 2
+    assert len(err) == 1 and "checkpoint 80" in err[0] and "float32[128]" in err[0] \
+        and "float32[96]" in err[0], err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before

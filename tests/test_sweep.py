@@ -462,4 +462,4 @@ def test_compile_ahead_queues_each_shape_once_in_run_order_for_the_runs_to_find(
         if r.shape == shapes[0]:
             run = Run(r.cfg, tmp_path / r.run_id, trainers=trainers)
             assert run.trainer().compile_step() is built.compile_step()
-            run.ckpt.close()
+            run.close()

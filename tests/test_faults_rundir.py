@@ -1,10 +1,11 @@
 """Fault injection on run directories: another config's run, a failed resume, two processes on
-one directory, a divergence, an unwritable directory mid-run, and the permissions of what is
-written."""
+one directory, a divergence, an unwritable directory mid-run, foreign runs in a sweep
+directory, and the permissions of what is written."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import shutil
@@ -20,10 +21,11 @@ import pytest
 from experiments import train as train_cli
 from scaling import config as config_lib
 from scaling import io as run_io
+from scaling import sweep
 from scaling.checkpoint import Checkpointer
 from scaling.config import CheckpointConfig
 from scaling.train import load_run
-from tests.conftest import REPO, TINY
+from tests.conftest import REPO, TINY, run_cli
 
 # 40 steps, checkpoints every 10, evaluations every 20
 SHORT = [*TINY, "--train.tokens", "10240", "--train.eval_every", "20", "--checkpoint.every_steps", "10",
@@ -201,7 +203,25 @@ def test_unwritable_checkpoints_mid_run_end_in_one_line_and_the_rerun_resumes(re
     assert [x["loss"] for x in _metrics(out)] == [x["loss"] for x in _metrics(reference)]  # resumed at 10
 
 
-# ------------------------------------------------------------------ permissions
+# ------------------------------------------------------------------ sweeps: foreign runs, permissions
+
+ONE_RUN_SPEC = """
+base:
+  data: {corpus: tinyshakespeare, tokenizer: byte}
+  model: {seq_len: 32}
+  train: {batch_size: 8, progress: false}
+grid: {models: [1e4], tokens: [1536]}
+fit: false
+"""
+
+
+def _foreign_run(out: Path, run_id: str, cfg) -> None:
+    d = out / "runs" / run_id
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(cfg.to_yaml())
+    (d / "plan.json").write_text(json.dumps({"index": 0, "run_id": run_id, "budget": None, "seed": 0}))
+    (d / "summary.json").write_text(json.dumps({"n_params": 5, "tokens": 1536, "val_loss": 9.0,
+                                                "status": "completed"}))
 
 
 def _mode(p: Path) -> int:
@@ -215,6 +235,49 @@ def umask_027():
         yield 0o640
     finally:
         os.umask(old)
+
+
+def test_a_foreign_run_in_a_sweep_directory_is_left_out_and_named(tmp_path, umask_027):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(ONE_RUN_SPEC)
+    out = tmp_path / "sweep"
+    plan = sweep.make_plan(sweep.load_spec(spec), {})
+    _foreign_run(out, "L4-d64-D1.0e6-s0", plan.runs[0].cfg)  # another spec's run that shared --out
+    r = run_cli("experiments.sweep", "--config", spec, "--out", out, env={"XLA_FLAGS": ""})
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(out / "results.csv") as f:
+        assert [row["run_id"] for row in csv.DictReader(f)] == [plan.runs[0].run_id]
+    named = [line for line in r.stdout.splitlines() if "ignored" in line]
+    assert len(named) == 1 and "L4-d64-D1.0e6-s0" in named[0], r.stdout
+    # everything the sweep and its run wrote has the umask's mode, as config.yaml (0640 here)
+    run_dir = out / "runs" / plan.runs[0].run_id
+    for p in (out / "plan.json", out / "results.csv", out / "sweep_log.jsonl", run_dir / "config.yaml",
+              run_dir / "metrics.jsonl", run_dir / "summary.json", run_dir / "plan.json"):
+        assert _mode(p) == umask_027 == _mode(run_dir / "config.yaml"), p
+
+
+def test_results_and_fit_count_only_the_plans_runs_and_are_written_with_the_umask(tmp_path, umask_027):
+    """A run of another plan under a planned run id (another config) and one under another id
+    are left out of results.csv and the fit, and named in fit.json."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(ONE_RUN_SPEC.replace("fit: false", "").replace("[1e4]", "[1e4, 4e4]"))
+    out = tmp_path / "sweep"
+    plan = sweep.make_plan(sweep.load_spec(spec), {})
+    mine, theirs = plan.runs
+    _foreign_run(out, mine.run_id, mine.cfg)
+    other = config_lib.from_dict(config_lib.merge(theirs.cfg.to_dict(), {"optim": {"lr": 0.5}}))
+    _foreign_run(out, theirs.run_id, other)
+    _foreign_run(out, "L9-d144-D1.5e3-s0", mine.cfg)
+    rows = sweep.rebuild_results(out, plan)
+    assert [r["run_id"] for r in rows] == [mine.run_id]
+    assert sorted(sweep.ignored_runs(out, plan)) == sorted([theirs.run_id, "L9-d144-D1.5e3-s0"])
+    sweep.finalize(plan, out, echo=lambda _: None, force=True)
+    saved = json.loads((out / "fit.json").read_text())
+    assert saved["sweep"]["results_sha256"] == sweep._results_digest(out)  # fitted on the table above
+    assert sorted(saved["sweep"]["ignored"]) == sorted([theirs.run_id, "L9-d144-D1.5e3-s0"])
+    for name in ("fit.json", "results.csv"):
+        assert _mode(out / name) == umask_027, name
+    assert not list(out.glob(".*.tmp"))
 
 
 def test_atomic_writes_create_files_as_open_does(tmp_path, umask_027):

@@ -68,7 +68,7 @@ class StepTimer:
             batch = sh.make_global_batch(run.mesh, run.batches.train_batch(0, *run.rows), r.cfg.train.batch_size)
             self.loops[trainer.key] = {"trainer": trainer, "state": trainer.init_state(), "batch": batch,
                                        "windows": []}
-        run.ckpt.close()
+        run.close()
         return trainer.key
 
     def _compiling(self) -> bool:
@@ -133,7 +133,7 @@ def isolated_costs(run_cfg, run_dir: Path, trainers: dict) -> dict:
             ckpt_s += (time.perf_counter() - t0) / 3
             ck.wait()
         ck.close()
-    run.ckpt.close()
+    run.close()
     return {"key": trainer.key, "eval_s": eval_s, "data_s": data_s, "ckpt_s": ckpt_s}
 
 

@@ -8,7 +8,8 @@ Gutenberg corpus, byte tokens) into runs/sweep-default. The spec format, the siz
 target parameter counts and the directory layout are documented in scaling/sweep.py.
 Overrides --section.field VALUE apply to the base train config of every run.
 
-Writes DIR/results.csv (one row per finished run, rebuilt from runs/*/summary.json),
+Writes DIR/results.csv (one row per finished run of the plan, rebuilt from runs/*/summary.json;
+run directories of another spec or config that shared DIR are left out and named),
 DIR/runs/<run_id>/ (experiments.train's outputs) and, when every planned run has finished,
 DIR/fit.json (every fit approach the data supports) and DIR/plots/*.png.
 
@@ -110,6 +111,9 @@ def _report(result, out: Path) -> None:
         statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
     print(f"results: {out / 'results.csv'} ({len(result.rows)} rows: "
           + ", ".join(f"{v} {k}" for k, v in sorted(statuses.items())) + ")")
+    if result.ignored:
+        print(f"ignored {len(result.ignored)} run(s) in {out / 'runs'} that are not runs of this plan (another spec "
+              f"or config shared --out): {', '.join(result.ignored)}")
     if result.pending:
         print(f"{len(result.pending)} planned run(s) not finished yet (other shards?); the fit and plots are "
               f"written when the last one finishes")

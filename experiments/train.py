@@ -1,7 +1,16 @@
-"""Train one GPT: python -m experiments.train --out DIR [--config FILE] [--section.field VALUE ...]
+"""Train one GPT: python -m experiments.train --out DIR [--config FILE] [--overwrite] [--section.field VALUE ...]
 
 Writes DIR/config.yaml, DIR/metrics.jsonl, DIR/summary.json and DIR/checkpoints/.
-Rerunning the same command resumes from the latest checkpoint.
+Rerunning the same command resumes from the latest checkpoint. A directory holding a run
+of another config (model, data, optimizer or budget) is refused unless --overwrite (start
+over) or --resume.allow_config_change true (resume with the new settings). One process at a
+time trains in DIR: it holds DIR/.lock, which names it to any other.
+
+Exit status: 0 the run completed; 2 bad input, or DIR unusable (in use by another process,
+holding another config's run, no checkpoint restorable, or not writable: after a failed
+write, rerun once it is writable to resume from the last checkpoint); 3 the run diverged
+(a non-finite loss beyond --train.skip_nonfinite; summary.json says "diverged" and the last
+good checkpoint is kept).
 """
 
 from __future__ import annotations
@@ -13,25 +22,31 @@ import sys
 from scaling import config as config_lib
 from scaling.errors import ArgumentParser, check_out_dir, exit_on_usage_error
 
+EXIT_DIVERGED = 3
+
 
 def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m experiments.train", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="run directory (created; reused to resume)")
     p.add_argument("--config", help="YAML file of config sections (overrides win over it)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in --out: first remove the config.yaml, metrics.jsonl, summary.json and "
+                        "checkpoints/ of the run there (other files stay)")
     config_lib.add_config_arguments(p)
     return p
 
 
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> dict:
+    """Train; returns the summary (the status is in it: ``exit_status`` maps it to the exit code)."""
     args = parser().parse_args(argv)
     check_out_dir(args.out, "--out")
     cfg = config_lib.resolve(args.config, config_lib.overrides_from_args(args))
     from scaling.train import Run, setup_distributed  # jax is imported only after the config is valid
 
     setup_distributed(cfg)
-    run = Run(cfg, args.out)
+    run = Run(cfg, args.out, overwrite=args.overwrite)
     if run.is_main:
         print(run.cfg.to_yaml(), file=sys.stderr)
     summary = run.run()
@@ -41,5 +56,9 @@ def main(argv: list[str] | None = None) -> dict:
     return summary
 
 
+def exit_status(summary: dict) -> int:
+    return EXIT_DIVERGED if summary["status"] == "diverged" else 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(exit_status(main()))

@@ -1,16 +1,45 @@
-"""Durable file writes: a file is replaced whole or not at all, and survives a power loss once
-the call returns (data, file and directory entry are fsynced)."""
+"""Files every writer shares: atomic writes that honour the umask, and advisory locks.
+
+An atomic write goes to a temporary file beside the target (created like ``open`` creates
+files: mode 0666 less the umask), is flushed to disk, renamed over the target and the
+directory entry synced, so a reader sees the old file or the new one, never a part, and a
+crash never leaves the target half written.
+
+A lock is an exclusive ``flock`` on a file that records its holder (pid and host). The kernel
+releases it when the holding process dies, so a killed run never leaves its directory locked.
+A run directory is held through ``DIR/.lock`` (:func:`hold_directory`) for a whole training
+run, by ``experiments.train`` and by a sweep for each of its runs alike.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import socket
+from collections.abc import Iterator
 from pathlib import Path
+
+from scaling.errors import UsageError
+
+try:
+    import fcntl
+except ImportError:  # no flock (Windows): locks are not taken there
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_FILE = ".lock"
+
+
+# ----------------------------------------------------------------------------- atomic writes
 
 
 def fsync_dir(path: str | Path) -> None:
-    """Make the entries of directory ``path`` (created, renamed or removed files) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    """Make a rename or a new entry in directory ``path`` durable (a no-op where directories
+    cannot be opened for syncing)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (PermissionError, IsADirectoryError):  # Windows opens no directories
+        return
     try:
         os.fsync(fd)
     finally:
@@ -18,16 +47,19 @@ def fsync_dir(path: str | Path) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory, fsynced and
-    renamed into place. The file gets the usual permissions (0666 less the umask)."""
+    """Replace ``path`` with ``data`` atomically and durably; the new file's mode is 0666 less
+    the umask, as for a file created with ``open``. The parent directory must exist."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -36,4 +68,75 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def probe_writable(directory: str | Path) -> None:
+    """Raise the OSError a write into ``directory`` would meet (read-only, gone, not a
+    directory), by creating and removing an empty file there."""
+    probe = Path(directory) / f".write-probe-{socket.gethostname()}-{os.getpid()}"
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
+    probe.unlink()
+
+
+# ----------------------------------------------------------------------------- locks
+
+
+class LockHeld(UsageError):
+    """Another process holds a lock this one needs without waiting."""
+
+
+def _holder_text() -> bytes:
+    return f"pid {os.getpid()} on {socket.gethostname()}\n".encode()
+
+
+def lock_holder(path: str | Path) -> str:
+    """Who holds the lock file ``path``, as it recorded itself ("pid 123 on host")."""
+    try:
+        text = Path(path).read_text(errors="replace").strip()
+    except OSError:
+        text = ""
+    return text.splitlines()[0] if text else "another process"
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path, *, blocking: bool = True) -> Iterator[bool]:
+    """An advisory exclusive lock (flock) on ``path`` (created, with its parents); yields
+    whether it was acquired, and records this process as the holder in the file. Where the
+    filesystem or platform cannot lock, it yields True without locking."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield True
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        except OSError:  # e.g. ENOLCK on a filesystem without locks
+            yield True
+            return
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, _holder_text(), 0)
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def hold_directory(directory: str | Path) -> Iterator[None]:
+    """Hold ``directory``'s lock (``DIR/.lock``, the directory created if missing) without
+    waiting; :class:`LockHeld` naming the holder if another process has it."""
+    lock = Path(directory) / LOCK_FILE
+    with file_lock(lock, blocking=False) as got:
+        if not got:
+            raise LockHeld(f"{directory} is in use by {lock_holder(lock)} (it holds {lock}); wait for it to "
+                           f"finish or use another --out")
+        yield

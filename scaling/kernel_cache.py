@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from scaling.sweep_results import file_lock
+from scaling.io import file_lock
 
 
 class KernelCacheError(Exception):

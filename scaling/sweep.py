@@ -2,7 +2,7 @@
 
 The spec is parsed in ``scaling.sweep_spec``, the plan (sizing rule, runs, printing) made in
 ``scaling.sweep_plan``, its wall time estimated in ``scaling.sweep_calibrate``, the sweep
-directory's files (locks, log, results.csv) kept by ``scaling.sweep_results`` and the fit,
+directory's files (log, results.csv) kept by ``scaling.sweep_results`` and the fit,
 plots and report written by ``scaling.sweep_report``; their public names are re-exported
 here, so ``from scaling import sweep`` reaches all of them.
 
@@ -60,44 +60,49 @@ Run ids are ``L<n_layer>-d<d_model>-D<tokens>-s<seed>`` (e.g. ``L4-d128-D2.0e6-s
 Sweep directory::
 
     DIR/plan.json                 the whole plan (every run's shape, N, D, C, budget, seed, arm)
-    DIR/runs/<run_id>/            experiments.train's outputs, plus plan.json (this run's plan entry)
-    DIR/results.csv               one row per finished run, rebuilt from runs/*/summary.json
+    DIR/runs/<run_id>/            experiments.train's outputs, plus plan.json (this run's plan entry);
+                                  .lock is held while the run trains (by a sweep or experiments.train)
+    DIR/results.csv               one row per finished run of the plan, rebuilt from runs/*/summary.json
     DIR/sweep_log.jsonl           one line per run start/end: run_id, start step, status, pid, host
     DIR/fit.json, DIR/plots/      when every planned run has finished
-    DIR/locks/                    advisory locks (a run being trained; the results rebuild)
+    DIR/locks/                    advisory lock of the results rebuild
+
+Only the plan's runs count: results.csv, the fit and the plots leave out run directories of
+another plan that shared the directory (a run id the plan does not have, or a run trained
+with another config), and name them (``SweepResult.ignored``, ``sweep.ignored`` in fit.json).
 
 Rerunning resumes: finished runs are kept (a diverged one is retried only with
 ``retry_diverged``: it resumes from its last good checkpoint), a partial run resumes from its
 checkpoint. ``shard=(i, n)`` runs the plan's runs ``i, i+n, i+2n, ...``; a run being trained by
-another process (a lock held) is skipped, and the results table is rebuilt under a lock from
-every run's summary.json, so concurrent shards never lose or duplicate a row. The shard that
-finishes last (when every planned run has a summary) writes fit.json and the plots.
+another process (its directory's lock held) is skipped, and the results table is rebuilt under
+a lock from every run's summary.json, so concurrent shards never lose or duplicate a row. The
+shard that finishes last (when every planned run has a summary) writes fit.json and the plots.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import json
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from scaling.io import LockHeld, atomic_write_text, file_lock
 from scaling.sweep_calibrate import Calibration, calibrate
 from scaling.sweep_plan import (Plan, PlannedRun, check_outputs, count, fit_support, format_duration, format_plan,
                                 format_tokens, make_plan, parse_shard, shape_for, shape_key)
 from scaling.sweep_report import _results_digest, finalize, fit_report, fit_sweep, write_plots
-from scaling.sweep_results import (RESULT_COLUMNS, VOLATILE_COLUMNS, _read_json, atomic_write, collect_rows,
-                                   file_lock, log_event, read_log, rebuild_results, results_csv_text)
+from scaling.sweep_results import (RESULT_COLUMNS, VOLATILE_COLUMNS, _read_json, collect_rows, ignored_runs,
+                                   log_event, read_log, rebuild_results, results_csv_text)
 from scaling.sweep_spec import Arm, Budget, ModelSpec, Sizing, Spec, load_spec, parse_number
 
 __all__ = [  # the re-exported names, and this module's own
     "Arm", "Budget", "Calibration", "ModelSpec", "Plan", "PlannedRun", "RESULT_COLUMNS", "Sizing", "Spec",
-    "SweepResult", "VOLATILE_COLUMNS", "_results_digest", "atomic_write", "calibrate", "check_outputs",
-    "collect_rows", "count", "execute", "file_lock", "finalize", "fit_report", "fit_support", "fit_sweep",
-    "format_duration", "format_plan", "format_tokens", "load_spec", "log_event", "make_plan", "parse_number",
-    "parse_shard", "read_log", "rebuild_results", "results_csv_text", "shape_for", "shape_key", "write_plots",
+    "SweepResult", "VOLATILE_COLUMNS", "_results_digest", "calibrate", "check_outputs", "collect_rows", "count",
+    "execute", "file_lock", "finalize", "fit_report", "fit_support", "fit_sweep", "format_duration", "format_plan",
+    "format_tokens", "ignored_runs", "load_spec", "log_event", "make_plan", "parse_number", "parse_shard",
+    "read_log", "rebuild_results", "results_csv_text", "shape_for", "shape_key", "write_plots",
 ]
 
 
@@ -110,6 +115,7 @@ class SweepResult:
     skipped: list[str] = field(default_factory=list)  # finished before (kept)
     busy: list[str] = field(default_factory=list)  # being trained by another process
     pending: list[str] = field(default_factory=list)  # planned runs without a summary at the end
+    ignored: list[str] = field(default_factory=list)  # run directories of another plan (not in the results)
     fit: dict | None = None
     rows: list[dict] = field(default_factory=list)
 
@@ -135,15 +141,15 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
 
     out = Path(out)
     is_main = jax.process_index() == 0
-    locking = jax.process_count() == 1
+    single = jax.process_count() == 1
     progress = plan.base.train.progress if progress is None else progress
     mine = plan.shard(*shard)
     res = SweepResult()
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "plan.json", json.dumps({"spec": plan.spec.path, "name": plan.spec.name,
-                                                    "runs": [r.to_json() for r in plan.runs]}, indent=1))
-        rebuild_results(out)
+        atomic_write_text(out / "plan.json", json.dumps({"spec": plan.spec.path, "name": plan.spec.name,
+                                                         "runs": [r.to_json() for r in plan.runs]}, indent=1))
+        rebuild_results(out, plan)
 
     def finished(r: PlannedRun) -> bool:
         st = _run_state(out / "runs" / r.run_id)
@@ -168,17 +174,19 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
             if finished(r):
                 res.skipped.append(r.run_id)
                 continue
-            lock_cm = file_lock(out / "locks" / f"{r.run_id}.lock", blocking=False) if locking \
-                else contextlib.nullcontext(True)
-            with lock_cm as got:
-                if not got:
-                    res.busy.append(r.run_id)
-                    bar.write(f"[{r.index}] {r.run_id}: being trained by another process; skipped")
-                    continue
+            try:  # the Run holds the run directory's lock (process 0) until it ends
+                run = Run(r.cfg, run_dir, trainers=trainers)
+            except LockHeld:
+                if not single:  # the other processes would wait for this one in the collectives
+                    raise
+                res.busy.append(r.run_id)
+                bar.write(f"[{r.index}] {r.run_id}: being trained by another process; skipped")
+                continue
+            with run:
                 if finished(r):  # finished by another process meanwhile
                     res.skipped.append(r.run_id)
                     continue
-                _train_one(plan, r, run_dir, out, is_main, bar, Run, trainers)
+                _train_one(plan, r, run, out, is_main, bar)
                 res.trained.append(r.run_id)
             if after_run is not None:
                 after_run(r)
@@ -186,12 +194,13 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
             bar.update(r.flops["6nd"])
             bar.set_postfix_str(f"runs {n_done}/{len(mine)}")
             if is_main:
-                rebuild_results(out)
+                rebuild_results(out, plan)
     finally:
         ahead.shutdown(wait=False, cancel_futures=True)
         bar.close()
     if is_main:
-        res.rows = rebuild_results(out)
+        res.rows = rebuild_results(out, plan)
+        res.ignored = ignored_runs(out, plan)
         res.pending = [r.run_id for r in plan.runs if _run_state(out / "runs" / r.run_id) is None]
         if plan.spec.fit and not res.pending:
             res.fit = finalize(plan, out, echo=echo)
@@ -222,15 +231,14 @@ def _compile_ahead(runs: list[PlannedRun], trainers: dict, pool) -> None:
             pool.submit(build, key, r.cfg, mesh, r.steps)
 
 
-def _train_one(plan: Plan, r: PlannedRun, run_dir: Path, out: Path, is_main: bool, bar, Run,
-               trainers: dict | None = None) -> dict:
+def _train_one(plan: Plan, r: PlannedRun, run, out: Path, is_main: bool, bar) -> dict:
+    """Train planned run ``r`` with ``run`` (a Run into its directory, holding the lock)."""
+    run_dir = run.out
     if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / "plan.json", json.dumps({**r.to_json(), "sweep": plan.spec.name}, indent=1))
+        atomic_write_text(run_dir / "plan.json", json.dumps({**r.to_json(), "sweep": plan.spec.name}, indent=1))
         old = run_dir / "summary.json"
         if old.is_file():  # a diverged run being retried: keep its summary aside
             os.replace(old, run_dir / "summary.diverged.json")
-    run = Run(r.cfg, run_dir, trainers=trainers)
     ckpts = run.ckpt.steps()
     start = ckpts[-1] if ckpts else 0
     if is_main:

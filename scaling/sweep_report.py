@@ -8,8 +8,9 @@ import math
 from pathlib import Path
 
 from scaling.errors import UsageError
+from scaling.io import atomic_write_text, file_lock
 from scaling.sweep_plan import _MIN_APPROACH3, Plan
-from scaling.sweep_results import _read_json, _rebuild_unlocked, atomic_write, collect_rows, file_lock
+from scaling.sweep_results import _read_json, _rebuild_unlocked, collect_rows, ignored_runs
 
 
 # ----------------------------------------------------------------------------- fit and plots
@@ -22,23 +23,25 @@ def _results_digest(out: Path) -> str:
 def finalize(plan: Plan, out: Path, *, echo=print, force: bool = False) -> dict:
     """Rebuild results.csv, then fit.json and plots/ from it, all under the results lock (so a
     concurrent shard cannot change the table in between); the fit is skipped when fit.json
-    already describes the same results.csv. Returns the fit dict."""
+    already describes the same results.csv. Only the plan's runs count; fit.json names the
+    others under ``sweep.ignored``. Returns the fit dict."""
     out = Path(out)
     with file_lock(out / "locks" / "results.lock"):
-        _rebuild_unlocked(out)
+        _rebuild_unlocked(out, plan)
         digest = _results_digest(out)
         old = _read_json(out / "fit.json")
         if not force and old and old.get("sweep", {}).get("results_sha256") == digest:
             return old
         result = fit_sweep(plan, out)
         result["sweep"] = {"name": plan.spec.name, "spec": plan.spec.path, "results": str(out / "results.csv"),
-                           "results_sha256": digest, "n_planned": len(plan.runs)}
+                           "results_sha256": digest, "n_planned": len(plan.runs),
+                           "ignored": ignored_runs(out, plan)}
         try:
             paths = write_plots(plan, out, result)
             result["sweep"]["plots"] = [str(p.relative_to(out)) for p in paths]
         except Exception as e:  # a plot failing must not lose the fit
             result["sweep"]["plots_error"] = f"{type(e).__name__}: {e}"
-        atomic_write(out / "fit.json", json.dumps(result, indent=2) + "\n")
+        atomic_write_text(out / "fit.json", json.dumps(result, indent=2) + "\n")
     echo(fit_report(result))
     return result
 
@@ -85,7 +88,7 @@ def fit_sweep(plan: Plan, out: Path) -> dict:
                                  group_col="arm" if plan.has_arms else None)
     except UsageError as e:
         return {"error": f"no fit: {e}"}
-    rows = {r["run_id"]: r for r in collect_rows(out)}
+    rows = {r["run_id"]: r for r in collect_rows(out, plan)}
     ids = [rid for rid, r in rows.items() if r.get("status") == "completed"]
     curves_by_id = {rid: c for rid in ids if (c := _curve(out / "runs" / rid, rows[rid])) is not None}
     inp = {"results": str(out / "results.csv"), "n_col": "n_params", "d_col": "tokens", "loss_col": loss_col,
@@ -149,7 +152,7 @@ def write_plots(plan: Plan, out: Path, result: dict) -> list[Path]:
         for arm, r in fits.items():
             part = runs if arm is None else runs.subset(runs.group == arm)
             paths += fit_plots.make_all(plots_dir if arm is None else plots_dir / arm, part, _for_plots(r))
-    rows = collect_rows(out)
+    rows = collect_rows(out, plan)
     for arm in sorted({r.get("arm") for r in rows}, key=str):
         sub = [r for r in rows if r.get("arm") == arm]
         fit = fits.get(arm, {}) if fits else {}

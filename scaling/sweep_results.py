@@ -1,20 +1,23 @@
-"""A sweep directory's files: atomic writes, advisory locks, the run log and results.csv."""
+"""A sweep directory's files: the run log and results.csv (of the plan's runs only)."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import math
 import os
 import socket
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any
 
+from scaling import config as config_lib
+from scaling.errors import UsageError
+from scaling.io import atomic_write_text, file_lock
 
+if TYPE_CHECKING:  # (sweep_plan reaches this module through sweep_spec: annotations only)
+    from scaling.sweep_plan import Plan
 
 RESULT_COLUMNS = (
     "run_id", "n_layer", "d_model", "n_head", "seq_len", "batch_size", "n_params", "n_params_nonembed", "tokens",
@@ -26,19 +29,7 @@ VOLATILE_COLUMNS = ("wall_s", "compile_s", "tokens_per_s")
 """Columns that depend on the machine and timing (everything else is reproducible)."""
 
 
-# ----------------------------------------------------------------------------- files and locks
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+# ----------------------------------------------------------------------------- files
 
 
 def _read_json(path: Path) -> dict | None:
@@ -48,41 +39,12 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-@contextlib.contextmanager
-def file_lock(path: Path, *, blocking: bool = True) -> Iterator[bool]:
-    """An advisory exclusive lock (flock) on ``path``; yields whether it was acquired. The
-    kernel releases it when the process dies, so a killed worker never leaves it held. Where
-    the filesystem cannot lock (no flock), it yields True without locking."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): no locking
-        yield True
-        return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        except OSError:  # e.g. ENOLCK on a filesystem without locks
-            yield True
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
 def log_event(out: Path, **event) -> None:
     """Append one line to DIR/sweep_log.jsonl (a single O_APPEND write)."""
     event = {"time": round(time.time(), 3), "host": socket.gethostname(), "pid": os.getpid(), **event}
     line = (json.dumps(event) + "\n").encode()
     out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / "sweep_log.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    fd = os.open(out / "sweep_log.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
         os.write(fd, line)
     finally:
@@ -105,25 +67,57 @@ def read_log(out: Path) -> list[dict]:
 # ----------------------------------------------------------------------------- results table
 
 
-def collect_rows(out: Path) -> list[dict]:
-    """One row per run directory with a summary.json (joined with its plan.json), in plan order."""
-    rows = []
+def _run_identity(run_dir: Path) -> str | None:
+    """The config identity of the run trained in ``run_dir`` (by its config.yaml), or None."""
+    try:
+        return config_lib.from_dict(config_lib.load_yaml(run_dir / "config.yaml")).identity_hash()
+    except UsageError:
+        return None
+
+
+def _summaries(out: Path, plan: Plan | None) -> tuple[list[tuple[Path, dict]], list[str]]:
+    """(run directory, summary) of every finished run of ``plan`` (all of DIR/runs without a
+    plan), and the run ids of the others, which are left out: a run of another plan (a
+    run id it does not have, or trained with another config: model, data, optimizer or
+    budget) that shared the directory. With ``resume.allow_config_change`` a planned run
+    id counts whatever its config."""
+    planned = None if plan is None else {r.run_id: r.cfg.identity_hash() for r in plan.runs}
+    any_config = plan is not None and plan.base.resume.allow_config_change
+    kept, ignored = [], []
     for summary_path in sorted((Path(out) / "runs").glob("*/summary.json")):
         summary = _read_json(summary_path)
         if summary is None:
             continue
         run_dir = summary_path.parent
-        plan = _read_json(run_dir / "plan.json") or {}
+        if planned is not None and (run_dir.name not in planned or
+                                    not (any_config or _run_identity(run_dir) == planned[run_dir.name])):
+            ignored.append(run_dir.name)
+            continue
+        kept.append((run_dir, summary))
+    return kept, ignored
+
+
+def ignored_runs(out: Path, plan: Plan) -> list[str]:
+    """Run ids under DIR/runs with a summary that are not runs of ``plan`` (see ``_summaries``)."""
+    return _summaries(out, plan)[1]
+
+
+def collect_rows(out: Path, plan: Plan | None = None) -> list[dict]:
+    """One row per finished run of ``plan`` (every run directory with a summary.json when no
+    plan is given), joined with its plan.json, in plan order."""
+    rows = []
+    for run_dir, summary in _summaries(out, plan)[0]:
+        entry = _read_json(run_dir / "plan.json") or {}  # the run's plan entry
         row = {k: summary.get(k) for k in RESULT_COLUMNS if k in summary}
         row["run_id"] = run_dir.name
-        row["budget"] = plan.get("budget")
-        row["seed"] = plan.get("seed", summary.get("seed"))
-        row["target_n"] = plan.get("target_n")
-        if plan.get("arm") is not None:
-            row["arm"] = plan["arm"]
-        for k, v in (plan.get("tags") or {}).items():
+        row["budget"] = entry.get("budget")
+        row["seed"] = entry.get("seed", summary.get("seed"))
+        row["target_n"] = entry.get("target_n")
+        if entry.get("arm") is not None:
+            row["arm"] = entry["arm"]
+        for k, v in (entry.get("tags") or {}).items():
             row[k] = v
-        row["_index"] = plan.get("index", 1 << 30)
+        row["_index"] = entry.get("index", 1 << 30)
         rows.append(row)
     rows.sort(key=lambda r: (r["_index"], r["run_id"]))
     return rows
@@ -156,16 +150,17 @@ def results_csv_text(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def rebuild_results(out: Path) -> list[dict]:
-    """Rewrite DIR/results.csv (temp file + os.replace, under DIR/locks/results.lock) from every
-    runs/*/summary.json; returns the rows. Readers never see a partial file; two writers
-    never interleave, and the last one reads every summary written before it took the lock."""
+def rebuild_results(out: Path, plan: Plan | None = None) -> list[dict]:
+    """Rewrite DIR/results.csv (an atomic write under DIR/locks/results.lock) from the
+    runs/*/summary.json of ``plan``'s runs; returns the rows. Readers never see a partial file;
+    two writers never interleave, and the last one reads every summary written before it took
+    the lock."""
     out = Path(out)
     with file_lock(out / "locks" / "results.lock"):
-        return _rebuild_unlocked(out)
+        return _rebuild_unlocked(out, plan)
 
 
-def _rebuild_unlocked(out: Path) -> list[dict]:
-    rows = collect_rows(out)
-    atomic_write(out / "results.csv", results_csv_text(rows))
+def _rebuild_unlocked(out: Path, plan: Plan | None = None) -> list[dict]:
+    rows = collect_rows(out, plan)
+    atomic_write_text(out / "results.csv", results_csv_text(rows))
     return rows

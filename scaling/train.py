@@ -24,7 +24,11 @@ import contextlib
 import copy
 import dataclasses
 import json
+import logging
 import math
+import os
+import re
+import shutil
 import sys
 import threading
 import time
@@ -37,11 +41,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from scaling import attention as attn_lib
+from scaling import config as config_lib
 from scaling import flops as flops_lib
+from scaling import io as run_io
 from scaling import sharding as sh
 from scaling.checkpoint import Checkpointer, CorruptCheckpoints, abstract_with_shardings
 from scaling.config import Config, OptimConfig
@@ -406,7 +413,6 @@ class Trainer:
 
 def setup_distributed(cfg: Config) -> None:
     """Join a multi-process run (``--dist.*`` or JAX's environment variables)."""
-    import os
     if jax.distributed.is_initialized():
         return
     if cfg.dist.num_processes > 1 or os.environ.get("JAX_COORDINATOR_ADDRESS"):
@@ -423,11 +429,23 @@ def setup_distributed(cfg: Config) -> None:
 class Run:
     """One training run into ``out``: plans and checks everything before any compute.
 
+    The run owns its directory: process 0 holds ``out/.lock`` from construction until ``run``
+    (or ``close``) ends, so a second process on the same directory stops with one line naming
+    the holder. A directory holding another config's run (by ``config.yaml`` or checkpoint
+    metadata) is refused unless ``overwrite`` (start over: the old config, metrics, summary
+    and checkpoints are removed first) or ``resume.allow_config_change``. ``config.yaml`` is
+    written only once the state is known (restored or freshly initialised), so a failed resume
+    leaves the directory as it was. A write that fails (read-only directory, full disk) ends the
+    run with one line; the last committed checkpoint stays, and rerunning resumes from it.
+
     ``trainers`` (a dict the caller keeps, keyed by ``Trainer.program_key``) lets runs of the
     same shape share compiled functions: a sweep passes the same dict to all its runs.
     """
 
-    def __init__(self, cfg: Config, out: Path, trainers: dict | None = None):
+    OUTPUTS = ("summary.json", "checkpoints", "metrics.jsonl", "config.yaml")
+    """What a run writes into its directory (and ``overwrite`` removes, in this order)."""
+
+    def __init__(self, cfg: Config, out: Path, trainers: dict | None = None, *, overwrite: bool = False):
         self.out = Path(out)
         self.trainers = trainers
         self.splits = load_tokens(cfg.data)
@@ -447,25 +465,129 @@ class Run:
                                sampler=_curriculum_sampler(cfg, self.splits))
         self.rows = sh.process_batch_rows(self.mesh, cfg.train.batch_size)
         self.is_main = jax.process_index() == 0
-        self.ckpt = Checkpointer(self.out / "checkpoints", cfg.checkpoint)
-        self._check_resumable()
+        self._held = contextlib.ExitStack()  # the directory's lock (process 0), released by close()
+        self._write_failed = False  # a write failed (and was reported)
+        self._ckpt_broken = False  # ... inside orbax: its writer threads may wait on each other for minutes
+        self._closed = False
+        try:
+            if self.is_main:
+                with self._writing("lock"):
+                    self._held.enter_context(run_io.hold_directory(self.out))
+            if overwrite:
+                self._start_over()
+            else:
+                self._check_directory()
+            with self._writing("open the checkpoints of", checkpointer=True):
+                self.ckpt = Checkpointer(self.out / "checkpoints", cfg.checkpoint)
+            self._check_resumable()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Finish the checkpoint save in flight and release the directory (idempotent). After a
+        write failed inside orbax, its checkpointer is abandoned instead (its writer threads
+        would wait minutes for each other); after a write failed elsewhere, the save in flight
+        is waited for (so that no writer thread outlives the run) and whatever it meets in
+        the same directory is not reported again."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not hasattr(self, "ckpt") or self._ckpt_broken:
+                return
+            if not self._write_failed:
+                with self._writing("finish a checkpoint of", checkpointer=True):
+                    self.ckpt.close()
+                return
+            try:
+                self.ckpt.close()
+            except (OSError, ValueError) as e:
+                if not _is_write_error(e):
+                    raise
+        finally:
+            self._held.close()
+
+    @contextlib.contextmanager
+    def _writing(self, what: str = "write the outputs of", checkpointer: bool = False):
+        """Turn an OSError of writing into the run directory into one line (a UsageError);
+        ``checkpointer``: the write is orbax's."""
+        try:
+            yield
+        except (OSError, ValueError) as e:
+            if not _is_write_error(e):
+                raise
+            self._write_failed = True
+            self._ckpt_broken |= checkpointer
+            raise UsageError(f"cannot {what} the run in {self.out}: {str(e).splitlines()[0]}; rerun once it is "
+                             f"writable to resume from the last checkpoint") from None
+
+    def _check_directory(self) -> None:
+        """Refuse a directory that holds another config's run (by its config.yaml), or outputs
+        without a config.yaml (whose run cannot be told)."""
+        stored = self.out / "config.yaml"
+        if not stored.is_file():
+            found = [n for n in ("metrics.jsonl", "summary.json") if (self.out / n).exists()]
+            if found:
+                raise UsageError(f"{self.out} holds {' and '.join(found)} but no config.yaml (not a run of this "
+                                 f"config); use another --out, or --overwrite to start over")
+            return
+        try:
+            old = config_lib.from_dict(config_lib.load_yaml(stored))
+        except UsageError as e:
+            raise UsageError(f"{stored} is not a readable run config ({e}); use another --out, or --overwrite "
+                             f"to start over") from None
+        if old.identity_hash() != self.cfg.identity_hash() and not self.cfg.resume.allow_config_change:
+            raise UsageError(f"{self.out} holds a run of a different config (model, data, optimizer or budget "
+                             f"changed); use another --out, --overwrite to start over, or "
+                             f"--resume.allow_config_change true")
+
+    def _start_over(self) -> None:
+        """Remove the run's own outputs (by name: anything else in the directory stays). The
+        config goes last, so an interrupted start-over is still refused as another config."""
+        if self.is_main:
+            with self._writing("start over"):
+                for name in self.OUTPUTS:
+                    p = self.out / name
+                    if p.is_dir() and not p.is_symlink():
+                        aside = self.out / f".{name}.removing-{os.getpid()}"
+                        os.replace(p, aside)  # gone at once for readers; deleted below
+                        shutil.rmtree(aside)
+                    else:
+                        p.unlink(missing_ok=True)
+        if jax.process_count() > 1:  # the others list checkpoints only once they are gone
+            multihost_utils.sync_global_devices("scaling.train.start_over")
 
     def _check_resumable(self) -> None:
+        """Before any compute: refuse when the latest checkpoint's metadata names another config."""
         steps = self.ckpt.steps()
         if not steps or self.cfg.resume.allow_config_change:
             return
         meta = self.ckpt.read_meta(steps[-1])
-        if meta and meta.get("config_hash") != self.cfg.identity_hash():
-            raise UsageError(f"{self.out} holds checkpoints of a different config (model, data, optimizer or "
-                             f"budget changed); use a new --out or --resume.allow_config_change true")
+        if meta:
+            self._check_identity(meta, steps[-1])
+
+    def _check_identity(self, meta: dict, step: int) -> None:
+        if self.cfg.resume.allow_config_change or meta.get("config_hash") == self.cfg.identity_hash():
+            return
+        raise UsageError(f"{self.out} holds checkpoints of a different config (model, data, optimizer or budget "
+                         f"changed; checkpoint {step}); use another --out, --overwrite to start over, or "
+                         f"--resume.allow_config_change true")
 
     def _write_config(self) -> None:
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(self.cfg.to_yaml())
+            with self._writing():
+                run_io.atomic_write_text(self.out / "config.yaml", self.cfg.to_yaml())
 
     def _restore_or_init(self, trainer: Trainer) -> TrainState:
-        """The latest restorable state (and its recent losses and earlier wall time), or a fresh one."""
+        """The latest restorable state (and its recent losses and earlier wall time), or a fresh
+        one; a restored checkpoint of another config is refused."""
         self._recent: collections.deque[float] = collections.deque(maxlen=10)
         self._prior_wall_s, self._init_s = 0.0, 0.0
         try:
@@ -480,9 +602,11 @@ class Run:
             state = trainer.init_state()
             self._init_s = time.time() - t0
             return state
-        self._recent.extend(restored[1].get("recent_losses", []))
-        self._prior_wall_s = float(restored[1].get("wall_s", 0.0))
-        return restored[0]
+        state, meta, step = restored
+        self._check_identity(meta, step)
+        self._recent.extend(meta.get("recent_losses", []))
+        self._prior_wall_s = float(meta.get("wall_s", 0.0))
+        return state
 
     def trainer(self) -> Trainer:
         """This run's Trainer: sharing the compiled functions of an earlier run of its shape
@@ -496,28 +620,42 @@ class Run:
         return shared.for_run(self.cfg, self.steps)
 
     def run(self) -> dict:
-        """Train (or resume) to the end, evaluate, write summary.json; returns the summary."""
+        """Train (or resume) to the end, evaluate, write summary.json; returns the summary. The
+        directory is released at the end (``close``)."""
         t0 = time.time()
-        self._write_config()
-        trainer = self.trainer()
-        # the programs not yet compiled (by an earlier run of the shape or a sweep's compile-ahead
-        # pool) build on a thread of their own: the train step while this thread initialises,
-        # evaluation and the FLOP count while it trains
-        ahead = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile")
-        try:
-            trainer.compile_ahead(ahead)
-            return self._train(trainer, t0)
-        finally:
-            ahead.shutdown(wait=False, cancel_futures=True)
+        with _quiet_write_errors(self):
+            try:
+                trainer = self.trainer()
+                # the programs not yet compiled (by an earlier run of the shape or a sweep's
+                # compile-ahead pool) build on a thread of their own: the train step while this
+                # thread initialises, evaluation and the FLOP count while it trains
+                ahead = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile")
+                try:
+                    trainer.compile_ahead(ahead)
+                    return self._train(trainer, t0)
+                finally:
+                    ahead.shutdown(wait=False, cancel_futures=True)
+            finally:
+                self.close()
+
+    def _save(self, step: int, state: TrainState, meta: dict) -> None:
+        with self._writing("save a checkpoint of"):
+            # a directory that cannot take the save stops here, before orbax's writer threads
+            # meet it (they would log tracebacks, and then wait minutes for each other)
+            run_io.probe_writable(self.ckpt.directory)
+        with self._writing("save a checkpoint of", checkpointer=True):
+            self.ckpt.save(step, state, meta)
 
     def _train(self, trainer: Trainer, t0: float) -> dict:
         cfg = self.cfg
         self._compile_shared = trainer.step_compiled
         state = self._restore_or_init(trainer)
         start = int(jax.device_get(state.step))
+        self._write_config()
         metrics_path = self.out / "metrics.jsonl"
         if self.is_main:
-            _truncate_metrics(metrics_path, start)
+            with self._writing():
+                _truncate_metrics(metrics_path, start)
         compile_t0 = time.time()
         trainer.compile_step()
         # the time this run waited for its init and train step to compile (~0 when compiled ahead)
@@ -550,14 +688,17 @@ class Run:
                 if eval_due:
                     val = self.evaluate(trainer, state.params)
                     logger.add_val(step, val)
-                logger.flush()
+                with self._writing():
+                    logger.flush()
                 if ckpt_due:
-                    self.ckpt.save(step, state, {"config_hash": cfg.identity_hash(),
-                                                 "val_loss": None if val is None else val[0],
-                                                 "recent_losses": list(self._recent),
-                                                 "wall_s": self._prior_wall_s + time.time() - t0})
-        logger.flush()
-        self.ckpt.wait()
+                    self._save(step, state, {"config_hash": cfg.identity_hash(),
+                                             "val_loss": None if val is None else val[0],
+                                             "recent_losses": list(self._recent),
+                                             "wall_s": self._prior_wall_s + time.time() - t0})
+        with self._writing():
+            logger.flush()
+        with self._writing("save a checkpoint of", checkpointer=True):
+            self.ckpt.wait()
         bar.close()
         if val is None and status == "completed":
             val = self.evaluate(trainer, state.params)
@@ -565,8 +706,8 @@ class Run:
         wall_s = self._prior_wall_s + time.time() - t0  # earlier processes' time up to their last checkpoint
         summary = self._summary(state, status, val, fpt, xla_step, compile_s, wall_s, logger)
         if self.is_main:
-            _atomic_json(self.out / "summary.json", summary)
-        self.ckpt.close()
+            with self._writing():
+                run_io.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=1))
         return summary
 
     def _handle(self, pending, logger: "MetricsLogger", bar) -> bool:
@@ -663,9 +804,10 @@ class MetricsLogger:
             self.lines.append({"step": step, "tokens": tokens, "flops": self.fpt["6nd"] * tokens,
                                "flops_chinchilla": self.fpt["chinchilla"] * tokens,
                                "val_loss": val[0], "val_bpb": val[1]})
-        self.flush()
 
     def flush(self) -> None:
+        """Append the buffered lines (an OSError leaves them buffered; a torn last line is
+        dropped when the run resumes)."""
         if self.enabled and self.lines:
             with open(self.path, "a") as f:
                 for line in self.lines:
@@ -678,9 +820,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = [ln for ln in path.read_text().splitlines() if ln.strip() and _line_step(ln) <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    tmp.replace(path)
+    run_io.atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
 def _line_step(line: str) -> int:
@@ -690,10 +830,39 @@ def _line_step(line: str) -> int:
         return 1 << 62  # a torn last line from a kill: drop it
 
 
-def _atomic_json(path: Path, obj: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
+# tensorstore (orbax's array writer) reports a failed file operation as a ValueError naming an
+# OS error code or the local file it could not read or write
+_TENSORSTORE_FILE_ERROR = re.compile(r"\[os_error_code='?\d+'?\]|local file \"")
+
+
+def _is_write_error(e: BaseException | None) -> bool:
+    """An OSError, or tensorstore's report of a failed file operation: what writing into an
+    unwritable or full directory raises, in Python or inside orbax."""
+    return isinstance(e, OSError) or (isinstance(e, ValueError) and bool(_TENSORSTORE_FILE_ERROR.search(str(e))))
+
+
+class _QuietWriteErrors(logging.Filter):
+    """Drops orbax's log records (with tracebacks) of a write error in its writer threads, and
+    after ``run`` met one, of any error: the run reports the failure itself in one line (the
+    error reaches it at its next save or wait)."""
+
+    def __init__(self, run: "Run"):
+        super().__init__()
+        self.run = run
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or not (self.run._write_failed or _is_write_error(exc))
+
+
+@contextlib.contextmanager
+def _quiet_write_errors(run: "Run"):
+    log, quiet = logging.getLogger("absl"), _QuietWriteErrors(run)
+    log.addFilter(quiet)
+    try:
+        yield
+    finally:
+        log.removeFilter(quiet)
 
 
 def _with_vocab(cfg: Config, n_vocab: int) -> Config:
@@ -712,8 +881,6 @@ def load_run(run_dir: str | Path) -> tuple[Config, Any]:
 
     Parameters come back replicated on the current devices, ready for inference.
     """
-    from scaling import config as config_lib
-
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise UsageError(f"not a training run directory (no config.yaml): {run_dir}")

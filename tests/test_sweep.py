@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from experiments import sweep as sweep_cli
+from scaling import io as run_io
 from scaling import sweep
 from scaling.config import ModelConfig
 from scaling.errors import UsageError
@@ -462,4 +463,18 @@ def test_compile_ahead_queues_each_shape_once_in_run_order_for_the_runs_to_find(
         if r.shape == shapes[0]:
             run = Run(r.cfg, tmp_path / r.run_id, trainers=trainers)
             assert run.trainer().compile_step() is built.compile_step()
-            run.ckpt.close()
+            run.close()
+
+
+def test_a_run_directory_held_by_another_process_is_skipped_as_busy(tmp_path, capsys, no_compile_cache):
+    """The sweep and experiments.train hold a run through the same lock (runs/<run_id>/.lock):
+    a run held elsewhere (here by this process, through another open file) is skipped, untouched."""
+    spec = write_spec(tmp_path, BASE + "grid: {models: [1e4], tokens: [1536]}\nfit: false\n")
+    out = tmp_path / "sweep"
+    run_dir = out / "runs" / "L1-d16-D1.5e3-s0"
+    with run_io.hold_directory(run_dir):
+        res = sweep_cli.main(["--config", str(spec), "--out", str(out), *QUIET])
+    assert res.busy == ["L1-d16-D1.5e3-s0"] and res.trained == [] and res.rows == []
+    printed = capsys.readouterr()
+    assert "being trained by another process" in printed.out + printed.err
+    assert sorted(p.name for p in run_dir.iterdir()) == [run_io.LOCK_FILE]

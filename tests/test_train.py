@@ -177,6 +177,12 @@ def test_bad_input_exits_2_with_one_line_before_compute(tmp_path, capsys, args, 
     assert (out / "summary.json").read_text() == "precious"
 
 
+def test_help_documents_starting_over_and_the_exit_codes():
+    text = " ".join(train_cli.parser().format_help().split())
+    assert "--overwrite start over in --out" in text
+    assert "2 bad input" in text and f"{train_cli.EXIT_DIVERGED} the run diverged" in text
+
+
 def test_empty_corpus_exits_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit) as e:

@@ -56,15 +56,18 @@ _CHUNK = 1 << 20
 
 
 class Checkpointer:
-    def __init__(self, directory: Path, cfg: CheckpointConfig):
-        self.cfg = cfg
+    def __init__(self, directory: Path, cfg: CheckpointConfig, *, read_only: bool = False):
+        """``read_only`` opens another process's run to read it (generate, evaluate): nothing is
+        created, cleaned up or moved there, so a save in flight in a run still training is safe."""
+        self.cfg, self.read_only = cfg, read_only
         self.directory = Path(directory).absolute()
         policies = [ocp.checkpoint_managers.LatestN(n=cfg.keep)]
         if cfg.keep_best:
             policies.append(ocp.checkpoint_managers.BestN(
                 get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1, keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
-            create=True, enable_async_checkpointing=cfg.async_save, cleanup_tmp_directories=True,
+            create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only,
+            enable_async_checkpointing=cfg.async_save,
             preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
             best_fn=(lambda m: m["val_loss"]) if cfg.keep_best else None, best_mode="min",
             temporary_path_class=_ChecksummedPath)
@@ -136,7 +139,11 @@ class Checkpointer:
                 corrupt.append((step, problem))
                 continue
             for s, p in corrupt:
-                self._set_aside(s, p, f"resuming from checkpoint {step}")
+                if self.read_only:
+                    print(f"warning: checkpoint {s} under {self.directory} is corrupt ({p}); reading "
+                          f"checkpoint {step}", file=sys.stderr)
+                else:
+                    self._set_aside(s, p, f"resuming from checkpoint {step}")
             self._check_shapes(step, abstract_state)
             try:
                 out = self.manager.restore(step, args=ocp.args.Composite(

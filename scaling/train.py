@@ -887,7 +887,7 @@ def load_run(run_dir: str | Path) -> tuple[Config, Any]:
     cfg = config_lib.from_dict(config_lib.load_yaml(run_dir / "config.yaml"))
     mesh = sh.make_mesh(sh.mesh_shape(config_lib.MeshConfig(), jax.device_count()))
     trainer = Trainer(cfg, mesh, steps_for(cfg))
-    ckpt = Checkpointer(run_dir / "checkpoints", cfg.checkpoint)
+    ckpt = Checkpointer(run_dir / "checkpoints", cfg.checkpoint, read_only=True)
     try:
         restored = ckpt.restore_latest(trainer.abstract_state)
     finally:

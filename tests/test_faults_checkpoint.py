@@ -16,6 +16,7 @@ from experiments import train as train_cli
 from scaling.checkpoint import MANIFEST, Checkpointer, verify_step
 from scaling.config import CheckpointConfig
 from scaling.errors import UsageError
+from scaling.train import load_run
 from tests.conftest import TINY
 from tests.test_checkpoint import CKPT, _metrics, _params, reference_run
 
@@ -180,3 +181,26 @@ def test_a_checkpoint_of_other_shapes_is_refused_even_when_config_changes_are_al
     assert len(err) == 1 and "checkpoint 80" in err[0] and "float32[128]" in err[0] \
         and "float32[96]" in err[0], err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+
+
+def test_reading_a_run_moves_nothing_and_leaves_a_save_in_flight_alone(reference, tmp_path, capsys):
+    """generate and evaluate read runs that may still be training: a corrupt step is skipped,
+    not moved, and orbax's temporary directory of a save in flight is not cleaned up."""
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    _flip(out / "checkpoints" / "80")
+    in_flight = out / "checkpoints" / "100.orbax-checkpoint-tmp-1234567"
+    (in_flight / "state").mkdir(parents=True)
+    (in_flight / "state" / "part").write_bytes(b"being written")
+    before = sorted(p.name for p in (out / "checkpoints").iterdir())
+    capsys.readouterr()
+    _, params = load_run(out)
+    err = capsys.readouterr().err
+    assert "checkpoint 80" in err and "reading checkpoint 60" in err
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
+    assert (in_flight / "state" / "part").read_bytes() == b"being written"
+    want = Checkpointer(out / "checkpoints", CheckpointConfig(), read_only=True)
+    try:
+        assert want.steps() == [20, 40, 60, 80]
+    finally:
+        want.close()

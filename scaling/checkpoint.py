@@ -169,7 +169,7 @@ class Checkpointer:
             return  # another tree structure: orbax's restore names the difference
         for path, shape in wanted.items():
             if saved[path] != shape:
-                raise UsageError(f"checkpoint {step} under {self.directory} holds {path} as "
+                raise UsageError(f"cannot restore checkpoint {step} under {self.directory}: it holds {path} as "
                                  f"{_fmt(saved[path])}, this run's state as {_fmt(shape)}; use a new --out")
 
     def _set_aside(self, step: int, problem: str, then: str) -> None:

@@ -133,7 +133,11 @@ class Attention(nn.Module):
         q, k, v = (nn.with_logical_constraint(a, names) for a in (q, k, v))
         new_cache = None
         if cache is None:
-            y = attention_kernel(training_attention(cfg))(q, k, v)
+            # The parameters do not depend on which kernel computes attention, and the init's
+            # forward pass (on a dummy batch of one) is traced only to create them: it takes XLA's
+            # attention, so the init neither needs the C++ kernel nor splits that batch over a mesh.
+            kind = "dot_product" if self.is_initializing() else training_attention(cfg)
+            y = attention_kernel(kind)(q, k, v)
         else:
             ck, cv = cache
             k_bshd = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))

@@ -8,6 +8,7 @@ the vocabulary split). Layers only name logical axes; this module alone names me
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -87,28 +88,45 @@ def logical_to_sharding(logical_specs: Any, mesh: jax.sharding.Mesh) -> Any:
     return nn.logical_to_mesh_sharding(logical_specs, mesh, LOGICAL_AXIS_RULES)
 
 
+def _mesh_axes(name: str | None) -> tuple[str, ...]:
+    """The mesh axes the rule table maps logical axis ``name`` to."""
+    axes = None if name is None else dict(LOGICAL_AXIS_RULES).get(name)
+    return () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+
+
 def logical_axis_size(name: str) -> int:
     """How many shards the logical axis ``name`` has under the current mesh (1 without one)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty:
         return 1
-    axes = dict(LOGICAL_AXIS_RULES).get(name)
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
-    return math.prod(mesh.shape[a] for a in axes if a in mesh.shape)
+    return math.prod(mesh.shape[a] for a in _mesh_axes(name) if a in mesh.shape)
 
 
 def shard_local(fn, in_names: tuple, out_names: tuple):
     """``fn`` applied to each device's shard of its arguments (``jax.shard_map``), the shards
     named by logical axes (one tuple per argument, one per output of the tuple ``fn`` returns)
-    through the rule table; ``fn``
-    itself without a mesh of more than one device. For per-shard kernels (custom calls) that
-    XLA cannot partition."""
+    through the rule table; ``fn`` itself without a mesh of more than one device. For per-shard
+    kernels (custom calls) that XLA cannot partition.
+
+    A logical axis is split only where its mesh axes divide every dimension it names in the
+    arguments; otherwise each device takes that dimension whole (a batch of one under a
+    data-parallel mesh: every data shard computes it). XLA pads such uneven shardings for the
+    operations it partitions itself; a per-shard kernel needs equal shards."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or mesh.size == 1:
         return fn
-    spec = lambda names: nn.logical_to_mesh_axes(names, LOGICAL_AXIS_RULES)  # noqa: E731
-    return jax.shard_map(fn, mesh=mesh, in_specs=tuple(map(spec, in_names)), out_specs=tuple(map(spec, out_names)),
-                         check_vma=False)
+
+    def local(*args):
+        whole = {n for names, a in zip(in_names, args) for n, size in zip(names, a.shape)
+                 if size % math.prod(mesh.shape[ax] for ax in _mesh_axes(n) if ax in mesh.shape)}
+
+        def spec(names):
+            return nn.logical_to_mesh_axes(tuple(None if n in whole else n for n in names), LOGICAL_AXIS_RULES)
+
+        return jax.shard_map(fn, mesh=mesh, in_specs=tuple(map(spec, in_names)),
+                             out_specs=tuple(map(spec, out_names)), check_vma=False)(*args)
+
+    return local
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -121,8 +139,6 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 def mesh_context(mesh: jax.sharding.Mesh):
     """Context under which layers' logical constraints resolve against ``mesh``."""
-    import contextlib
-
     stack = contextlib.ExitStack()
     stack.enter_context(jax.set_mesh(mesh))
     stack.enter_context(nn.logical_axis_rules(LOGICAL_AXIS_RULES))

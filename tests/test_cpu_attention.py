@@ -2,6 +2,7 @@
 softmax, values and gradients, on one device and on sharded meshes; and what happens where
 it cannot be used."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from scaling import cpu_attention
 from scaling.attention import causal_attention
 from scaling.config import ModelConfig
 from scaling.errors import UsageError
-from scaling.model import check_attention, training_attention
+from scaling.model import GPT, check_attention, training_attention
 
 from conftest import REPO
 
@@ -72,7 +73,7 @@ def test_loading_the_kernel_keeps_subnormal_numbers_for_the_rest_of_the_process(
 @needs_compiler
 def test_kernel_on_sharded_meshes_matches_one_device():
     """Batch over data/fsdp and heads over model (shard_map through the rule table): the same
-    values and gradients as on one device."""
+    values and gradients as on one device, also for batches the data axes do not divide."""
     code = textwrap.dedent("""
         import jax, jax.numpy as jnp, numpy as np
         from scaling import cpu_attention, sharding as sh
@@ -90,12 +91,32 @@ def test_kernel_on_sharded_meshes_matches_one_device():
                 assert g.sharding.is_equivalent_to(args[0].sharding, 4), (shape, g.sharding)
             for g, w in zip(got, want):
                 np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5)
+        # batches the data axes do not divide: each device takes the batch whole, heads still split
+        wants = {b: f(q[:b], k[:b], v[:b], do[:b]) for b in (1, 3)}
+        with sh.mesh_context(sh.make_mesh({"data": 2, "fsdp": 1, "model": 4})):
+            for b, want in wants.items():
+                got = f(q[:b], k[:b], v[:b], do[:b])
+                for g, w in zip(got, want):
+                    np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5)
         print("ok")
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_init_does_not_run_the_kernel(monkeypatch):
+    """The parameters do not depend on the attention kernel: the init traces XLA's attention,
+    so it needs neither the C++ kernel nor its dummy batch of one split over a mesh."""
+    cfg = ModelConfig(d_model=64, n_head=4, seq_len=16, vocab_size=64, attention="cpu_kernel")
+    monkeypatch.setattr(cpu_attention, "causal_attention", lambda *a: pytest.fail("the init ran the C++ kernel"))
+    tokens = jnp.zeros((1, cfg.seq_len), jnp.int32)
+    got = GPT(cfg).init(jax.random.key(0), tokens)
+    want = GPT(dataclasses.replace(cfg, attention="dot_product")).init(jax.random.key(0), tokens)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
 
 
 @needs_compiler

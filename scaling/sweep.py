@@ -64,7 +64,8 @@ Sweep directory::
                                   .lock is held while the run trains (by a sweep or experiments.train)
     DIR/results.csv               one row per finished run of the plan, rebuilt from runs/*/summary.json
     DIR/sweep_log.jsonl           one line per run start/end: run_id, start step, status, pid, host
-    DIR/fit.json, DIR/plots/      when every planned run has finished
+    DIR/fit.json, DIR/plots/      when every planned run has finished (the plots drawn by the caller's
+                                  ``plot``: experiments.sweep passes analysis.sweep_plots.plot_sweep)
     DIR/locks/                    advisory lock of the results rebuild
 
 Only the plan's runs count: results.csv, the fit and the plots leave out run directories of
@@ -92,17 +93,18 @@ from scaling.io import LockHeld, atomic_write_text, file_lock
 from scaling.sweep_calibrate import Calibration, calibrate
 from scaling.sweep_plan import (Plan, PlannedRun, check_outputs, count, fit_support, format_duration, format_plan,
                                 format_tokens, make_plan, parse_shard, shape_for, shape_key)
-from scaling.sweep_report import _results_digest, finalize, fit_report, fit_sweep, write_plots
+from scaling.sweep_report import (Plotter, SweepFit, _results_digest, finalize, fit_report, fit_sweep,
+                                  load_sweep_runs)
 from scaling.sweep_results import (RESULT_COLUMNS, VOLATILE_COLUMNS, _read_json, collect_rows, ignored_runs,
                                    log_event, read_log, rebuild_results, results_csv_text)
 from scaling.sweep_spec import Arm, Budget, ModelSpec, Sizing, Spec, load_spec, parse_number
 
 __all__ = [  # the re-exported names, and this module's own
-    "Arm", "Budget", "Calibration", "ModelSpec", "Plan", "PlannedRun", "RESULT_COLUMNS", "Sizing", "Spec",
-    "SweepResult", "VOLATILE_COLUMNS", "_results_digest", "calibrate", "check_outputs", "collect_rows", "count",
-    "execute", "file_lock", "finalize", "fit_report", "fit_support", "fit_sweep", "format_duration", "format_plan",
-    "format_tokens", "ignored_runs", "load_spec", "log_event", "make_plan", "parse_number", "parse_shard",
-    "read_log", "rebuild_results", "results_csv_text", "shape_for", "shape_key", "write_plots",
+    "Arm", "Budget", "Calibration", "ModelSpec", "Plan", "PlannedRun", "Plotter", "RESULT_COLUMNS", "Sizing", "Spec",
+    "SweepFit", "SweepResult", "VOLATILE_COLUMNS", "_results_digest", "calibrate", "check_outputs", "collect_rows",
+    "count", "execute", "file_lock", "finalize", "fit_report", "fit_support", "fit_sweep", "format_duration",
+    "format_plan", "format_tokens", "ignored_runs", "load_spec", "load_sweep_runs", "log_event", "make_plan",
+    "parse_number", "parse_shard", "read_log", "rebuild_results", "results_csv_text", "shape_for", "shape_key",
 ]
 
 
@@ -116,7 +118,8 @@ class SweepResult:
     busy: list[str] = field(default_factory=list)  # being trained by another process
     pending: list[str] = field(default_factory=list)  # planned runs without a summary at the end
     ignored: list[str] = field(default_factory=list)  # run directories of another plan (not in the results)
-    fit: dict | None = None
+    fit: SweepFit | None = None  # the fit this call wrote
+    fit_path: Path | None = None  # fit.json, when it describes every planned run (written now or before)
     rows: list[dict] = field(default_factory=list)
 
 
@@ -127,13 +130,13 @@ def _run_state(run_dir: Path) -> str | None:
 
 def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_diverged: bool = False,
             progress: bool | None = None, echo=print, trainers: dict | None = None,
-            after_run=None) -> SweepResult:
+            after_run=None, plot: Plotter | None = None, compile_ahead: bool = True) -> SweepResult:
     """Train this shard's runs one after another (resuming), rebuilding results.csv after each;
-    when every planned run has finished, fit and plot. ``echo`` prints progress lines. Runs of
-    one shape share compiled functions through ``trainers`` (a fresh dict by default; pass
-    the same dict to several calls to share across them); later shapes compile on background
-    threads while earlier runs train. ``after_run(run)``, if given, is called after each run
-    this call trains (benchmarks/sweep_overhead.py times steps there)."""
+    when every planned run has finished, fit (and plot with ``plot``: :func:`finalize`).
+    ``echo`` prints progress lines. Runs of one shape share compiled functions through
+    ``trainers`` (a fresh dict by default; pass the same dict to several calls to share across
+    them); with ``compile_ahead`` later shapes compile on background threads while earlier
+    runs train. ``after_run(run)``, if given, is called after each run this call trains."""
     import jax
     from tqdm import tqdm
 
@@ -168,7 +171,8 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
     ahead = concurrent.futures.ThreadPoolExecutor(max(1, (os.cpu_count() or 1) // 4),
                                                   thread_name_prefix="compile-ahead")
     try:
-        _compile_ahead([r for r in mine if not finished(r)], trainers, ahead)
+        if compile_ahead:
+            _compile_ahead([r for r in mine if not finished(r)], trainers, ahead)
         for r in mine:
             run_dir = out / "runs" / r.run_id
             if finished(r):
@@ -203,7 +207,8 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
         res.ignored = ignored_runs(out, plan)
         res.pending = [r.run_id for r in plan.runs if _run_state(out / "runs" / r.run_id) is None]
         if plan.spec.fit and not res.pending:
-            res.fit = finalize(plan, out, echo=echo)
+            res.fit = finalize(plan, out, plot=plot, echo=echo)
+            res.fit_path = out / "fit.json"
     return res
 
 

@@ -21,8 +21,8 @@ from scaling.laws.report import report
 from scaling.laws.result import FitOutput, FitResult
 from scaling.laws.runs import Runs, load_runs, read_curve
 from scaling.laws.support import SWEEP
-from scaling.sweep_plan import Plan
-from scaling.sweep_results import _read_json, _rebuild_unlocked, collect_rows, ignored_runs
+from scaling.sweep.plan import Plan
+from scaling.sweep.results import collect_rows, ignored_runs, read_json, rebuild_unlocked
 
 __all__ = ["SweepFit", "Plotter", "fit_sweep", "finalize", "fit_report", "load_sweep_runs"]
 
@@ -74,9 +74,9 @@ def finalize(plan: Plan, out: Path, *, plot: Plotter | None = None, echo=print, 
     count; fit.json names the others under ``sweep.ignored``. Returns the fit written."""
     out = Path(out)
     with file_lock(out / "locks" / "results.lock"):
-        _rebuild_unlocked(out, plan)
+        rebuild_unlocked(out, plan)
         digest = _results_digest(out)
-        old = _read_json(out / "fit.json")
+        old = read_json(out / "fit.json")
         if not force and old and old.get("sweep", {}).get("results_sha256") == digest:
             return None
         output = fit_sweep(plan, out)

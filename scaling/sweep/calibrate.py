@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from scaling.sweep_plan import PlannedRun
+from scaling.sweep.plan import PlannedRun
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -105,3 +105,10 @@ def calibrate(runs: tuple[PlannedRun, ...] | list[PlannedRun], *, target_s: floa
         points.append({"run_id": r.run_id, "flops_per_step": r.flops_per_step, "step_s": step_s,
                        "eval_s": eval_s, "compile_s": compile_s, "ckpt_s": ckpt_s, "steps_timed": n})
     return Calibration(points=tuple(points))
+
+
+def shape_key(r: PlannedRun) -> tuple:
+    """Runs with equal keys share compiled functions when one process trains them (the mesh
+    aside, ``train.Trainer.program_key``)."""
+    from scaling.train import shape_fields
+    return (*shape_fields(r.cfg), r.cfg.mesh)

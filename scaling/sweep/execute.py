@@ -1,84 +1,5 @@
-"""Sweeps over model size N and tokens D: the runner, and the one import for the rest.
-
-The spec is parsed in ``scaling.sweep_spec``, the plan (sizing rule, runs, printing) made in
-``scaling.sweep_plan``, its wall time estimated in ``scaling.sweep_calibrate``, the sweep
-directory's files (log, results.csv) kept by ``scaling.sweep_results`` and the fit,
-plots and report written by ``scaling.sweep_report``; their public names are re-exported
-here, so ``from scaling import sweep`` reaches all of them.
-
-A sweep spec is a YAML file (``experiments/configs/*.yaml``)::
-
-    name: smoke                  # optional; the default --out is runs/sweep-<name> (default: the file's stem)
-    description: ...             # optional, printed with the plan
-    base:                        # the train config of every run (sections as in experiments.train --config),
-      data: {corpus: gutenberg}  #   or a path to such a YAML file (relative to the spec)
-      model: {seq_len: 128}
-      train: {batch_size: 16}
-    sizing:                      # how a target parameter count becomes a shape (defaults shown)
-      aspect: 16                 #   d_model / n_layer
-      head_dim: 16               #   n_head = d_model / head_dim
-      count: total               #   the count matched to the target: total (n_params) | nonembed
-      max_layers: 64
-    isoflop:                     # EITHER an IsoFLOP design: FLOP budgets x model sizes, D = C / (6 N) ...
-      budgets: [1e12, 3e12]      #   a number, or {flops: C, models: [...]} with its own model list
-      models: [3e4, 1e5, 3e5]    #   (used by budgets without their own list)
-      min_steps: 1               #   runs of fewer steps are left out of the plan (and listed)
-    grid:                        # ... OR a grid: models x token budgets
-      models: [{n_layer: 2, d_model: 64}, 1e5]
-      tokens: [1e6, 4e6]
-    seeds: [0, 1]                # optional (default: base train.seed); every run once per seed
-    arms:                        # optional named config variants; every run once per arm
-      - name: baseline           #   (adds an ``arm`` column and a ``-<arm>`` run-id suffix)
-      - name: linear
-        config: {data: {curriculum: linear}}
-        tags: {pacing: linear}   #   extra results columns of this arm's runs
-    tags: {project: demo}        # optional extra results columns of every run
-    fit: true                    # false: no fit at the end; or {loss: val_loss}
-
-A model is a *shape* ``{n_layer, d_model[, n_head]}`` (``n_head`` defaults to
-``d_model / sizing.head_dim``) or a *target parameter count* (``1e5``, ``"100K"``, ``"1.5M"``).
-
-Sizing rule (one rule, documented): for every depth ``n_layer = 1 .. max_layers`` take the
-width ``d_model = head_dim * max(1, round(aspect * n_layer / head_dim))`` (the fixed
-depth-to-width ratio, rounded to whole heads of ``head_dim``), ``n_head = d_model / head_dim``,
-and keep the depth whose real parameter count (``count``: all parameters, the N of C = 6ND,
-by default; or the non-embedding count) is closest to the target in log ratio (ties go to the
-shallower model). Counts include the embedding of the configured vocabulary and context, so
-the plan prints the real N next to the target.
-
-Token budgets are whole batches: a grid's D is rounded to the nearest multiple of
-``batch_size * seq_len`` (at least one batch), an IsoFLOP run's D = C / (6 N) with N the total
-parameter count, rounded the same way; the ``budget`` column keeps the nominal C.
-
-Overrides ``--section.field VALUE`` apply to the base config of every run (arms apply on top of
-them); the fields the design sets (``model.n_layer``, ``model.d_model``, ``model.n_head``,
-``train.tokens`` and, with ``seeds``, ``train.seed``) cannot be overridden.
-
-Run ids are ``L<n_layer>-d<d_model>-D<tokens>-s<seed>`` (e.g. ``L4-d128-D2.0e6-s0``), with
-``-h<n_head>`` when n_head is not the sizing default and ``-<arm>`` for arms.
-
-Sweep directory::
-
-    DIR/plan.json                 the whole plan (every run's shape, N, D, C, budget, seed, arm)
-    DIR/runs/<run_id>/            experiments.train's outputs, plus plan.json (this run's plan entry);
-                                  .lock is held while the run trains (by a sweep or experiments.train)
-    DIR/results.csv               one row per finished run of the plan, rebuilt from runs/*/summary.json
-    DIR/sweep_log.jsonl           one line per run start/end: run_id, start step, status, pid, host
-    DIR/fit.json, DIR/plots/      when every planned run has finished (the plots drawn by the caller's
-                                  ``plot``: experiments.sweep passes analysis.sweep_plots.plot_sweep)
-    DIR/locks/                    advisory lock of the results rebuild
-
-Only the plan's runs count: results.csv, the fit and the plots leave out run directories of
-another plan that shared the directory (a run id the plan does not have, or a run trained
-with another config), and name them (``SweepResult.ignored``, ``sweep.ignored`` in fit.json).
-
-Rerunning resumes: finished runs are kept (a diverged one is retried only with
-``retry_diverged``: it resumes from its last good checkpoint), a partial run resumes from its
-checkpoint. ``shard=(i, n)`` runs the plan's runs ``i, i+n, i+2n, ...``; a run being trained by
-another process (its directory's lock held) is skipped, and the results table is rebuilt under
-a lock from every run's summary.json, so concurrent shards never lose or duplicate a row. The
-shard that finishes last (when every planned run has a summary) writes fit.json and the plots.
-"""
+"""The sweep's runner: train a shard's planned runs one after another (resuming, sharing compiled
+programs between runs of one shape), keep results.csv current, and fit when the plan is done."""
 
 from __future__ import annotations
 
@@ -89,26 +10,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scaling.io import LockHeld, atomic_write_text, file_lock
-from scaling.sweep_calibrate import Calibration, calibrate
-from scaling.sweep_plan import (Plan, PlannedRun, check_outputs, count, fit_support, format_duration, format_plan,
-                                format_tokens, make_plan, parse_shard, shape_for, shape_key)
-from scaling.sweep_report import (Plotter, SweepFit, _results_digest, finalize, fit_report, fit_sweep,
-                                  load_sweep_runs)
-from scaling.sweep_results import (RESULT_COLUMNS, VOLATILE_COLUMNS, _read_json, collect_rows, ignored_runs,
-                                   log_event, read_log, rebuild_results, results_csv_text)
-from scaling.sweep_spec import Arm, Budget, ModelSpec, Sizing, Spec, load_spec, parse_number
+from tqdm import tqdm
 
-__all__ = [  # the re-exported names, and this module's own
-    "Arm", "Budget", "Calibration", "ModelSpec", "Plan", "PlannedRun", "Plotter", "RESULT_COLUMNS", "Sizing", "Spec",
-    "SweepFit", "SweepResult", "VOLATILE_COLUMNS", "_results_digest", "calibrate", "check_outputs", "collect_rows",
-    "count", "execute", "file_lock", "finalize", "fit_report", "fit_support", "fit_sweep", "format_duration",
-    "format_plan", "format_tokens", "ignored_runs", "load_spec", "load_sweep_runs", "log_event", "make_plan",
-    "parse_number", "parse_shard", "read_log", "rebuild_results", "results_csv_text", "shape_for", "shape_key",
-]
+from scaling.io import LockHeld, atomic_write_text
+from scaling.sweep.fit import Plotter, SweepFit, finalize
+from scaling.sweep.plan import Plan, PlannedRun, format_duration
+from scaling.sweep.results import ignored_runs, log_event, read_json, rebuild_results
 
-
-# ----------------------------------------------------------------------------- the runner
+__all__ = ["SweepResult", "execute"]
 
 
 @dataclass
@@ -124,7 +33,7 @@ class SweepResult:
 
 
 def _run_state(run_dir: Path) -> str | None:
-    s = _read_json(run_dir / "summary.json")
+    s = read_json(run_dir / "summary.json")
     return None if s is None else s.get("status")
 
 
@@ -137,8 +46,7 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
     ``trainers`` (a fresh dict by default; pass the same dict to several calls to share across
     them); with ``compile_ahead`` later shapes compile on background threads while earlier
     runs train. ``after_run(run)``, if given, is called after each run this call trains."""
-    import jax
-    from tqdm import tqdm
+    import jax  # the training stack loads here, when a sweep runs (see scaling.sweep)
 
     from scaling.train import Run
 
@@ -167,7 +75,7 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
                           "[{elapsed}<{remaining}{postfix}]")
     bar.set_postfix_str(f"runs {n_done}/{len(mine)}")
     trainers = {} if trainers is None else trainers  # one Trainer per shape, shared by its runs
-    # one compile thread per 4 cores (an XLA compile keeps about 1.5 busy): 1 on a laptop
+    # one compile thread per 4 cores (an XLA compile keeps more than one busy), at least 1
     ahead = concurrent.futures.ThreadPoolExecutor(max(1, (os.cpu_count() or 1) // 4),
                                                   thread_name_prefix="compile-ahead")
     try:

@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap", type=int, default=0, metavar="K", help="K bootstrap resamples of the runs (0: none)")
     p.add_argument("--bootstrap-starts", choices=("best", "grid"), default="best",
                    help="starts of each bootstrap refit: 32 of the grid starts that reached the full-data "
-                        "optimum, or the whole grid (about 1 s per resample)")
+                        "optimum, or the whole grid (slower: every refit from all 4,500 starts)")
     p.add_argument("--ci", type=float, default=0.95, help="level of the percentile intervals")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     p.add_argument("--holdout-top-c", type=int, default=0, metavar="K",

@@ -17,7 +17,7 @@ from scaling.laws import checks as law_checks
 from scaling.laws.checks import Check, Thresholds
 
 EPOCH = (1.8172, 477.8, 2143.4, 0.3473, 0.3672)  # Besiroglu et al.'s Huber-sum grid fit (E, A, B, alpha, beta)
-STARTS = laws.hoffmann_grid()[::10]  # 450 of the 4,500 starts: enough on these well-posed designs, 10x faster
+STARTS = laws.hoffmann_grid()[::10]  # 450 of the 4,500 starts: enough on these well-posed designs
 NAMES = [
     "regime.below_baseline", "regime.diminishing_returns",
     "non_degenerate.E_lower", "non_degenerate.alpha", "non_degenerate.beta", "non_degenerate.a_width",

@@ -155,8 +155,8 @@ def chinchilla_fit():
 def test_chinchilla_matches_epoch_rerun(chinchilla_fit):
     """Epoch AI's re-run of Hoffmann's procedure: A = 477.8, B = 2143.9, E = 1.8172,
     alpha = 0.3473, beta = 0.3672, within 1%; a within 0.005 of 0.514.  (The time bound
-    here only catches a fall back to a plain loop, ~20-100 s; the 5 s target is pinned by
-    the slow test below and printed by benchmarks/fit_speed.py.)"""
+    here only catches a fall back to a plain loop of scipy fits; the slow test below bounds
+    the batched fit's time.)"""
     N, D, L, fit, seconds = chinchilla_fit
     assert fit.n_points == 240 and fit.n_starts == 4500
     for k, v in dict(A=477.8, B=2143.9, E=1.8172, alpha=0.3473, beta=0.3672).items():
@@ -198,8 +198,8 @@ print(json.dumps([laws.objective(x, N, D, L) for x in xs]))
 def test_chinchilla_fit_is_the_best_of_a_plain_scipy_loop(chinchilla_fit):
     """No start of a plain scipy L-BFGS-B loop over a spread-out 150 of the grid's starts
     beats the batched fit (objective values from the independent scalar reference).
-    Run in a subprocess with one BLAS thread: with BLAS worker threads on a busy 2-core
-    machine, scipy's L-BFGS-B ran ~40x slower."""
+    Run in a subprocess with one BLAS thread: on these tiny matrices BLAS worker threads
+    only contend for the cores."""
     N, D, L, fit, _ = chinchilla_fit
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     out = subprocess.run(

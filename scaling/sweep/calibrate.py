@@ -8,6 +8,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from scaling.sweep.plan import PlannedRun
 
 
@@ -58,8 +60,7 @@ def calibrate(runs: tuple[PlannedRun, ...] | list[PlannedRun], *, target_s: floa
     """Time real train steps of the smallest and the largest planned shape (by FLOPs per step)
     in this process: compile, a few steps, an evaluation batch and a checkpoint save (into a
     temporary directory). Random tokens; nothing of the sweep is written."""
-    import jax
-    import numpy as np
+    import jax  # the training stack loads here, when a calibration runs (see scaling.sweep)
 
     from scaling import sharding as sh
     from scaling.checkpoint import Checkpointer

@@ -6,7 +6,6 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 

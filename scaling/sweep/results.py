@@ -1,4 +1,5 @@
-"""A sweep directory's files: the run log and results.csv (of the plan's runs only)."""
+"""A sweep directory's files: the run log, results.csv (of the plan's runs only), and the check of an
+existing directory against the plan."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scaling import config as config_lib
+from scaling.config import Config
 from scaling.errors import UsageError
 from scaling.io import atomic_write_text, file_lock
 

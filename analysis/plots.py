@@ -1,9 +1,8 @@
 """Plots of scaling-law fits (matplotlib, Agg; no pyplot, so nothing global changes).
 
-Every function takes the runs (:class:`analysis.fit.Runs` or anything with N, D, L, C
-arrays) and the fit dict of :func:`analysis.fit.fit_runs` (structure in
-:mod:`scaling.laws`), and returns a :class:`matplotlib.figure.Figure`; :func:`make_all`
-writes the ones the fit allows as PNGs:
+Every function takes the runs (:class:`scaling.laws.runs.Runs` or anything with N, D, L, C
+arrays) and their fits (:class:`scaling.laws.result.FitResult`), and returns a
+:class:`matplotlib.figure.Figure`; :func:`make_all` writes the ones the fits allow as PNGs:
 
 - ``isoflop.png``: loss against N per IsoFLOP budget, the approach-2 parabolas and
   their minima (and, dashed, the approach-3 law along each budget)
@@ -23,21 +22,23 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from scaling import laws
+from scaling.laws.approach2 import isoflop_groups
+from scaling.laws.law import compute_optimal, law_loss
+from scaling.laws.result import FitResult
 
 
-def _law(result: dict):
-    return tuple(result[k] for k in laws.PARAM_NAMES)
+def _law(result: FitResult):
+    return result.law.params
 
 
-def _has_law(result: dict) -> bool:
+def _has_law(result: FitResult) -> bool:
     """An approach-3 fit whose parameters are all numbers (a degenerate fit may lack some)."""
-    return "E" in result and all(result.get(k) is not None for k in laws.PARAM_NAMES)
+    return result.law is not None and all(np.isfinite(result.law.params))
 
 
-def _has_frontier(result: dict) -> bool:
+def _has_frontier(result: FitResult) -> bool:
     """An approach-3 fit with a compute-optimal frontier (none when an exponent is <= 0)."""
-    return _has_law(result) and result.get("a") is not None
+    return _has_law(result) and np.isfinite(result.law.a)
 
 
 def _scatter_colored(ax, x, y, c, fig, label: str):
@@ -47,15 +48,15 @@ def _scatter_colored(ax, x, y, c, fig, label: str):
     return sc
 
 
-def isoflop(runs, result: dict) -> Figure:
+def isoflop(runs, result: FitResult) -> Figure:
     """IsoFLOP profiles: loss against N per budget, parabolas and their minima."""
-    a2 = result["approach2"]
+    a2 = result.isoflop
     fig = Figure(figsize=(7, 5), layout="constrained")
     ax = fig.add_subplot()
-    labels, values = laws.isoflop_groups(runs.C, runs.budget, a2.get("budget_tol", 0.1))
+    labels, values = isoflop_groups(runs.C, runs.budget, a2.budget_tol)
     cmap = matplotlib.colormaps["viridis"]
     lo, hi = np.log10(values.min()), np.log10(values.max())
-    minima = {round(np.log10(m["C"]), 6): m for m in a2["minima"]}
+    minima = {round(np.log10(m.C), 6): m for m in a2.minima}
     for j, cb in enumerate(values):
         sel = labels == j
         col = cmap(0.0 if hi == lo else 0.9 * (np.log10(cb) - lo) / (hi - lo))
@@ -63,16 +64,16 @@ def isoflop(runs, result: dict) -> Figure:
         m = minima.get(round(np.log10(cb), 6))
         ln = np.linspace(np.log(runs.N[sel].min()), np.log(runs.N[sel].max()), 100)
         if m is not None:
-            p2, p1, p0 = m["parabola"]
+            p2, p1, p0 = m.parabola
             ax.plot(np.exp(ln), p0 + p1 * ln + p2 * ln**2, color=col, lw=1.2)
-            ax.scatter([m["N_opt"]], [m["L_min"]], color=col, marker="*", s=140, edgecolors="k", zorder=5)
+            ax.scatter([m.N_opt], [m.L_min], color=col, marker="*", s=140, edgecolors="k", zorder=5)
         if _has_law(result):
             nn = np.exp(ln)
-            ax.plot(nn, laws.law_loss(nn, cb / (6 * nn), *_law(result)), color=col, lw=0.8, ls="--")
+            ax.plot(nn, law_loss(nn, cb / (6 * nn), *_law(result)), color=col, lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.set_xlabel("parameters N")
     ax.set_ylabel("loss")
-    ax.set_title(f"IsoFLOP profiles (approach 2: N_opt ∝ C^{a2['a']:.3f})")
+    ax.set_title(f"IsoFLOP profiles (approach 2: N_opt ∝ C^{a2.a:.3f})")
     if values.size <= 10:
         ax.legend(fontsize=7, ncol=2)
     else:
@@ -83,19 +84,19 @@ def isoflop(runs, result: dict) -> Figure:
     return fig
 
 
-def frontier(runs, result: dict) -> Figure:
+def frontier(runs, result: FitResult) -> Figure:
     """Loss against compute, coloured by N, with the approach-3 compute-optimal frontier."""
     fig = Figure(figsize=(7, 5), layout="constrained")
     ax = fig.add_subplot()
     _scatter_colored(ax, runs.C, runs.L, runs.N, fig, "log10 N")
     if _has_frontier(result):
         cc = np.logspace(np.log10(runs.C.min()) - 0.3, np.log10(runs.C.max()) + 1.0, 200)
-        _, _, l_opt = laws.compute_optimal(cc, *_law(result))
-        ax.plot(cc, l_opt, "r-", lw=1.5, label=f"approach 3 frontier (a={result['a']:.3f})")
-        ax.axhline(result["E"], color="gray", ls=":", lw=1, label=f"E = {result['E']:.3g}")
-    a2 = result.get("approach2")
-    if a2 and "minima" in a2:
-        ax.scatter([m["C"] for m in a2["minima"]], [m["L_min"] for m in a2["minima"]], marker="*", s=120,
+        _, _, l_opt = compute_optimal(cc, *_law(result))
+        ax.plot(cc, l_opt, "r-", lw=1.5, label=f"approach 3 frontier (a={result.law.a:.3f})")
+        ax.axhline(result.law.E, color="gray", ls=":", lw=1, label=f"E = {result.law.E:.3g}")
+    a2 = result.isoflop
+    if a2 is not None:
+        ax.scatter([m.C for m in a2.minima], [m.L_min for m in a2.minima], marker="*", s=120,
                    color="orange", edgecolors="k", zorder=5, label="approach 2 minima")
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs C")
@@ -106,25 +107,25 @@ def frontier(runs, result: dict) -> Figure:
     return fig
 
 
-def optimal_n(runs, result: dict) -> Figure:
+def optimal_n(runs, result: FitResult) -> Figure:
     """Compute-optimal N against C from each approach available."""
     fig = Figure(figsize=(7, 5), layout="constrained")
     ax = fig.add_subplot()
     cc = np.logspace(np.log10(runs.C.min()) - 0.3, np.log10(runs.C.max()) + 1.0, 200)
     if _has_frontier(result):
-        n_opt, _, _ = laws.compute_optimal(cc, *_law(result))
-        ax.plot(cc, n_opt, "r-", label=f"approach 3: a = {result['a']:.3f}")
-    a2 = result.get("approach2")
-    if a2 and "minima" in a2:
-        cs = np.array([m["C"] for m in a2["minima"]])
-        ax.scatter(cs, [m["N_opt"] for m in a2["minima"]], marker="*", s=120, color="orange", edgecolors="k",
-                   zorder=5, label=f"approach 2: a = {a2['a']:.3f}")
-        ax.plot(cc, a2["k_n"] * cc ** a2["a"], color="orange", ls="--", lw=1)
-    a1 = result.get("approach1")
-    if a1 and "envelope" in a1:
-        ax.scatter([p["C"] for p in a1["envelope"]], [p["N_opt"] for p in a1["envelope"]], s=8, color="tab:blue",
-                   label=f"approach 1: a = {a1['a']:.3f}")
-        ax.plot(cc, a1["k_n"] * cc ** a1["a"], color="tab:blue", ls="--", lw=1)
+        n_opt, _, _ = compute_optimal(cc, *_law(result))
+        ax.plot(cc, n_opt, "r-", label=f"approach 3: a = {result.law.a:.3f}")
+    a2 = result.isoflop
+    if a2 is not None:
+        cs = np.array([m.C for m in a2.minima])
+        ax.scatter(cs, [m.N_opt for m in a2.minima], marker="*", s=120, color="orange", edgecolors="k",
+                   zorder=5, label=f"approach 2: a = {a2.a:.3f}")
+        ax.plot(cc, a2.k_n * cc**a2.a, color="orange", ls="--", lw=1)
+    a1 = result.envelope
+    if a1 is not None:
+        ax.scatter([p.C for p in a1.points], [p.N_opt for p in a1.points], s=8, color="tab:blue",
+                   label=f"approach 1: a = {a1.a:.3f}")
+        ax.plot(cc, a1.k_n * cc**a1.a, color="tab:blue", ls="--", lw=1)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("training FLOPs C")
@@ -135,11 +136,11 @@ def optimal_n(runs, result: dict) -> Figure:
     return fig
 
 
-def pred_vs_obs(runs, result: dict) -> Figure:
+def pred_vs_obs(runs, result: FitResult) -> Figure:
     """Approach-3 predicted loss against observed loss, with y = x."""
     fig = Figure(figsize=(5.5, 5), layout="constrained")
     ax = fig.add_subplot()
-    pred = laws.law_loss(runs.N, runs.D, *_law(result))
+    pred = law_loss(runs.N, runs.D, *_law(result))
     _scatter_colored(ax, runs.L, pred, runs.C, fig, "log10 C")
     lo, hi = min(runs.L.min(), pred.min()), max(runs.L.max(), pred.max())
     ax.plot([lo, hi], [lo, hi], "k--", lw=1)
@@ -149,11 +150,11 @@ def pred_vs_obs(runs, result: dict) -> Figure:
     return fig
 
 
-def residuals(runs, result: dict) -> Figure:
+def residuals(runs, result: FitResult) -> Figure:
     """log(predicted / observed) against C and against N."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2, sharey=True)
-    r = np.log(laws.law_loss(runs.N, runs.D, *_law(result))) - np.log(runs.L)
+    r = np.log(law_loss(runs.N, runs.D, *_law(result))) - np.log(runs.L)
     for ax, x, name in ((ax1, runs.C, "training FLOPs C"), (ax2, runs.N, "parameters N")):
         ax.scatter(x, r, s=12, alpha=0.8)
         ax.axhline(0, color="k", lw=1)
@@ -164,39 +165,36 @@ def residuals(runs, result: dict) -> Figure:
     return fig
 
 
-def envelope(curves, result: dict) -> Figure:
+def envelope(curves, result: FitResult) -> Figure:
     """Training curves (loss against FLOPs) and their lower envelope (approach 1)."""
     fig = Figure(figsize=(7, 5), layout="constrained")
     ax = fig.add_subplot()
-    a1 = result["approach1"]
+    a1 = result.envelope
     for n, fl, lo in curves:
         ax.plot(fl, lo, lw=0.8, alpha=0.7, label=f"N={n:.3g}")
-    env = a1["envelope"]
-    ax.plot([p["C"] for p in env], [p["L_min"] for p in env], "k-", lw=2, label="envelope")
+    ax.plot([p.C for p in a1.points], [p.L_min for p in a1.points], "k-", lw=2, label="envelope")
     ax.set_xscale("log")
     ax.set_xlabel("FLOPs")
     ax.set_ylabel("loss")
-    ax.set_title(f"approach 1: envelope, N_opt ∝ C^{a1['a']:.3f}")
+    ax.set_title(f"approach 1: envelope, N_opt ∝ C^{a1.a:.3f}")
     ax.legend(fontsize=7, ncol=2)
     return fig
 
 
-def make_all(out_dir, runs, result: dict, *, curves=None, dpi: int = 110) -> list[Path]:
-    """Write every plot the fit allows into out_dir; returns the paths written."""
+def make_all(out_dir, runs, result: FitResult, *, curves=None, dpi: int = 110) -> list[Path]:
+    """Write every plot the fits allow into out_dir; returns the paths written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figs: dict[str, Figure] = {}
-    a2 = result.get("approach2")
-    if a2 and "minima" in a2:
+    if result.isoflop is not None:
         figs["isoflop"] = isoflop(runs, result)
     if _has_law(result):
         figs["frontier"] = frontier(runs, result)
         figs["pred_vs_obs"] = pred_vs_obs(runs, result)
         figs["residuals"] = residuals(runs, result)
-    if _has_law(result) or (a2 and "minima" in a2):
+    if _has_law(result) or result.isoflop is not None:
         figs["optimal_n"] = optimal_n(runs, result)
-    a1 = result.get("approach1")
-    if curves is not None and a1 and "envelope" in a1:
+    if curves is not None and result.envelope is not None:
         figs["envelope"] = envelope(curves, result)
     return save_figures(figs, out, dpi)
 

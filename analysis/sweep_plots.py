@@ -8,13 +8,13 @@
   approach 2 found no parabola minima): loss against N per FLOP budget with the lowest run of
   each budget marked
 
-The fit's plots (``analysis.plots``: IsoFLOP parabolas and minima, frontier, ...) are written
-beside these by ``scaling.sweep``.
+:func:`plot_sweep` writes these and the fit's plots (:func:`analysis.plots.make_all`: IsoFLOP
+parabolas and minima, frontier, ...); ``experiments.sweep`` hands it to the sweep, which calls
+it when it writes fit.json.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -22,7 +22,10 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from analysis.plots import save_figures
+from analysis.plots import make_all, save_figures
+from scaling.laws.result import FitOutput, FitResult
+from scaling.laws.runs import read_curve
+from scaling.sweep import Plan, collect_rows, load_sweep_runs
 
 
 def _num(v) -> float:
@@ -33,21 +36,14 @@ def _num(v) -> float:
     return x
 
 
-def read_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(flops, training loss) of metrics.jsonl lines that have a finite loss."""
-    fl, lo = [], []
+def _training_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(flops, training loss) of a run's metrics.jsonl lines with a finite positive loss and FLOPs."""
     p = Path(run_dir) / "metrics.jsonl"
-    if p.is_file():
-        for line in p.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            loss, f = _num(rec.get("loss")), _num(rec.get("flops"))
-            if math.isfinite(loss) and math.isfinite(f) and f > 0 and loss > 0:
-                fl.append(f)
-                lo.append(loss)
-    return np.array(fl), np.array(lo)
+    if not p.is_file():
+        return np.zeros(0), np.zeros(0)
+    fl, lo = read_curve(p, strict=False)
+    ok = np.isfinite(fl) & np.isfinite(lo) & (fl > 0) & (lo > 0) if fl.size else np.zeros(0, dtype=bool)
+    return fl[ok], lo[ok]
 
 
 def _norm(values: np.ndarray):
@@ -62,7 +58,7 @@ def training_curves(runs_dir: Path, rows: list[dict]) -> Figure:
     ns = np.array([_num(r.get("n_params")) for r in rows], dtype=float)
     cmap, norm = matplotlib.colormaps["viridis"], _norm(ns[np.isfinite(ns)] if np.isfinite(ns).any() else np.ones(1))
     for r, n in zip(rows, ns):
-        fl, lo = read_curve(Path(runs_dir) / r["run_id"])
+        fl, lo = _training_curve(Path(runs_dir) / r["run_id"])
         if fl.size == 0:
             continue
         style = "-" if r.get("status") == "completed" else ":"
@@ -137,12 +133,33 @@ def isoflop_curves(rows: list[dict], loss_col: str = "val_loss") -> Figure:
     return fig
 
 
-def write_sweep_plots(plots_dir, runs_dir, rows: list[dict], fit: dict, *, loss_col: str = "val_loss",
+def write_sweep_plots(plots_dir, runs_dir, rows: list[dict], fit: FitResult | None, *, loss_col: str = "val_loss",
                       isoflop: bool = False, dpi: int = 110) -> list[Path]:
     """Write the sweep's plots into plots_dir (see the module docstring); returns the paths."""
     out = Path(plots_dir)
     out.mkdir(parents=True, exist_ok=True)
     figs = {"training_curves": training_curves(Path(runs_dir), rows), "loss_vs_n": loss_vs_n(rows, loss_col)}
-    if isoflop and "minima" not in (fit.get("approach2") or {}):
+    if isoflop and (fit is None or fit.isoflop is None):
         figs["isoflop"] = isoflop_curves(rows, loss_col)
     return save_figures(figs, out, dpi)
+
+
+def plot_sweep(plan: Plan, out: Path, fit: FitOutput) -> list[Path]:
+    """DIR/plots (per arm under plots/<arm>/): the fit's plots and the runs' training curves,
+    loss against N and D, and IsoFLOP curves; returns the paths written."""
+    out = Path(out)
+    plots_dir = out / "plots"
+    isoflop = plan.spec.design == "isoflop"
+    fits = fit.groups if fit.groups is not None else ({} if fit.error is not None else fit.results)
+    paths: list[Path] = []
+    if fits:
+        runs = load_sweep_runs(plan, out)
+        parts = runs.groups() if plan.has_arms else {None: runs}
+        for arm, r in fits.items():
+            paths += make_all(plots_dir if arm is None else plots_dir / arm, parts[arm], r)
+    rows = collect_rows(out, plan)
+    for arm in sorted({r.get("arm") for r in rows}, key=str):
+        sub = [r for r in rows if r.get("arm") == arm]
+        paths += write_sweep_plots(plots_dir if arm is None else plots_dir / arm, out / "runs", sub, fits.get(arm),
+                                   loss_col=plan.spec.fit_loss, isoflop=isoflop)
+    return paths

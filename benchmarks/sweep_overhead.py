@@ -151,23 +151,24 @@ def main(argv=None) -> dict:
 
     import json
 
+    from analysis.sweep_plots import plot_sweep
     from scaling import compile_cache, sweep
 
     compile_cache.enable()
     if args.no_compile_ahead:
         from scaling import train
-        sweep._compile_ahead = lambda *a, **k: None
         train.Trainer.compile_ahead = lambda self, pool: None
     plan = sweep.make_plan(sweep.load_spec(args.config), {"train": {"progress": "false"}})
     out = tmp / "sweep"
     trainers: dict = {}  # the sweep's compiled functions, one Trainer per shape
     timer = StepTimer(plan, tmp / "scratch-steps", trainers)
     t0 = time.perf_counter()
-    sweep.execute(plan, out, progress=False, echo=lambda *a: None, trainers=trainers, after_run=timer)
+    sweep.execute(plan, out, progress=False, echo=lambda *a: None, trainers=trainers, after_run=timer, plot=plot_sweep,
+                  compile_ahead=not args.no_compile_ahead)
     wall = time.perf_counter() - t0 - timer.spent
     timer(last=True)  # a last round on the idle machine
     t0 = time.perf_counter()
-    sweep.finalize(plan, out, echo=lambda *a: None, force=True)
+    sweep.finalize(plan, out, plot=plot_sweep, echo=lambda *a: None, force=True)
     fit_s = time.perf_counter() - t0  # (already inside the sweep's wall time: timed again)
 
     parts = {"train steps": 0.0, "compile (init and train step, waited for)": 0.0, "evaluation": 0.0,

@@ -5,7 +5,7 @@
 
 With no arguments it runs experiments/configs/default.yaml (an IsoFLOP design on the
 Gutenberg corpus, byte tokens) into runs/sweep-default. The spec format, the sizing rule for
-target parameter counts and the directory layout are documented in scaling/sweep.py.
+target parameter counts and the directory layout are documented in scaling/sweep/__init__.py.
 Overrides --section.field VALUE apply to the base train config of every run.
 
 Writes DIR/results.csv (one row per finished run of the plan, rebuilt from runs/*/summary.json;
@@ -97,7 +97,9 @@ def main(argv: list[str] | None = None):
     if is_main:
         print(sweep.format_plan(plan, runs, None, shard), flush=True)
         print(f"sweep directory: {out}", flush=True)
-    result = sweep.execute(plan, out, shard=shard, retry_diverged=args.retry_diverged)
+    from analysis.sweep_plots import plot_sweep
+
+    result = sweep.execute(plan, out, shard=shard, retry_diverged=args.retry_diverged, plot=plot_sweep)
     if is_main:
         _report(result, out)
     return result
@@ -117,8 +119,8 @@ def _report(result, out: Path) -> None:
     if result.pending:
         print(f"{len(result.pending)} planned run(s) not finished yet (other shards?); the fit and plots are "
               f"written when the last one finishes")
-    elif result.fit is not None:
-        print(f"fit: {out / 'fit.json'}; plots: {out / 'plots'}")
+    elif result.fit_path is not None:
+        print(f"fit: {result.fit_path}; plots: {out / 'plots'}")
 
 
 if __name__ == "__main__":

@@ -67,6 +67,20 @@ def check_name(name: str) -> None:
     raise UsageError(f"unknown tokenizer {name!r} (expected byte, gpt2 or bpe:<vocab>)")
 
 
+BYTE_VOCAB = 256 + 1  # the byte ranks and end-of-text
+GPT2_VOCAB = 50257  # r50k_base: 50256 ranks and end-of-text
+
+
+def vocab_size(name: str) -> int:
+    """The number of ids of tokenizer ``name`` (end-of-text included), without building it."""
+    check_name(name)
+    if name == "byte":
+        return BYTE_VOCAB
+    if name == "gpt2":
+        return GPT2_VOCAB
+    return parse_bpe_vocab(name)
+
+
 def train_bpe(texts: Iterable[str], vocab: int) -> dict[bytes, int]:
     """Byte-level BPE ranks: the 256 bytes, then ``vocab - 257`` merges in training order.
 

@@ -31,7 +31,7 @@ from scaling import config as config_lib
 from scaling import laws
 from scaling.errors import UsageError
 from scaling.fields import INT64_MAX, INT64_MIN
-from scaling.sweep_spec import SPEC_KEYS, load_spec
+from scaling.sweep.spec import SPEC_KEYS, load_spec
 from tests.conftest import REPO, TINY, run_cli
 
 # ----------------------------------------------------------------------------- helpers
@@ -461,7 +461,7 @@ def test_each_class_in_a_real_process(tmp_path, run_out):
 
 
 def test_the_config_layer_does_not_import_jax():
-    code = ("import sys, scaling.config, scaling.sweep_spec, analysis.fit; "
+    code = ("import sys, scaling.config, scaling.sweep.spec, analysis.fit; "
             "sys.exit(any(m in sys.modules for m in ('jax', 'flax', 'optax')))")
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
                           timeout=120).returncode == 0

@@ -1,4 +1,4 @@
-"""scaling.count_models: n-gram cross-entropy against hand computations on a tiny sequence,
+"""scaling.laws.count_models: n-gram cross-entropy against hand computations on a tiny sequence,
 proper distributions for every context, and bad input."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from scaling import count_models as cm
+from scaling.laws import count_models as cm
 from scaling.errors import UsageError
 
 # vocabulary {0, 1, 2}; training bigrams 01 01 10 02 20, trigrams 010 102 020 201

@@ -16,6 +16,7 @@ import pytest
 
 from analysis import fit as fitcli
 from scaling import laws
+from scaling.laws import approach1, approach2, approach3, bootstrap, holdout, lbfgs
 
 REPO = Path(__file__).resolve().parents[1]
 TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
@@ -78,6 +79,10 @@ def write_curves(root: Path, sizes=np.logspace(6, 8, 9)) -> Path:
                 lines.append(json.dumps({"step": step, "val_loss": 3.0}))  # eval-only line: no loss/flops
         (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     return root
+
+
+FITTERS = {"fit_approach3": approach3, "fit_approach2": approach2, "fit_approach1": approach1,
+           "bootstrap_approach3": bootstrap, "holdout_top_c": holdout, "lbfgs_batch": lbfgs}  # where each is looked up
 
 
 def run_cli(args, **kw):
@@ -308,7 +313,7 @@ def test_bad_input_exits_2_before_any_fitting(name, build, message, tmp_path, ca
         raise AssertionError("fitting started before the input was validated")
 
     for fn in ("fit_approach3", "fit_approach2", "fit_approach1", "bootstrap_approach3", "holdout_top_c", "lbfgs_batch"):
-        monkeypatch.setattr(laws, fn, no_compute)
+        monkeypatch.setattr(FITTERS[fn], fn, no_compute)
     with pytest.raises(SystemExit) as e:
         fitcli.main([*build(files, tmp_path), "--out", str(out), "--plots", str(plots), "--no-progress"])
     assert e.value.code == 2
@@ -408,7 +413,7 @@ def test_diagnostics_in_the_json_and_the_report(diagnosed):
 
 
 def test_approach2_intervals_and_approach1_endpoints_in_the_json(diagnosed):
-    from scaling.law_envelope import fit_approach1_endpoints
+    from scaling.laws.approach1 import fit_approach1_endpoints
 
     runs, _, res, text = diagnosed
     a2 = res["approach2"]
@@ -445,7 +450,7 @@ def write_endpoint_runs(root: Path) -> Path:
 
 
 def test_load_endpoints_reads_final_points_and_marked_cooldowns(tmp_path):
-    from analysis.endpoints import load_endpoints
+    from scaling.laws.runs import load_endpoints
 
     root = tmp_path / "sweep"
     for name, summary, metrics in [
@@ -468,8 +473,8 @@ def test_load_endpoints_reads_final_points_and_marked_cooldowns(tmp_path):
 
 
 def test_approach1_from_endpoint_runs_cli(tmp_path, capsys):
-    from analysis.endpoints import load_endpoints
-    from scaling.law_envelope import fit_approach1_endpoints
+    from scaling.laws.runs import load_endpoints
+    from scaling.laws.approach1 import fit_approach1_endpoints
 
     root = write_endpoint_runs(tmp_path / "sweep")
     csv = write_shared_sizes_csv(tmp_path / "results.csv")
@@ -502,7 +507,7 @@ def test_bad_diagnostics_input_exits_2_before_any_fitting(name, args, message, t
         raise AssertionError("fitting started before the input was validated")
 
     for fn in ("fit_approach3", "fit_approach2", "bootstrap_approach3", "holdout_top_c", "lbfgs_batch"):
-        monkeypatch.setattr(laws, fn, no_compute)
+        monkeypatch.setattr(FITTERS[fn], fn, no_compute)
     with pytest.raises(SystemExit) as e:
         fitcli.main(["--results", str(files["good"]), *args, "--out", str(out), "--no-progress"])
     assert e.value.code == 2

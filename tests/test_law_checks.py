@@ -1,4 +1,4 @@
-"""scaling.law_checks: every diagnostic passes on runs from a correctly specified law with
+"""scaling.laws.checks: every diagnostic passes on runs from a correctly specified law with
 small noise, and fails on data built to fail it; the verdict names every failing check."""
 
 from __future__ import annotations
@@ -10,12 +10,14 @@ import math
 import numpy as np
 import pytest
 
-from scaling import law_checks, law_isoflop, laws
+from scaling import laws
 from scaling.errors import UsageError
-from scaling.law_checks import Check, Thresholds
+from scaling.laws import approach2 as law_isoflop
+from scaling.laws import checks as law_checks
+from scaling.laws.checks import Check, Thresholds
 
 EPOCH = (1.8172, 477.8, 2143.4, 0.3473, 0.3672)  # Besiroglu et al.'s Huber-sum grid fit (E, A, B, alpha, beta)
-STARTS = laws.hoffmann_grid()[::10]  # 450 of the 4,500 starts: enough on these well-posed designs, 10x faster
+STARTS = laws.hoffmann_grid()[::10]  # 450 of the 4,500 starts: enough on these well-posed designs
 NAMES = [
     "regime.below_baseline", "regime.diminishing_returns",
     "non_degenerate.E_lower", "non_degenerate.alpha", "non_degenerate.beta", "non_degenerate.a_width",

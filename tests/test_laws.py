@@ -22,6 +22,7 @@ from scipy.special import huber as scipy_huber
 
 from scaling import laws
 from scaling.errors import UsageError
+from scaling.laws import approach3
 
 TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al.'s fit
 TRUE_P = tuple(TRUE[k] for k in laws.PARAM_NAMES)
@@ -103,7 +104,7 @@ def test_overflow_fallback_agrees():
     f, g = laws.objective_and_grad_batch(theta, lN, lD, lL, w, 1e-3)
     assert np.all(np.isfinite(f)) and np.all(np.isfinite(g))
     assert f[0] == pytest.approx(laws.objective(theta[0], N, D, L), rel=1e-12)
-    f_s, g_s = laws._objective_and_grad_shifted(theta[1:], lN, lD, lL, w, 1e-3)
+    f_s, g_s = approach3._objective_and_grad_shifted(theta[1:], lN, lD, lL, w, 1e-3)
     np.testing.assert_allclose(f[1:], f_s, rtol=1e-12)
     np.testing.assert_allclose(g[1:], g_s, rtol=1e-10, atol=1e-15)
 
@@ -154,8 +155,8 @@ def chinchilla_fit():
 def test_chinchilla_matches_epoch_rerun(chinchilla_fit):
     """Epoch AI's re-run of Hoffmann's procedure: A = 477.8, B = 2143.9, E = 1.8172,
     alpha = 0.3473, beta = 0.3672, within 1%; a within 0.005 of 0.514.  (The time bound
-    here only catches a fall back to a plain loop, ~20-100 s; the 5 s target is pinned by
-    the slow test below and printed by benchmarks/fit_speed.py.)"""
+    here only catches a fall back to a plain loop of scipy fits; the slow test below bounds
+    the batched fit's time.)"""
     N, D, L, fit, seconds = chinchilla_fit
     assert fit.n_points == 240 and fit.n_starts == 4500
     for k, v in dict(A=477.8, B=2143.9, E=1.8172, alpha=0.3473, beta=0.3672).items():
@@ -197,8 +198,8 @@ print(json.dumps([laws.objective(x, N, D, L) for x in xs]))
 def test_chinchilla_fit_is_the_best_of_a_plain_scipy_loop(chinchilla_fit):
     """No start of a plain scipy L-BFGS-B loop over a spread-out 150 of the grid's starts
     beats the batched fit (objective values from the independent scalar reference).
-    Run in a subprocess with one BLAS thread: with BLAS worker threads on a busy 2-core
-    machine, scipy's L-BFGS-B ran ~40x slower."""
+    Run in a subprocess with one BLAS thread: on these tiny matrices BLAS worker threads
+    only contend for the cores."""
     N, D, L, fit, _ = chinchilla_fit
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     out = subprocess.run(
@@ -417,7 +418,7 @@ def test_approach1_on_the_law_recovers_the_exponent():
         laws.fit_approach1(curves[:1])
 
 
-# ------------------------------------------- approach 1 on annealed endpoints (law_envelope)
+# ------------------------------------------- approach 1 on annealed endpoints (laws.approach1)
 
 EPOCH = (1.8172, 477.8, 2143.4, 0.3473, 0.3672)  # Besiroglu et al.'s Huber-sum grid fit
 EPOCH_A = EPOCH[4] / (EPOCH[3] + EPOCH[4])
@@ -435,7 +436,7 @@ def test_approach1_endpoints_recovers_the_exponent_on_a_small_sweep():
     """Annealed endpoints of 6 sizes (35K-350K) x 4 budgets (8e11-6e12 FLOPs) on
     Chinchilla's law, as an IsoFLOP sweep, with 5 sizes, and as warmup-stable-decay
     cooldowns (every size cooled down at the same 6 token counts): a within 0.03."""
-    from scaling.law_envelope import fit_approach1_endpoints
+    from scaling.laws.approach1 import fit_approach1_endpoints
 
     out = fit_approach1_endpoints(*annealed_isoflop())
     assert abs(out["a"] - EPOCH_A) < 0.03
@@ -457,7 +458,7 @@ def test_approach1_endpoints_recovers_the_exponent_on_a_small_sweep():
 def test_approach1_endpoints_skips_compute_where_the_envelope_is_clamped():
     """Budgets reaching below the smallest size's optimum: there the smallest model is the
     best whatever the optimum is, and those C are left out of the fit."""
-    from scaling.law_envelope import fit_approach1_endpoints
+    from scaling.laws.approach1 import fit_approach1_endpoints
 
     budgets = np.logspace(10, math.log10(6e12), 6)
     N, C, L = annealed_isoflop(budgets=budgets)
@@ -476,7 +477,7 @@ def test_approach1_endpoints_skips_compute_where_the_envelope_is_clamped():
 def test_approach1_endpoints_parabola_vertex_is_exact_at_the_endpoints():
     """Losses exactly parabolic in log N with vertex k C^a at each endpoint C: the
     envelope's N_opt at the endpoints' C equals k C^a."""
-    from scaling.law_envelope import annealed_curves, fit_approach1_endpoints
+    from scaling.laws.approach1 import annealed_curves, fit_approach1_endpoints
 
     k, a = 0.3, 0.55
     sizes = np.logspace(6, 10, 17)  # the vertices lie between 10^7.7 and 10^8.8
@@ -493,7 +494,7 @@ def test_approach1_endpoints_parabola_vertex_is_exact_at_the_endpoints():
 
 
 def test_approach1_endpoints_bad_input():
-    from scaling.law_envelope import fit_approach1_endpoints
+    from scaling.laws.approach1 import fit_approach1_endpoints
 
     N, C, L = annealed_isoflop(sizes=SMALL_SIZES[:2])
     with pytest.raises(UsageError, match="at least 3 model sizes with 2 or more endpoints"):
@@ -505,13 +506,13 @@ def test_approach1_endpoints_bad_input():
         fit_approach1_endpoints([1.0, 2.0], [1.0, 2.0], [1.0, 0.0])
 
 
-# ------------------------------------------------ approach 2 bootstrap (law_isoflop)
+# ------------------------------------------------ approach 2 bootstrap (laws.approach2)
 
 
 def test_approach2_bootstrap_covers_true_a_and_narrows_with_less_noise():
     """Residual bootstrap on 5 budgets x 7 sizes from Hoffmann's law: the 95% interval
     for a covers the true a at 1% and at 0.25% noise, and is narrower at 0.25%."""
-    from scaling.law_isoflop import bootstrap_approach2
+    from scaling.laws.approach2 import bootstrap_approach2
 
     widths = {}
     for noise in (0.01, 0.0025):
@@ -536,7 +537,7 @@ def test_approach2_residuals_are_leverage_adjusted():
     """Each budget's residuals are r_i / sqrt(1 - h_ii) of its own parabola, pooled and
     centred; a budget with exactly 3 sizes has none, and a design of only such budgets
     has nothing to resample."""
-    from scaling.law_isoflop import bootstrap_approach2, parabola_residuals
+    from scaling.laws.approach2 import bootstrap_approach2, parabola_residuals
 
     rng = np.random.default_rng(0)
     x = np.log(np.logspace(6, 8, 5))

@@ -2,7 +2,7 @@
 
 A language model a power law in N and D can describe must at least beat an n-gram count
 model fitted on the same training tokens and scored on the same held-out tokens: the
-regime diagnostic (:mod:`scaling.law_checks`) compares every fitted run's validation loss
+regime diagnostic (:mod:`scaling.laws.checks`) compares every fitted run's validation loss
 with the trigram's.  :func:`cross_entropy` gives the count model's mean negative log
 likelihood in nats per token.
 

@@ -1,5 +1,5 @@
 """A sweep spec: the YAML file of ``experiments.sweep`` parsed and checked (the format is in
-``scaling.sweep``)."""
+:mod:`scaling.sweep`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from scaling import config as config_lib
 from scaling.errors import UsageError
-from scaling.sweep_results import RESULT_COLUMNS
+from scaling.sweep.results import RESULT_COLUMNS
 
 
 DESIGN_FIELDS = ("model.n_layer", "model.d_model", "model.n_head", "train.tokens")

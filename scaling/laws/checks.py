@@ -8,7 +8,7 @@ size with three token counts, ...) does not pass: a law is trusted only when eve
 ran and passed.  The checks, with the defaults of :class:`Thresholds`:
 
 - ``regime.below_baseline``: every fitted run's loss is below the count-model (trigram)
-  baseline loss of the same validation split (:mod:`scaling.count_models`);
+  baseline loss of the same validation split (:mod:`scaling.laws.count_models`);
 - ``regime.diminishing_returns``: at fixed N, the gain per doubling of D shrinks: with
   g_k = (L_k - L_{k+1}) / log2(D_{k+1} / D_k) over a size's token counts in order,
   g_{k+1} - g_k <= ``gain_tol`` nats (L convex in log D, as E + A/N^alpha + B/D^beta is;
@@ -41,9 +41,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from scaling import laws
 from scaling.errors import UsageError
-from scaling.law_isoflop import bootstrap_approach2
+from scaling.laws import approach3
+from scaling.laws.approach2 import IsoFlopFit, bootstrap_approach2, fit_approach2, isoflop_groups
+from scaling.laws.approach3 import LawFit
+from scaling.laws.law import DEFAULT_DELTA, N_PARAMS, PARAM_NAMES
 
 __all__ = [
     "Check",
@@ -148,7 +150,7 @@ def check_regime(N, D, L, *, baseline: float | None, thresholds: Thresholds = Th
     increases, per_size = [], []
     for n in np.unique(N):
         sel = N == n
-        inv, ds = laws.isoflop_groups(D[sel], rtol=thresholds.d_merge_factor - 1)
+        inv, ds = isoflop_groups(D[sel], rtol=thresholds.d_merge_factor - 1)
         if ds.size < 3:
             continue
         ls = np.bincount(inv, weights=L[sel]) / np.bincount(inv)
@@ -216,7 +218,7 @@ def check_agreement(a2: float, a2_interval, a3: float, a3_interval,
     ]
 
 
-def check_extrapolation(N, D, L, C=None, *, budgets=None, rtol: float = 0.1, delta: float = laws.DEFAULT_DELTA,
+def check_extrapolation(N, D, L, C=None, *, budgets=None, rtol: float = 0.1, delta: float = DEFAULT_DELTA,
                         starts=None, thresholds: Thresholds = Thresholds()) -> list[Check]:
     """Fit approach 3 without the largest budget's runs and predict them (module docstring)."""
     N, D, L = (np.asarray(v, dtype=np.float64).ravel() for v in (N, D, L))
@@ -224,21 +226,21 @@ def check_extrapolation(N, D, L, C=None, *, budgets=None, rtol: float = 0.1, del
     names = ("extrapolation.mean_error", "extrapolation.worst_error", "extrapolation.n_opt_ratio")
     rels = ("<=", "<=", "<=")
     thr = (thresholds.mean_error_max, thresholds.worst_error_max, thresholds.n_opt_ratio_max)
-    labels, values = laws.isoflop_groups(C, budgets, rtol)
+    labels, values = isoflop_groups(C, budgets, rtol)
     if values.size < 2:
         return [_not_evaluated(n, r, t, f"{values.size} IsoFLOP budget(s): nothing to hold out")
                 for n, r, t in zip(names, rels, thr)]
     top = values.size - 1
     held = labels == top
     kept = ~held & ((labels >= 0) | (C < C[held].min()))  # runs outside the budgets count when below the top
-    if kept.sum() < laws.N_PARAMS + 1:
+    if kept.sum() < N_PARAMS + 1:
         return [_not_evaluated(n, r, t, f"only {int(kept.sum())} runs below the largest budget")
                 for n, r, t in zip(names, rels, thr)]
-    fit = laws.fit_approach3(N[kept], D[kept], L[kept], delta=delta, starts=starts)
+    fit = approach3.fit_approach3(N[kept], D[kept], L[kept], delta=delta, starts=starts)
     rel = (fit.predict(N[held], D[held]) - L[held]) / L[held]
     c_top = float(values[top])
     details = {"budget": c_top, "n_held_out": int(held.sum()), "n_fitted": int(kept.sum()),
-               "rel_errors": rel.tolist(), "fit": {k: getattr(fit, k) for k in laws.PARAM_NAMES}}
+               "rel_errors": rel.tolist(), "fit": {k: getattr(fit, k) for k in PARAM_NAMES}}
     out = [
         _check(names[0], "mean |relative error| on the held-out budget", np.mean(np.abs(rel)), "<=", thr[0], details),
         _check(names[1], "worst |relative error| on the held-out budget", np.max(np.abs(rel)), "<=", thr[1], details),
@@ -268,7 +270,7 @@ def a_across_deltas(N, D, L, deltas: Sequence[float] = Thresholds.deltas, *, sta
                     known: Mapping[float, float] | None = None) -> dict[float, float]:
     """Approach 3's a refitted at each Huber delta (``known``: a already fitted at some deltas)."""
     known = dict(known or {})
-    return {d: known[d] if d in known else laws.fit_approach3(N, D, L, delta=d, starts=starts).a for d in deltas}
+    return {d: known[d] if d in known else approach3.fit_approach3(N, D, L, delta=d, starts=starts).a for d in deltas}
 
 
 # ---------------------------------------------------------------------------- verdict
@@ -317,8 +319,8 @@ def verdict(checks: Sequence[Check]) -> Verdict:
 
 
 def diagnose(
-    N, D, L, *, fit: laws.LawFit, ci: Mapping[str, Sequence[float]], C=None, budgets=None, rtol: float = 0.1,
-    baseline: float | None = None, alt_N=None, approach2: dict | None = None, approach2_a_interval=None,
+    N, D, L, *, fit: LawFit, ci: Mapping[str, Sequence[float]], C=None, budgets=None, rtol: float = 0.1,
+    baseline: float | None = None, alt_N=None, approach2: IsoFlopFit | None = None, approach2_a_interval=None,
     n_resamples: int = 200, seed: int = 0, level: float = 0.95, starts=None, thresholds: Thresholds = Thresholds(),
 ) -> Verdict:
     """Every check on runs (N, D, L) and their approach-3 ``fit`` with its bootstrap
@@ -339,12 +341,12 @@ def diagnose(
     a_delta = a_across_deltas(N, D, L, thresholds.deltas, starts=starts, known={fit.delta: fit.a})
     a_counts = None
     if alt_N is not None:
-        alt = laws.fit_approach3(np.asarray(alt_N, dtype=np.float64), D, L, delta=fit.delta, starts=starts)
+        alt = approach3.fit_approach3(np.asarray(alt_N, dtype=np.float64), D, L, delta=fit.delta, starts=starts)
         a_counts = (fit.a, alt.a)
     checks += check_stability(a_delta, a_counts, thresholds)
     try:
         if approach2 is None:
-            approach2 = laws.fit_approach2(N, L, C, budgets=budgets, rtol=rtol)
+            approach2 = fit_approach2(N, L, C, budgets=budgets, rtol=rtol)
         if approach2_a_interval is None:
             approach2_a_interval = bootstrap_approach2(N, L, C, approach2, n_resamples, budgets=budgets, rtol=rtol,
                                                        seed=seed, level=level).interval("a")
@@ -352,7 +354,7 @@ def diagnose(
         checks += [_not_evaluated("agreement.a_overlap", ">=", 0.0, str(e)),
                    _not_evaluated("agreement.a_delta", "<=", thresholds.agreement_max, str(e))]
     else:
-        checks += check_agreement(approach2["a"], approach2_a_interval, fit.a, ci["a"], thresholds)
+        checks += check_agreement(approach2.a, approach2_a_interval, fit.a, ci["a"], thresholds)
     checks += check_extrapolation(N, D, L, C, budgets=budgets, rtol=rtol, delta=fit.delta, starts=starts,
                                   thresholds=thresholds)
     return verdict(checks)

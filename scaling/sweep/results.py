@@ -1,4 +1,5 @@
-"""A sweep directory's files: the run log and results.csv (of the plan's runs only)."""
+"""A sweep directory's files: the run log, results.csv (of the plan's runs only), and the check of an
+existing directory against the plan."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from scaling import config as config_lib
+from scaling.config import Config
 from scaling.errors import UsageError
 from scaling.io import atomic_write_text, file_lock
 
-if TYPE_CHECKING:  # (sweep_plan reaches this module through sweep_spec: annotations only)
-    from scaling.sweep_plan import Plan
+if TYPE_CHECKING:  # the plan module imports this one (through the spec): annotations only
+    from scaling.sweep.plan import Plan
 
 RESULT_COLUMNS = (
     "run_id", "n_layer", "d_model", "n_head", "seq_len", "batch_size", "n_params", "n_params_nonembed", "tokens",
@@ -32,7 +34,7 @@ VOLATILE_COLUMNS = ("wall_s", "compile_s", "tokens_per_s")
 # ----------------------------------------------------------------------------- files
 
 
-def _read_json(path: Path) -> dict | None:
+def read_json(path: Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -85,7 +87,7 @@ def _summaries(out: Path, plan: Plan | None) -> tuple[list[tuple[Path, dict]], l
     any_config = plan is not None and plan.base.resume.allow_config_change
     kept, ignored = [], []
     for summary_path in sorted((Path(out) / "runs").glob("*/summary.json")):
-        summary = _read_json(summary_path)
+        summary = read_json(summary_path)
         if summary is None:
             continue
         run_dir = summary_path.parent
@@ -107,7 +109,7 @@ def collect_rows(out: Path, plan: Plan | None = None) -> list[dict]:
     plan is given), joined with its plan.json, in plan order."""
     rows = []
     for run_dir, summary in _summaries(out, plan)[0]:
-        entry = _read_json(run_dir / "plan.json") or {}  # the run's plan entry
+        entry = read_json(run_dir / "plan.json") or {}  # the run's plan entry
         row = {k: summary.get(k) for k in RESULT_COLUMNS if k in summary}
         row["run_id"] = run_dir.name
         row["budget"] = entry.get("budget")
@@ -157,10 +159,46 @@ def rebuild_results(out: Path, plan: Plan | None = None) -> list[dict]:
     the lock."""
     out = Path(out)
     with file_lock(out / "locks" / "results.lock"):
-        return _rebuild_unlocked(out, plan)
+        return rebuild_unlocked(out, plan)
 
 
-def _rebuild_unlocked(out: Path, plan: Plan | None = None) -> list[dict]:
+def rebuild_unlocked(out: Path, plan: Plan | None = None) -> list[dict]:
     rows = collect_rows(out, plan)
     atomic_write_text(out / "results.csv", results_csv_text(rows))
     return rows
+
+
+# ----------------------------------------------------------------------------- an existing --out
+
+
+def check_outputs(plan: Plan, out: Path) -> None:
+    """Refuse (UsageError, nothing written) an --out that is a file or holds any of the plan's
+    runs trained with a different config (model, data, optimizer or budget)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} exists and is not a directory")
+    if plan.base.resume.allow_config_change:
+        return
+    for r in plan.runs:
+        stored = out / "runs" / r.run_id / "config.yaml"
+        if not stored.is_file():
+            continue
+        try:
+            old = config_lib.from_dict(config_lib.load_yaml(stored))
+        except UsageError as e:
+            raise UsageError(f"{stored} is not a readable run config ({e}); use a new --out") from None
+        if old.identity_hash() != r.cfg.identity_hash():
+            diff = _first_difference(old, r.cfg)
+            raise UsageError(f"{out / 'runs' / r.run_id} was trained with a different config ({diff}); "
+                             f"use a new --out, or --resume.allow_config_change true")
+
+
+def _first_difference(a: Config, b: Config) -> str:
+    da, db = a.to_dict(), b.to_dict()
+    for sec in config_lib.RESUME_IDENTITY_SECTIONS:
+        for k in da[sec]:
+            if f"{sec}.{k}" in config_lib.RESUME_SAFE_FIELDS:
+                continue
+            if da[sec][k] != db[sec].get(k):
+                return f"{sec}.{k}: {da[sec][k]!r} there, {db[sec].get(k)!r} now"
+    return "identity hash differs"

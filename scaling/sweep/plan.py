@@ -6,13 +6,17 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from pathlib import Path
+
+import numpy as np
 
 from scaling import config as config_lib
-from scaling.config import Config, ModelConfig
-from scaling.errors import UsageError
 from scaling import flops as flops_lib
-from scaling.sweep_spec import DESIGN_FIELDS, Arm, ModelSpec, Sizing, Spec, _si
+from scaling import tokenizer
+from scaling.config import Config, ModelConfig
+from scaling.data import Batches, load_tokens
+from scaling.errors import UsageError
+from scaling.laws.support import SWEEP
+from scaling.sweep.spec import DESIGN_FIELDS, Arm, ModelSpec, Sizing, Spec, _si
 
 
 # ----------------------------------------------------------------------------- sizing
@@ -232,48 +236,32 @@ def make_plan(spec: Spec, overrides: dict | None = None, *, load_data: bool = Tr
     approaches = fit_support(spec, planned)
     if spec.fit and not approaches:
         raise UsageError(f"sweep spec {spec.path} plans too few runs to fit a scaling law (approach 3 needs "
-                         f"{_MIN_APPROACH3} runs over 2+ sizes and 2+ token counts, approach 2 two budgets of 3+ "
-                         f"sizes, approach 1 two sizes{' per arm' if spec.arms else ''}); add runs or set fit: false")
+                         f"{SWEEP.approach3_runs} runs over 2+ sizes and 2+ token counts, approach 2 two budgets of "
+                         f"3+ sizes, approach 1 two sizes{' per arm' if spec.arms else ''}); add runs or set fit: false")
     return Plan(spec=spec, runs=tuple(planned), base=base, dropped=tuple(dropped), approaches=approaches)
 
 
-_MIN_APPROACH3 = 6  # more runs than the law's 5 parameters
-
-
 def fit_support(spec: Spec, runs: tuple[PlannedRun, ...] | list[PlannedRun]) -> tuple[str, ...]:
-    """The approaches a set of runs supports, in every arm: '3', '2', '1'."""
-    groups: dict = {}
-    for r in runs:
-        groups.setdefault(r.arm, []).append(r)
-    ok = {"1", "2", "3"}
-    for rs in groups.values():
-        ns = {r.n_params for r in rs}
-        if not (len(rs) >= _MIN_APPROACH3 and len(ns) >= 2 and len({r.tokens for r in rs}) >= 2):
-            ok.discard("3")
-        by_budget: dict = {}
-        for r in rs:
-            if r.budget is not None:
-                by_budget.setdefault(r.budget, set()).add(r.n_params)
-        if sum(len(v) >= 3 for v in by_budget.values()) < 2:
-            ok.discard("2")
-        if len(ns) < 2:
-            ok.discard("1")
-    return tuple(a for a in ("3", "2", "1") if a in ok)
+    """The approaches a set of runs supports in every arm ('3', '2', '1'), by the rule the
+    sweep's fit applies (:data:`scaling.laws.support.SWEEP`)."""
+    ok = ("3", "2", "1")
+    for arm in dict.fromkeys(r.arm for r in runs):
+        rs = [r for r in runs if r.arm == arm]
+        N = np.array([r.n_params for r in rs], dtype=np.float64)
+        D = np.array([r.tokens for r in rs], dtype=np.float64)
+        budgets = np.array([np.nan if r.budget is None else r.budget for r in rs], dtype=np.float64)
+        here = SWEEP.supported(N, D, 6 * N * D, budgets)
+        ok = tuple(a for a in ok if a in here)
+    return ok
 
 
 def _vocab(cfg: Config, load_data: bool) -> int:
+    """The tokenizer's number of ids: from the corpus's token cache (tokenizing it the first
+    time), or without the data from ``model.vocab_size`` or the tokenizer's name."""
     if load_data:
-        from scaling.data import load_tokens
         return load_tokens(cfg.data).n_vocab
-    from scaling import tokenizer as tok
-    tok.check_name(cfg.data.tokenizer)
-    if cfg.model.vocab_size:
-        return cfg.model.vocab_size
-    if cfg.data.tokenizer == "byte":
-        return 257
-    if cfg.data.tokenizer == "gpt2":
-        return 50257
-    return tok.parse_bpe_vocab(cfg.data.tokenizer)
+    n_vocab = tokenizer.vocab_size(cfg.data.tokenizer)
+    return cfg.model.vocab_size or n_vocab
 
 
 def _shape(mspec: ModelSpec, sizing: Sizing, model: ModelConfig) -> tuple[int, int, int]:
@@ -297,13 +285,9 @@ def _model(model: ModelConfig, shape: tuple[int, int, int], mspec: ModelSpec) ->
 
 
 def _validate_runs(runs: list[PlannedRun], load_data: bool) -> None:
-    """Everything Run checks before compute, for every run: steps, mesh and batch, data windows."""
-    from scaling.train import steps_for
+    """Everything Run checks before compute, for every run: mesh and batch, data windows."""
+    import jax  # the device count: jax starts here, once the spec and overrides are known good
 
-    for r in runs:
-        if steps_for(r.cfg) != r.steps:
-            raise AssertionError(f"{r.run_id}: planned {r.steps} steps, steps_for gives {steps_for(r.cfg)}")
-    import jax
     from scaling import sharding as sh
 
     n_dev = jax.device_count()
@@ -314,8 +298,6 @@ def _validate_runs(runs: list[PlannedRun], load_data: bool) -> None:
         except UsageError as e:
             raise UsageError(f"run {r.run_id}: {e}") from None
     if load_data:
-        from scaling.data import Batches, load_tokens
-
         checked = set()
         for r in runs:
             key = (r.cfg.data, r.cfg.model.seq_len)
@@ -323,39 +305,6 @@ def _validate_runs(runs: list[PlannedRun], load_data: bool) -> None:
                 continue
             checked.add(key)
             Batches(load_tokens(r.cfg.data), r.cfg.model.seq_len, r.cfg.train.batch_size, r.seed)
-
-
-def check_outputs(plan: Plan, out: Path) -> None:
-    """Refuse (UsageError, nothing written) an --out that is a file or holds any of the plan's
-    runs trained with a different config (model, data, optimizer or budget)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} exists and is not a directory")
-    if plan.base.resume.allow_config_change:
-        return
-    for r in plan.runs:
-        stored = out / "runs" / r.run_id / "config.yaml"
-        if not stored.is_file():
-            continue
-        try:
-            old = config_lib.from_dict(config_lib.load_yaml(stored))
-        except UsageError as e:
-            raise UsageError(f"{stored} is not a readable run config ({e}); use a new --out") from None
-        if old.identity_hash() != r.cfg.identity_hash():
-            diff = _first_difference(old, r.cfg)
-            raise UsageError(f"{out / 'runs' / r.run_id} was trained with a different config ({diff}); "
-                             f"use a new --out, or --resume.allow_config_change true")
-
-
-def _first_difference(a: Config, b: Config) -> str:
-    da, db = a.to_dict(), b.to_dict()
-    for sec in config_lib.RESUME_IDENTITY_SECTIONS:
-        for k in da[sec]:
-            if f"{sec}.{k}" in config_lib.RESUME_SAFE_FIELDS:
-                continue
-            if da[sec][k] != db[sec].get(k):
-                return f"{sec}.{k}: {da[sec][k]!r} there, {db[sec].get(k)!r} now"
-    return "identity hash differs"
 
 
 # ----------------------------------------------------------------------------- printing
@@ -421,10 +370,3 @@ def format_plan(plan: Plan, runs: tuple[PlannedRun, ...] | None = None, estimate
     if spec.fit:
         lines.append("fit at the end: approaches " + ", ".join(fits[a] for a in plan.approaches))
     return "\n".join(lines)
-
-
-def shape_key(r: PlannedRun) -> tuple:
-    """Runs with equal keys share compiled functions when one process trains them (the mesh
-    aside, ``train.Trainer.program_key``)."""
-    from scaling.train import shape_fields
-    return (*shape_fields(r.cfg), r.cfg.mesh)

@@ -8,7 +8,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from scaling.sweep_plan import PlannedRun
+import numpy as np
+
+from scaling.sweep.plan import PlannedRun
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -58,8 +60,7 @@ def calibrate(runs: tuple[PlannedRun, ...] | list[PlannedRun], *, target_s: floa
     """Time real train steps of the smallest and the largest planned shape (by FLOPs per step)
     in this process: compile, a few steps, an evaluation batch and a checkpoint save (into a
     temporary directory). Random tokens; nothing of the sweep is written."""
-    import jax
-    import numpy as np
+    import jax  # the training stack loads here, when a calibration runs (see scaling.sweep)
 
     from scaling import sharding as sh
     from scaling.checkpoint import Checkpointer
@@ -105,3 +106,10 @@ def calibrate(runs: tuple[PlannedRun, ...] | list[PlannedRun], *, target_s: floa
         points.append({"run_id": r.run_id, "flops_per_step": r.flops_per_step, "step_s": step_s,
                        "eval_s": eval_s, "compile_s": compile_s, "ckpt_s": ckpt_s, "steps_timed": n})
     return Calibration(points=tuple(points))
+
+
+def shape_key(r: PlannedRun) -> tuple:
+    """Runs with equal keys share compiled functions when one process trains them (the mesh
+    aside, ``train.Trainer.program_key``)."""
+    from scaling.train import shape_fields
+    return (*shape_fields(r.cfg), r.cfg.mesh)

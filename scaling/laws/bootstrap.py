@@ -1,0 +1,171 @@
+"""Bootstrap intervals for approach 3: resample runs with replacement, refit, percentile
+intervals for E, A, B, alpha, beta, a, b, G.
+
+A resample is refitted by L-BFGS from 32 of the grid starts whose full-data run reached the
+optimum (``starts="best"``, the default: fast; see :func:`bootstrap_starts`) or from the
+whole grid (``starts="grid"``).  Resamples are fitted together in chunks, each one batch of
+(resample, start) problems with per-problem run weights (counts).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from scaling.errors import UsageError
+from scaling.laws import approach3, lbfgs
+from scaling.laws.approach3 import LawFit, hoffmann_grid, objective_and_grad_batch
+from scaling.laws.law import DEFAULT_DELTA, DERIVED_NAMES, N_PARAMS, PARAM_NAMES, as_runs, compute_optimal, frontier
+from scaling.laws.record import JsonRecord
+
+__all__ = ["SAMPLE_NAMES", "Bootstrap", "percentile_interval", "bootstrap_starts", "bootstrap_approach3"]
+
+SAMPLE_NAMES = PARAM_NAMES + DERIVED_NAMES
+
+
+def percentile_interval(samples, level: float = 0.95):
+    """Percentile interval(s) [lo, hi] of samples along axis 0 at the given level."""
+    if not 0 < level < 1:
+        raise UsageError(f"confidence level must be in (0, 1), got {level}")
+    q = [50.0 * (1 - level), 50.0 * (1 + level)]
+    samples = np.asarray(samples, dtype=np.float64)
+    if samples.shape[0] == 0:  # every resample failed: no interval
+        return np.full((2,) + samples.shape[1:], np.nan)
+    return np.percentile(samples, q, axis=0)
+
+
+@dataclass(frozen=True)
+class Bootstrap(JsonRecord):
+    """Bootstrap refits: samples[:, j] is SAMPLE_NAMES[j] (E, A, B, alpha, beta, a, b, G)."""
+
+    samples: np.ndarray
+    level: float
+    seed: int
+    starts: str
+    n_failed: int
+
+    @property
+    def n_resamples(self) -> int:
+        return int(self.samples.shape[0] + self.n_failed)
+
+    def column(self, name: str) -> np.ndarray:
+        return self.samples[:, SAMPLE_NAMES.index(name)]
+
+    def interval(self, name: str) -> tuple[float, float]:
+        lo, hi = percentile_interval(self.column(name), self.level)
+        return float(lo), float(hi)
+
+    def ci(self) -> dict[str, list[float]]:
+        lohi = percentile_interval(self.samples, self.level)
+        return {k: [float(lohi[0, j]), float(lohi[1, j])] for j, k in enumerate(SAMPLE_NAMES)}
+
+    def optimal_interval(self, C: float) -> dict[str, list[float]]:
+        """Percentile intervals of the compute-optimal N_opt, D_opt and loss at budget C."""
+        vals = np.stack(compute_optimal(C, *self.samples[:, :N_PARAMS].T), axis=1)
+        lohi = percentile_interval(vals, self.level)
+        return {k: [float(lohi[0, j]), float(lohi[1, j])] for j, k in enumerate(("N_opt", "D_opt", "loss"))}
+
+    def to_dict(self) -> dict:
+        return {
+            "n_resamples": self.n_resamples,
+            "seed": self.seed,
+            "starts": self.starts,
+            "n_failed": self.n_failed,
+        }
+
+
+def _samples_from_theta(theta_k5):
+    a, b, e, alpha, beta = theta_k5.T
+    E, A, B = np.exp(e), np.exp(a), np.exp(b)
+    G, aa, bb = frontier(E, A, B, alpha, beta)
+    return np.stack([E, A, B, alpha, beta, aa, bb, G], axis=1)
+
+
+def bootstrap_starts(fit: LawFit, n_starts: int = 32) -> np.ndarray:
+    """The grid starts a bootstrap refit runs from: ``n_starts`` of the starts whose
+    full-data run reached the optimum (within 1e-6 relative), spread evenly over them
+    (topped up with the next best-ending starts when fewer reached it)."""
+    ranked = fit.ranked_starts
+    if ranked is None or len(ranked) == 0:
+        return fit.theta[None, :]
+    n_starts = max(1, min(int(n_starts), len(ranked)))
+    pool = max(fit.n_starts_at_best, n_starts)
+    pick = np.unique(np.linspace(0, pool - 1, n_starts).round().astype(np.int64))
+    return np.asarray(ranked)[pick]
+
+
+def bootstrap_approach3(
+    N,
+    D,
+    L,
+    fit: LawFit | None = None,
+    n_resamples: int = 1000,
+    *,
+    seed: int = 0,
+    level: float = 0.95,
+    delta: float | None = None,
+    starts: str = "best",
+    n_starts: int = 32,
+    chunk: int = 100,
+    progress: bool = False,
+) -> Bootstrap:
+    """Refit approach 3 on ``n_resamples`` resamples of the runs (with replacement).
+
+    Each refit is the approach-3 procedure (L-BFGS from grid starts, keep the best) run
+    from ``starts="best"``: the ``n_starts`` grid starts whose run on the full data
+    reached the optimum (:func:`bootstrap_starts`; default, fast), or ``"grid"``: all
+    4,500.  A refit does not start from the full-data optimum itself: with delta = 1e-3
+    the objective is nearly piecewise linear and L-BFGS stops at the nearest kink, so the
+    intervals would come out far too narrow.
+    """
+    N, D, L = as_runs(N, D, L)
+    if n_resamples < 1:
+        raise UsageError(f"--bootstrap needs at least 1 resample, got {n_resamples}")
+    if starts not in ("best", "grid"):
+        raise UsageError(f"bootstrap starts must be 'best' or 'grid', got {starts!r}")
+    percentile_interval(np.zeros(2), level)  # validates level
+    if fit is None:
+        fit = approach3.fit_approach3(N, D, L, delta=DEFAULT_DELTA if delta is None else delta)
+    delta = fit.delta if delta is None else delta
+    x_starts = hoffmann_grid() if starts == "grid" else bootstrap_starts(fit, n_starts)
+    k = x_starts.shape[0]
+    n = N.size
+    lN, lD, lL = np.log(N), np.log(D), np.log(L)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(n_resamples, n))
+    counts = np.zeros((n_resamples, n))
+    np.add.at(counts, (np.repeat(np.arange(n_resamples), n), idx.ravel()), 1.0)
+
+    per = max(1, (chunk * 32) // k)  # resamples per batch: about chunk * 32 problems
+    thetas = np.full((n_resamples, N_PARAMS), np.nan)
+    with tqdm(total=n_resamples, desc="bootstrap", unit="fit", disable=not progress, file=sys.stderr) as bar:
+        for r0 in range(0, n_resamples, per):
+            cw = counts[r0 : r0 + per]
+            nr = cw.shape[0]
+            w_all = np.repeat(cw, k, axis=0)  # (nr * k, n)
+            x0 = np.tile(x_starts, (nr, 1))
+
+            def fun_grad(x, rows, w_all=w_all):
+                return objective_and_grad_batch(x, lN, lD, lL, w_all[rows], delta)
+
+            res = lbfgs.lbfgs_batch(fun_grad, x0)
+            fr = np.where(np.isfinite(res.f), res.f, np.inf).reshape(nr, k)
+            best = np.argmin(fr, axis=1)
+            xr = res.x.reshape(nr, k, N_PARAMS)[np.arange(nr), best]
+            okr = np.isfinite(fr[np.arange(nr), best])
+            thetas[r0 : r0 + nr][okr] = xr[okr]
+            bar.update(nr)
+    good = np.all(np.isfinite(thetas), axis=1)
+    samples = _samples_from_theta(thetas[good])
+    good_s = np.all(np.isfinite(samples), axis=1)
+    samples = samples[good_s]
+    return Bootstrap(
+        samples=samples,
+        level=float(level),
+        seed=int(seed),
+        starts=starts,
+        n_failed=int(n_resamples - samples.shape[0]),
+    )

@@ -133,12 +133,13 @@ class Checkpointer:
         is raised."""
         steps = self.steps()
         corrupt: list[tuple[int, str]] = []
+        uncommitted: list[tuple[int, str]] = []  # killed between orbax's rename and the manifest
         for step in reversed(steps):
             problem = self.problem(step)
             if problem is not None:
-                corrupt.append((step, problem))
+                (uncommitted if problem == UNCOMMITTED else corrupt).append((step, problem))
                 continue
-            for s, p in corrupt:
+            for s, p in sorted(corrupt + uncommitted, reverse=True):
                 if self.read_only:
                     print(f"warning: checkpoint {s} under {self.directory} is corrupt ({p}); reading "
                           f"checkpoint {step}", file=sys.stderr)
@@ -153,6 +154,11 @@ class Checkpointer:
                 raise UsageError(f"checkpoint {step} under {self.directory} does not fit this run's "
                                  f"train state ({msg}); use a new --out") from e
             return out["state"], out["meta"], step
+        if uncommitted and not corrupt:  # only saves a kill interrupted: as if never started
+            if not self.read_only:
+                for s, p in uncommitted:
+                    self._set_aside(s, p, "starting from scratch")
+            return None
         if corrupt:
             raise CorruptCheckpoints(
                 f"no checkpoint under {self.directory} can be restored: {len(corrupt)} corrupt, the newest "
@@ -249,13 +255,16 @@ def write_manifest(step_dir: Path) -> None:
     atomic_write_text(step_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
 
 
+UNCOMMITTED = f"no {MANIFEST}: the save was never committed"
+
+
 def verify_step(step_dir: Path) -> str | None:
     """None if every file of the step matches its manifest and nothing else is there; otherwise
     what is wrong, in a few words."""
     try:
         manifest = json.loads((step_dir / MANIFEST).read_text())
     except FileNotFoundError:
-        return f"no {MANIFEST}: the save was never committed"
+        return UNCOMMITTED
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         return f"unreadable {MANIFEST} ({type(e).__name__})"
     files = manifest.get("files") if isinstance(manifest, dict) else None

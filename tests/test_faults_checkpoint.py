@@ -134,6 +134,25 @@ def test_a_step_without_a_checking_manifest_is_never_trusted(tmp_path, capsys, d
     ck.close()
 
 
+def test_a_run_killed_before_its_first_save_was_committed_starts_from_scratch(tmp_path, capsys):
+    """The only step lacks its manifest (a kill mid-save): nothing was committed, so a rerun
+    starts afresh with one warning instead of refusing as if a good checkpoint were damaged.
+    A step that is committed but damaged still refuses (test above)."""
+    ck = Checkpointer(tmp_path / "ck", CheckpointConfig(keep=5))
+    ck.save(1, _state(1), {"step": 1})
+    ck.close()
+    (tmp_path / "ck" / "1" / MANIFEST).unlink()
+    ck = Checkpointer(tmp_path / "ck", CheckpointConfig(keep=5))
+    assert ck.restore_latest({"w": np.zeros((64,), np.float32)}) is None
+    [warning] = _warnings(capsys.readouterr().err)
+    assert "never committed" in warning and "starting from scratch" in warning
+    assert ck.steps() == []
+    ck.save(1, _state(1), {"step": 1})
+    ck.wait()
+    assert ck.steps() == [1] and verify_step(ck.step_dir(1)) is None
+    ck.close()
+
+
 @pytest.mark.parametrize("async_save", [True, False])
 def test_data_and_manifest_are_fsynced_before_the_step_counts_as_committed(tmp_path, monkeypatch, async_save):
     synced = []

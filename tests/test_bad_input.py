@@ -32,7 +32,7 @@ from scaling import laws
 from scaling.errors import UsageError
 from scaling.fields import INT64_MAX, INT64_MIN
 from scaling.sweep_spec import SPEC_KEYS, load_spec
-from tests.conftest import REPO, TINY, run_cli
+from tests.helpers import REPO, TINY, run_cli
 
 # ----------------------------------------------------------------------------- helpers
 

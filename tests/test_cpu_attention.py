@@ -18,7 +18,7 @@ from scaling.config import ModelConfig
 from scaling.errors import UsageError
 from scaling.model import check_attention, training_attention
 
-from conftest import REPO
+from tests.helpers import REPO
 
 # Without a C++ compiler the product falls back to XLA's attention (tested below); with one,
 # the kernel must build.

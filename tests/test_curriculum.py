@@ -21,7 +21,7 @@ from scaling import curriculum as cu
 from scaling.config import Config, DataConfig, ModelConfig, TrainConfig
 from scaling.data import Batches, load_tokens
 from scaling.errors import UsageError
-from tests.conftest import REPO, TINY
+from tests.helpers import REPO, TINY
 
 CURRIC = ["--data.curriculum", "root", "--data.curriculum_score", "rarity", "--data.curriculum_horizon", "1.0",
           "--checkpoint.every_steps", "20", "--checkpoint.keep", "10"]

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import jax
 import pytest
-from conftest import REPO, TINY, run_cli
+from tests.helpers import REPO, TINY, run_cli
 
 from scaling import cpu_attention, kernel_cache
 from scaling.config import ModelConfig

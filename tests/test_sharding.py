@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, TINY, run_cli
+from tests.helpers import REPO, TINY, run_cli
 from tests.mesh_worker import main as train_on_mesh
 
 MESHES = ["8,1,1", "1,1,8", "2,1,4", "1,4,2", "2,2,2", "1,8,1"]

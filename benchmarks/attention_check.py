@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from scaling import cpu_attention
+from scaling.model import cpu_attention
 from scaling.config import ModelConfig
 from scaling.model import GPT, attention_kernel
 

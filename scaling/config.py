@@ -22,7 +22,7 @@ import yaml
 from scaling.errors import UsageError, read_input_text
 from scaling.fields import check_fields, field_type, parse_value, ranged, show
 
-CPU_KERNEL_HEAD_DIMS = (16, 32, 64, 128)  # the head sizes scaling/kernels/causal_attention_cpu.cc is built for
+CPU_KERNEL_HEAD_DIMS = (16, 32, 64, 128)  # the head sizes scaling/model/kernels/causal_attention_cpu.cc is built for
 SEED_MAX = 2**32 - 1  # jax.random.key keeps only a seed's low 32 bits (without x64); numpy refuses negative seeds
 
 _f = ranged  # the short name keeps the many field declarations below readable

@@ -45,7 +45,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from scaling import attention as attn_lib
+from scaling.model import attention as attn_lib
 from scaling import config as config_lib
 from scaling import flops as flops_lib
 from scaling import io as run_io

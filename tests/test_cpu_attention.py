@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scaling import cpu_attention
-from scaling.attention import causal_attention
+from scaling.model import cpu_attention
+from scaling.model.attention import causal_attention
 from scaling.config import ModelConfig
 from scaling.errors import UsageError
 from scaling.model import check_attention, training_attention
@@ -56,7 +56,7 @@ def test_loading_the_kernel_keeps_subnormal_numbers_for_the_rest_of_the_process(
     flush-to-zero for the whole process: numpy's and scipy's subnormals would become 0."""
     code = textwrap.dedent("""
         import jax, numpy as np
-        from scaling import cpu_attention
+        from scaling.model import cpu_attention
         assert cpu_attention.unavailable() is None
         x = jax.random.normal(jax.random.key(0), (1, 8, 1, 16))
         jax.block_until_ready(cpu_attention.causal_attention(x, x, x))
@@ -75,7 +75,8 @@ def test_kernel_on_sharded_meshes_matches_one_device():
     values and gradients as on one device."""
     code = textwrap.dedent("""
         import jax, jax.numpy as jnp, numpy as np
-        from scaling import cpu_attention, sharding as sh
+        from scaling import sharding as sh
+        from scaling.model import cpu_attention
         q, k, v, do = (jax.random.normal(key, (8, 96, 8, 32)) for key in jax.random.split(jax.random.key(0), 4))
         f = jax.jit(lambda q, k, v, do: (lambda o, vjp: (o, *vjp(do)))(*jax.vjp(cpu_attention.causal_attention, q, k, v)))
         want = f(q, k, v, do)

@@ -18,7 +18,7 @@ import jax
 import pytest
 from tests.helpers import REPO, TINY, run_cli
 
-from scaling import cpu_attention, kernel_cache
+from scaling.model import cpu_attention, kernel_cache
 from scaling.config import ModelConfig
 from scaling.errors import UsageError
 from scaling.model import check_attention, training_attention
@@ -32,8 +32,8 @@ Built = collections.namedtuple("Built", "library digest_line")
 # XLA's attention.
 KERNEL_CHECK = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
-    from scaling import cpu_attention
-    from scaling.attention import causal_attention
+    from scaling.model import cpu_attention
+    from scaling.model.attention import causal_attention
     reason = cpu_attention.unavailable()
     assert reason is None, reason
     q, k, v = (jax.random.normal(key, (2, 40, 2, 16)) for key in jax.random.split(jax.random.key(0), 3))
@@ -142,7 +142,7 @@ def test_a_truncated_library_is_rebuilt_not_loaded(built, cache):
     target = _plant(built.library[: len(built.library) // 2], built.digest_line)
     whole = target.parent.parent / "whole.so"
     whole.write_bytes(built.library)
-    copy_build = ("import shutil\nfrom scaling import cpu_attention\n"  # the compiler's work is tested elsewhere
+    copy_build = ("import shutil\nfrom scaling.model import cpu_attention\n"  # the compiler's work is tested elsewhere
                   f"cpu_attention._build = lambda cxx, out: shutil.copyfile({str(whole)!r}, out)\n")
     proc = _run(copy_build + KERNEL_CHECK)
     out, err = proc.communicate(timeout=300)

@@ -23,9 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from scaling import attention as attn_lib
-from scaling import cpu_attention
-from scaling.attention import NEG_INF
+from scaling.model import attention as attn_lib
+from scaling.model import cpu_attention
+from scaling.model.attention import NEG_INF
 from scaling.config import ModelConfig
 from scaling.errors import UsageError
 from scaling.sharding import logical_axis_size

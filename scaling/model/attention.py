@@ -3,7 +3,7 @@
 - :func:`causal_attention`: the plain masked softmax over every key, for decoding with a
   KV cache (queries at arbitrary absolute positions).
 - :func:`blocked_causal_attention`: training-time attention of fresh sequences, written for
-  CPUs in XLA (the fallback where the C++ kernel of ``scaling.cpu_attention``, about 2x
+  CPUs in XLA (the fallback where the C++ kernel of ``scaling.model.cpu_attention``, about 2x
   faster, does not build or does not take the head size or dtype). A profile of the plain form on 2 cores showed attention at a third of the matmul
   peak: its (batch, heads, T, T) score tensors do not fit in cache, so every softmax pass
   is a trip to memory. Here the batch is walked a few sequences at a time (``lax.map``),

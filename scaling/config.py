@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from scaling.curriculum_config import check_config as check_curriculum
 from scaling.errors import UsageError, read_input_text
 from scaling.fields import check_fields, field_type, parse_value, ranged, show
 
@@ -119,9 +120,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check_fields(self)
         _check(bool(self.corpus), "data.corpus must not be empty")
-        from scaling.curriculum import check_config  # no jax import; the curriculum names live there
-
-        check_config(self)
+        check_curriculum(self)
 
 
 @dataclass(frozen=True)

@@ -137,6 +137,7 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
     import jax
     from tqdm import tqdm
 
+    from scaling.difficulty import MODEL_SCORING
     from scaling.train import Run
 
     out = Path(out)
@@ -175,7 +176,7 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
                 res.skipped.append(r.run_id)
                 continue
             try:  # the Run holds the run directory's lock (process 0) until it ends
-                run = Run(r.cfg, run_dir, trainers=trainers)
+                run = Run(r.cfg, run_dir, trainers=trainers, model_scoring=MODEL_SCORING)
             except LockHeld:
                 if not single:  # the other processes would wait for this one in the collectives
                     raise

@@ -8,6 +8,7 @@ the vocabulary split). Layers only name logical axes; this module alone names me
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -121,8 +122,6 @@ def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
 
 def mesh_context(mesh: jax.sharding.Mesh):
     """Context under which layers' logical constraints resolve against ``mesh``."""
-    import contextlib
-
     stack = contextlib.ExitStack()
     stack.enter_context(jax.set_mesh(mesh))
     stack.enter_context(nn.logical_axis_rules(LOGICAL_AXIS_RULES))

@@ -31,8 +31,7 @@ from tqdm import tqdm
 from scaling import config as config_lib
 from scaling.config import Config, ModelConfig
 from scaling.curriculum_config import ScoreSpec
-from scaling.data import Batches, TokenSplits, load_tokens
-from scaling.data import curriculum
+from scaling.data import Batches, TokenSplits, curriculum, load_tokens
 from scaling.data.curriculum import CompetenceSampler, ModelScoring, documents
 from scaling.errors import UsageError
 from scaling.model import GPT

@@ -45,7 +45,6 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from scaling.model import attention as attn_lib
 from scaling import config as config_lib
 from scaling import flops as flops_lib
 from scaling import io as run_io
@@ -55,6 +54,7 @@ from scaling.config import Config, OptimConfig
 from scaling.data import Batches, bits_per_byte, curriculum, load_tokens
 from scaling.errors import UsageError
 from scaling.model import GPT, check_attention, training_attention
+from scaling.model import attention as attn_lib
 
 
 @flax.struct.dataclass

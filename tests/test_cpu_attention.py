@@ -12,12 +12,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scaling.model import cpu_attention
-from scaling.model.attention import causal_attention
 from scaling.config import ModelConfig
 from scaling.errors import UsageError
-from scaling.model import check_attention, training_attention
-
+from scaling.model import check_attention, cpu_attention, training_attention
+from scaling.model.attention import causal_attention
 from tests.helpers import REPO
 
 # Without a C++ compiler the product falls back to XLA's attention (tested below); with one,
@@ -78,9 +76,11 @@ def test_kernel_on_sharded_meshes_matches_one_device():
         from scaling import sharding as sh
         from scaling.model import cpu_attention
         q, k, v, do = (jax.random.normal(key, (8, 96, 8, 32)) for key in jax.random.split(jax.random.key(0), 4))
-        f = jax.jit(lambda q, k, v, do: (lambda o, vjp: (o, *vjp(do)))(*jax.vjp(cpu_attention.causal_attention, q, k, v)))
+        f = jax.jit(lambda q, k, v, do: (lambda o, vjp: (o, *vjp(do)))(
+            *jax.vjp(cpu_attention.causal_attention, q, k, v)))
         want = f(q, k, v, do)
-        for shape in ({"data": 2, "fsdp": 1, "model": 4}, {"data": 2, "fsdp": 2, "model": 2}, {"data": 1, "fsdp": 1, "model": 8}):
+        for shape in ({"data": 2, "fsdp": 1, "model": 4}, {"data": 2, "fsdp": 2, "model": 2},
+                      {"data": 1, "fsdp": 1, "model": 8}):
             mesh = sh.make_mesh(shape)
             names = ("act_batch", "act_seq", "act_heads", None)
             args = [jax.device_put(x, sh.logical_to_sharding(jax.sharding.PartitionSpec(*names), mesh))

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import jax
 import pytest
-from tests.helpers import REPO, TINY, run_cli
 
-from scaling.model import cpu_attention, kernel_cache
 from scaling.config import ModelConfig
 from scaling.errors import UsageError
-from scaling.model import check_attention, training_attention
+from scaling.model import check_attention, cpu_attention, kernel_cache, training_attention
+from tests.helpers import REPO, TINY, run_cli
 
 pytestmark = pytest.mark.skipif(cpu_attention.compiler() is None, reason="no C++ compiler on this machine")
 
@@ -66,7 +65,8 @@ def planted(tmp_path_factory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("planted")
     src, lib, marker = d / "planted.cc", d / "planted.so", d / "constructor-ran"
     src.write_text('#include <cstdio>\n__attribute__((constructor)) static void planted() {\n'
-                   f'  if (std::FILE *f = std::fopen("{marker}", "w")) {{ std::fputs("ran", f); std::fclose(f); }}\n}}\n')
+                   f'  if (std::FILE *f = std::fopen("{marker}", "w")) '
+                   '{ std::fputs("ran", f); std::fclose(f); }\n}\n')
     subprocess.run([cpu_attention.compiler(), "-shared", "-fPIC", str(src), "-o", str(lib)], check=True)
     # the marker is what loading it leaves behind
     subprocess.run([sys.executable, "-c", "import ctypes, sys; ctypes.CDLL(sys.argv[1])", str(lib)], check=True)

@@ -72,8 +72,15 @@ from pathlib import Path
 
 import numpy as np
 
-from scaling.curriculum_config import (PACINGS, SCORE_KINDS, UNITS, ScoreSpec, check_config, parse_curriculum,
-                                       parse_score)
+from scaling.curriculum_config import (
+    PACINGS,
+    SCORE_KINDS,
+    UNITS,
+    ScoreSpec,
+    check_config,
+    parse_curriculum,
+    parse_score,
+)
 from scaling.data.tokens import TokenSplits
 from scaling.errors import UsageError
 from scaling.io import atomic_write_bytes

@@ -83,7 +83,8 @@ def load_tokens(cfg: DataConfig) -> TokenSplits:
         return train_texts
 
     enc = tok.get_tokenizer(cfg.tokenizer, bpe_training_texts, f"{content_key}-{cfg.val_fraction}")
-    key = hashlib.sha256(json.dumps([content_key, cfg.tokenizer, cfg.val_fraction, enc.n_vocab]).encode()).hexdigest()[:20]
+    key_parts = [content_key, cfg.tokenizer, cfg.val_fraction, enc.n_vocab]
+    key = hashlib.sha256(json.dumps(key_parts).encode()).hexdigest()[:20]
     out = cache_dir() / "tokens" / key
     if not (out / "manifest.json").is_file():
         _write_cache(out, enc, texts, train_texts, val_texts, val_idx, single, cfg, docs)

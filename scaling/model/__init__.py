@@ -2,8 +2,19 @@
 (:mod:`.attention`) or in C++ for CPUs (:mod:`.cpu_attention`, built on first use into a verified
 cache, :mod:`.kernel_cache`; the source is ``kernels/causal_attention_cpu.cc``)."""
 
-from scaling.model.gpt import (MLP, Attention, Block, Cache, GPT, attention_kernel, check_attention, constrain_residual,
-                               init_cache, rotary, training_attention)
+from scaling.model.gpt import (
+                               GPT,
+                               MLP,
+                               Attention,
+                               Block,
+                               Cache,
+                               attention_kernel,
+                               check_attention,
+                               constrain_residual,
+                               init_cache,
+                               rotary,
+                               training_attention,
+)
 
 __all__ = ["GPT", "MLP", "Attention", "Block", "Cache", "attention_kernel", "check_attention", "constrain_residual",
            "init_cache", "rotary", "training_attention"]

@@ -215,6 +215,7 @@ def test_two_first_builds_at_once_both_load_one_verified_library(cache, tmp_path
         sorted([library.name, library.name + ".sha256", library.name + ".lock"])
 
 
+@pytest.mark.e2e
 def test_training_with_a_planted_library_rebuilds_and_never_runs_it(built, planted, cache, tmp_path):
     lib, marker = planted
     target = _plant(lib.read_bytes(), built.digest_line)
@@ -229,6 +230,7 @@ def test_training_with_a_planted_library_rebuilds_and_never_runs_it(built, plant
     assert (out / "summary.json").is_file()
 
 
+@pytest.mark.e2e
 def test_an_explicit_cpu_kernel_with_an_unsafe_cache_is_refused_by_the_cli(cache, tmp_path):
     kernels = cache / "kernels"
     kernels.mkdir(parents=True)

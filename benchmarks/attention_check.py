@@ -24,13 +24,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from scaling import cpu_attention
 from scaling.config import ModelConfig
-from scaling.model import GPT, attention_kernel
+from scaling.model import GPT, attention_kernel, cpu_attention
 
 
 def _implementations(dtype: str) -> list[str]:
-    cpu_ok = jax.default_backend() == "cpu" and cpu_attention.supports(32, dtype) and cpu_attention.unavailable() is None
+    cpu_ok = (jax.default_backend() == "cpu" and cpu_attention.supports(32, dtype)
+              and cpu_attention.unavailable() is None)
     return (["cpu_kernel"] if cpu_ok else []) + ["blocked", "dot_product"]
 
 

@@ -70,7 +70,7 @@ def main(argv=None) -> list[dict]:
                             vocab_size=257)
         steps = compiled_steps(bench_config(model, args.batch), levels, args.compiles)
         state = {}
-        for level, (step, trainer, _, _) in steps.items():
+        for level, (_, trainer, _, _) in steps.items():
             batch = jax.device_put(rng.integers(0, 257, (args.batch, args.seq + 1), dtype=np.int32),
                                    trainer.batch_sharding)
             state[level] = [trainer.init_state(), batch, []]

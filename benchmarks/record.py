@@ -75,7 +75,7 @@ def machine_record() -> dict:
     """Commit (with a dirty flag), UTC date, host CPU, devices, Python and library versions."""
     status = _git("status", "--porcelain", "--untracked-files=no")
     return {"commit": _git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "cpu": cpu_info(), "devices": accelerators(), "python": platform.python_version(),
             "libraries": libraries()}
 

@@ -25,11 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.record import write_result
 from scaling import flops as flops_lib
 from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig
 from scaling.sharding import make_mesh, mesh_shape
 from scaling.train import Trainer
-from benchmarks.record import write_result
 
 
 def _median_rate(fn, work: float, windows: int, reps: int) -> float:
@@ -102,7 +102,8 @@ def step_rate(model: ModelConfig, batch: int, windows: int, steps: int, peak_run
     mem = compiled.memory_analysis()
     mem_bytes = None if mem is None else int(mem.argument_size_in_bytes + mem.temp_size_in_bytes
                                              + mem.output_size_in_bytes - mem.alias_size_in_bytes)
-    return {"microbatches": used, "tokens_per_s": tok_s, "achieved_flops": tok_s * fpt, "matmul_peak_flops": peak, "mfu": mfu,
+    return {"microbatches": used, "tokens_per_s": tok_s, "achieved_flops": tok_s * fpt, "matmul_peak_flops": peak,
+            "mfu": mfu,
             "compile_s": compile_s,
             "step_memory_bytes": mem_bytes, "flops_per_token": fpt,
             "n_params": flops_lib.param_counts(model)["n_params"]}
@@ -133,12 +134,13 @@ def main(argv=None) -> dict:
               "cpu": platform.processor() or platform.machine(), "jax": jax.__version__, "dtype": dtype,
               "batch": args.batch, "seq_len": args.seq, "rows": rows}
     print(f"{result['backend']} ({result['device']}), {dtype}, batch {args.batch} x context {args.seq}")
-    print(f"{'shape':>8} {'params':>10} {'micro':>5} {'tok/s':>10} {'GFLOP/s':>9} {'peak':>7} {'MFU':>6} {'compile s':>9} "
-          f"{'step MiB':>9}")
+    print(f"{'shape':>8} {'params':>10} {'micro':>5} {'tok/s':>10} {'GFLOP/s':>9} {'peak':>7} {'MFU':>6} "
+          f"{'compile s':>9} {'step MiB':>9}")
     for r in rows:
         mem = "" if r["step_memory_bytes"] is None else f"{r['step_memory_bytes'] / 2 ** 20:.0f}"
-        print(f"{r['shape']:>8} {r['n_params']:>10,} {r['microbatches']:>5} {r['tokens_per_s']:>10.0f} {r['achieved_flops'] / 1e9:>9.1f} "
-              f"{r['matmul_peak_flops'] / 1e9:>7.1f} {r['mfu']:>6.1%} {r['compile_s']:>9.1f} {mem:>9}")
+        print(f"{r['shape']:>8} {r['n_params']:>10,} {r['microbatches']:>5} {r['tokens_per_s']:>10.0f} "
+              f"{r['achieved_flops'] / 1e9:>9.1f} {r['matmul_peak_flops'] / 1e9:>7.1f} {r['mfu']:>6.1%} "
+              f"{r['compile_s']:>9.1f} {mem:>9}")
     return write_result(args.out, result)
 
 

@@ -20,10 +20,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.record import write_result
 from benchmarks.throughput import _median_rate, matmul_runner, step_runner
 from scaling import flops as flops_lib
 from scaling.config import ModelConfig
-from benchmarks.record import write_result
 
 
 def torch_step_runner(model_cfg: ModelConfig, batch: int):
@@ -127,11 +127,13 @@ def main(argv=None) -> dict:
     speedup = statistics.median(j[0] / t[0] for j, t in zip(samples["jax"], samples["torch"]))
     result = {"shape": args.shape, "n_head": model.n_head, "batch": args.batch, "seq_len": args.seq,
               "flops_per_token": fpt, "jax": jax.__version__, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "jax_microbatches": micro, "rows": rows, "jax_over_torch_tokens_per_s": speedup}
+              "threads": torch.get_num_threads(), "jax_microbatches": micro, "rows": rows,
+              "jax_over_torch_tokens_per_s": speedup}
     print(f"{args.shape} (n_head {model.n_head}), batch {args.batch} x context {args.seq}, f32, "
           f"{torch.get_num_threads()} threads; this repo's step in {micro} microbatches (auto), nanoGPT's in one")
     print(f"{'step':>22} {'tok/s':>8} {'peak GFLOP/s':>13} {'MFU':>6}")
-    for name, label in (("jax", f"this repo (jax {jax.__version__})"), ("torch", f"nanoGPT (torch {torch.__version__})")):
+    labels = (("jax", f"this repo (jax {jax.__version__})"), ("torch", f"nanoGPT (torch {torch.__version__})"))
+    for name, label in labels:
         r = rows[name]
         print(f"{label:>22} {r['tokens_per_s']:>8.0f} {r['matmul_peak_flops'] / 1e9:>13.1f} {r['mfu']:>6.1%}")
     print(f"tokens/s, this repo over nanoGPT: {speedup:.2f}x")

@@ -9,7 +9,8 @@ In one process, the two frameworks alternating (f32, as many threads as JAX uses
   rest is the depth-independent part (embedding, logits, loss, the step's fixed work);
 - **parts**, forward + backward alone, per ``batch x seq`` tokens: causal attention (this
   repo's CPU kernel on one microbatch of sequences, as the step calls it, against
-  ``F.scaled_dot_product_attention``; the kernel is the one ``model.attention=auto`` picks), the attention block (``scaling.model.Attention``:
+  ``F.scaled_dot_product_attention``; the kernel is the one ``model.attention=auto`` picks), the
+  attention block (``scaling.model.Attention``:
   q/k/v and output projections around that kernel, against nanoGPT's ``c_attn``, SDPA and
   ``c_proj``; the projections are the block minus the kernel) and the MLP
   (``scaling.model.MLP`` on one microbatch, against two ``nn.Linear`` and GELU on the batch).
@@ -29,11 +30,11 @@ import time
 import jax
 import jax.numpy as jnp
 
+from benchmarks.record import write_result
 from benchmarks.throughput import step_runner
 from benchmarks.torch_nanogpt import torch_step_runner
 from scaling.config import ModelConfig
 from scaling.model import MLP, Attention, attention_kernel, training_attention
-from benchmarks.record import write_result
 
 
 def _ms(fn, reps: int) -> float:
@@ -126,7 +127,9 @@ def main(argv=None) -> dict:
     runners = {("step", n_layer, "jax"): deep_run, ("step", 2, "jax"): step_runner(shallow, args.batch)[0],
                ("step", n_layer, "torch"): torch_step_runner(model, args.batch)[0],
                ("step", 2, "torch"): torch_step_runner(shallow, args.batch)[0]}
-    for fw, parts in (("jax", jax_parts(model, args.batch, args.batch // micro)), ("torch", torch_parts(model, args.batch))):
+    framework_parts = (("jax", jax_parts(model, args.batch, args.batch // micro)),
+                       ("torch", torch_parts(model, args.batch)))
+    for fw, parts in framework_parts:
         runners.update({(name, n_layer, fw): run for name, run in parts.items()})
     times: dict = {k: [] for k in runners}
     for _ in range(args.rounds):  # every runner once per round, so all see the same machine

@@ -43,10 +43,11 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     check_out_dir(args.out, "--out")
     cfg = config_lib.resolve(args.config, config_lib.overrides_from_args(args))
-    from scaling.train import Run, setup_distributed  # jax is imported only after the config is valid
+    from scaling.difficulty import MODEL_SCORING  # jax is imported only after the config is valid
+    from scaling.train import Run, setup_distributed
 
     setup_distributed(cfg)
-    run = Run(cfg, args.out, overwrite=args.overwrite)
+    run = Run(cfg, args.out, overwrite=args.overwrite, model_scoring=MODEL_SCORING)
     if run.is_main:
         print(run.cfg.to_yaml(), file=sys.stderr)
     summary = run.run()

@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import jax
+
 from scaling.paths import cache_dir
 
 ENV = "SCALING_COMPILE_CACHE"
@@ -34,8 +36,6 @@ def cache_path() -> Path | None:
 def enable(path: str | Path | None = None) -> Path | None:
     """Turn the persistent compilation cache on (idempotent); returns its directory or None
     when it is turned off. Call before the first compilation of the process."""
-    import jax
-
     target = Path(path) if path is not None else cache_path()
     if target is None:
         return None

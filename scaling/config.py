@@ -19,10 +19,11 @@ from typing import Any
 
 import yaml
 
+from scaling.curriculum_config import check_config as check_curriculum
 from scaling.errors import UsageError, read_input_text
 from scaling.fields import check_fields, field_type, parse_value, ranged, show
 
-CPU_KERNEL_HEAD_DIMS = (16, 32, 64, 128)  # the head sizes scaling/kernels/causal_attention_cpu.cc is built for
+CPU_KERNEL_HEAD_DIMS = (16, 32, 64, 128)  # the head sizes scaling/model/kernels/causal_attention_cpu.cc is built for
 SEED_MAX = 2**32 - 1  # jax.random.key keeps only a seed's low 32 bits (without x64); numpy refuses negative seeds
 
 _f = ranged  # the short name keeps the many field declarations below readable
@@ -60,17 +61,18 @@ class ModelConfig:
     mlp: str = _f("gelu", "MLP type: gelu (tanh approximation, GPT-2) | swiglu")
     dropout: float = _f(0.0, "dropout rate on the embeddings and the residual branches", ge=0, lt=1)
     dtype: str = _f("float32", "compute dtype: float32 | bfloat16 (parameters stay float32)")
-    attention: str = _f("auto", "training attention: auto (on a CPU cpu_kernel where it builds and fits, else blocked for "
-                               "seq_len > 64; dot_product otherwise) | cpu_kernel (C++ kernel through XLA's FFI; float32, "
-                               "head size 16/32/64/128) | blocked (cache-sized blocks in XLA, hand-written backward) | "
-                               "dot_product (jax.nn.dot_product_attention)")
+    attention: str = _f("auto", "training attention: auto (on a CPU cpu_kernel where it builds and fits, else "
+                                "blocked for seq_len > 64; dot_product otherwise) | cpu_kernel (C++ kernel through "
+                                "XLA's FFI; float32, head size 16/32/64/128) | blocked (cache-sized blocks in XLA, "
+                                "hand-written backward) | dot_product (jax.nn.dot_product_attention)")
     init_std: float = _f(0.02, "std of the normal init; residual projections get init_std/sqrt(2*n_layer)", gt=0)
 
     def __post_init__(self) -> None:
         _check_fields(self)
         _check(self.d_model % self.n_head == 0,
                f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})")
-        _check(self.position in ("learned", "rotary"), f"model.position must be learned or rotary, got {self.position!r}")
+        _check(self.position in ("learned", "rotary"),
+               f"model.position must be learned or rotary, got {self.position!r}")
         _check(self.norm in ("layernorm", "rmsnorm"), f"model.norm must be layernorm or rmsnorm, got {self.norm!r}")
         _check(self.mlp in ("gelu", "swiglu"), f"model.mlp must be gelu or swiglu, got {self.mlp!r}")
         _check(self.dtype in ("float32", "bfloat16"), f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
@@ -119,9 +121,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check_fields(self)
         _check(bool(self.corpus), "data.corpus must not be empty")
-        from scaling.curriculum import check_config  # no jax import; the curriculum names live there
-
-        check_config(self)
+        check_curriculum(self)
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,8 @@ import base64
 import collections
 import heapq
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import regex
 import tiktoken

@@ -45,16 +45,16 @@ from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from scaling import attention as attn_lib
 from scaling import config as config_lib
 from scaling import flops as flops_lib
 from scaling import io as run_io
 from scaling import sharding as sh
 from scaling.checkpoint import Checkpointer, CorruptCheckpoints, abstract_with_shardings
 from scaling.config import Config, OptimConfig
-from scaling.data import Batches, bits_per_byte, load_tokens
+from scaling.data import Batches, bits_per_byte, curriculum, load_tokens
 from scaling.errors import UsageError
 from scaling.model import GPT, check_attention, training_attention
+from scaling.model import attention as attn_lib
 
 
 @flax.struct.dataclass
@@ -440,12 +440,15 @@ class Run:
 
     ``trainers`` (a dict the caller keeps, keyed by ``Trainer.program_key``) lets runs of the
     same shape share compiled functions: a sweep passes the same dict to all its runs.
+    ``model_scoring`` computes a curriculum's scores of kind ``model`` (a reference model lives
+    above this layer: ``scaling.difficulty.MODEL_SCORING``); without it such a config is refused.
     """
 
     OUTPUTS = ("summary.json", "checkpoints", "metrics.jsonl", "config.yaml")
     """What a run writes into its directory (and ``overwrite`` removes, in this order)."""
 
-    def __init__(self, cfg: Config, out: Path, trainers: dict | None = None, *, overwrite: bool = False):
+    def __init__(self, cfg: Config, out: Path, trainers: dict | None = None, *, overwrite: bool = False,
+                 model_scoring: curriculum.ModelScoring | None = None):
         self.out = Path(out)
         self.trainers = trainers
         self.splits = load_tokens(cfg.data)
@@ -462,7 +465,7 @@ class Run:
         self.mesh_shape = shape
         self.mesh = sh.make_mesh(shape)
         self.batches = Batches(self.splits, cfg.model.seq_len, cfg.train.batch_size, cfg.train.seed,
-                               sampler=_curriculum_sampler(cfg, self.splits))
+                               sampler=_curriculum_sampler(cfg, self.splits, self.steps, model_scoring))
         self.rows = sh.process_batch_rows(self.mesh, cfg.train.batch_size)
         self.is_main = jax.process_index() == 0
         self._held = contextlib.ExitStack()  # the directory's lock (process 0), released by close()
@@ -869,11 +872,10 @@ def _with_vocab(cfg: Config, n_vocab: int) -> Config:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=n_vocab))
 
 
-def _curriculum_sampler(cfg: Config, splits):
+def _curriculum_sampler(cfg: Config, splits, steps: int, model_scoring: curriculum.ModelScoring | None):
     if not cfg.data.curriculum:
         return None
-    from scaling import curriculum
-    return curriculum.make_sampler(cfg, splits)
+    return curriculum.make_sampler(cfg, splits, steps, model_scoring=model_scoring)
 
 
 def load_run(run_dir: str | Path) -> tuple[Config, Any]:

@@ -95,15 +95,16 @@ def main(data: int, fsdp: int, model: int) -> dict:
         boxed = jax.eval_shape(trainer._init_params, jax.random.key(0))
     rule_specs = nn.logical_to_mesh(nn.get_partition_spec(boxed), sh.LOGICAL_AXIS_RULES)
     params = {}
-    for (path, leaf), rule in zip(jax.tree_util.tree_leaves_with_path(state.params),
-                                  jax.tree.leaves(rule_specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))):
+    rules = jax.tree.leaves(rule_specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    for (path, leaf), rule in zip(jax.tree_util.tree_leaves_with_path(state.params), rules):
         name = "/".join(str(getattr(k, "key", k)) for k in path)
         expected = jax.sharding.NamedSharding(mesh, rule)
         params[name] = {"actual": spec_str(leaf.sharding.spec), "rule": spec_str(rule),
                         "equivalent": leaf.sharding.is_equivalent_to(expected, leaf.ndim)}
     state_bytes = sh.bytes_per_device((state.params, state.opt_state))
+    total = int(sum(np.asarray(x).nbytes for x in jax.tree.leaves((state.params, state.opt_state))))
     return {"losses": step_losses, "params": params, "state_bytes_max": max(state_bytes.values()),
-            "total_state_bytes": int(sum(np.asarray(x).nbytes for x in jax.tree.leaves((state.params, state.opt_state))))}
+            "total_state_bytes": total}
 
 
 if __name__ == "__main__":

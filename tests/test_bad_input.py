@@ -32,7 +32,7 @@ from scaling import laws
 from scaling.errors import UsageError
 from scaling.fields import INT64_MAX, INT64_MIN
 from scaling.sweep.spec import SPEC_KEYS, load_spec
-from tests.conftest import REPO, TINY, run_cli
+from tests.helpers import REPO, TINY, run_cli
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -438,6 +438,7 @@ def test_config_json_of_the_wrong_types(capsys, tmp_path, gpt2_dir, name, edit, 
 # ----------------------------------------------------------------------------- in real processes
 
 
+@pytest.mark.e2e
 def test_each_class_in_a_real_process(tmp_path, run_out):
     """The exit code and the lone stderr line of a real process, one case per class that does
     not need a model (those share the in-process entry points above)."""
@@ -490,6 +491,7 @@ def _strict_json(text: str):
     ("loss rising with N", lambda N, rng: 2.0 + 0.1 * math.log(N) + 0.01 * rng.standard_normal(), "alpha = "),
     ("constant loss", lambda N, rng: 3.0, "the data show no dependence on N"),
 ])
+@pytest.mark.e2e
 def test_a_fit_to_an_invalid_law_is_written_with_a_degenerate_flag(capsys, tmp_path, kind, loss, reason):
     csv = _csv(tmp_path / "runs.csv", loss)
     out, plots = tmp_path / "fit.json", tmp_path / "plots"

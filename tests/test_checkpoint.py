@@ -18,7 +18,7 @@ import pytest
 
 from experiments import train as train_cli
 from scaling.train import load_run
-from tests.conftest import REPO, TINY, run_cli
+from tests.helpers import REPO, TINY, run_cli
 
 CKPT = ["--checkpoint.every_steps", "20", "--checkpoint.keep", "10"]
 

@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from scaling.laws import count_models as cm
 from scaling.errors import UsageError
+from scaling.laws import count_models as cm
 
 # vocabulary {0, 1, 2}; training bigrams 01 01 10 02 20, trigrams 010 102 020 201
 TRAIN = [0, 1, 0, 2, 0, 1]

@@ -13,13 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scaling import cpu_attention
-from scaling.attention import causal_attention
 from scaling.config import ModelConfig
 from scaling.errors import UsageError
-from scaling.model import GPT, check_attention, training_attention
-
-from conftest import REPO
+from scaling.model import GPT, check_attention, cpu_attention, training_attention
+from scaling.model.attention import causal_attention
+from tests.helpers import REPO
 
 # Without a C++ compiler the product falls back to XLA's attention (tested below); with one,
 # the kernel must build.
@@ -57,7 +55,7 @@ def test_loading_the_kernel_keeps_subnormal_numbers_for_the_rest_of_the_process(
     flush-to-zero for the whole process: numpy's and scipy's subnormals would become 0."""
     code = textwrap.dedent("""
         import jax, numpy as np
-        from scaling import cpu_attention
+        from scaling.model import cpu_attention
         assert cpu_attention.unavailable() is None
         x = jax.random.normal(jax.random.key(0), (1, 8, 1, 16))
         jax.block_until_ready(cpu_attention.causal_attention(x, x, x))
@@ -76,11 +74,14 @@ def test_kernel_on_sharded_meshes_matches_one_device():
     values and gradients as on one device, also for batches the data axes do not divide."""
     code = textwrap.dedent("""
         import jax, jax.numpy as jnp, numpy as np
-        from scaling import cpu_attention, sharding as sh
+        from scaling import sharding as sh
+        from scaling.model import cpu_attention
         q, k, v, do = (jax.random.normal(key, (8, 96, 8, 32)) for key in jax.random.split(jax.random.key(0), 4))
-        f = jax.jit(lambda q, k, v, do: (lambda o, vjp: (o, *vjp(do)))(*jax.vjp(cpu_attention.causal_attention, q, k, v)))
+        f = jax.jit(lambda q, k, v, do: (lambda o, vjp: (o, *vjp(do)))(
+            *jax.vjp(cpu_attention.causal_attention, q, k, v)))
         want = f(q, k, v, do)
-        for shape in ({"data": 2, "fsdp": 1, "model": 4}, {"data": 2, "fsdp": 2, "model": 2}, {"data": 1, "fsdp": 1, "model": 8}):
+        for shape in ({"data": 2, "fsdp": 1, "model": 4}, {"data": 2, "fsdp": 2, "model": 2},
+                      {"data": 1, "fsdp": 1, "model": 8}):
             mesh = sh.make_mesh(shape)
             names = ("act_batch", "act_seq", "act_heads", None)
             args = [jax.device_put(x, sh.logical_to_sharding(jax.sharding.PartitionSpec(*names), mesh))

@@ -1,4 +1,5 @@
-"""Curriculum: pacing formulas, difficulty scores, the competence sampler, exact resume, arm differences."""
+"""Curriculum: pacing formulas, difficulty scores (scaling.data.curriculum; by a model: scaling.difficulty), the
+competence sampler, exact resume, arm differences (analysis.curriculum)."""
 
 from __future__ import annotations
 
@@ -11,17 +12,22 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
+from analysis import curriculum as arms
 from experiments import train as train_cli
-from scaling import curriculum as cu
+from scaling import difficulty
 from scaling.config import Config, DataConfig, ModelConfig, TrainConfig
 from scaling.data import Batches, load_tokens
+from scaling.data import curriculum as cu
 from scaling.errors import UsageError
-from tests.conftest import REPO, TINY
+from scaling.model import GPT
+from scaling.train import cross_entropy, load_run
+from tests.helpers import REPO, TINY
 
 CURRIC = ["--data.curriculum", "root", "--data.curriculum_score", "rarity", "--data.curriculum_horizon", "1.0",
           "--checkpoint.every_steps", "20", "--checkpoint.keep", "10"]
@@ -163,7 +169,7 @@ def test_sampler_never_emits_a_window_above_the_current_competence(small):
     for curriculum in ("linear", "root", "step", "exp", "anti-root"):
         cfg = _cfg(small, curriculum, "rarity", curriculum_horizon=0.6)
         splits = load_tokens(cfg.data)
-        sampler = cu.make_sampler(cfg, splits, progress=False)
+        sampler = difficulty.make_sampler(cfg, splits, progress=False)
         scores = cu.load_scores(splits, 16, cu.parse_score("rarity"))
         assert sampler.n == len(scores) and sampler.horizon_steps == pytest.approx(0.6 * 50)
         batches = Batches(splits, 16, 8, cfg.train.seed, sampler=sampler)
@@ -186,7 +192,7 @@ def test_sampler_never_emits_a_window_above_the_current_competence(small):
             np.testing.assert_array_equal(batches.window_starts(step, 2, 5), batches.window_starts(step)[2:5])
             np.testing.assert_array_equal(batches.train_batch(step)[:, 0], splits.train[ids * 16])
             seen_max = max(seen_max, sampler.cdf[ids].max())
-        again = cu.make_sampler(cfg, splits, progress=False)
+        again = difficulty.make_sampler(cfg, splits, progress=False)
         np.testing.assert_array_equal(again(17, 17 * 8 + np.arange(8)), sampler(17, 17 * 8 + np.arange(8)))
         assert seen_max > 0.9  # by the end it draws from the whole corpus
     assert sampler.competence(0) == pytest.approx(0.1)  # data.curriculum_c0 default
@@ -195,7 +201,7 @@ def test_sampler_never_emits_a_window_above_the_current_competence(small):
 def test_full_competence_draws_from_the_plain_loaders_distribution(small):
     cfg = _cfg(small, "linear", curriculum_horizon=0.1)
     splits = load_tokens(cfg.data)
-    sampler = cu.make_sampler(cfg, splits, progress=False)
+    sampler = difficulty.make_sampler(cfg, splits, progress=False)
     plain = Batches(splits, 16, 8, cfg.train.seed)
     n = sampler.n
     start = math.ceil(sampler.horizon_steps)
@@ -229,7 +235,7 @@ def test_constant_scores_admit_a_random_share(tmp_path):
     (tmp_path / "one.txt").write_text("abcdefgh " * 400)
     cfg = _cfg(tmp_path / "one.txt", "linear", score="length")
     splits = load_tokens(cfg.data)
-    sampler = cu.make_sampler(cfg, splits, progress=False)
+    sampler = difficulty.make_sampler(cfg, splits, progress=False)
     assert np.ptp(cu.load_scores(splits, 16, cu.parse_score("length"))) == 0
     k = sampler.n_eligible(0)
     assert k == math.floor(0.1 * sampler.n) and np.ptp(sampler.order[:k]) > sampler.n // 2  # spread, not a prefix
@@ -249,6 +255,7 @@ def reference(tmp_path_factory):
     return out
 
 
+@pytest.mark.e2e
 def test_a_killed_and_resumed_curriculum_run_equals_an_unbroken_one(reference, tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, XLA_FLAGS="")
@@ -275,14 +282,9 @@ def test_a_killed_and_resumed_curriculum_run_equals_an_unbroken_one(reference, t
 
 
 def test_model_scores_are_the_reference_checkpoints_losses(reference, tmp_path):
-    import jax
-
-    from scaling.model import GPT
-    from scaling.train import cross_entropy, load_run
-
     splits = load_tokens(DataConfig(corpus=str(_corpus(tmp_path, n=6, seed=2)), tokenizer="byte"))
     spec = cu.parse_score(f"model:{reference}")
-    scores = cu.load_scores(splits, 32, spec, progress=False)
+    scores = difficulty.load_scores(splits, 32, spec, progress=False)
     n_w = (len(splits.train) - 1) // 32
     assert scores.shape == (n_w,) and np.all(np.isfinite(scores))
     cfg, params = load_run(reference)
@@ -290,13 +292,13 @@ def test_model_scores_are_the_reference_checkpoints_losses(reference, tmp_path):
     for w in (0, n_w // 2, n_w - 1):
         batch = np.asarray(splits.train[w * 32: w * 32 + 33], np.int32)[None]
         assert scores[w] == pytest.approx(float(jax.device_get(cross_entropy(model, params, batch))), rel=1e-5)
-    doc = cu.compute_scores(splits, 32, cu.parse_score(f"doc:model:{reference}"), progress=False)
+    doc = difficulty.compute_scores(splits, 32, cu.parse_score(f"doc:model:{reference}"), progress=False)
     start_doc = cu.documents(splits.train, splits.manifest["eot"]).doc_of(np.arange(n_w) * 32)
     for d in np.unique(start_doc):
         np.testing.assert_allclose(doc[start_doc == d], scores[start_doc == d].mean(), rtol=1e-9)
-    assert "L32" in cu.scores_path(splits, 32, spec).name
+    assert "L32" in difficulty.scores_path(splits, 32, spec).name
     with pytest.raises(UsageError, match="seq_len"):
-        cu.compute_scores(splits, 64, spec)
+        difficulty.compute_scores(splits, 64, spec)
 
 
 # ----------------------------------------------------------------------------- arm differences
@@ -314,7 +316,7 @@ def test_arm_differences_with_seed_and_batch_bootstraps():
     rows.append({"run_id": "x", "arm": "linear", "n_params": 3000, "tokens": 5000, "seed": 0, "val_loss": 9.0,
                  "status": "diverged"})
     df = pd.DataFrame(rows)
-    t = cu.arm_differences(df, n_boot=4000)
+    t = arms.arm_differences(df, n_boot=4000)
     assert list(t["arm"]) == ["anti", "linear"] * 2 and set(t["resampled"]) == {"seeds"}
     for _, r in t.iterrows():
         cell = df[(df.n_params == r.n_params) & (df.status == "completed")]
@@ -333,14 +335,15 @@ def test_arm_differences_with_seed_and_batch_bootstraps():
     for rid, arm in zip(one.run_id, one.arm):
         if arm != "none":
             per_batch[rid] = per_batch[rid.replace(arm, "none")] + (0.1 if arm == "anti" else -0.1)
-    t = cu.arm_differences(one, per_batch=per_batch, n_boot=500)
+    t = arms.arm_differences(one, per_batch=per_batch, n_boot=500)
     assert set(t["resampled"]) == {"batches"}
     for _, r in t.iterrows():
         assert r.lo == pytest.approx(r.hi, abs=1e-9) and r.lo == pytest.approx(0.1 if r.arm == "anti" else -0.1)
     with pytest.raises(UsageError, match="baseline"):
-        cu.arm_differences(df, baseline="control")
+        arms.arm_differences(df, baseline="control")
 
 
+@pytest.mark.e2e
 def test_arm_differences_cli_reevaluates_validation_batches(reference, tmp_path, capsys):
     runs = tmp_path / "runs"
     runs.mkdir()
@@ -351,7 +354,7 @@ def test_arm_differences_cli_reevaluates_validation_batches(reference, tmp_path,
         rows.append({"run_id": f"r-{arm}", "arm": arm, "n_params": summary["n_params"], "tokens": summary["tokens"],
                      "seed": 0, "val_loss": summary["val_loss"], "status": "completed"})
     pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
-    table = cu.main(["--results", str(tmp_path / "results.csv"), "--out", str(tmp_path / "d.json"),
+    table = arms.main(["--results", str(tmp_path / "results.csv"), "--out", str(tmp_path / "d.json"),
                      "--bootstrap", "200"])
     out = capsys.readouterr().out
     assert "root" in out and "batches" in out
@@ -359,5 +362,5 @@ def test_arm_differences_cli_reevaluates_validation_batches(reference, tmp_path,
     got = json.loads((tmp_path / "d.json").read_text())
     assert got["val_loss_recheck_max_abs"] < 1e-5  # per-batch losses average to the run's val_loss
     with pytest.raises(SystemExit) as e:
-        cu.main(["--results", str(tmp_path / "missing.csv")])
+        arms.main(["--results", str(tmp_path / "missing.csv")])
     assert e.value.code == 2

@@ -8,7 +8,7 @@ import pytest
 from scaling.config import DataConfig
 from scaling.data import Batches, bits_per_byte, corpus_documents, load_tokens
 from scaling.errors import UsageError
-from tests.conftest import data_path
+from tests.helpers import data_path
 
 
 def _docs(tmp_path, n=12):

@@ -15,7 +15,7 @@ from scaling import generate as gen
 from scaling.config import ModelConfig
 from scaling.model import GPT
 from scaling.train import cross_entropy
-from tests.conftest import data_path, tiny_run_dir
+from tests.helpers import data_path, tiny_run_dir
 
 CFG = ModelConfig(n_layer=2, n_head=2, d_model=32, seq_len=16, vocab_size=50, vocab_multiple=64, init_std=0.1)
 PARAMS = nn.unbox(GPT(CFG).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])

@@ -17,7 +17,7 @@ from scaling.checkpoint import MANIFEST, Checkpointer, verify_step
 from scaling.config import CheckpointConfig
 from scaling.errors import UsageError
 from scaling.train import load_run
-from tests.conftest import TINY
+from tests.helpers import TINY
 from tests.test_checkpoint import CKPT, _metrics, _params, reference_run
 
 

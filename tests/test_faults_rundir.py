@@ -25,7 +25,7 @@ from scaling import sweep
 from scaling.checkpoint import Checkpointer
 from scaling.config import CheckpointConfig
 from scaling.train import load_run
-from tests.conftest import REPO, TINY, run_cli
+from tests.helpers import REPO, TINY, run_cli
 
 # 40 steps, checkpoints every 10, evaluations every 20
 SHORT = [*TINY, "--train.tokens", "10240", "--train.eval_every", "20", "--checkpoint.every_steps", "10",

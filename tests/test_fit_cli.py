@@ -473,8 +473,8 @@ def test_load_endpoints_reads_final_points_and_marked_cooldowns(tmp_path):
 
 
 def test_approach1_from_endpoint_runs_cli(tmp_path, capsys):
-    from scaling.laws.runs import load_endpoints
     from scaling.laws.approach1 import fit_approach1_endpoints
+    from scaling.laws.runs import load_endpoints
 
     root = write_endpoint_runs(tmp_path / "sweep")
     csv = write_shared_sizes_csv(tmp_path / "results.csv")

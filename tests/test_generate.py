@@ -15,7 +15,7 @@ from scaling import generate as gen
 from scaling.config import ModelConfig
 from scaling.errors import UsageError
 from scaling.model import GPT
-from tests.conftest import tiny_run_dir
+from tests.helpers import tiny_run_dir
 
 # One batch shape everywhere, so the compiled loops are shared between tests.
 PROMPT_SETS = [[[1, 2, 3], [4, 5, 6, 7, 8, 9], [10]],

@@ -16,12 +16,11 @@ from pathlib import Path
 
 import jax
 import pytest
-from conftest import REPO, TINY, run_cli
 
-from scaling import cpu_attention, kernel_cache
 from scaling.config import ModelConfig
 from scaling.errors import UsageError
-from scaling.model import check_attention, training_attention
+from scaling.model import check_attention, cpu_attention, kernel_cache, training_attention
+from tests.helpers import REPO, TINY, run_cli
 
 pytestmark = pytest.mark.skipif(cpu_attention.compiler() is None, reason="no C++ compiler on this machine")
 
@@ -32,8 +31,8 @@ Built = collections.namedtuple("Built", "library digest_line")
 # XLA's attention.
 KERNEL_CHECK = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
-    from scaling import cpu_attention
-    from scaling.attention import causal_attention
+    from scaling.model import cpu_attention
+    from scaling.model.attention import causal_attention
     reason = cpu_attention.unavailable()
     assert reason is None, reason
     q, k, v = (jax.random.normal(key, (2, 40, 2, 16)) for key in jax.random.split(jax.random.key(0), 3))
@@ -66,7 +65,8 @@ def planted(tmp_path_factory) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("planted")
     src, lib, marker = d / "planted.cc", d / "planted.so", d / "constructor-ran"
     src.write_text('#include <cstdio>\n__attribute__((constructor)) static void planted() {\n'
-                   f'  if (std::FILE *f = std::fopen("{marker}", "w")) {{ std::fputs("ran", f); std::fclose(f); }}\n}}\n')
+                   f'  if (std::FILE *f = std::fopen("{marker}", "w")) '
+                   '{ std::fputs("ran", f); std::fclose(f); }\n}\n')
     subprocess.run([cpu_attention.compiler(), "-shared", "-fPIC", str(src), "-o", str(lib)], check=True)
     # the marker is what loading it leaves behind
     subprocess.run([sys.executable, "-c", "import ctypes, sys; ctypes.CDLL(sys.argv[1])", str(lib)], check=True)
@@ -142,7 +142,7 @@ def test_a_truncated_library_is_rebuilt_not_loaded(built, cache):
     target = _plant(built.library[: len(built.library) // 2], built.digest_line)
     whole = target.parent.parent / "whole.so"
     whole.write_bytes(built.library)
-    copy_build = ("import shutil\nfrom scaling import cpu_attention\n"  # the compiler's work is tested elsewhere
+    copy_build = ("import shutil\nfrom scaling.model import cpu_attention\n"  # the compiler's work is tested elsewhere
                   f"cpu_attention._build = lambda cxx, out: shutil.copyfile({str(whole)!r}, out)\n")
     proc = _run(copy_build + KERNEL_CHECK)
     out, err = proc.communicate(timeout=300)
@@ -215,6 +215,7 @@ def test_two_first_builds_at_once_both_load_one_verified_library(cache, tmp_path
         sorted([library.name, library.name + ".sha256", library.name + ".lock"])
 
 
+@pytest.mark.e2e
 def test_training_with_a_planted_library_rebuilds_and_never_runs_it(built, planted, cache, tmp_path):
     lib, marker = planted
     target = _plant(lib.read_bytes(), built.digest_line)
@@ -229,6 +230,7 @@ def test_training_with_a_planted_library_rebuilds_and_never_runs_it(built, plant
     assert (out / "summary.json").is_file()
 
 
+@pytest.mark.e2e
 def test_an_explicit_cpu_kernel_with_an_unsafe_cache_is_refused_by_the_cli(cache, tmp_path):
     kernels = cache / "kernels"
     kernels.mkdir(parents=True)

@@ -6,7 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scaling.config import ModelConfig
 from scaling.flops import param_counts
@@ -81,7 +82,7 @@ def test_every_parameter_has_logical_axis_names():
 
 
 def test_blocked_attention_equals_full_causal_attention():
-    from scaling.attention import blocked_causal_attention, causal_attention
+    from scaling.model.attention import blocked_causal_attention, causal_attention
     q, k, v, g = (jax.random.normal(jax.random.key(i), (4, 256, 2, 16)) for i in range(4))
     full = lambda q, k, v: causal_attention(q, k, v, jnp.broadcast_to(jnp.arange(256), (4, 256)))  # noqa: E731
 

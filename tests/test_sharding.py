@@ -9,8 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
-from tests.mesh_worker import STEPS, main as train_on_mesh
+from tests.helpers import run_cli
+from tests.mesh_worker import STEPS
+from tests.mesh_worker import main as train_on_mesh
 
 MESHES = ["8,1,1", "1,1,8", "2,1,4", "1,4,2", "2,2,2", "1,8,1"]
 

@@ -22,7 +22,7 @@ from scaling import io as run_io
 from scaling import sweep
 from scaling.config import ModelConfig
 from scaling.errors import UsageError
-from tests.conftest import REPO, data_path
+from tests.helpers import REPO, data_path
 
 SMOKE = REPO / "experiments" / "configs" / "smoke.yaml"
 QUIET = ["--train.progress", "false"]

@@ -6,7 +6,7 @@ import pytest
 
 from scaling import tokenizer as tok
 from scaling.errors import UsageError
-from tests.conftest import data_path
+from tests.helpers import data_path
 
 
 def _corpus_texts():

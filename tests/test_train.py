@@ -19,7 +19,7 @@ from experiments import train as train_cli
 from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig
 from scaling.sharding import make_mesh
 from scaling.train import Trainer, cross_entropy, decay_mask, lr_schedule, short_gil_switch
-from tests.conftest import TINY, run_cli
+from tests.helpers import TINY, run_cli
 
 
 def test_tiny_run_end_to_end(tmp_path):

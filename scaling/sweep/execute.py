@@ -48,6 +48,7 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
     runs train. ``after_run(run)``, if given, is called after each run this call trains."""
     import jax  # the training stack loads here, when a sweep runs (see scaling.sweep)
 
+    from scaling.difficulty import MODEL_SCORING
     from scaling.train import Run
 
     out = Path(out)
@@ -87,7 +88,7 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
                 res.skipped.append(r.run_id)
                 continue
             try:  # the Run holds the run directory's lock (process 0) until it ends
-                run = Run(r.cfg, run_dir, trainers=trainers)
+                run = Run(r.cfg, run_dir, trainers=trainers, model_scoring=MODEL_SCORING)
             except LockHeld:
                 if not single:  # the other processes would wait for this one in the collectives
                     raise

@@ -23,11 +23,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from scaling import attention as attn_lib
-from scaling import cpu_attention
-from scaling.attention import NEG_INF
 from scaling.config import ModelConfig
 from scaling.errors import UsageError
+from scaling.model import attention as attn_lib
+from scaling.model import cpu_attention
+from scaling.model.attention import NEG_INF
 from scaling.sharding import logical_axis_size
 
 Cache = list[tuple[jax.Array, jax.Array]]  # per layer: (k_bThd, v_bThd), T = max length
@@ -74,7 +74,7 @@ def training_attention(cfg: ModelConfig) -> str:
     """``model.attention`` resolved. auto on a CPU: the C++ kernel where it takes this head size
     and dtype and builds; else blocked for sequences longer than one block (for one block it is
     plain attention in a loop). dot_product on other backends (``jax.nn.dot_product_attention``,
-    whose default implementation in jax 0.10.2 is XLA's, also on a GPU)."""
+    with its default implementation, XLA's, also on a GPU)."""
     if cfg.attention != "auto":
         return cfg.attention
     if jax.default_backend() != "cpu":
@@ -122,8 +122,8 @@ class Attention(nn.Module):
                             (cfg.d_model, 3, cfg.n_head, cfg.head_dim)).astype(dt)
         b_3hk = (self.param("qkv_bias", _zeros(("qkv", "heads", "head_dim")), (3, cfg.n_head, cfg.head_dim)).astype(dt)
                  if cfg.bias else None)
-        # q, k and v: three (b, t, h, d) dots of the one stacked kernel. (One stacked dot sliced
-        # afterwards made the backward pass stitch dq, dk, dv back together: 9% slower steps.)
+        # q, k and v: three (b, t, h, d) dots of the one stacked kernel (one stacked dot sliced
+        # afterwards would make the backward pass stitch dq, dk, dv back together).
         q, k, v = (jnp.einsum("btd,dhk->bthk", x_btd.astype(dt), w_d3hk[:, i])
                    + (0 if b_3hk is None else b_3hk[i]) for i in range(3))
         if cfg.position == "rotary":

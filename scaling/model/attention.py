@@ -3,21 +3,21 @@
 - :func:`causal_attention`: the plain masked softmax over every key, for decoding with a
   KV cache (queries at arbitrary absolute positions).
 - :func:`blocked_causal_attention`: training-time attention of fresh sequences, written for
-  CPUs in XLA (the fallback where the C++ kernel of ``scaling.cpu_attention``, about 2x
-  faster, does not build or does not take the head size or dtype). A profile of the plain form on 2 cores showed attention at a third of the matmul
-  peak: its (batch, heads, T, T) score tensors do not fit in cache, so every softmax pass
-  is a trip to memory. Here the batch is walked a few sequences at a time (``lax.map``),
-  queries go in blocks that skip the score blocks above the diagonal, and the backward
-  pass is written by hand (flash-attention style: it recomputes the probabilities from the
-  saved log-sum-exp instead of storing them, and uses rowsum(dO * O) in place of a
-  reduction over the scores), so every intermediate stays cache-sized.
-- :func:`dot_product_attention`: ``jax.nn.dot_product_attention`` (its default implementation:
-  XLA's in jax 0.10.2, also on GPUs).
+  CPUs in XLA (the fallback where the faster C++ kernel of ``scaling.model.cpu_attention``
+  does not build or does not take the head size or dtype). The plain form's (batch, heads,
+  T, T) score tensors do not fit in cache, so every softmax pass is a trip to memory. Here
+  the batch is walked a few sequences at a time (``lax.map``), queries go in blocks that
+  skip the score blocks above the diagonal, and the backward pass is written by hand
+  (flash-attention style: it recomputes the probabilities from the saved log-sum-exp
+  instead of storing them, and uses rowsum(dO * O) in place of a reduction over the
+  scores), so every intermediate stays cache-sized.
+- :func:`dot_product_attention`: ``jax.nn.dot_product_attention`` with its default
+  implementation.
 
 All take ``(batch, T, heads, head_dim)``, the layout the q/k/v projections write as plain
 matmuls; the blocked kernel turns each chunk heads-major (as its batched dots want) inside
-its loop, on cache-resident slices, which measured 3-6% faster steps than projecting
-straight into a heads-major layout.
+its loop, on cache-resident slices, rather than having the projections write a heads-major
+layout.
 """
 
 from __future__ import annotations

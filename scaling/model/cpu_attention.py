@@ -3,13 +3,13 @@
 ``kernels/causal_attention_cpu.cc`` holds the forward pass (output and each query's
 log-sum-exp) and a flash-attention-style backward pass, register-tiled over the head
 dimension and spread over XLA's intra-op threads one (sequence, head) pair at a time. It
-stands in for the XLA-written attention (``scaling.attention``) on CPUs because it is faster
+stands in for the XLA-written attention (``scaling.model.attention``) on CPUs because it is faster
 there; ``python -m benchmarks.attention_check --time`` measures both on the machine at hand.
 
 The library is compiled on first use with the machine's C++ compiler (``$CXX``, else
 ``g++``/``c++``/``clang++``; ``-O3 -march=native``) into ``SCALING_CACHE_DIR/kernels``,
 named by a hash of the source, the flags, the XLA FFI headers and the CPU's feature flags,
-and loaded from there afterwards through :mod:`scaling.kernel_cache`, which loads only a
+and loaded from there afterwards through :mod:`scaling.model.kernel_cache`, which loads only a
 library it built itself (a private directory, a SHA-256 checked before loading, a rebuild on
 any failure to load). :func:`unavailable` says why the kernel cannot be used (no compiler, a
 failed build, an unsafe cache directory); ``model.attention=auto`` then falls back to XLA's
@@ -29,9 +29,10 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 
-from scaling import kernel_cache, paths
+from scaling import paths
 from scaling import sharding as sh
 from scaling.config import CPU_KERNEL_HEAD_DIMS as HEAD_DIMS
+from scaling.model import kernel_cache
 
 SOURCE = Path(__file__).parent / "kernels" / "causal_attention_cpu.cc"
 # -ffast-math's parts but -funsafe-math-optimizations' switch itself: with that (or -ffast-math)

@@ -1,0 +1,15 @@
+"""Corpus -> tokens on disk -> batches that are a pure function of (seed, step); numpy only.
+
+- :mod:`.corpus`: a corpus's documents and the documents held out for validation;
+- :mod:`.tokens`: the corpus tokenized once into cached, memmapped train and validation splits;
+- :mod:`.batches`: training batches as a pure function of (seed, step), fixed validation batches;
+- :mod:`.curriculum`: pacing functions, difficulty scores computed from the tokens, the
+  competence sampler that picks a curriculum's training windows.
+"""
+
+from scaling.data.batches import Batches, bits_per_byte
+from scaling.data.corpus import NAMED_CORPORA, Document, corpus_documents, val_doc_indices
+from scaling.data.tokens import TokenSplits, load_tokens
+
+__all__ = ["NAMED_CORPORA", "Batches", "Document", "TokenSplits", "bits_per_byte", "corpus_documents", "load_tokens",
+           "val_doc_indices"]

@@ -1,0 +1,54 @@
+"""Test helpers: the repository root, running a CLI in a subprocess, the tiny run's flags and
+a tiny trained run, files under the shared data dir."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import train as train_cli
+from scaling.paths import data_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_path(*parts: str) -> Path:
+    """A file under the shared data dir; a failure in CI, a skip elsewhere, when missing."""
+    p = data_dir().joinpath(*parts)
+    if not p.exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"shared data missing in CI: {p}")
+        pytest.skip(f"shared data missing: {p}")
+    return p
+
+
+def run_cli(module: str, *args: str, env: dict | None = None, timeout: float = 600,
+            devices: int | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` in a subprocess (optionally with forced host devices, which
+    exist on the CPU platform only: such a subprocess runs on the CPU even where a GPU is)."""
+    full_env = dict(os.environ)
+    if devices:
+        full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        full_env["JAX_PLATFORMS"] = "cpu"
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+TINY = ["--model.n_layer", "2", "--model.n_head", "2", "--model.d_model", "32", "--model.seq_len", "32",
+        "--train.batch_size", "8", "--train.tokens", "20480", "--train.eval_every", "40",
+        "--train.eval_batches", "2", "--train.log_every", "5", "--train.progress", "false",
+        "--optim.warmup_steps", "10"]
+"""A tiny 80-step run on tiny-shakespeare (the default corpus)."""
+
+
+def tiny_run_dir() -> Path:
+    """A tiny trained run (TINY), trained once per test session under the session's cache dir."""
+    out = Path(os.environ["SCALING_CACHE_DIR"]) / "tiny-run"
+    if not (out / "summary.json").is_file():
+        train_cli.main(["--out", str(out), *TINY])
+    return out

@@ -56,26 +56,15 @@ LAYERS = {
 # scaling.inference, scaling.sweep). They keep their target layer until then; the coordinator
 # deletes this table once the packages have landed.
 TRANSITIONAL = {
-    "scaling.count_models": 2, "scaling.law_checks": 2, "scaling.law_envelope": 2, "scaling.law_isoflop": 2,
     "scaling.generate": 7, "scaling.hf": 7,
-    "scaling.sweep_spec": 8, "scaling.sweep_plan": 8, "scaling.sweep_calibrate": 8, "scaling.sweep_results": 8,
-    "scaling.sweep_report": 8,
 }
 
 # Known violations, each (importer, imported), in modules that the parallel restructuring
 # rewrites; the coordinator empties this list after merging.
-ALLOWED = {
-    # scaling.sweep_report (library) imports the analysis layer: the fit, its report and the plots.
-    ("scaling.sweep_report", "analysis.fit"),
-    ("scaling.sweep_report", "analysis.plots"),
-    ("scaling.sweep_report", "analysis.sweep_plots"),
-}
+ALLOWED: set[tuple[str, str]] = set()
 # Imports that close a cycle, (importer, imported), in modules that the parallel restructuring
 # rewrites; the coordinator empties this list after merging.
-ALLOWED_CYCLE_EDGES = {
-    # for annotations only (under TYPE_CHECKING): sweep_plan -> sweep_spec -> sweep_results -> sweep_plan
-    ("scaling.sweep_results", "scaling.sweep_plan"),
-}
+ALLOWED_CYCLE_EDGES: set[tuple[str, str]] = set()
 
 
 def module_files() -> dict[str, Path]:

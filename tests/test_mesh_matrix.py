@@ -27,7 +27,7 @@ import pytest
 
 from scaling import cpu_attention
 from scaling.config import CPU_KERNEL_HEAD_DIMS
-from tests.conftest import data_path, run_cli
+from tests.helpers import data_path, run_cli
 from tests.mesh_worker import losses as metrics_losses
 
 MESHES = {"data2-model4": (2, 1, 4), "data2-fsdp2-model2": (2, 2, 2), "fsdp8": (1, 8, 1), "model8": (1, 1, 8),

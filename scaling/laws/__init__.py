@@ -19,17 +19,42 @@ The names below are re-exported here so that ``from scaling.laws import fit_appr
 reaches them; code of the package imports them from their modules.
 """
 
-from scaling.laws.approach1 import (EndpointEnvelope, Envelope, EnvelopePoint, annealed_curves, fit_approach1,
-                                    fit_approach1_endpoints)
-from scaling.laws.approach2 import (Approach2Bootstrap, IsoFlopFit, IsoFlopMinimum, SkippedBudget,
-                                    bootstrap_approach2, fit_approach2, isoflop_groups, parabola_residuals)
+from scaling.laws.approach1 import (
+                                    EndpointEnvelope,
+                                    Envelope,
+                                    EnvelopePoint,
+                                    annealed_curves,
+                                    fit_approach1,
+                                    fit_approach1_endpoints,
+)
+from scaling.laws.approach2 import (
+                                    Approach2Bootstrap,
+                                    IsoFlopFit,
+                                    IsoFlopMinimum,
+                                    SkippedBudget,
+                                    bootstrap_approach2,
+                                    fit_approach2,
+                                    isoflop_groups,
+                                    parabola_residuals,
+)
 from scaling.laws.approach3 import LawFit, fit_approach3, hoffmann_grid, huber, objective, objective_and_grad_batch
 from scaling.laws.bootstrap import SAMPLE_NAMES, Bootstrap, bootstrap_approach3, bootstrap_starts, percentile_interval
 from scaling.laws.checks import Check, Thresholds, Verdict, diagnose
 from scaling.laws.fit import FitOptions, fit_runs, fit_table, validate
 from scaling.laws.holdout import HeldOutRun, Holdout, holdout_top_c
-from scaling.laws.law import (DEFAULT_DELTA, DEGENERATE_REL, DERIVED_NAMES, N_PARAMS, PARAM_NAMES, compute_optimal,
-                              degenerate_reasons, exponent_reasons, frontier, law_loss, power_law_fit)
+from scaling.laws.law import (
+                                    DEFAULT_DELTA,
+                                    DEGENERATE_REL,
+                                    DERIVED_NAMES,
+                                    N_PARAMS,
+                                    PARAM_NAMES,
+                                    compute_optimal,
+                                    degenerate_reasons,
+                                    exponent_reasons,
+                                    frontier,
+                                    law_loss,
+                                    power_law_fit,
+)
 from scaling.laws.lbfgs import BatchResult, lbfgs_batch
 from scaling.laws.record import NotRun, json_safe
 from scaling.laws.result import FitOutput, FitResult, Prediction

@@ -39,8 +39,8 @@ sweep's sizes and budgets, as IsoFLOP runs and as cooldowns at shared token coun
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -173,7 +173,8 @@ def fit_approach1(
     l_env = lg[best, np.arange(lg.shape[1])]
     k_n, a = power_law_fit(c_env, n_env)
     k_d, b = power_law_fit(c_env, c_env / (6 * n_env))
-    points = tuple(EnvelopePoint(C=float(c), N_opt=float(nn), L_min=float(ll)) for c, nn, ll in zip(c_env, n_env, l_env))
+    points = tuple(EnvelopePoint(C=float(c), N_opt=float(nn), L_min=float(ll))
+                   for c, nn, ll in zip(c_env, n_env, l_env))
     return Envelope(a=a, b=b, k_n=k_n, k_d=k_d, n_runs=len(runs), points=points,
                     degenerate_reasons=tuple(exponent_reasons(a, "approach 1")))
 

@@ -226,7 +226,7 @@ class LawFit(JsonRecord):
         }
 
     @classmethod
-    def from_theta(cls, theta, **kw) -> "LawFit":
+    def from_theta(cls, theta, **kw) -> LawFit:
         a, b, e, alpha, beta = (float(v) for v in theta)
         with np.errstate(over="ignore"):  # inf: a degenerate fit, flagged by degenerate_reasons
             E, A, B = (float(v) for v in np.exp([e, a, b]))

@@ -6,8 +6,8 @@ so the cost of a batch is the sum of its problems' iterations, not the maximum.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

@@ -66,7 +66,7 @@ class Prediction(JsonRecord):
     ci: Mapping[str, list[float]] | None = None
 
     @classmethod
-    def at(cls, fit: LawFit, C: float, boot: Bootstrap | None = None) -> "Prediction":
+    def at(cls, fit: LawFit, C: float, boot: Bootstrap | None = None) -> Prediction:
         n_opt, d_opt, l_opt = (float(v) for v in fit.optimal(C))
         return cls(float(C), n_opt, d_opt, l_opt, None if boot is None else boot.optimal_interval(C))
 

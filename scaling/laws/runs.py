@@ -52,7 +52,7 @@ class Runs:
     def __len__(self) -> int:
         return int(self.N.size)
 
-    def subset(self, mask) -> "Runs":
+    def subset(self, mask) -> Runs:
         return Runs(
             N=self.N[mask],
             D=self.D[mask],
@@ -62,7 +62,7 @@ class Runs:
             group=None if self.group is None else self.group[mask],
         )
 
-    def groups(self) -> dict[str, "Runs"]:
+    def groups(self) -> dict[str, Runs]:
         """The runs of each group value, values sorted."""
         return {v: self.subset(self.group == v) for v in sorted(set(self.group.tolist()))}
 

@@ -96,7 +96,8 @@ from scaling.sweep.fit import Plotter, SweepFit, _results_digest, finalize, fit_
 from scaling.sweep.execute import SweepResult, _compile_ahead, execute
 
 __all__ = [  # with the two private names tests and benchmarks reach through the package
-    "_compile_ahead", "_results_digest", "Arm", "Budget", "Calibration", "ModelSpec", "Plan", "PlannedRun", "Plotter", "RESULT_COLUMNS", "Sizing", "Spec",
+    "_compile_ahead", "_results_digest", "Arm", "Budget", "Calibration", "ModelSpec", "Plan", "PlannedRun",
+    "Plotter", "RESULT_COLUMNS", "Sizing", "Spec",
     "SweepFit", "SweepResult", "VOLATILE_COLUMNS", "calibrate", "check_outputs", "collect_rows", "count", "execute",
     "finalize", "fit_report", "fit_support", "fit_sweep", "format_duration", "format_plan", "format_tokens",
     "ignored_runs", "load_spec", "load_sweep_runs", "log_event", "make_plan", "parse_number", "parse_shard",

@@ -12,7 +12,6 @@ import numpy as np
 
 from scaling.sweep.plan import PlannedRun
 
-
 # ----------------------------------------------------------------------------- calibration
 
 

@@ -157,7 +157,7 @@ def _train_one(plan: Plan, r: PlannedRun, run, out: Path, is_main: bool, bar) ->
     start = ckpts[-1] if ckpts else 0
     if is_main:
         log_event(out, event="start", run_id=r.run_id, start_step=start, steps=r.steps)
-        what = "resuming at step %d" % start if start else "starting"
+        what = f"resuming at step {start}" if start else "starting"
         bar.write(f"[{r.index}] {r.run_id}: {what} (N={r.n_params:,}, D={r.tokens:,}, C={r.flops['6nd']:.3g}, "
                   f"{r.steps} steps)")
     summary = run.run()

@@ -18,7 +18,6 @@ from scaling.errors import UsageError
 from scaling.laws.support import SWEEP
 from scaling.sweep.spec import DESIGN_FIELDS, Arm, ModelSpec, Sizing, Spec, _si
 
-
 # ----------------------------------------------------------------------------- sizing
 
 
@@ -237,7 +236,8 @@ def make_plan(spec: Spec, overrides: dict | None = None, *, load_data: bool = Tr
     if spec.fit and not approaches:
         raise UsageError(f"sweep spec {spec.path} plans too few runs to fit a scaling law (approach 3 needs "
                          f"{SWEEP.approach3_runs} runs over 2+ sizes and 2+ token counts, approach 2 two budgets of "
-                         f"3+ sizes, approach 1 two sizes{' per arm' if spec.arms else ''}); add runs or set fit: false")
+                         f"3+ sizes, approach 1 two sizes{' per arm' if spec.arms else ''}); "
+                         f"add runs or set fit: false")
     return Plan(spec=spec, runs=tuple(planned), base=base, dropped=tuple(dropped), approaches=approaches)
 
 

@@ -11,22 +11,15 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from scaling import config as config_lib
 from scaling.config import Config
 from scaling.errors import UsageError
 from scaling.io import atomic_write_text, file_lock
+from scaling.sweep.plan import Plan
+from scaling.sweep.spec import RESULT_COLUMNS
 
-if TYPE_CHECKING:  # the plan module imports this one (through the spec): annotations only
-    from scaling.sweep.plan import Plan
-
-RESULT_COLUMNS = (
-    "run_id", "n_layer", "d_model", "n_head", "seq_len", "batch_size", "n_params", "n_params_nonembed", "tokens",
-    "steps", "flops_6nd", "flops_kaplan", "flops_chinchilla", "flops_xla", "final_train_loss", "val_loss", "val_bpb",
-    "status", "wall_s", "compile_s", "tokens_per_s", "epochs", "budget", "seed", "target_n",
-)
-"""results.csv columns, then ``arm`` (when the sweep has arms) and any tags."""
 VOLATILE_COLUMNS = ("wall_s", "compile_s", "tokens_per_s")
 """Columns that depend on the machine and timing (everything else is reproducible)."""
 

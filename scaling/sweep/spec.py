@@ -11,8 +11,13 @@ from typing import Any
 
 from scaling import config as config_lib
 from scaling.errors import UsageError
-from scaling.sweep.results import RESULT_COLUMNS
 
+RESULT_COLUMNS = (
+    "run_id", "n_layer", "d_model", "n_head", "seq_len", "batch_size", "n_params", "n_params_nonembed", "tokens",
+    "steps", "flops_6nd", "flops_kaplan", "flops_chinchilla", "flops_xla", "final_train_loss", "val_loss", "val_bpb",
+    "status", "wall_s", "compile_s", "tokens_per_s", "epochs", "budget", "seed", "target_n",
+)
+"""results.csv columns, then ``arm`` (when the sweep has arms) and any tags."""
 
 DESIGN_FIELDS = ("model.n_layer", "model.d_model", "model.n_head", "train.tokens")
 SPEC_KEYS = {"name", "description", "base", "sizing", "grid", "isoflop", "seeds", "arms", "tags", "fit"}

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from experiments import train as train_cli
-from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig
+from scaling.config import Config, DebugConfig, ModelConfig, OptimConfig, TrainConfig
 from scaling.sharding import make_mesh
 from scaling.train import Trainer, cross_entropy, decay_mask, lr_schedule, short_gil_switch
 from tests.conftest import TINY, run_cli
@@ -110,8 +110,8 @@ def test_runs_of_one_shape_share_the_compiled_step_and_train_as_if_compiled_alon
     optim = OptimConfig(lr=1e-2, warmup_steps=3)
 
     def cfg(seed, nan_step=-1):
-        return dataclasses.replace(Config(), model=model, optim=optim,
-                                   train=TrainConfig(batch_size=4, seed=seed, inject_nan_step=nan_step))
+        return dataclasses.replace(Config(), model=model, optim=optim, train=TrainConfig(batch_size=4, seed=seed),
+                                   debug=DebugConfig(inject_nan_step=nan_step))
 
     def train(t, n):
         state, out = t.init_state(), []

@@ -29,7 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from scaling.config import ModelConfig  # noqa: E402
-from scaling.generate import generate  # noqa: E402
+from scaling.inference import generate  # noqa: E402
 from scaling.model import GPT  # noqa: E402
 
 

@@ -44,18 +44,18 @@ def main(argv: list[str] | None = None) -> dict:
         raise UsageError(f"text file is empty: {path}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    from scaling import generate as gen  # jax is imported only once the arguments are valid
+    from scaling import evaluation  # jax is imported only once the arguments are valid
     from scaling.tokenizer import token_byte_lengths
 
     model = load_model(args)
     if args.stride is not None and not 1 <= args.stride <= model.cfg.seq_len:
         raise UsageError(f"--stride must be in [1, {model.cfg.seq_len}] (the model's context), got {args.stride}")
-    gen.check_memory(model.cfg, args.batch_size, model.cfg.seq_len, "evaluating", "--batch-size")
+    evaluation.check_memory(model.cfg, args.batch_size, model.cfg.seq_len, "evaluating", "--batch-size")
     print(yaml.safe_dump({"source": model.source, "model": dataclasses.asdict(model.cfg), "text": str(path),
                           "stride": args.stride or max(model.cfg.seq_len // 2, 1)}, sort_keys=False), file=sys.stderr)
-    result = gen.evaluate_tokens(model.cfg, model.params, model.encode(text), bos=model.eot,
-                                 byte_lengths=token_byte_lengths(model.encoding), stride=args.stride,
-                                 batch_size=args.batch_size)
+    result = evaluation.evaluate_tokens(model.cfg, model.params, model.encode(text), bos=model.eot,
+                                        byte_lengths=token_byte_lengths(model.encoding), stride=args.stride,
+                                        batch_size=args.batch_size)
     out = result.to_dict()
     print(json.dumps(out))
     return out

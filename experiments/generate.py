@@ -10,7 +10,7 @@ call, then one token per step in a compiled loop, until the end-of-text token or
 --no-cache recomputes the whole prefix at every step (the reference; same output).
 With learned positions (GPT-2), a prompt plus --max-new-tokens longer than the model's
 context is refused, and so is a request whose buffers would take more than half of the
-device's memory (scaling.generate.check_memory). Prints each prompt and its continuation (with --json: one JSON
+device's memory (scaling.evaluation.check_memory). Prints each prompt and its continuation (with --json: one JSON
 object per prompt: prompt, completion, new token ids, n_new, stopped at end-of-text,
 and for beam search the log-probability and score); the settings and the speed go to
 stderr.
@@ -57,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _strategy(args):
-    from scaling.generate import GREEDY, Sampling
+    from scaling.inference import GREEDY, Sampling
 
     sampling_given = any(v is not None for v in (args.temperature, args.top_k, args.top_p))
     if args.beam is not None and (sampling_given or args.greedy):
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not 0 <= args.seed <= SEED_MAX:
         raise UsageError(f"--seed must be in [0, {SEED_MAX}], got {args.seed}")
     sampling = _strategy(args)
-    from scaling import generate as gen  # jax is imported only once the arguments are valid
+    from scaling import inference as gen  # jax is imported only once the arguments are valid
 
     model = load_model(args)
     if args.top_k is not None and args.top_k > model.cfg.vocab_size:

@@ -20,8 +20,6 @@ def load_model(args: argparse.Namespace):
     flag, path = ("--checkpoint", args.checkpoint) if args.checkpoint is not None else ("--hf-gpt2", args.hf_gpt2)
     if not str(path).strip():
         raise UsageError(f"{flag} must name a directory, got an empty path")
-    if args.checkpoint is not None:
-        from scaling.generate import load_checkpoint
-        return load_checkpoint(path)
-    from scaling.hf import load_gpt2
-    return load_gpt2(path)
+    from scaling.inference import load_checkpoint, load_gpt2
+
+    return load_checkpoint(path) if args.checkpoint is not None else load_gpt2(path)

@@ -159,8 +159,6 @@ class TrainConfig:
     skip_nonfinite: int = _f(0, "skip up to this many steps with a non-finite loss before calling the run diverged",
                              ge=0)
     progress: bool = _f(True, "show a progress bar on stderr")
-    inject_nan_step: int = _f(-1, "fault injection for tests: report a NaN loss at this step (-1: never)",
-                              ge=-1)
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -224,6 +222,16 @@ class ResumeConfig:
 
 
 @dataclass(frozen=True)
+class DebugConfig:
+    """Fault injection for tests: not part of a run's identity, not listed by --help."""
+
+    inject_nan_step: int = _f(-1, "report a NaN loss at this step and skip its update (-1: never)", ge=-1)
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -233,6 +241,7 @@ class Config:
     dist: DistConfig = field(default_factory=DistConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: ResumeConfig = field(default_factory=ResumeConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -253,11 +262,27 @@ class Config:
 # that are safe to change on resume.
 RESUME_IDENTITY_SECTIONS = ("model", "data", "optim", "train")
 RESUME_SAFE_FIELDS = ("model.attention", "train.eval_every", "train.eval_batches", "train.log_every", "train.progress",
-                      "train.skip_nonfinite", "train.inject_nan_step")
+                      "train.skip_nonfinite")
+HIDDEN_SECTIONS = ("debug",)
+"""Sections settable on the command line but left out of --help."""
+MOVED_FIELDS = {"train.inject_nan_step": "debug.inject_nan_step"}
+"""Fields read under an older name, so that config.yaml files that hold them stay readable."""
 
 
 def _keys(d: dict) -> str:
     return str(sorted(map(str, d))[0])
+
+
+def _moved(d: dict) -> dict:
+    """``d`` with each field of MOVED_FIELDS under its current name (the current name wins when
+    both are given)."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for old, new in MOVED_FIELDS.items():
+        (sec, name), (new_sec, new_name) = old.split("."), new.split(".")
+        if isinstance(out.get(sec), dict) and name in out[sec] and isinstance(out.get(new_sec) or {}, dict):
+            value = out[sec].pop(name)
+            out[new_sec] = {new_name: value, **(out.get(new_sec) or {})}
+    return out
 
 
 def parse_sections(d: Any) -> dict[str, dict[str, Any]]:
@@ -268,6 +293,7 @@ def parse_sections(d: Any) -> dict[str, dict[str, Any]]:
     unknown = {k: None for k in d if k not in {f.name for f in dataclasses.fields(Config)}}
     if unknown:
         raise UsageError(f"unknown config section {_keys(unknown)!r}")
+    d = _moved(d)
     out = {}
     for f in dataclasses.fields(Config):
         given = d.get(f.name)
@@ -315,11 +341,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, .
         if sections is not None and f.name not in sections:
             continue
         cls = f.default_factory  # type: ignore[misc]
-        group = parser.add_argument_group(f.name, (cls.__doc__ or "").strip().splitlines()[0])
+        hidden = f.name in HIDDEN_SECTIONS
+        group = parser if hidden else parser.add_argument_group(f.name, (cls.__doc__ or "").strip().splitlines()[0])
         for g in dataclasses.fields(cls):
             group.add_argument(f"--{f.name}.{g.name}", dest=f"{f.name}.{g.name}", default=None,
                                metavar=field_type(cls, g.name).__name__.upper(),
-                               help=f"{g.metadata.get('help', '')} (default: {g.default!r})")
+                               help=argparse.SUPPRESS if hidden else
+                               f"{g.metadata.get('help', '')} (default: {g.default!r})")
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict:

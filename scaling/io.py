@@ -1,9 +1,13 @@
-"""Files every writer shares: atomic writes that honour the umask, and advisory locks.
+"""Files every writer and reader shares: atomic writes that honour the umask, JSON and JSON
+Lines reading, and advisory locks.
 
 An atomic write goes to a temporary file beside the target (created like ``open`` creates
 files: mode 0666 less the umask), is flushed to disk, renamed over the target and the
 directory entry synced, so a reader sees the old file or the new one, never a part, and a
 crash never leaves the target half written.
+
+A JSON Lines file is appended to line by line, so a kill can leave its last line torn:
+:func:`read_jsonl` drops a last line that does not parse; any other bad line is an error.
 
 A lock is an exclusive ``flock`` on a file that records its holder (pid and host). The kernel
 releases it when the holding process dies, so a killed run never leaves its directory locked.
@@ -14,13 +18,14 @@ run, by ``experiments.train`` and by a sweep for each of its runs alike.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from scaling.errors import UsageError
+from scaling.errors import UsageError, read_input_text
 
 try:
     import fcntl
@@ -78,6 +83,42 @@ def probe_writable(directory: str | Path) -> None:
     probe = Path(directory) / f".write-probe-{socket.gethostname()}-{os.getpid()}"
     os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))
     probe.unlink()
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_json(path: str | Path, what: str = "file") -> object:
+    """The JSON value in ``path``; UsageError naming the file when it is missing, unreadable or
+    not JSON."""
+    text = read_input_text(path, what)
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise UsageError(f"{what} {path} is not valid JSON: {str(e)[:80]}") from None
+
+
+def parse_jsonl(text: str, where: str = "") -> list:
+    """The values of the non-blank lines of JSON Lines ``text``; a last line that does not
+    parse (torn by a kill) is dropped, any other is a UsageError naming ``where`` and the line."""
+    lines = text.splitlines()
+    last = max((i for i, ln in enumerate(lines) if ln.strip()), default=-1)
+    out = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except (ValueError, RecursionError):
+            if i == last:
+                break
+            raise UsageError(f"{where} line {i + 1} is not valid JSON") from None
+    return out
+
+
+def read_jsonl(path: str | Path, what: str = "file") -> list:
+    """:func:`parse_jsonl` of the file ``path`` (UsageError when it is missing or unreadable)."""
+    return parse_jsonl(read_input_text(path, what, errors="replace"), str(path))
 
 
 # ----------------------------------------------------------------------------- locks

@@ -288,9 +288,9 @@ def gpt2_dir(tmp_path_factory):
 
 
 def test_the_hand_written_gpt2_directory_loads(gpt2_dir):
-    from scaling import hf
+    from scaling import inference
 
-    model = hf.load_gpt2(gpt2_dir)
+    model = inference.load_gpt2(gpt2_dir)
     assert model.cfg.seq_len == 16 and model.cfg.n_layer == 1 and model.cfg.vocab_size == 50257
 
 
@@ -330,7 +330,7 @@ def test_evaluate_batches_that_cannot_fit_in_memory(capsys, tmp_path, gpt2_dir):
 
 
 def test_rotary_lengths_are_capped_by_memory_not_only_by_the_context():
-    from scaling import generate as gen
+    from scaling import inference as gen
 
     cfg = config_lib.ModelConfig(n_layer=1, n_head=2, d_model=16, seq_len=16, vocab_size=64, position="rotary")
     assert gen.plan_buffer(cfg, 3, 200, 2) == 256  # past the context: allowed for rotary positions
@@ -402,14 +402,14 @@ def test_index_files_that_point_outside_the_model_directory(capsys, tmp_path, gp
 
 
 def test_an_index_inside_the_directory_still_loads(tmp_path, gpt2_dir):
-    from scaling import hf
+    from scaling import inference
 
     d = tmp_path / "gpt2"
     (d / "shards").mkdir(parents=True)
     (d / "config.json").write_bytes((gpt2_dir / "config.json").read_bytes())
     (d / "shards" / "a.safetensors").write_bytes((gpt2_dir / "model.safetensors").read_bytes())
     (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"wte.weight": "shards/a.safetensors"}}))
-    assert hf.load_gpt2(d).cfg.d_model == 8
+    assert inference.load_gpt2(d).cfg.d_model == 8
 
 
 CONFIG_JSONS = [

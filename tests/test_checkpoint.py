@@ -108,7 +108,7 @@ def test_changed_config_is_refused_but_safe_fields_may_change(reference, tmp_pat
 
 def test_nan_ends_the_run_as_diverged_with_a_restorable_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
-    summary = train_cli.main(["--out", str(out), *TINY, *CKPT, "--train.inject_nan_step", "45"])
+    summary = train_cli.main(["--out", str(out), *TINY, *CKPT, "--debug.inject_nan_step", "45"])
     assert summary["status"] == "diverged"
     assert "diverged at step 46" in capsys.readouterr().err
     assert json.loads((out / "summary.json").read_text())["status"] == "diverged"
@@ -120,7 +120,7 @@ def test_nan_ends_the_run_as_diverged_with_a_restorable_checkpoint(tmp_path, cap
 
 
 def test_skip_nonfinite_skips_the_bad_step(tmp_path, capsys):
-    summary = train_cli.main(["--out", str(tmp_path / "run"), *TINY, "--train.inject_nan_step", "45",
+    summary = train_cli.main(["--out", str(tmp_path / "run"), *TINY, "--debug.inject_nan_step", "45",
                               "--train.skip_nonfinite", "1"])
     assert summary["status"] == "completed" and "update skipped" in capsys.readouterr().err
 

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scaling import generate as gen
+from scaling import evaluation
 from scaling.config import ModelConfig
+from scaling.evaluation import cross_entropy
 from scaling.model import GPT
-from scaling.train import cross_entropy
 from tests.helpers import data_path, tiny_run_dir
 
 CFG = ModelConfig(n_layer=2, n_head=2, d_model=32, seq_len=16, vocab_size=50, vocab_multiple=64, init_std=0.1)
@@ -26,7 +26,7 @@ def test_window_plan_scores_every_target_once_with_enough_context():
     for n_seq in (2, 5, 16, 17, 18, 40, 97):
         for context in (1, 4, 16):
             for stride in sorted({1, min(2, context), context // 2 or 1, context - 1 or 1, context}):
-                plan = gen.window_plan(n_seq, context, stride)
+                plan = evaluation.window_plan(n_seq, context, stride)
                 scored = []
                 for a, first in plan:
                     n = min(context, n_seq - 1)
@@ -53,7 +53,7 @@ def _naive_max_context_nll(ids_with_bos: list[int]) -> np.ndarray:
 
 def test_stride_1_equals_a_naive_max_context_loop():
     ids = np.random.default_rng(0).integers(0, 49, 60).tolist()
-    ev = gen.evaluate_tokens(CFG, PARAMS, ids, bos=49, byte_lengths=BYTES, stride=1)
+    ev = evaluation.evaluate_tokens(CFG, PARAMS, ids, bos=49, byte_lengths=BYTES, stride=1)
     nll = _naive_max_context_nll([49] + ids)
     assert ev.tokens == 60 and ev.windows == 60 - 16 + 1
     assert ev.loss == pytest.approx(nll.mean(), rel=1e-5)
@@ -61,14 +61,14 @@ def test_stride_1_equals_a_naive_max_context_loop():
     assert ev.bytes == int(BYTES[ids].sum())
     assert ev.bits_per_byte == pytest.approx(nll.sum() / math.log(2) / BYTES[ids].sum(), rel=1e-5)
     # a coarser stride gives every token less context, never less than context - stride
-    half = gen.evaluate_tokens(CFG, PARAMS, ids, bos=49, byte_lengths=BYTES, batch_size=3)
+    half = evaluation.evaluate_tokens(CFG, PARAMS, ids, bos=49, byte_lengths=BYTES, batch_size=3)
     assert half.stride == 8 and half.tokens == 60 and half.loss != ev.loss
     assert abs(half.loss - ev.loss) < 0.05
 
 
 def test_non_overlapping_windows_equal_the_training_loss():
     ids = np.random.default_rng(1).integers(0, 49, 3 * 16).tolist()
-    ev = gen.evaluate_tokens(CFG, PARAMS, ids, bos=49, byte_lengths=BYTES, stride=16)
+    ev = evaluation.evaluate_tokens(CFG, PARAMS, ids, bos=49, byte_lengths=BYTES, stride=16)
     seq = np.asarray([49] + ids)
     windows = np.stack([seq[a: a + 17] for a in (0, 16, 32)])
     ref = float(cross_entropy(GPT(CFG), PARAMS, jnp.asarray(windows)))
@@ -77,7 +77,7 @@ def test_non_overlapping_windows_equal_the_training_loss():
 
 def test_text_shorter_than_the_context_is_one_window():
     ids = [3, 4, 5, 6, 7]
-    ev = gen.evaluate_tokens(CFG, PARAMS, ids, bos=49, byte_lengths=BYTES)
+    ev = evaluation.evaluate_tokens(CFG, PARAMS, ids, bos=49, byte_lengths=BYTES)
     assert ev.windows == 1 and ev.tokens == 5
     assert ev.loss == pytest.approx(_naive_max_context_nll([49] + ids).mean(), rel=1e-5)
 

@@ -135,7 +135,7 @@ def contended(tmp_path_factory) -> dict:
     same --out started while the first holds the directory."""
     out = tmp_path_factory.mktemp("two") / "run"
     proc = subprocess.Popen([sys.executable, "-m", "experiments.train", "--out", str(out), *SHORT,
-                             "--train.inject_nan_step", "30"],
+                             "--debug.inject_nan_step", "30"],
                             cwd=REPO, env=dict(os.environ, XLA_FLAGS=""), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     holder = f"pid {proc.pid} on "

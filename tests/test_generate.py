@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from scaling import generate as gen
+from scaling import inference as gen
 from scaling.config import ModelConfig
 from scaling.errors import UsageError
 from scaling.model import GPT

@@ -1,5 +1,5 @@
 """Hugging Face GPT-2 parity: a small random GPT2LMHeadModel saved with save_pretrained,
-loaded through scaling.hf: logits within 1e-4 of transformers', greedy tokens identical to
+loaded through scaling.inference: logits within 1e-4 of transformers', greedy tokens identical to
 transformers' generate; loss equal to transformers' on a text; clear errors on bad files."""
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ else:
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
 
-from scaling import generate as gen  # noqa: E402
-from scaling import hf  # noqa: E402
+from scaling import inference  # noqa: E402
 from scaling.errors import UsageError  # noqa: E402
 from scaling.model import GPT  # noqa: E402
 
@@ -53,7 +52,7 @@ def _hf_logits(model, ids):
 
 def test_logits_match_transformers_within_1e4(tied):
     model, path = tied
-    loaded = hf.load_gpt2(path)
+    loaded = inference.load_gpt2(path)
     assert loaded.cfg.vocab_size == 50257 and loaded.cfg.padded_vocab == 50257 and loaded.cfg.seq_len == 64
     for text in PROMPTS + ["x" * 70]:
         ids = loaded.encode(text)[:64]
@@ -65,10 +64,10 @@ def test_logits_match_transformers_within_1e4(tied):
 
 def test_30_greedy_tokens_identical_to_transformers_generate(tied):
     model, path = tied
-    loaded = hf.load_gpt2(path)
+    loaded = inference.load_gpt2(path)
     prompts = [loaded.encode(t) for t in PROMPTS]
-    ours = gen.generate(loaded.cfg, loaded.params, prompts, 30, eot=loaded.eot)
-    ours_uncached = gen.generate(loaded.cfg, loaded.params, prompts, 30, eot=loaded.eot, use_cache=False)
+    ours = inference.generate(loaded.cfg, loaded.params, prompts, 30, eot=loaded.eot)
+    ours_uncached = inference.generate(loaded.cfg, loaded.params, prompts, 30, eot=loaded.eot, use_cache=False)
     for i, ids in enumerate(prompts):
         with torch.no_grad():
             out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
@@ -87,7 +86,7 @@ def test_untied_head_and_original_tensor_names(tmp_path):
 
     model = _hf_model(tie_word_embeddings=False, n_inner=96, layer_norm_epsilon=1e-6)
     path = _save(model, tmp_path / "untied")
-    loaded = hf.load_gpt2(path)
+    loaded = inference.load_gpt2(path)
     assert not loaded.cfg.tie_embeddings and loaded.cfg.ff_dim == 96 and loaded.cfg.norm_eps == 1e-6
     ids = loaded.encode(PROMPTS[0])
     ours = np.asarray(GPT(loaded.cfg).apply({"params": loaded.params}, jnp.asarray([ids])))[0]
@@ -100,7 +99,7 @@ def test_untied_head_and_original_tensor_names(tmp_path):
     for i in range(2):
         sd[f"h.{i}.attn.bias"] = np.tril(np.ones((64, 64), np.float32))[None, None]
     save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(renamed / "model.safetensors"))
-    again = hf.load_gpt2(renamed)
+    again = inference.load_gpt2(renamed)
     for a, b in zip(*(sorted(_flat(x.params).items()) for x in (loaded, again))):
         assert a[0] == b[0]
         np.testing.assert_array_equal(a[1], b[1])
@@ -124,7 +123,7 @@ def test_evaluate_cli_loss_equals_transformers_loss(tied, tmp_path, capsys):
     f = tmp_path / "t.txt"
     f.write_text(text, encoding="utf-8")
     out = cli.main(["--hf-gpt2", str(path), "--text", str(f)])
-    enc = hf.load_gpt2(path).encoding
+    enc = inference.load_gpt2(path).encoding
     ids = [enc.eot_token] + enc.encode_ordinary(text)
     assert len(ids) <= 64  # one window: transformers' loss over the same targets is the reference
     with torch.no_grad():
@@ -142,7 +141,7 @@ def test_generate_cli_with_hf_gpt2(tied, capsys):
 
     model, path = tied
     recs = cli.main(["--hf-gpt2", str(path), "--prompt", PROMPTS[1], "--max-new-tokens", "12", "--json"])
-    ids = hf.load_gpt2(path).encode(PROMPTS[1])
+    ids = inference.load_gpt2(path).encode(PROMPTS[1])
     with torch.no_grad():
         ref = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                              max_new_tokens=12, do_sample=False, pad_token_id=50256)[0, len(ids):].tolist()
@@ -186,7 +185,7 @@ def test_bad_checkpoints_are_clear_errors_and_exit_2(tied, tmp_path, capsys, edi
 
     path = _broken(tied[1], tmp_path / "bad", edit)
     with pytest.raises(UsageError, match=message.replace("(", r"\(")):
-        hf.load_gpt2(path)
+        inference.load_gpt2(path)
     with pytest.raises(SystemExit) as e:
         cli.main(["--hf-gpt2", str(path), "--prompt", "hi"])
     assert e.value.code == 2

@@ -243,7 +243,7 @@ def test_diverged_runs_are_kept_unless_retried_from_their_last_good_checkpoint(t
     out = tmp_path / "sweep"
     rid = "L1-d16-D1.5e3-s0"
     args = ["--config", str(spec), "--out", str(out), *QUIET, "--checkpoint.every_steps", "2"]
-    res = sweep_cli.main(args + ["--train.inject_nan_step", "3"])
+    res = sweep_cli.main(args + ["--debug.inject_nan_step", "3"])
     assert res.trained == [rid] and [r["status"] for r in res.rows] == ["diverged"]
     res = sweep_cli.main(args)  # kept as diverged, not retried
     assert res.trained == [] and res.skipped == [rid] and [r["status"] for r in res.rows] == ["diverged"]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from experiments import train as train_cli
-from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig
+from scaling.config import Config, DebugConfig, ModelConfig, OptimConfig, TrainConfig
 from scaling.sharding import make_mesh
 from scaling.train import Trainer, cross_entropy, decay_mask, lr_schedule, short_gil_switch
 from tests.helpers import TINY, run_cli
@@ -110,8 +110,8 @@ def test_runs_of_one_shape_share_the_compiled_step_and_train_as_if_compiled_alon
     optim = OptimConfig(lr=1e-2, warmup_steps=3)
 
     def cfg(seed, nan_step=-1):
-        return dataclasses.replace(Config(), model=model, optim=optim,
-                                   train=TrainConfig(batch_size=4, seed=seed, inject_nan_step=nan_step))
+        return dataclasses.replace(Config(), model=model, optim=optim, train=TrainConfig(batch_size=4, seed=seed),
+                                   debug=DebugConfig(inject_nan_step=nan_step))
 
     def train(t, n):
         state, out = t.init_state(), []
@@ -262,3 +262,18 @@ def test_short_gil_switch_is_restored_after_the_last_user():
             assert sys.getswitchinterval() == pytest.approx(1e-4)
         assert sys.getswitchinterval() == pytest.approx(1e-4)
     assert sys.getswitchinterval() == before
+
+
+def test_debug_hooks_are_outside_the_identity_and_help_but_settable(tmp_path):
+    from scaling import config as config_lib
+
+    p = train_cli.parser()
+    assert "inject_nan_step" not in p.format_help() and "debug" not in p.format_help()
+    cfg = config_lib.resolve(None, config_lib.overrides_from_args(
+        p.parse_args(["--out", "x", "--debug.inject_nan_step", "7"])))
+    assert cfg.debug.inject_nan_step == 7 and cfg.identity_hash() == Config().identity_hash()
+    # a config.yaml holding the field under its former section reads into the debug section
+    old = tmp_path / "config.yaml"
+    old.write_text("train: {inject_nan_step: 5, batch_size: 4}\n")
+    cfg = config_lib.from_dict(config_lib.load_yaml(old))
+    assert cfg.debug.inject_nan_step == 5 and cfg.train.batch_size == 4

@@ -1,4 +1,4 @@
-"""Load a Hugging Face GPT-2 checkpoint directory into the Flax GPT, offline.
+"""Read a Hugging Face GPT-2 checkpoint directory into the Flax GPT's parameters, offline.
 
 A directory written by ``GPT2LMHeadModel.save_pretrained`` holds ``config.json`` and
 ``model.safetensors`` (or shards listed in ``model.safetensors.index.json``). Tensor
@@ -14,13 +14,13 @@ OpenAI-converted files). GPT-2's ``Conv1D`` stores weights as (in, out), y = x @
     ln_f                        -> ln_f
     lm_head.weight (V, d)       -> lm_head/kernel (d, V) when embeddings are not tied
 
-The tokenizer is ``gpt2`` (tiktoken's r50k_base, read from the local cache). The
-safetensors files are read with a small reader of their documented layout (8-byte
-little-endian header size, a JSON header, raw little-endian tensors), so nothing beyond
-numpy is needed. Every missing or unreadable file, malformed header (a size past the file,
-non-JSON, offsets outside the data, an unknown dtype), index entry outside the directory,
-unsupported option, missing tensor or wrong shape is a :class:`~scaling.errors.UsageError`
-naming it.
+The tokenizer is ``gpt2`` (tiktoken's r50k_base, read from the local cache);
+:func:`scaling.inference.load.load_gpt2` puts both together. The safetensors files are read
+with a small reader of their documented layout (8-byte little-endian header size, a JSON
+header, raw little-endian tensors). Every missing or unreadable file, malformed header (a
+size past the file, non-JSON, offsets outside the data, an unknown dtype), index entry
+outside the directory, unsupported option, missing tensor or wrong shape is a
+:class:`~scaling.errors.UsageError` naming it.
 """
 
 from __future__ import annotations
@@ -31,10 +31,15 @@ import struct
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_dtypes
 import numpy as np
 
 from scaling.config import ModelConfig
 from scaling.errors import UsageError, read_input_text
+from scaling.model import GPT
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32,
            "U8": np.uint8, "BOOL": np.bool_}
@@ -85,7 +90,6 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
                              f"of non-negative integers")
         dt, shape, (lo, hi) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
         if dt == "BF16":
-            import ml_dtypes
             np_dt = np.dtype(ml_dtypes.bfloat16)
         elif dt in _DTYPES:
             np_dt = np.dtype(_DTYPES[dt]).newbyteorder("<")
@@ -237,14 +241,8 @@ def convert(cfg: ModelConfig, w: dict[str, np.ndarray]) -> dict[str, Any]:
     return params
 
 
-def _check_tree(cfg: ModelConfig, params: dict) -> None:
+def check_tree(cfg: ModelConfig, params: dict) -> None:
     """The converted tree has exactly the Flax model's parameters and shapes."""
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
-    from scaling.model import GPT
-
     expected = jax.eval_shape(lambda: GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
     exp = {jax.tree_util.keystr(k): v.shape
            for k, v in jax.tree_util.tree_leaves_with_path(nn.unbox(expected["params"]))}
@@ -252,20 +250,3 @@ def _check_tree(cfg: ModelConfig, params: dict) -> None:
     if exp != got:
         diff = sorted(set(exp.items()) ^ set(got.items()))
         raise UsageError(f"converted GPT-2 weights do not fit the model: {diff[:3]}")
-
-
-def load_gpt2(model_dir: str | Path):
-    """An :class:`scaling.generate.InferenceModel` from a Hugging Face GPT-2 directory."""
-    from scaling.generate import InferenceModel
-    from scaling.tokenizer import get_tokenizer
-
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise UsageError(f"Hugging Face GPT-2 directory not found: {model_dir}")
-    hf = read_config(model_dir)
-    enc = get_tokenizer("gpt2")
-    cfg = model_config(hf, enc.n_vocab)
-    params = convert(cfg, read_weights(model_dir))
-    _check_tree(cfg, params)
-    import jax
-    return InferenceModel(cfg, jax.device_put(params), enc, source=str(model_dir))

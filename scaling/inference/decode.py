@@ -18,7 +18,7 @@ its entry before attending, and the causal mask hides the later ones.
 Learned positions cap the context: a prompt plus ``max_new_tokens`` longer than
 ``seq_len`` is refused (:class:`~scaling.errors.UsageError`), never slid. Rotary models
 may run past ``seq_len`` (the cache is sized to the request), as far as memory allows: a
-request whose buffers (:func:`forward_bytes`: KV cache, the prefill's logits and attention
+request whose buffers (:func:`scaling.evaluation.forward_bytes`: KV cache, the prefill's logits and attention
 scores) would take more than half of the device's memory is refused before any compute.
 
 Strategies (:class:`Sampling`): greedy (argmax); otherwise logits / temperature, then
@@ -37,13 +37,10 @@ its log-probability. With ``width=1`` and ``length_penalty=0`` this is greedy de
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
-import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -51,10 +48,10 @@ import numpy as np
 
 from scaling.config import SEED_MAX, ModelConfig
 from scaling.errors import UsageError
+from scaling.evaluation import check_memory, token_nll
 from scaling.model import GPT, init_cache
 
 NEG = -1e30  # a score no real hypothesis reaches
-MEMORY_FRACTION = 0.5  # of the device's memory that the buffers of one decode or evaluation may take
 
 
 @dataclass(frozen=True)
@@ -81,47 +78,6 @@ class Sampling:
 
 
 GREEDY = Sampling(greedy=True)
-
-
-@dataclass(frozen=True)
-class InferenceModel:
-    """A model ready to decode: its config, parameters and tokenizer (a tiktoken Encoding)."""
-
-    cfg: ModelConfig
-    params: Any
-    encoding: Any
-    source: str = ""
-
-    @property
-    def eot(self) -> int:
-        from scaling.tokenizer import eot_id
-        return eot_id(self.encoding)
-
-    def encode(self, text: str) -> list[int]:
-        return self.encoding.encode_ordinary(text)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        n = self.encoding.n_vocab
-        return self.encoding.decode([int(i) for i in ids if 0 <= int(i) < n and int(i) != self.eot])
-
-
-def load_checkpoint(run_dir: str | Path) -> InferenceModel:
-    """The latest checkpoint of a training run directory, with its tokenizer."""
-    from scaling import tokenizer as tok
-    from scaling.train import load_run
-
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UsageError(f"checkpoint directory not found: {run_dir}")
-    cfg, params = load_run(run_dir)
-    name = cfg.data.tokenizer
-    if name.startswith("bpe:"):  # the trained ranks are keyed by the corpus content
-        from scaling.data import load_tokens
-        enc = load_tokens(cfg.data).encoding
-    else:
-        enc = tok.get_tokenizer(name)
-    params = jax.device_put(jax.device_get(params))  # one device: decoding is not sharded
-    return InferenceModel(cfg.model, params, enc, source=str(run_dir))
 
 
 # ----------------------------------------------------------------------------- logits -> tokens
@@ -160,30 +116,6 @@ def buffer_length(cfg: ModelConfig, total: int) -> int:
                          f"(learned positions); shorten the prompt or lower --max-new-tokens")
     t = -(-total // 128) * 128
     return min(t, cfg.seq_len) if total <= cfg.seq_len else t
-
-
-def forward_bytes(cfg: ModelConfig, rows: int, length: int) -> int:
-    """A lower bound of the memory a forward pass over ``rows`` sequences of ``length`` tokens
-    holds at once: a float32 KV cache of every layer, the logits, one layer's attention scores."""
-    cache = 2 * cfg.n_layer * rows * length * cfg.d_model * 4
-    return cache + rows * length * cfg.padded_vocab * 4 + rows * cfg.n_head * length * length * 4
-
-
-def device_memory_bytes() -> int:
-    """Memory of the first local device: its allocator's limit where JAX reports one (GPUs,
-    TPUs), else the machine's physical memory (CPUs)."""
-    stats = jax.local_devices()[0].memory_stats() or {}
-    if stats.get("bytes_limit"):
-        return int(stats["bytes_limit"])
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-def check_memory(cfg: ModelConfig, rows: int, length: int, what: str, lower: str) -> None:
-    """UsageError when :func:`forward_bytes` exceeds MEMORY_FRACTION of the device's memory."""
-    need, have = forward_bytes(cfg, rows, length), device_memory_bytes()
-    if need > MEMORY_FRACTION * have:
-        raise UsageError(f"{what} ({rows} row(s) of {length} tokens) needs at least {need / 2**30:.3g} GiB, more than "
-                         f"{MEMORY_FRACTION:.0%} of this device's {have / 2**30:.3g} GiB; lower {lower}")
 
 
 def plan_buffer(cfg: ModelConfig, longest_prompt: int, max_new_tokens: int, rows: int) -> int:
@@ -423,8 +355,8 @@ def beam_search(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_
 # ----------------------------------------------------------------------------- scoring
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
-def _logp_jit(cfg: ModelConfig, params, ids_bT: jax.Array) -> jax.Array:
-    return jax.nn.log_softmax(GPT(cfg).apply({"params": params}, ids_bT), axis=-1)
+def _nll_jit(cfg: ModelConfig, params, ids_bT: jax.Array) -> jax.Array:
+    return token_nll(GPT(cfg), params, ids_bT)
 
 
 def sequence_logprob(cfg: ModelConfig, params, prompt: Sequence[int], continuation: Sequence[int]) -> float:
@@ -432,86 +364,5 @@ def sequence_logprob(cfg: ModelConfig, params, prompt: Sequence[int], continuati
     ids = list(prompt) + list(continuation)
     buf = np.zeros((1, buffer_length(cfg, len(ids))), np.int32)
     buf[0, : len(ids)] = ids
-    logp = np.asarray(_logp_jit(cfg, params, jnp.asarray(buf)))[0]
-    targets = np.asarray(ids[1:])
-    picked = logp[np.arange(len(targets)), targets]
-    return float(picked[len(prompt) - 1:].sum())
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Mean next-token loss (nats) over every token of a text, its perplexity, and bits per
-    byte (total nats / ln 2 / UTF-8 bytes the scored tokens stand for)."""
-
-    loss: float
-    perplexity: float
-    bits_per_byte: float
-    tokens: int
-    bytes: int
-    windows: int
-    context: int
-    stride: int
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-def window_plan(n_seq: int, context: int, stride: int) -> list[tuple[int, int]]:
-    """Sliding windows over a sequence of ``n_seq`` tokens (targets are positions 1..n_seq-1):
-    ``(start, first)`` pairs; a window feeds tokens ``start .. start+context-1`` and scores its
-    targets from offset ``first`` on, so every target is scored exactly once, each (after the
-    first window) with at least ``context - stride + 1`` tokens of context. Windows hold
-    ``context`` inputs, except a single shorter one when the whole sequence fits."""
-    if not 1 <= stride <= context:
-        raise UsageError(f"--stride must be in [1, context={context}], got {stride}")
-    n_targets = n_seq - 1
-    if n_targets <= context:
-        return [(0, 0)]
-    starts = list(range(0, n_targets - context, stride)) + [n_targets - context]
-    plan, last = [], 0  # last: the highest target index scored so far
-    for a in starts:
-        plan.append((a, max(last, a) - a))
-        last = a + context
-    return plan
-
-
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _window_nll(cfg: ModelConfig, params, windows_bn: jax.Array) -> jax.Array:
-    logits_btv = GPT(cfg).apply({"params": params}, windows_bn[:, :-1])
-    logp_btv = jax.nn.log_softmax(logits_btv, axis=-1)
-    return -jnp.take_along_axis(logp_btv, windows_bn[:, 1:, None], axis=-1)[..., 0]
-
-
-def evaluate_tokens(cfg: ModelConfig, params, ids: Sequence[int], *, bos: int, byte_lengths: np.ndarray,
-                    stride: int | None = None, batch_size: int = 8) -> Evaluation:
-    """Loss, perplexity and bits per byte of ``ids`` (``bos`` is prepended, so the first token
-    is scored too) over sliding windows of the model's context ``cfg.seq_len``."""
-    ids = np.asarray(ids, np.int64)
-    if ids.size == 0:
-        raise UsageError("the text holds no tokens")
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
-    C = cfg.seq_len
-    stride = max(C // 2, 1) if stride is None else stride
-    seq = np.concatenate([[bos], ids]).astype(np.int32)
-    plan = window_plan(len(seq), C, stride)
-    check_memory(cfg, min(batch_size, len(plan)), C, "evaluating", "--batch-size")
-    n = min(C, len(seq) - 1)
-    windows = np.stack([seq[a: a + n + 1] for a, _ in plan])
-    mask = np.stack([np.arange(n) >= first for _, first in plan]).astype(np.float64)
-    total = 0.0
-    for i in range(0, len(plan), batch_size):
-        w, m = windows[i: i + batch_size], mask[i: i + batch_size]
-        pad = batch_size - len(w)
-        if pad and len(plan) > batch_size:  # one shape for every batch
-            w, m = np.concatenate([w, np.repeat(w[:1], pad, 0)]), np.concatenate([m, np.zeros((pad, n))])
-        nll = np.asarray(jax.device_get(_window_nll(cfg, params, jnp.asarray(w))), np.float64)
-        total += float((nll * m).sum())
-    n_scored = int(mask.sum())
-    assert n_scored == len(ids), (n_scored, len(ids))
-    n_bytes = int(np.asarray(byte_lengths)[ids].sum())
-    loss = total / n_scored
-    return Evaluation(loss=loss, perplexity=float(np.exp(loss)), bits_per_byte=total / (np.log(2) * max(n_bytes, 1)),
-                      tokens=n_scored, bytes=n_bytes, windows=len(plan), context=C, stride=stride)
+    nll = np.asarray(_nll_jit(cfg, params, jnp.asarray(buf)))[0]  # nll[j]: -log p(ids[j + 1] | ids[:j + 1])
+    return float(-nll[len(prompt) - 1: len(ids) - 1].sum())

@@ -1,0 +1,42 @@
+"""Inference: decoding with a KV cache, loading a trained run or GPT-2 weights.
+
+    decode   greedy, sampling (temperature, top-k, top-p) and beam search; sequence scoring
+    load     InferenceModel: a trained run's checkpoint or a GPT-2 directory, with its tokenizer
+    hf       reading Hugging Face GPT-2 files (safetensors, config.json) into the Flax GPT
+
+Loss, perplexity and bits per byte of a text are :mod:`scaling.evaluation`'s; they are
+importable from here too, with the decoding and loading names.
+"""
+
+from scaling.evaluation import (
+                                MEMORY_FRACTION,
+                                Evaluation,
+                                check_memory,
+                                device_memory_bytes,
+                                evaluate_tokens,
+                                forward_bytes,
+                                window_plan,
+)
+from scaling.inference.decode import (
+                                GREEDY,
+                                NEG,
+                                BeamResult,
+                                Generation,
+                                Sampling,
+                                Sequences,
+                                beam_search,
+                                buffer_length,
+                                choose,
+                                filter_logits,
+                                generate,
+                                plan_buffer,
+                                sequence_logprob,
+)
+from scaling.inference.load import InferenceModel, load_checkpoint, load_gpt2
+
+__all__ = [
+    "GREEDY", "MEMORY_FRACTION", "NEG", "BeamResult", "Evaluation", "Generation", "InferenceModel", "Sampling",
+    "Sequences", "beam_search", "buffer_length", "check_memory", "choose", "device_memory_bytes", "evaluate_tokens",
+    "filter_logits", "forward_bytes", "generate", "load_checkpoint", "load_gpt2", "plan_buffer", "sequence_logprob",
+    "window_plan",
+]

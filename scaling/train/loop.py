@@ -1,0 +1,341 @@
+"""One training run: plan and check, restore or initialise, train, evaluate, summarise.
+
+The loop dispatches step t before fetching step t-1's metrics, so the host never waits on
+the device. Evaluation runs every ``train.eval_every`` steps and at the end, checkpoints are
+saved as ``checkpoint.*`` says, and a non-finite loss beyond ``train.skip_nonfinite`` ends the
+run as diverged, keeping the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from tqdm import tqdm
+
+from scaling import flops as flops_lib
+from scaling import run_dir as run_dir_lib
+from scaling import sharding as sh
+from scaling.checkpoint import Checkpointer, CorruptCheckpoints
+from scaling.config import Config, MeshConfig
+from scaling.data import Batches, curriculum, load_tokens
+from scaling.errors import UsageError
+from scaling.evaluation import bits_per_byte
+from scaling.model import check_attention
+from scaling.run_dir import RunDirectory
+from scaling.train.metrics import MetricsLogger, truncate_metrics
+from scaling.train.programs import ShapePrograms
+from scaling.train.step import TrainState
+
+
+def steps_for(cfg: Config) -> int:
+    """Optimizer steps of a run: ``train.tokens`` in whole batches."""
+    per_step = cfg.train.batch_size * cfg.model.seq_len
+    if cfg.train.tokens < per_step:
+        raise UsageError(f"train.tokens ({cfg.train.tokens}) is fewer than one batch "
+                         f"(train.batch_size * model.seq_len = {per_step})")
+    return cfg.train.tokens // per_step
+
+
+def _with_vocab(cfg: Config, n_vocab: int) -> Config:
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=n_vocab))
+
+
+class Run:
+    """One training run into ``out``: plans and checks everything before any compute.
+
+    The run owns its directory (:class:`~scaling.run_dir.RunDirectory`): process 0 holds
+    ``out/.lock`` from construction until ``run`` (or ``close``) ends. A directory holding
+    another config's run is refused unless ``overwrite`` (start over: the old config,
+    metrics, summary and checkpoints are removed first) or ``resume.allow_config_change``.
+    ``config.yaml`` is written only once the state is known (restored or freshly
+    initialised), so a failed resume leaves the directory as it was. A write that fails ends
+    the run with one line; the last committed checkpoint stays, and rerunning resumes from it.
+
+    ``trainers`` (a dict the caller keeps, keyed by ``ShapePrograms.program_key``) lets runs of
+    the same shape share compiled programs: a sweep passes the same dict to all its runs.
+    """
+
+    OUTPUTS = run_dir_lib.OUTPUTS
+
+    def __init__(self, cfg: Config, out: Path, trainers: dict | None = None, *, overwrite: bool = False,
+                 model_scoring: curriculum.ModelScoring | None = None):
+        self.out = Path(out)
+        self.trainers = trainers
+        self.splits = load_tokens(cfg.data)
+        if cfg.model.vocab_size == 0:
+            cfg = _with_vocab(cfg, self.splits.n_vocab)
+        elif cfg.model.vocab_size < self.splits.n_vocab:
+            raise UsageError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's "
+                             f"{self.splits.n_vocab} ids")
+        self.cfg = cfg
+        self.steps = steps_for(cfg)
+        shape = sh.mesh_shape(cfg.mesh, jax.device_count())
+        sh.check_mesh_fits(shape, cfg.model, cfg.train.batch_size, cfg.train.microbatches)
+        check_attention(cfg.model)
+        self.mesh_shape = shape
+        self.mesh = sh.make_mesh(shape)
+        sampler = (curriculum.make_sampler(cfg, self.splits, self.steps, model_scoring=model_scoring)
+                   if cfg.data.curriculum else None)
+        self.batches = Batches(self.splits, cfg.model.seq_len, cfg.train.batch_size, cfg.train.seed, sampler=sampler)
+        self.rows = sh.process_batch_rows(self.mesh, cfg.train.batch_size)
+        self.is_main = jax.process_index() == 0
+        self.dir = RunDirectory(self.out, cfg, is_main=self.is_main)
+        self._closed = False
+        try:
+            self.dir.hold()
+            if overwrite:
+                self.dir.start_over()
+                if jax.process_count() > 1:  # the others list checkpoints only once they are gone
+                    multihost_utils.sync_global_devices("scaling.train.start_over")
+            else:
+                self.dir.check_config()
+            with self.dir.writing("open the checkpoints of", checkpointer=True):
+                self.ckpt = Checkpointer(run_dir_lib.checkpoints_path(self.out), cfg.checkpoint)
+            self._check_resumable()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Finish the checkpoint save in flight and release the directory (idempotent). After a
+        write failed inside orbax, its checkpointer is abandoned instead (its writer threads
+        would wait minutes for each other); after a write failed elsewhere, the save in flight
+        is waited for (so that no writer thread outlives the run) and whatever it meets in
+        the same directory is not reported again."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if not hasattr(self, "ckpt") or self.dir.checkpointer_broken:
+                return
+            if not self.dir.write_failed:
+                with self.dir.writing("finish a checkpoint of", checkpointer=True):
+                    self.ckpt.close()
+                return
+            try:
+                self.ckpt.close()
+            except (OSError, ValueError) as e:
+                if not run_dir_lib.is_write_error(e):
+                    raise
+        finally:
+            self.dir.release()
+
+    def _check_resumable(self) -> None:
+        """Before any compute: refuse when the latest checkpoint's metadata names another config."""
+        steps = self.ckpt.steps()
+        if not steps or self.cfg.resume.allow_config_change:
+            return
+        meta = self.ckpt.read_meta(steps[-1])
+        if meta:
+            self.dir.check_identity(meta, steps[-1])
+
+    def _restore_or_init(self, programs: ShapePrograms) -> TrainState:
+        """The latest restorable state (and its recent losses and earlier wall time), or a fresh
+        one; a restored checkpoint of another config is refused."""
+        self._recent: collections.deque[float] = collections.deque(maxlen=10)
+        self._prior_wall_s, self._init_s = 0.0, 0.0
+        try:
+            restored = self.ckpt.restore_latest(programs.abstract_state)
+        except CorruptCheckpoints:
+            if not self.cfg.resume.restart_if_corrupt:
+                raise
+            print(f"warning: starting {self.out} from scratch (no restorable checkpoint)", file=sys.stderr)
+            restored = None
+        if restored is None:
+            t0 = time.time()
+            state = programs.init_state()
+            self._init_s = time.time() - t0
+            return state
+        state, meta, step = restored
+        self.dir.check_identity(meta, step)
+        self._recent.extend(meta.get("recent_losses", []))
+        self._prior_wall_s = float(meta.get("wall_s", 0.0))
+        return state
+
+    def trainer(self) -> ShapePrograms:
+        """This run's programs: sharing the compiled programs of an earlier run of its shape in
+        ``trainers``, or new ones (remembered there)."""
+        if self.trainers is None:
+            return ShapePrograms(self.cfg, self.mesh, self.steps)
+        key = ShapePrograms.program_key(self.cfg, self.mesh)
+        shared = self.trainers.get(key)
+        if shared is None:  # (setdefault: a compile-ahead thread may be adding one meanwhile)
+            shared = self.trainers.setdefault(key, ShapePrograms(self.cfg, self.mesh, self.steps))
+        return shared.for_run(self.cfg, self.steps)
+
+    def run(self) -> dict:
+        """Train (or resume) to the end, evaluate, write summary.json; returns the summary. The
+        directory is released at the end (``close``)."""
+        t0 = time.time()
+        with self.dir.quiet_write_errors():
+            try:
+                programs = self.trainer()
+                # the programs not yet compiled (by an earlier run of the shape or a sweep's
+                # compile-ahead pool) build on a thread of their own: the train step while this
+                # thread initialises, evaluation and the FLOP count while it trains
+                ahead = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile")
+                try:
+                    programs.compile_ahead(ahead)
+                    return self._train(programs, t0)
+                finally:
+                    ahead.shutdown(wait=False, cancel_futures=True)
+            finally:
+                self.close()
+
+    def _save(self, step: int, state: TrainState, meta: dict) -> None:
+        self.dir.probe_checkpoints(self.ckpt.directory)
+        with self.dir.writing("save a checkpoint of", checkpointer=True):
+            self.ckpt.save(step, state, meta)
+
+    def _train(self, programs: ShapePrograms, t0: float) -> dict:
+        cfg = self.cfg
+        self._compile_shared = programs.step_compiled
+        state = self._restore_or_init(programs)
+        start = int(jax.device_get(state.step))
+        self.dir.write_config()
+        metrics_path = self.out / run_dir_lib.METRICS
+        if self.is_main:
+            with self.dir.writing():
+                truncate_metrics(metrics_path, start)
+        compile_t0 = time.time()
+        programs.compile_step()
+        # the time this run waited for its init and train step to compile (~0 when compiled ahead)
+        compile_s = self._init_s + time.time() - compile_t0
+        fpt = flops_lib.all_flops_per_token(cfg.model)
+        logger = MetricsLogger(metrics_path, self.is_main, fpt, cfg.train.batch_size * cfg.model.seq_len,
+                               cfg.train.log_every)
+        bar = tqdm(total=self.steps, initial=start, disable=not (cfg.train.progress and self.is_main),
+                   unit="step", dynamic_ncols=True, desc=self.out.name, file=sys.stderr, leave=False,
+                   mininterval=1.0)
+        self._bad, status, val, pending = 0, "completed", None, None
+        lo, hi = self.rows
+        step = start
+        while step < self.steps:
+            batch = sh.make_global_batch(self.mesh, self.batches.train_batch(step, lo, hi), cfg.train.batch_size)
+            state, metrics = programs.train_step(state, batch)  # dispatch step t ...
+            step += 1
+            if pending is not None and self._handle(pending, logger, bar):  # ... then fetch step t-1
+                status = "diverged"
+                break
+            pending = (step, metrics)
+            final = step == self.steps
+            eval_due = step % cfg.train.eval_every == 0 or final
+            ckpt_due = self.ckpt.due(step, final, steps_left=self.steps - step)
+            if eval_due or ckpt_due:
+                diverged, pending = self._handle(pending, logger, bar), None
+                if diverged:
+                    status = "diverged"
+                    break
+                if eval_due:
+                    val = self.evaluate(programs, state.params)
+                    logger.add_val(step, val)
+                with self.dir.writing():
+                    logger.flush()
+                if ckpt_due:
+                    self._save(step, state, {"config_hash": cfg.identity_hash(),
+                                             "val_loss": None if val is None else val[0],
+                                             "recent_losses": list(self._recent),
+                                             "wall_s": self._prior_wall_s + time.time() - t0})
+        with self.dir.writing():
+            logger.flush()
+        with self.dir.writing("save a checkpoint of", checkpointer=True):
+            self.ckpt.wait()
+        bar.close()
+        if val is None and status == "completed":
+            val = self.evaluate(programs, state.params)
+        xla_step = programs.xla_flops_per_step()  # counted by the compile-ahead thread meanwhile
+        wall_s = self._prior_wall_s + time.time() - t0  # earlier processes' time up to their last checkpoint
+        summary = self._summary(state, status, val, fpt, xla_step, compile_s, wall_s, logger)
+        self.dir.write_summary(json.dumps(summary, indent=1))
+        return summary
+
+    def _handle(self, pending, logger: MetricsLogger, bar) -> bool:
+        """Log one step's fetched metrics; True when the run has diverged."""
+        step, metrics = pending
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        bar.update(step - bar.n)
+        if math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]):
+            logger.log(step, m, force=step == self.steps)
+            self._recent.append(m["loss"])
+            bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{logger.tokens_per_s:.0f}", refresh=False)
+            return False
+        self._bad += 1
+        logger.log(step, m, force=True)
+        if self._bad > self.cfg.train.skip_nonfinite:
+            print(f"error: run diverged at step {step}: non-finite loss; the last good checkpoint is kept",
+                  file=sys.stderr)
+            return True
+        print(f"warning: non-finite loss at step {step}: update skipped ({self._bad} of "
+              f"{self.cfg.train.skip_nonfinite} allowed)", file=sys.stderr)
+        return False
+
+    def evaluate(self, programs: ShapePrograms, params) -> tuple[float, float]:
+        """(mean validation loss in nats per token, bits per byte) on the fixed batches."""
+        n, (lo, hi) = self.cfg.train.eval_batches, self.rows
+        losses = [programs.eval_step(params, sh.make_global_batch(self.mesh, b, self.cfg.train.batch_size))
+                  for b in self.batches.val_batches(n, lo, hi)]
+        loss = float(np.mean(jax.device_get(losses)))
+        n_tokens = n * self.cfg.train.batch_size * self.cfg.model.seq_len
+        return loss, bits_per_byte(loss, n_tokens, self.batches.val_target_bytes(n))
+
+    def _summary(self, state, status, val, fpt, xla_step, compile_s, wall_s, logger) -> dict:
+        cfg = self.cfg
+        counts = flops_lib.param_counts(cfg.model)
+        tokens = self.steps * cfg.train.batch_size * cfg.model.seq_len
+        param_bytes = sh.bytes_per_device(state.params)
+        state_bytes = sh.bytes_per_device((state.params, state.opt_state))
+        tail = list(self._recent)
+        return {
+            "n_params": counts["n_params"], "n_params_nonembed": counts["n_params_nonembed"],
+            "tokens": tokens, "steps": self.steps, "steps_done": int(jax.device_get(state.step)),
+            "flops_6nd": fpt["6nd"] * tokens, "flops_kaplan": fpt["kaplan"] * tokens,
+            "flops_chinchilla": fpt["chinchilla"] * tokens, "flops_xla": xla_step * self.steps,
+            "final_train_loss": float(np.mean(tail)) if tail else None,
+            "val_loss": None if val is None else val[0], "val_bpb": None if val is None else val[1],
+            "status": status, "wall_s": wall_s, "compile_s": compile_s, "compile_shared": self._compile_shared,
+            "tokens_per_s": logger.mean_tokens_per_s, "epochs": self.batches.epochs(tokens),
+            "n_layer": cfg.model.n_layer, "d_model": cfg.model.d_model, "n_head": cfg.model.n_head,
+            "seq_len": cfg.model.seq_len, "batch_size": cfg.train.batch_size, "vocab_size": cfg.model.vocab_size,
+            "tokenizer": cfg.data.tokenizer, "mesh": self.mesh_shape, "n_devices": jax.device_count(),
+            "n_processes": jax.process_count(),
+            "param_bytes_per_device": max(param_bytes.values()),
+            "state_bytes_per_device": max(state_bytes.values()),
+        }
+
+
+def load_run(run_dir: str | Path) -> tuple[Config, Any]:
+    """(config, parameters) of the latest restorable checkpoint of a training run directory.
+
+    Parameters come back replicated on the current devices, ready for inference. The
+    checkpoints are opened read-only: a run still training there is not disturbed.
+    """
+    run_dir = Path(run_dir)
+    cfg = run_dir_lib.read_config(run_dir)
+    mesh = sh.make_mesh(sh.mesh_shape(MeshConfig(), jax.device_count()))
+    programs = ShapePrograms(cfg, mesh, steps_for(cfg))
+    ckpt_dir = run_dir_lib.checkpoints_path(run_dir)
+    ckpt = Checkpointer(ckpt_dir, cfg.checkpoint, read_only=True)
+    try:
+        restored = ckpt.restore_latest(programs.abstract_state)
+    finally:
+        ckpt.close()
+    if restored is None:
+        raise UsageError(f"no checkpoint under {ckpt_dir}")
+    return cfg, restored[0].params

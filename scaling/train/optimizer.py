@@ -1,0 +1,68 @@
+"""The optimizer: AdamW after global-norm clipping, with linear warmup and cosine decay.
+
+The schedule's length is an argument of the optimizer's ``update`` (``total_steps=``), not a
+constant in it, so that one compiled train step serves runs of every length.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from scaling.config import OptimConfig
+
+
+def lr_schedule(cfg: OptimConfig, total_steps):
+    """Linear warmup to the peak over ``warmup_steps`` (nanoGPT's (s+1)/(w+1)), then cosine
+    decay that reaches ``min_lr_ratio * lr`` exactly at the last step (s = total_steps-1).
+    ``total_steps`` may be a traced integer."""
+    total_steps = jnp.asarray(total_steps, jnp.int32)
+    warmup = jnp.minimum(cfg.warmup_steps, jnp.maximum(total_steps - 1, 0))
+    decay = jnp.maximum(total_steps - 1 - warmup, 1)
+    peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
+
+    def schedule(step):
+        s = jnp.asarray(step, jnp.float32)
+        warm = peak * (s + 1) / (warmup + 1)
+        frac = jnp.clip((s - warmup) / decay, 0.0, 1.0)
+        cos = floor + 0.5 * (peak - floor) * (1 + jnp.cos(jnp.pi * frac))
+        return jnp.where(s < warmup, warm, cos)
+
+    return schedule
+
+
+def decay_mask(params: Any) -> Any:
+    """Weight decay on matrices only: not on norms, biases or embeddings."""
+    def keep(path, _):
+        names = [getattr(k, "key", str(k)) for k in path]
+        return names[-1] == "kernel"
+    return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def scale_by_lr_schedule(cfg: OptimConfig) -> optax.GradientTransformationExtraArgs:
+    """optax's ``scale_by_learning_rate(lr_schedule(cfg, total_steps))`` (the same state, a
+    ``ScaleByScheduleState`` counting updates) with ``total_steps`` passed to ``update``."""
+
+    def init(params):
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None, *, total_steps, **extra_args):
+        del params, extra_args
+        step_size = -lr_schedule(cfg, total_steps)(state.count)
+        updates = jax.tree.map(lambda g: jnp.array(step_size, dtype=g.dtype) * g, updates)
+        return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformationExtraArgs:
+    """AdamW (optax.adamw's chain) after global-norm clipping; ``update`` takes ``total_steps=``."""
+    parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
+    parts.append(optax.chain(optax.scale_by_adam(b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps),
+                             optax.add_decayed_weights(cfg.weight_decay, decay_mask),
+                             scale_by_lr_schedule(cfg)))
+    return optax.chain(*parts)

@@ -31,8 +31,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import REPO
 
 ROOTS = ("scaling", "experiments", "analysis", "benchmarks")

@@ -202,7 +202,7 @@ class GPT(nn.Module):
         positions_bt = jnp.broadcast_to(start + jnp.arange(t), (b, t))
         wte = nn.Embed(cfg.padded_vocab, cfg.d_model, embedding_init=_init(cfg.init_std, ("vocab", "embed")),
                        name="wte")
-        x_btd = self.perturb("tok_emb", wte(tokens_bt).astype(jnp.float32))  # d(logits)/d(embeddings) in tests
+        x_btd = wte(tokens_bt).astype(jnp.float32)
         if cfg.position == "learned":
             wpe = self.param("wpe", _init(cfg.init_std, ("position", "embed")),
                              (cfg.seq_len, cfg.d_model), jnp.float32)

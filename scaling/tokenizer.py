@@ -22,6 +22,7 @@ import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
 from scaling.errors import UsageError
+from scaling.io import atomic_write_text
 from scaling.paths import cache_dir, shared_dir
 
 EOT = "<|endoftext|>"
@@ -140,10 +141,8 @@ def train_bpe(texts: Iterable[str], vocab: int) -> dict[bytes, int]:
 
 def save_ranks(ranks: dict[bytes, int], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
     lines = (f"{base64.b64encode(tok).decode()} {rank}" for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1]))
-    tmp.write_text("\n".join(lines) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def bpe_encoding(name: str, ranks: dict[bytes, int]) -> tiktoken.Encoding:

@@ -50,19 +50,6 @@ LAYERS = {
     "experiments": 9, "analysis": 9, "benchmarks": 9,
 }
 
-# Flat modules that the parallel restructuring moves into the packages above (scaling.laws,
-# scaling.inference, scaling.sweep). They keep their target layer until then; the coordinator
-# deletes this table once the packages have landed.
-TRANSITIONAL: dict[str, int] = {}
-
-# Known violations, each (importer, imported), in modules that the parallel restructuring
-# rewrites; the coordinator empties this list after merging.
-ALLOWED: set[tuple[str, str]] = set()
-# Imports that close a cycle, (importer, imported), in modules that the parallel restructuring
-# rewrites; the coordinator empties this list after merging.
-ALLOWED_CYCLE_EDGES: set[tuple[str, str]] = set()
-
-
 def module_files() -> dict[str, Path]:
     """Every project module by dotted name (a package by its ``__init__``)."""
     out = {}
@@ -83,9 +70,8 @@ def layer_of(name: str) -> int | None:
     parts = name.split(".")
     for k in range(len(parts), 0, -1):
         prefix = ".".join(parts[:k])
-        for table in (TRANSITIONAL, LAYERS):
-            if prefix in table:
-                return table[prefix]
+        if prefix in LAYERS:
+            return LAYERS[prefix]
     return None
 
 
@@ -196,36 +182,60 @@ def test_every_module_has_a_layer():
 
 
 def test_imports_point_to_the_same_or_a_lower_layer():
-    bad, used = [], set()
+    bad = []
     for m in MODULES:
         for target, line in imports_of(m):
             if not is_project(target):
                 continue
             lm, lt = layer_of(m), layer_of(target)
             if lt is not None and lm is not None and lt > lm:
-                if (m, target) in ALLOWED:
-                    used.add((m, target))
-                else:
-                    bad.append(f"{MODULES[m].relative_to(REPO)}:{line}: {m} (L{lm}) imports {target} (L{lt})")
+                bad.append(f"{MODULES[m].relative_to(REPO)}:{line}: {m} (L{lm}) imports {target} (L{lt})")
     assert not bad, "imports of a higher layer:\n" + "\n".join(bad)
-    assert ALLOWED - used == set(), "allowed violations that no longer occur: remove them from ALLOWED"
+
+
+def _bound_names(module: str) -> set[str]:
+    """Names a module binds at its top level (definitions, assignments, imports)."""
+    names = set()
+    for node in ast.parse(MODULES[module].read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    return names
+
+
+def test_every_imported_name_exists():
+    """``from scaling import attention`` after attention moved into scaling.model would fail only
+    when the importing module is loaded; here it fails for every module at once."""
+    bad = []
+    for m in MODULES:
+        for node in ast.walk(ast.parse(MODULES[m].read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            module = _absolute(m, node.level, node.module) if node.level else node.module
+            if not is_project(module):
+                continue
+            if module not in MODULES:
+                bad.append(f"{MODULES[m].relative_to(REPO)}:{node.lineno}: no module {module}")
+                continue
+            for a in node.names:
+                if a.name != "*" and f"{module}.{a.name}" not in MODULES and a.name not in _bound_names(module):
+                    bad.append(f"{MODULES[m].relative_to(REPO)}:{node.lineno}: {module} has no {a.name}")
+    assert not bad, "imports of names that do not exist:\n" + "\n".join(bad)
 
 
 def test_no_import_cycle_among_project_modules():
     graph = project_graph()
-    assert {(a, b) for a, b in ALLOWED_CYCLE_EDGES if b not in graph[a]} == set(), \
-        "allowed cycle edges that no longer occur: remove them from ALLOWED_CYCLE_EDGES"
-    for a, b in ALLOWED_CYCLE_EDGES:
-        graph[a].discard(b)
     cycles = [c for c in strongly_connected(graph) if len(c) > 1]
     assert not cycles, "modules that import each other (strongly connected components):\n" + "\n".join(
         " ".join(c) for c in cycles)
 
 
 def _laws_modules() -> list[str]:
-    return [m for m in MODULES if layer_of(m) == 2 and (m == "scaling.laws" or m.startswith("scaling.laws.")
-                                                      or m in ("scaling.count_models", "scaling.law_checks",
-                                                               "scaling.law_envelope", "scaling.law_isoflop"))]
+    return [m for m in MODULES if m == "scaling.laws" or m.startswith("scaling.laws.")]
 
 
 def test_laws_load_no_jax():

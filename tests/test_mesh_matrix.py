@@ -25,8 +25,8 @@ import socket
 import numpy as np
 import pytest
 
-from scaling import cpu_attention
 from scaling.config import CPU_KERNEL_HEAD_DIMS
+from scaling.model import cpu_attention
 from tests.helpers import data_path, run_cli
 from tests.mesh_worker import losses as metrics_losses
 

@@ -35,12 +35,12 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from scaling import attention as attn_lib
 from scaling import flops as flops_lib
 from scaling import sharding as sh
 from scaling.checkpoint import abstract_with_shardings
 from scaling.config import Config
 from scaling.model import GPT, training_attention
+from scaling.model import attention as attn_lib
 from scaling.train import step as step_lib
 from scaling.train.optimizer import make_optimizer
 from scaling.train.step import TrainState

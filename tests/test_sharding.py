@@ -13,7 +13,10 @@ from tests.helpers import run_cli
 from tests.mesh_worker import STEPS
 from tests.mesh_worker import main as train_on_mesh
 
-MESHES = ["8,1,1", "1,1,8", "2,1,4", "1,4,2", "2,2,2", "1,8,1"]
+# (2, 2, 2) puts every rule of the table on a mesh axis of its own; (1, 8, 1) and (8, 1, 1) are
+# FSDP's memory case and its replicated contrast; (1, 4, 2) trains here only. The other meshes
+# train through the CLI in test_mesh_matrix.py.
+MESHES = ["1,4,2", "2,2,2", "1,8,1", "8,1,1"]
 
 # Megatron layout by hand: (parameter suffix) -> PartitionSpec as (data, fsdp, model) names.
 MEGATRON = {

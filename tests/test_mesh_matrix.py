@@ -99,7 +99,7 @@ def _name(key: tuple) -> str:
 
 
 def _selected(session) -> tuple[list[tuple], list[tuple]]:
-    """The combinations this session's selected tests look at, and the one-device references
+    """The combinations the selected tests of this pytest run look at, and the one-device references
     they need: (mesh, attention, head size) and (attention, head size), auto after its kernel."""
     combos, refs = [], {("auto", 16)}  # (auto, 16): the command-line runs' reference
     for item in session.items:

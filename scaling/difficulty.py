@@ -25,7 +25,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import optax
 from tqdm import tqdm
 
 from scaling import config as config_lib
@@ -34,6 +33,7 @@ from scaling.curriculum_config import ScoreSpec
 from scaling.data import Batches, TokenSplits, curriculum, load_tokens
 from scaling.data.curriculum import CompetenceSampler, ModelScoring, documents
 from scaling.errors import UsageError
+from scaling.evaluation import token_nll
 from scaling.model import GPT
 from scaling.train import load_run, steps_for
 
@@ -70,8 +70,7 @@ def _row_loss_fn(model_cfg: ModelConfig):
 
     @jax.jit
     def f(params, batch_bt):
-        logits_btv = model.apply({"params": params}, batch_bt[:, :-1], train=False)
-        return optax.softmax_cross_entropy_with_integer_labels(logits_btv, batch_bt[:, 1:]).mean(axis=1)
+        return token_nll(model, params, batch_bt).mean(axis=1)
 
     return f
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from scaling.config import DataConfig
-from scaling.data import Batches, bits_per_byte, corpus_documents, load_tokens
+from scaling.data import Batches, corpus_documents, load_tokens
 from scaling.errors import UsageError
+from scaling.evaluation import bits_per_byte
 from tests.helpers import data_path
 
 

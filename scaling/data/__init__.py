@@ -7,9 +7,9 @@
   competence sampler that picks a curriculum's training windows.
 """
 
-from scaling.data.batches import Batches, bits_per_byte
+from scaling.data.batches import Batches
 from scaling.data.corpus import NAMED_CORPORA, Document, corpus_documents, val_doc_indices
 from scaling.data.tokens import TokenSplits, load_tokens
 
-__all__ = ["NAMED_CORPORA", "Batches", "Document", "TokenSplits", "bits_per_byte", "corpus_documents", "load_tokens",
+__all__ = ["NAMED_CORPORA", "Batches", "Document", "TokenSplits", "corpus_documents", "load_tokens",
            "val_doc_indices"]

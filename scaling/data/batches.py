@@ -13,7 +13,6 @@ validation split.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -93,6 +92,3 @@ class Batches:
     def epochs(self, tokens: int) -> float:
         return tokens / (self.n_windows * self.seq_len)
 
-
-def bits_per_byte(mean_loss_nats: float, n_target_tokens: int, n_bytes: int) -> float:
-    return mean_loss_nats * n_target_tokens / (math.log(2) * max(n_bytes, 1))

@@ -17,6 +17,7 @@ from scaling import config as config_lib
 from scaling.config import Config
 from scaling.errors import UsageError
 from scaling.io import atomic_write_text, file_lock
+from scaling.run_dir import read_config
 from scaling.sweep.plan import Plan
 from scaling.sweep.spec import RESULT_COLUMNS
 
@@ -65,7 +66,7 @@ def read_log(out: Path) -> list[dict]:
 def _run_identity(run_dir: Path) -> str | None:
     """The config identity of the run trained in ``run_dir`` (by its config.yaml), or None."""
     try:
-        return config_lib.from_dict(config_lib.load_yaml(run_dir / "config.yaml")).identity_hash()
+        return read_config(run_dir).identity_hash()
     except UsageError:
         return None
 

@@ -71,9 +71,12 @@ def main(argv: list[str] | None = None):
 
     compile_cache.enable()
     setup_distributed(base)
-    plan = sweep.make_plan(spec, overrides)
-    sweep.check_outputs(plan, out)
+    plan = sweep.make_plan(spec, overrides)  # with lr_scan, its lr is provisional until the scan is fitted
+    scan = sweep.plan_scan(spec, overrides, plan) if spec.lr_scan else None
+    if scan is None:  # with a scan, scaling.sweep.pilot checks both plans' outputs
+        sweep.check_outputs(plan, out)
     runs = plan.shard(*shard)
+    scan_runs = () if scan is None else scan.shard(*shard)
     import jax
 
     is_main = jax.process_index() == 0
@@ -86,20 +89,32 @@ def main(argv: list[str] | None = None):
         if not args.no_calibration:
             calib = sweep.calibrate(runs)
             estimates, seen = {}, set()  # a shape compiles once per process
-            for r in runs:
+            for r in (*scan_runs, *runs):
                 estimates[r.run_id] = calib.estimate(r, compiles=sweep.shape_key(r) not in seen)
                 seen.add(sweep.shape_key(r))
         if is_main:
+            if scan is not None:
+                print(f"# first, the learning-rate scan (into {out / 'lr_scan'}):\n"
+                      + sweep.format_plan(scan, scan_runs, estimates, shard) + "\n# then the sweep:")
             print(sweep.format_plan(plan, runs, estimates, shard))
             if calib is not None:
                 print(calib.describe())
         return plan
     if is_main:
+        if scan is not None:
+            print(sweep.format_plan(scan, scan_runs, None, shard), flush=True)
         print(sweep.format_plan(plan, runs, None, shard), flush=True)
         print(f"sweep directory: {out}", flush=True)
     from analysis.sweep_plots import plot_sweep
+    from scaling.sweep import pilot
 
-    result = sweep.execute(plan, out, shard=shard, retry_diverged=args.retry_diverged, plot=plot_sweep)
+    if scan is not None:  # the scan, the rule (lr_rule.json), then the main plan made with it
+        plan, result = pilot.run(spec, overrides, plan, out, shard=shard, retry_diverged=args.retry_diverged,
+                                 plot=plot_sweep)
+    else:
+        if plan.lr_rule is not None:  # a fixed rule, recorded with the rates it gave
+            plan = pilot.record_rule(plan, out, print if is_main else None)
+        result = sweep.execute(plan, out, shard=shard, retry_diverged=args.retry_diverged, plot=plot_sweep)
     if is_main:
         _report(result, out)
     return result

@@ -6,6 +6,8 @@
 - :mod:`~scaling.sweep.execute`: the runner (train the plan's runs, resuming; then the fit)
 - :mod:`~scaling.sweep.results`: the sweep directory's files (run log, results.csv)
 - :mod:`~scaling.sweep.fit`: the end-of-run fit (:mod:`scaling.laws`), fit.json and its report
+- :mod:`~scaling.sweep.hparams`: the per-size settings of every run (lr rule, warmup, init)
+- :mod:`~scaling.sweep.pilot`: the learning-rate pilot scan, the rule fitted to it, the sweep run after it
 
 Their public names are re-exported here, so ``from scaling import sweep`` reaches all of
 them (``sweep.execute`` and ``sweep.calibrate`` are the functions; their modules are
@@ -40,6 +42,15 @@ A sweep spec is a YAML file (``experiments/configs/*.yaml``)::
         tags: {pacing: linear}   #   extra results columns of this arm's runs
     tags: {project: demo}        # optional extra results columns of every run
     fit: true                    # false: no fit at the end; or {loss: val_loss}
+    lr_scan:                     # optional: a pilot scan fits lr = c (N / n_ref)^-gamma first (scaling.sweep.pilot)
+      lrs: [2e-3, 4e-3, 8e-3]    #   peak rates tried at each scanned size
+      models: 2                  #   the smallest and largest size of the design (or k sizes, or a list)
+      flops: 6e11                #   budget of each scan run (D = C / 6N)
+    lr_rule: {c: 4e-3, gamma: 0.3, n_ref: 1e5}   # ... OR a fixed rule (no scan)
+    per_size:                    # optional per-size warmup and init (scaling.sweep.hparams)
+      warmup_tokens_per_param: 1 #   warmup N tokens ...
+      warmup_max_fraction: 0.05  #   ... at most this fraction of the size's shortest run
+      init_scale: 1.0            #   optional: model.init_std = init_scale / sqrt(d_model)
 
 A model is a *shape* ``{n_layer, d_model[, n_head]}`` (``n_head`` defaults to
 ``d_model / sizing.head_dim``) or a *target parameter count* (``1e5``, ``"100K"``, ``"1.5M"``).
@@ -94,9 +105,12 @@ from scaling.sweep.plan import (Plan, PlannedRun, count, fit_support, format_dur
 from scaling.sweep.calibrate import Calibration, calibrate, shape_key
 from scaling.sweep.fit import Plotter, SweepFit, _results_digest, finalize, fit_report, fit_sweep, load_sweep_runs
 from scaling.sweep.execute import SweepResult, _compile_ahead, execute
+from scaling.sweep.hparams import LrApplied, LrOptimum, LrRule
+from scaling.sweep.pilot import fit_rule, plan_scan, read_rule, record_rule, rule_report
 
 __all__ = [  # with the two private names tests and benchmarks reach through the package
-    "_compile_ahead", "_results_digest", "Arm", "Budget", "Calibration", "ModelSpec", "Plan", "PlannedRun",
+    "_compile_ahead", "_results_digest", "Arm", "Budget", "Calibration", "LrApplied", "LrOptimum", "LrRule",
+    "ModelSpec", "Plan", "PlannedRun", "fit_rule", "plan_scan", "read_rule", "record_rule", "rule_report",
     "Plotter", "RESULT_COLUMNS", "Sizing", "Spec",
     "SweepFit", "SweepResult", "VOLATILE_COLUMNS", "calibrate", "check_outputs", "collect_rows", "count", "execute",
     "finalize", "fit_report", "fit_support", "fit_sweep", "format_duration", "format_plan", "format_tokens",

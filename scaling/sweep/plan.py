@@ -16,7 +16,9 @@ from scaling.config import Config, ModelConfig
 from scaling.data import Batches, load_tokens
 from scaling.errors import UsageError
 from scaling.laws.support import SWEEP
-from scaling.sweep.spec import DESIGN_FIELDS, Arm, ModelSpec, Sizing, Spec, _si
+from scaling.sweep import hparams
+from scaling.sweep.hparams import LrRule
+from scaling.sweep.spec import Arm, ModelSpec, Sizing, Spec, _si
 
 # ----------------------------------------------------------------------------- sizing
 
@@ -92,6 +94,7 @@ class Plan:
     base: Config  # base config after overrides (before arms and the design)
     dropped: tuple[str, ...] = ()  # notes on design points left out
     approaches: tuple[str, ...] = ()  # the fits the plan supports
+    lr_rule: LrRule | None = None  # the rule the runs' lr comes from (None: the base lr; provisional with lr_scan)
 
     def shard(self, index: int, count_: int) -> tuple[PlannedRun, ...]:
         return tuple(r for r in self.runs if r.index % count_ == index)
@@ -120,7 +123,7 @@ def format_tokens(tokens: float) -> str:
 
 
 def _check_overrides(spec: Spec, overrides: dict) -> None:
-    fixed = list(DESIGN_FIELDS) + (["train.seed"] if spec.seeds is not None else [])
+    fixed = list(spec.design_fields) + (["train.seed"] if spec.seeds is not None else [])
     for key in fixed:
         sec, name = key.split(".")
         if name in (overrides.get(sec) or {}):
@@ -132,9 +135,13 @@ def _check_overrides(spec: Spec, overrides: dict) -> None:
                 raise UsageError(f"sweep spec {spec.path}: arms[{i}] ({arm.name}) sets {key}, which the design sets")
 
 
-def make_plan(spec: Spec, overrides: dict | None = None, *, load_data: bool = True) -> Plan:
+def make_plan(spec: Spec, overrides: dict | None = None, *, load_data: bool = True,
+              lr_rule: LrRule | None = None) -> Plan:
     """Resolve every run of the sweep and validate it (configs, budgets, corpus, mesh, batch).
 
+    Every run gets its size's settings (:mod:`scaling.sweep.hparams`): the peak lr of
+    ``lr_rule`` (or of the spec's ``lr_rule:``; without either, the base lr, which is
+    provisional when the spec has an ``lr_scan:``), the warmup and init of ``per_size:``.
     Nothing is trained or written. ``load_data`` checks the corpus (tokenizing it into the
     token cache the first time) and takes the vocabulary from the tokenizer; without it the
     vocabulary must be given (``model.vocab_size``) or is taken from the tokenizer name."""
@@ -231,6 +238,8 @@ def make_plan(spec: Spec, overrides: dict | None = None, *, load_data: bool = Tr
             budget=r["budget"], target=r["target"], tags=tags, n_params=r["counts"]["n_params"],
             n_params_nonembed=r["counts"]["n_params_nonembed"], steps=r["steps"],
             flops={k: v * tokens for k, v in fpt.items()}))
+    rule = lr_rule if lr_rule is not None else hparams.rule_from_spec(spec)
+    planned = hparams.apply(spec, planned, rule)
     _validate_runs(planned, load_data)
     approaches = fit_support(spec, planned)
     if spec.fit and not approaches:
@@ -238,7 +247,8 @@ def make_plan(spec: Spec, overrides: dict | None = None, *, load_data: bool = Tr
                          f"{SWEEP.approach3_runs} runs over 2+ sizes and 2+ token counts, approach 2 two budgets of "
                          f"3+ sizes, approach 1 two sizes{' per arm' if spec.arms else ''}); "
                          f"add runs or set fit: false")
-    return Plan(spec=spec, runs=tuple(planned), base=base, dropped=tuple(dropped), approaches=approaches)
+    return Plan(spec=spec, runs=tuple(planned), base=base, dropped=tuple(dropped), approaches=approaches,
+                lr_rule=rule)
 
 
 def fit_support(spec: Spec, runs: tuple[PlannedRun, ...] | list[PlannedRun]) -> tuple[str, ...]:
@@ -339,6 +349,7 @@ def format_plan(plan: Plan, runs: tuple[PlannedRun, ...] | None = None, estimate
     lines.append(f"  corpus {b.data.corpus}, tokenizer {b.data.tokenizer}, seq_len {b.model.seq_len}, "
                  f"batch {b.train.batch_size} (tokens are whole batches of {b.train.batch_size * b.model.seq_len})")
     lines.append(f"  sizing rule: {spec.sizing.describe()}; N = n_params (all parameters), C = 6 N D")
+    lines.extend(hparams.describe(spec, plan.runs, plan.lr_rule))
     if shard != (0, 1):
         lines.append(f"  shard {shard[0]}/{shard[1]}: runs {shard[0]}, {shard[0] + shard[1]}, ... "
                      f"({len(runs)} of {len(plan.runs)})")

@@ -20,7 +20,8 @@ RESULT_COLUMNS = (
 """results.csv columns, then ``arm`` (when the sweep has arms) and any tags."""
 
 DESIGN_FIELDS = ("model.n_layer", "model.d_model", "model.n_head", "train.tokens")
-SPEC_KEYS = {"name", "description", "base", "sizing", "grid", "isoflop", "seeds", "arms", "tags", "fit"}
+SPEC_KEYS = {"name", "description", "base", "sizing", "grid", "isoflop", "seeds", "arms", "tags", "fit",
+             "lr_scan", "lr_rule", "per_size"}
 
 MAX_LAYERS = 1024  # the depths the sizing rule tries, one parameter count each
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+]*$")
@@ -74,6 +75,34 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class LrScanSpec:
+    """``lr_scan:``: the pilot scan of peak learning rates (:mod:`scaling.sweep.pilot`)."""
+
+    lrs: tuple[float, ...]  # the peak rates tried at every scanned size, ascending
+    flops: float  # the budget of each scan run (tokens = flops / 6N, whole batches)
+    n_models: int = 2  # that many sizes of the design, smallest to largest, evenly by rank ...
+    models: tuple[ModelSpec, ...] = ()  # ... or these sizes
+
+
+@dataclass(frozen=True)
+class LrRuleSpec:
+    """``lr_rule:``: a fixed rule lr = c (N / n_ref)^-gamma instead of a scan."""
+
+    c: float
+    gamma: float
+    n_ref: float
+
+
+@dataclass(frozen=True)
+class PerSizeSpec:
+    """``per_size:``: the per-size settings of every run (:mod:`scaling.sweep.hparams`)."""
+
+    warmup_tokens_per_param: float = 1.0
+    warmup_max_fraction: float = 0.05
+    init_scale: float | None = None  # model.init_std = init_scale / sqrt(d_model); None: the base init_std
+
+
+@dataclass(frozen=True)
 class Spec:
     name: str
     path: str
@@ -90,6 +119,17 @@ class Spec:
     tags: dict = field(default_factory=dict)
     fit: bool = True
     fit_loss: str = "val_loss"
+    lr_scan: LrScanSpec | None = None
+    lr_rule: LrRuleSpec | None = None
+    per_size: PerSizeSpec | None = None
+
+    @property
+    def design_fields(self) -> tuple[str, ...]:
+        """The config fields the design sets (neither an override nor an arm may)."""
+        extra = (("optim.lr",) if self.lr_scan or self.lr_rule else ()) + (
+            ("optim.warmup_steps",) if self.per_size else ()) + (
+            ("model.init_std",) if self.per_size and self.per_size.init_scale is not None else ())
+        return DESIGN_FIELDS + extra
 
 
 def _err(where: str, msg: str) -> UsageError:
@@ -270,9 +310,51 @@ def load_spec(path: str | Path) -> Spec:
         raise _err(where, f"fit must be true, false or a mapping, got {fit!r}")
     if fit_loss not in ("val_loss", "final_train_loss", "val_bpb"):
         raise _err(where, f"fit.loss must be val_loss, final_train_loss or val_bpb, got {fit_loss!r}")
+    kw.update(_parse_hparams(d, where))
     return Spec(name=name, path=str(p), design=design, base=base, sizing=sizing,
                 description=str(d.get("description") or "").strip(), arms=tuple(arms),
                 tags=_parse_tags(d.get("tags"), f"{where}: tags"), fit=fit, fit_loss=fit_loss, **kw)
+
+
+def _parse_hparams(d: dict, where: str) -> dict:
+    """The ``lr_scan``, ``lr_rule`` and ``per_size`` sections."""
+    kw: dict[str, Any] = {}
+    if d.get("lr_scan") is not None and d.get("lr_rule") is not None:
+        raise _err(where, "give lr_scan (fit the rule to a pilot scan) or lr_rule (a fixed rule), not both")
+    if d.get("lr_scan") is not None:
+        w = f"{where}: lr_scan"
+        m = _mapping(d["lr_scan"], w, {"lrs", "models", "flops"})
+        if "lrs" not in m or "flops" not in m:
+            raise _err(w, "needs lrs (the peak rates tried) and flops (the budget of each scan run)")
+        lrs = tuple(parse_number(x, f"{w}.lrs[{i}]") for i, x in enumerate(_list(m["lrs"], f"{w}.lrs")))
+        if len(lrs) < 2 or len(set(lrs)) != len(lrs):
+            raise _err(w, f"lrs needs 2 or more distinct rates (3 or more to locate an optimum), got {list(lrs)}")
+        models = m.get("models", 2)
+        listed = _parse_models(models, f"{w}.models") if isinstance(models, list) else ()
+        n = len(listed) or _positive_int(models, f"{w}.models")
+        if n < 2:
+            raise _err(w, f"models needs 2 or more sizes (the rule has two parameters), got {models!r}")
+        kw["lr_scan"] = LrScanSpec(tuple(sorted(lrs)), parse_number(m["flops"], f"{w}.flops"),
+                                   0 if listed else n, listed)
+    if d.get("lr_rule") is not None:
+        w = f"{where}: lr_rule"
+        m = _mapping(d["lr_rule"], w, {"c", "gamma", "n_ref"})
+        if set(m) != {"c", "gamma", "n_ref"}:
+            raise _err(w, "needs c, gamma and n_ref (lr = c * (N / n_ref)^-gamma)")
+        kw["lr_rule"] = LrRuleSpec(parse_number(m["c"], f"{w}.c"),
+                                   parse_number(m["gamma"], f"{w}.gamma", positive=False),
+                                   parse_number(m["n_ref"], f"{w}.n_ref"))
+    if d.get("per_size") is not None:
+        w = f"{where}: per_size"
+        m = _mapping({} if d["per_size"] is True else d["per_size"], w,
+                     {"warmup_tokens_per_param", "warmup_max_fraction", "init_scale"})
+        ps = PerSizeSpec(parse_number(m.get("warmup_tokens_per_param", 1.0), f"{w}.warmup_tokens_per_param"),
+                         parse_number(m.get("warmup_max_fraction", 0.05), f"{w}.warmup_max_fraction"),
+                         None if m.get("init_scale") is None else parse_number(m["init_scale"], f"{w}.init_scale"))
+        if ps.warmup_max_fraction > 1:
+            raise _err(w, f"warmup_max_fraction must be at most 1, got {ps.warmup_max_fraction:g}")
+        kw["per_size"] = ps
+    return kw
 
 
 def _si(x: float) -> str:

@@ -91,15 +91,14 @@ def scan_spec(spec: Spec, main: Plan) -> Spec:
 def plan_scan(spec: Spec, overrides: dict | None, main: Plan, *, load_data: bool = True) -> Plan:
     """The scan's plan (``main``: the sweep's plan, whose sizes are scanned)."""
     sub = scan_spec(spec, main)
+    too_small = (f"sweep spec {spec.path}: lr_scan.flops {sub.budgets[0].flops:g} is too small for a scanned size "
+                 f"(a run of less than one step); raise it")
     try:
         plan = make_plan(sub, overrides, load_data=load_data)
     except UsageError as e:
-        raise UsageError(f"lr_scan of {spec.path}: {e}") from None
-    wanted = len(sub.budgets[0].models)
-    got = len({r.cfg.model for r in plan.runs})
-    if plan.dropped or got < wanted:
-        raise UsageError(f"sweep spec {spec.path}: lr_scan.flops {spec.lr_scan.flops:g} is too small for "  # type: ignore[union-attr]
-                         f"{'; '.join(plan.dropped) or 'a scanned size'}; raise it")
+        raise UsageError(too_small if "plans no runs" in str(e) else f"lr_scan of {spec.path}: {e}") from None
+    if plan.dropped:
+        raise UsageError(f"{too_small} ({plan.dropped[0]})")
     return plan
 
 

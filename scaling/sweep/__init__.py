@@ -84,6 +84,8 @@ Sweep directory::
     DIR/fit.json, DIR/plots/      when every planned run has finished (the plots drawn by the caller's
                                   ``plot``: experiments.sweep passes analysis.sweep_plots.plot_sweep)
     DIR/locks/                    advisory lock of the results rebuild
+    DIR/lr_scan/                  with lr_scan: the pilot scan, a sweep directory of its own (no fit)
+    DIR/lr_rule.json              with lr_scan or lr_rule: the rule lr(N), the scan's optima, the rates applied
 
 Only the plan's runs count: results.csv, the fit and the plots leave out run directories of
 another plan that shared the directory (a run id the plan does not have, or a run trained

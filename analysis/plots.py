@@ -137,7 +137,7 @@ def isoflop(runs, result: FitResult, *, ylabel: str = "loss") -> Figure:
     vertex (with its bootstrap interval), approach 3's law L(N, C/6N) (with its band) and
     its optimum."""
     a2 = result.isoflop
-    fig = Figure(figsize=(8, 5.5), layout="constrained")
+    fig = Figure(figsize=(10, 5.5), layout="constrained")
     ax = fig.add_subplot()
     labels, values = isoflop_groups(runs.C, runs.budget, a2.budget_tol if a2 is not None else 0.1)
     colors = log_colors(values)
@@ -157,6 +157,9 @@ def isoflop(runs, result: FitResult, *, ylabel: str = "loss") -> Figure:
         nn = np.exp(np.linspace(x0 - pad, x1 + pad, 120))
         ax.scatter(n, runs.L[sel], color=col, s=26, zorder=4, edgecolors="white", linewidths=0.6)
         m = minima.get(key)
+        if m is None and not law:  # no curve for this budget: join its runs so the profile shows
+            order = np.argsort(n)
+            ax.plot(n[order], runs.L[sel][order], color=col, lw=0.8, alpha=0.6)
         if m is not None:
             p2, p1, p0 = m.parabola
             ax.plot(nn, np.polyval((p2, p1, p0), np.log(nn)), color=col, lw=1.4)
@@ -184,6 +187,8 @@ def isoflop(runs, result: FitResult, *, ylabel: str = "loss") -> Figure:
     ax.set_ylabel(ylabel)
     level = boot[1] if boot is not None else 0.95
     marks = [Line2D([], [], ls="none", marker="o", color="0.35", mec="white", label="run (final loss)")]
+    if not law and len(minima) < values.size:
+        marks.append(Line2D([], [], color="0.35", lw=0.8, alpha=0.6, label="runs of a budget without a fitted curve"))
     if a2 is not None:
         marks += [Line2D([], [], color="0.35", lw=1.4, label="approach 2: parabola in log N"),
                   Line2D([], [], ls="none", marker="*", ms=11, color="0.35", mec="k",
@@ -195,11 +200,10 @@ def isoflop(runs, result: FitResult, *, ylabel: str = "loss") -> Figure:
         if _has_frontier(result):
             marks.append(Line2D([], [], ls="none", marker="D", mfc="white", mec="0.35", mew=1.6,
                                 label="approach 3: optimum"))
-    leg = ax.legend(handles=marks, fontsize=8, loc="upper left", title="marks", title_fontsize=8)
-    if values.size <= 10:
-        ax.add_artist(leg)
-        ax.legend(handles=[Patch(color=c, label=f"C = {sci(v)} FLOPs") for c, v in zip(colors, values)],
-                  fontsize=8, loc="upper right", title="budget (6ND)", title_fontsize=8)
+    fig.legend(handles=marks, fontsize=8, loc="outside right upper", title="marks", title_fontsize=8)
+    if values.size <= 12:
+        fig.legend(handles=[Patch(color=c, label=f"C = {sci(v)} FLOPs") for c, v in zip(colors, values)],
+                   fontsize=8, loc="outside right lower", title="budget (6ND)", title_fontsize=8)
     subtitle = "; ".join(t for t in (a2_label(result) if a2 is not None else "",
                                      a3_label(result) if _has_frontier(result) else "") if t)
     ax.set_title("IsoFLOP profiles: loss against model size at fixed compute"
@@ -366,10 +370,10 @@ def fit_figures(runs, result: FitResult, *, curves=None, ylabel: str = "loss") -
     """The figures the fits allow, by name, and why each other one was not drawn."""
     figs: dict[str, Figure] = {}
     skipped: dict[str, str] = {}
-    if result.isoflop is not None or (_has_law(result) and runs.budget is not None):
+    if result.isoflop is not None or runs.budget is not None:
         figs["isoflop"] = isoflop(runs, result, ylabel=ylabel)
     else:
-        skipped["isoflop"] = "no approach-2 fit (IsoFLOP budgets with a parabola minimum)"
+        skipped["isoflop"] = "not an IsoFLOP design (no budgets) and no approach-2 fit"
     if _has_law(result):
         figs["frontier"] = frontier(runs, result, ylabel=ylabel)
         figs["pred_vs_obs"] = pred_vs_obs(runs, result, ylabel=ylabel)

@@ -136,8 +136,8 @@ def training_curves(rows: list[dict], runs_dir: Path, *, unit: str, val_col: str
                                                                                  else "")) for n in sizes]
     handles += [Line2D([], [], color="0.3", lw=1.8, label="run from scratch" + (" (stable phase: parent)"
                                                                                 if n_branches else "")),
-                Line2D([], [], ls="none", marker="X", color="0.3", mec="k", label=f"final {val_col.replace('_', ' ')}"
-                       " of each run")]
+                Line2D([], [], ls="none", marker="X", color="0.3", mec="k",
+                       label=f"final {_loss_name(val_col)} of each run")]
     if n_branches:
         handles.insert(len(sizes) + 1, Line2D([], [], color="0.3", lw=1.0, marker="o", ms=3, markevery=[0],
                                               label="cooldown branch (dot: where it forks)"))
@@ -150,6 +150,10 @@ def training_curves(rows: list[dict], runs_dir: Path, *, unit: str, val_col: str
     ax.yaxis.set_minor_formatter(ScalarFormatter())
     ax.set_title(f"training curves of {what} (moving average over {2 * h + 1} logged steps)", fontsize=10)
     return fig
+
+
+def _loss_name(col: str) -> str:
+    return {"val_loss": "validation loss", "final_train_loss": "training loss"}.get(col, col.replace("_", " "))
 
 
 def _shape(row: dict) -> str:
@@ -216,7 +220,7 @@ def lr_scan(rows: list[dict], rule: dict, *, unit: str, val_col: str = "val_loss
     ax.set_ylim(lo, hi + 0.4 * (hi - lo))  # room for the legends above the curves
     ax.set_xscale("log")
     ax.set_xlabel("peak learning rate")
-    ax.set_ylabel(f"final {val_col.replace('_', ' ')} ({unit})")
+    ax.set_ylabel(f"final {_loss_name(val_col)} ({unit})")
     marks = [Line2D([], [], ls="none", marker="o", color="0.35", label="scan run"),
              Line2D([], [], color="0.35", lw=1.1, label="parabola in log lr"),
              Line2D([], [], color="0.35", lw=6, alpha=0.3, label=f"flat part: within {FLAT:.0%} of its minimum"),

@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from analysis.plots import fit_figures, log_colors, save_figures, sci
 from analysis.run_plots import lr_scan, num, training_curves
 from scaling.errors import UsageError
-from scaling.laws.result import FitOutput
+from scaling.laws.result import FitOutput, FitResult
 from scaling.sweep import Plan, load_sweep_runs
 
 __all__ = ["plot_sweep", "units", "loss_vs_n", "read_rows"]
@@ -75,21 +75,28 @@ def loss_vs_n(rows: list[dict], loss_col: str, ylabel: str) -> Figure | None:
         return None
     fig = Figure(figsize=(12, 5), layout="constrained")
     ax, ax2 = fig.subplots(1, 2, sharey=True)
+    other_name = {"D": "N", "N": "D"}
     for axis, key, other, name, cmap, xlabel in (
             (ax, "tokens", "n_params", "D", "plasma", "parameters N"),
             (ax2, "n_params", "tokens", "N", "viridis", "training tokens D")):
         values = sorted({num(r[key]) for r in done})
+        if len(values) > 10:  # too many lines to name: the runs coloured by the value, with a colour bar
+            sc = axis.scatter([num(r[other]) for r in done], [num(r[loss_col]) for r in done], s=16, cmap=cmap,
+                              c=[math.log10(num(r[key])) for r in done])
+            fig.colorbar(sc, ax=axis).set_label(f"log10 {name}")
+            axis.set_xscale("log")
+            axis.set_xlabel(xlabel)
+            axis.set_title(f"final loss against {other_name[name]} (coloured by {name})", fontsize=10)
+            continue
         for v, col in zip(values, log_colors(values, cmap)):
             sel = sorted((r for r in done if num(r[key]) == v), key=lambda r: num(r[other]))
             axis.plot([num(r[other]) for r in sel], [num(r[loss_col]) for r in sel], "o-" if len(sel) > 1 else "o",
-                      color=col, ms=4, lw=1, label=f"{name} = {sci(v)}" if len(values) <= 10 else None)
-        if len(values) <= 10:
-            axis.legend(fontsize=8, title="token count" if name == "D" else "model size", title_fontsize=8)
+                      color=col, ms=4, lw=1, label=f"{name} = {sci(v)}")
+        axis.legend(fontsize=8, title="token count" if name == "D" else "model size", title_fontsize=8)
+        axis.set_title(f"final loss against {other_name[name]} (a line per {name})", fontsize=10)
         axis.set_xscale("log")
         axis.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title("final loss against N (a line per token count D)", fontsize=10)
-    ax2.set_title("final loss against D (a line per model size N)", fontsize=10)
     return fig
 
 
@@ -139,13 +146,13 @@ class _Sheet:
 
 
 def _fit_plots(sheet: _Sheet, runs, result, ylabel: str) -> None:
-    if runs is None or result is None:
-        why = "no fit of these runs" if runs is not None else "no completed runs with a loss to fit"
+    """The fit's plots (the runs of each IsoFLOP budget alone when nothing was fitted)."""
+    if runs is None:
         for name in ("isoflop", "optimal_n", "residuals"):
-            sheet.skipped[name] = why
+            sheet.skipped[name] = "no completed runs with a loss to fit"
         return
     try:
-        figs, skipped = fit_figures(runs, result, ylabel=ylabel)
+        figs, skipped = fit_figures(runs, FitResult() if result is None else result, ylabel=ylabel)
     except Exception as e:  # noqa: BLE001 - recorded in skipped.json
         sheet.skipped["fit_plots"] = f"failed: {type(e).__name__}: {e}"
         return

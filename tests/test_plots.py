@@ -119,7 +119,7 @@ def synthetic(tmp_path_factory):
             _metrics(run / "metrics.jsonl", n, r["steps"], first=r["stable_steps"], start_loss=start,
                      end_loss=r["val_loss"])
     _lr_scan(out)
-    plan = sweep.make_plan(sweep.load_spec(SMOKE), {})
+    plan = sweep.make_plan(sweep.load_spec(SMOKE), {}, load_data=False)
     runs = sweep.load_sweep_runs(plan, out)
     law = approach3.fit_approach3(runs.N, runs.D, runs.L)
     a2 = approach2.fit_approach2(runs.N, runs.L, runs.C, budgets=runs.budget)
@@ -164,13 +164,15 @@ def test_missing_lr_scan_skips_only_that_plot(synthetic, tmp_path):
 
 
 def test_no_fit_still_draws_the_runs(synthetic, tmp_path):
-    """A sweep whose fit failed still gets its training curves; the fit's plots are skipped with a reason."""
+    """A sweep whose fit failed still gets its training curves and IsoFLOP runs; the fit's other
+    plots are skipped with a reason."""
     plan, out, _, _ = synthetic
     paths = sweep_plots.plot_sweep(plan, out, FitOutput(error="no fit: too few runs"))
     names = {p.stem for p in paths}
-    assert {"training_curves", "loss_vs_n", "lr_scan", "skipped"} == names
+    assert {"isoflop", "training_curves", "loss_vs_n", "lr_scan", "skipped"} == names  # isoflop: the runs alone
     skipped = json.loads((out / "plots" / "skipped.json").read_text())
-    assert skipped["isoflop"] == "no fit of these runs"
+    assert set(skipped) == {"optimal_n", "residuals", "frontier", "pred_vs_obs"}
+    assert skipped["residuals"] == "no approach-3 law with finite parameters"
 
 
 def test_axes_carry_units_and_bands(synthetic):

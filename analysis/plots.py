@@ -169,13 +169,19 @@ def isoflop(runs, result: FitResult, *, ylabel: str = "loss") -> Figure:
                         elinewidth=1.5, capsize=3, zorder=6)
             shown.append(m.L_min)
         if law:
+            if _has_frontier(result):  # the law's curve reaches its optimum (up to a decade beyond the runs)
+                n_opt = float(compute_optimal(cb, *_law(result))[0])
+                lo_x, hi_x = np.log(nn[0]), np.log(nn[-1])
+                lo_x = max(min(lo_x, np.log(n_opt) - pad), x0 - np.log(10))
+                hi_x = min(max(hi_x, np.log(n_opt) + pad), x1 + np.log(10))
+                nn = np.exp(np.linspace(lo_x, hi_x, 160))
             ax.plot(nn, law_loss(nn, cb / (6 * nn), *_law(result)), color=col, lw=1.1, ls="--")
             if boot is not None:
                 s, level = boot
                 vals = law_loss(nn[None, :], cb / (6 * nn[None, :]), *(s.T[:, :, None]))
                 ax.fill_between(nn, *percentile_band(vals, level), color=col, alpha=0.15, lw=0)
-            if _has_frontier(result):
-                n_opt, _, l_opt = compute_optimal(cb, *_law(result))
+            if _has_frontier(result) and nn[0] <= n_opt <= nn[-1]:
+                l_opt = compute_optimal(cb, *_law(result))[2]
                 ax.scatter([n_opt], [l_opt], marker="D", s=30, facecolors="white", edgecolors=col, linewidths=1.6,
                            zorder=7)
                 shown.append(float(l_opt))

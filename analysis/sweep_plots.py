@@ -173,7 +173,7 @@ def plot_sweep(plan: Plan, out: Path, fit: FitOutput, *, dpi: int = 130) -> list
         parts = runs.groups() if plan.has_arms else {None: runs}
     except (UsageError, OSError, KeyError, ValueError):
         parts = {}
-    arms = sorted({r.get("arm") or None for r in rows} | set(fits), key=str) if plan.has_arms else [None]
+    arms = sorted({r.get("arm") for r in rows} - {None, ""} | set(fits) - {None}) if plan.has_arms else [None]
     paths: list[Path] = []
     for arm in arms:
         sheet = _Sheet(plots_dir if arm is None else plots_dir / str(arm))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ RUN_PLOTS = ("training_curves", "loss_vs_n", "lr_scan")
 def _write_csv(path, rows):
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLS, extrasaction="ignore")
+        w = csv.DictWriter(f, fieldnames=COLS + [k for k in rows[0] if k not in COLS], extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
 
@@ -156,7 +157,7 @@ def test_missing_lr_scan_skips_only_that_plot(synthetic, tmp_path):
         if p.is_file() and p.name != "lr_rule.json" and "plots" not in p.parts:
             (tmp_path / p.relative_to(out)).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / p.relative_to(out)).write_bytes(p.read_bytes())
-    paths = sweep_plots.plot_sweep(plan, tmp_path, fit)
+    paths = sweep_plots.plot_sweep(plan, tmp_path, fit, dpi=40)
     skipped = json.loads((tmp_path / "plots" / "skipped.json").read_text())
     assert list(skipped) == ["lr_scan"] and "lr_rule.json missing" in skipped["lr_scan"]
     assert {p.stem for p in paths} == set(FIT_PLOTS + RUN_PLOTS) - {"lr_scan"} | {"skipped"}
@@ -167,12 +168,30 @@ def test_no_fit_still_draws_the_runs(synthetic, tmp_path):
     """A sweep whose fit failed still gets its training curves and IsoFLOP runs; the fit's other
     plots are skipped with a reason."""
     plan, out, _, _ = synthetic
-    paths = sweep_plots.plot_sweep(plan, out, FitOutput(error="no fit: too few runs"))
+    paths = sweep_plots.plot_sweep(plan, out, FitOutput(error="no fit: too few runs"), dpi=40)
     names = {p.stem for p in paths}
     assert {"isoflop", "training_curves", "loss_vs_n", "lr_scan", "skipped"} == names  # isoflop: the runs alone
     skipped = json.loads((out / "plots" / "skipped.json").read_text())
     assert set(skipped) == {"optimal_n", "residuals", "frontier", "pred_vs_obs"}
     assert skipped["residuals"] == "no approach-3 law with finite parameters"
+
+
+def test_arms_get_a_directory_each(synthetic, tmp_path):
+    plan, out, _, fit = synthetic
+    rows = sweep_plots.read_rows(out / "results.csv")
+    _write_csv(tmp_path / "results.csv", [{**r, "arm": arm} for arm in ("base", "other") for r in rows])
+    for p in (out / "runs").rglob("metrics.jsonl"):
+        (tmp_path / p.relative_to(out)).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / p.relative_to(out)).write_bytes(p.read_bytes())
+    (tmp_path / "lr_scan").mkdir()
+    for name in ("lr_scan/results.csv", "lr_rule.json"):
+        (tmp_path / name).write_bytes((out / name).read_bytes())
+    armed = SimpleNamespace(spec=plan.spec, base=plan.base, has_arms=True)
+    fits = FitOutput(groups={"base": fit.fit, "other": fit.fit}, group_col="arm")
+    paths = {str(p.relative_to(tmp_path)) for p in sweep_plots.plot_sweep(armed, tmp_path, fits, dpi=40)}
+    for arm in ("base", "other"):
+        assert {f"plots/{arm}/{n}.png" for n in FIT_PLOTS + ("training_curves", "loss_vs_n")} <= paths
+    assert "plots/lr_scan.png" in paths and not (tmp_path / "plots" / "skipped.json").exists()
 
 
 def test_axes_carry_units_and_bands(synthetic):

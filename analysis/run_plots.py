@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import ScalarFormatter
 
-from analysis.plots import log_colors, sci
+from analysis.plot_style import log_colors, sci
 
 SMOOTH = 0.04
 """The training curves' moving-average window, as a fraction of the longest curve's logged points."""

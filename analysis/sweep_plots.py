@@ -28,7 +28,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from analysis.plots import fit_figures, log_colors, save_figures, sci
+from analysis.plot_style import log_colors, sci
+from analysis.plots import fit_figures, save_figures
 from analysis.run_plots import lr_scan, num, training_curves
 from scaling.errors import UsageError
 from scaling.laws.result import FitOutput, FitResult

@@ -83,10 +83,15 @@ def training_curves(rows: list[dict], runs_dir: Path, *, unit: str, val_col: str
     run has a training curve."""
     runs_dir = Path(runs_dir)
     by_id = {r["run_id"]: r for r in rows if r.get("run_id")}
-    curves = {rid: c for rid in by_id if (c := read_metrics(runs_dir / rid / "metrics.jsonl"))["step"].size}
+    for r in list(by_id.values()):  # a parent that is no row of its own (a stable phase without a cooldown)
+        if r.get("parent") and r["parent"] not in by_id:
+            by_id[r["parent"]] = {"run_id": r["parent"], "n_params": r.get("n_params"), "status": "completed",
+                                  **{k: r.get(k) for k in ("n_layer", "d_model", "n_head")}}
+    order = sorted(by_id, key=lambda rid: bool(by_id[rid].get("parent")))  # parents first, branches on top
+    curves = {rid: c for rid in order if (c := read_metrics(runs_dir / rid / "metrics.jsonl"))["step"].size}
     if not curves:
         return None
-    sizes = sorted({num(by_id[rid].get("n_params")) for rid in curves} - {math.nan})
+    sizes = sorted(n for n in {num(by_id[rid].get("n_params")) for rid in curves} if math.isfinite(n))
     color_of = dict(zip(sizes, log_colors(sizes)))
     shape_of = {num(r.get("n_params")): _shape(r) for r in by_id.values()}
     h = half_window(c["step"].size for c in curves.values())

@@ -212,14 +212,19 @@ def test_axes_carry_units_and_bands(synthetic):
     assert any(t.startswith("held out") for t in res.get_legend_handles_labels()[1])
 
 
-def test_branches_fork_from_their_parent(synthetic):
+@pytest.mark.parametrize("parents_in_table", [True, False])
+def test_branches_fork_from_their_parent(synthetic, parents_in_table):
+    """Each branch is drawn from its parent's curve at its stable_steps, whether or not the
+    parent (the stable phase) is a row of results.csv."""
     _, out, _, _ = synthetic
     rows = sweep_plots.read_rows(out / "results.csv")
-    fig = run_plots.training_curves(rows, out / "runs", unit="nats/byte")
     branches = [r for r in rows if r["parent"]]
-    h = run_plots.half_window(run_plots.read_metrics(out / "runs" / r["run_id"] / "metrics.jsonl")["step"].size
-                              for r in rows)
-    assert branches and "cooldown branches" in fig.axes[0].get_title()
+    shown = rows if parents_in_table else branches
+    fig = run_plots.training_curves(shown, out / "runs", unit="nats/byte")
+    drawn = {r["run_id"] for r in shown} | {r["parent"] for r in shown if r["parent"]}
+    h = run_plots.half_window(run_plots.read_metrics(out / "runs" / rid / "metrics.jsonl")["step"].size
+                              for rid in drawn)
+    assert branches and f"and {len(branches)} cooldown branches" in fig.axes[0].get_title()
     # each branch line starts on its parent's (smoothed) curve at its stable_steps
     starts = {(round(float(line.get_xdata()[0])), float(line.get_ydata()[0])) for line in fig.axes[0].lines
               if len(line.get_xdata()) > 1}

@@ -167,17 +167,35 @@ def _shape(row: dict) -> str:
 
 
 def _scan_points(rows: list[dict], optimum: dict, val_col: str) -> tuple[np.ndarray, np.ndarray]:
-    """(lr, loss) of one scanned size: its rows of lr_scan/results.csv (by shape, else by
-    n_params), else the lrs and losses lr_rule.json lists for it."""
+    """(lr, loss) of one scanned size (loss NaN: the run diverged): its completed rows of
+    lr_scan/results.csv (by shape, else by n_params), else the lrs and losses lr_rule.json
+    lists for it."""
     shape, n = optimum.get("shape"), num(optimum.get("n_params"))
     mine = [r for r in rows if (shape and _shape(r) == shape) or (not shape and num(r.get("n_params")) == n)]
     pts = [(num(r.get("lr")), num(r.get(val_col))) for r in mine if r.get("status", "completed") == "completed"]
-    pts = [(a, b) for a, b in pts if math.isfinite(a) and a > 0 and math.isfinite(b)]
-    if not pts:
+    pts = [(a, b) for a, b in pts if math.isfinite(a) and a > 0]
+    if not any(math.isfinite(b) for _, b in pts):
         pts = [(num(a), num(b)) for a, b in zip(optimum.get("lrs") or (), optimum.get("losses") or ())]
-        pts = [(a, b) for a, b in pts if math.isfinite(a) and a > 0 and math.isfinite(b)]
+        pts = [(a, b) for a, b in pts if math.isfinite(a) and a > 0]
     arr = np.array(pts, dtype=np.float64).reshape(-1, 2)
-    return arr[:, 0], arr[:, 1]
+    return arr[:, 0], np.where(np.isfinite(arr[:, 1]), arr[:, 1], np.nan)
+
+
+def _mean_per_lr(lr: np.ndarray, loss: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(log lr, mean loss) per distinct lr, ascending (seeds of one lr averaged)."""
+    ux, inv = np.unique(np.log(lr), return_inverse=True)
+    return ux, np.bincount(inv, weights=loss) / np.bincount(inv)
+
+
+def _local_parabola(ux: np.ndarray, uy: np.ndarray):
+    """((p2, p1, p0), (x lo, x hi)): the parabola in log lr through the best lr and its two
+    neighbours (as the scan's own optimum is found); None when the best is at an end of the
+    scan or the three points do not curve upwards."""
+    i = int(np.argmin(uy))
+    if not 0 < i < ux.size - 1:
+        return None
+    p = np.polyfit(ux[i - 1:i + 2], uy[i - 1:i + 2], 2)
+    return (tuple(p), (float(ux[i - 1]), float(ux[i + 1]))) if p[0] > 0 else None
 
 
 def rule_lr(rule: dict, n: float) -> float:
@@ -190,7 +208,7 @@ def lr_scan(rows: list[dict], rule: dict, *, unit: str, val_col: str = "val_loss
     lists no scanned size with points."""
     optima = [o for o in rule.get("optima") or () if isinstance(o, dict) and num(o.get("n_params")) > 0]
     data = [(o, *_scan_points(rows, o, val_col)) for o in optima]
-    data = [d for d in data if d[1].size]
+    data = [d for d in data if np.isfinite(d[2]).any()]
     if not data:
         return None
     data.sort(key=lambda d: num(d[0]["n_params"]))
@@ -198,44 +216,58 @@ def lr_scan(rows: list[dict], rule: dict, *, unit: str, val_col: str = "val_loss
     fig = Figure(figsize=(13, 5.5), layout="constrained")
     ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.5, 1]})
     penalties = []
+    diverged = False
     for (o, lr, loss), col in zip(data, colors):
         n = num(o["n_params"])
+        bad = ~np.isfinite(loss)
+        if bad.any():  # at the top edge of the axes
+            ax.scatter(lr[bad], np.full(bad.sum(), 0.97), marker="x", s=40, color=col, zorder=5,
+                       transform=ax.get_xaxis_transform())
+            diverged = True
+        lr, loss = lr[~bad], loss[~bad]
         ax.scatter(lr, loss, color=col, s=24, zorder=4, label=f"N = {sci(n)}" + (f" ({o['shape']})" if o.get("shape")
                                                                                  else ""))
-        x = np.log(lr)
+        ux, uy = _mean_per_lr(lr, loss)
+        ax.plot(np.exp(ux), uy, color=col, lw=0.7, alpha=0.6)
         chosen = rule_lr(rule, n)
-        if np.unique(x).size >= 3:
-            p2, p1, p0 = np.polyfit(x, loss, 2)
-            xx = np.linspace(x.min() - 0.2, x.max() + 0.2, 200)
+        yc = float(np.interp(math.log(chosen), ux, uy)) if math.isfinite(chosen) and chosen > 0 else math.nan
+        best = float(uy.min())
+        par = _local_parabola(ux, uy)
+        if par is not None:
+            (p2, p1, p0), (xa, xb) = par
+            xx = np.linspace(xa - 0.15 * (xb - xa), xb + 0.15 * (xb - xa), 100)
             yy = np.polyval((p2, p1, p0), xx)
-            ax.plot(np.exp(xx), yy, color=col, lw=1.1)
-            if p2 > 0:
-                ymin = p0 - p1 * p1 / (4 * p2)
-                flat = yy <= ymin * (1 + FLAT)
-                ax.plot(np.exp(xx[flat]), yy[flat], color=col, lw=6, alpha=0.3, solid_capstyle="butt")
-                if math.isfinite(chosen) and chosen > 0:
-                    yc = float(np.polyval((p2, p1, p0), math.log(chosen)))
-                    ax.scatter([chosen], [yc], marker="v", s=80, color=col, edgecolors="k", zorder=6)
-                    penalties.append(100 * (yc / ymin - 1))
+            ax.plot(np.exp(xx), yy, color=col, lw=1.4)
+            best = p0 - p1 * p1 / (4 * p2)
+            flat = yy <= best * (1 + FLAT)
+            ax.plot(np.exp(xx[flat]), yy[flat], color=col, lw=6, alpha=0.3, solid_capstyle="butt")
+            if math.isfinite(yc) and xa <= math.log(chosen) <= xb:
+                yc = float(np.polyval((p2, p1, p0), math.log(chosen)))
+        if math.isfinite(yc):
+            ax.scatter([chosen], [yc], marker="v", s=80, color=col, edgecolors="k", zorder=6)
+            penalties.append(100 * (yc / best - 1))
         lr_opt = num(o.get("lr_opt"))
         if math.isfinite(lr_opt) and lr_opt > 0:
             ax2.scatter([n], [lr_opt], marker="*", s=130, color=col, edgecolors="k", zorder=5,
                         facecolors=col if o.get("in_range", True) else "none")
-    lo, hi = ax.get_ylim()
-    ax.set_ylim(lo, hi + 0.4 * (hi - lo))  # room for the legends above the curves
     ax.set_xscale("log")
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel(f"final {_loss_name(val_col)} ({unit})")
     marks = [Line2D([], [], ls="none", marker="o", color="0.35", label="scan run"),
-             Line2D([], [], color="0.35", lw=1.1, label="parabola in log lr"),
+             Line2D([], [], color="0.35", lw=0.7, alpha=0.6, label="mean loss per lr"),
+             Line2D([], [], color="0.35", lw=1.4, label="parabola in log lr (best lr and its neighbours)"),
              Line2D([], [], color="0.35", lw=6, alpha=0.3, label=f"flat part: within {FLAT:.0%} of its minimum"),
              Line2D([], [], ls="none", marker="v", ms=8, color="0.35", mec="k", label="the rule's lr for this size")]
-    size_leg = ax.legend(fontsize=8, loc="upper right", ncol=1, title="scanned size", title_fontsize=8)
-    ax.add_artist(size_leg)
-    ax.legend(handles=marks, fontsize=8, loc="upper left")
+    if diverged:
+        marks.append(Line2D([], [], ls="none", marker="x", color="0.35", label="diverged (no finite loss)"))
+    sizes = ax.get_legend_handles_labels()  # the sizes' colours, named in the rule's panel
+    ax.legend(handles=marks, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3)
     worst = f"; the rule's lr costs at most {max(penalties):.2f}% over the minimum" if penalties else ""
     ax.set_title(f"learning-rate scan: loss against lr per model size{worst}", fontsize=10)
     _rule_panel(ax2, rule, data)
+    rule_legend = ax2.get_legend()
+    ax2.legend(*sizes, fontsize=8, loc="lower left", title="scanned size", title_fontsize=8)
+    ax2.add_artist(rule_legend)
     return fig
 
 

@@ -243,3 +243,9 @@ def test_lr_scan_marks_the_rule_inside_the_flat_part(synthetic):
     assert ax.get_xscale() == "log" and "nats/byte" in ax.get_ylabel()
     assert "costs at most 0.00%" in ax.get_title()  # the rule sits at each parabola's vertex
     assert run_plots.lr_scan([], {"optima": []}, unit="nats/byte") is None
+    # a diverged rate (no finite loss) is marked at the top edge and left out of the curve
+    top = rule["optima"][-1]
+    top["losses"] = top["losses"][:-1] + [None]
+    ax = run_plots.lr_scan([], rule, unit="nats/byte").axes[0]
+    assert "diverged (no finite loss)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "costs at most 0.00%" in ax.get_title()

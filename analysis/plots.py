@@ -274,10 +274,28 @@ def pred_vs_obs(runs, result: FitResult, *, ylabel: str = "loss") -> Figure:
     return fig
 
 
-def _held_out(result: FitResult):
-    """The held-out runs of the fit's hold-out check (objects with N, C, observed, predicted)."""
-    return [r for r in getattr(getattr(result, "holdout", None), "runs", None) or ()
+def held_out(runs, result: FitResult) -> tuple[list[tuple[float, float, float, float]], str]:
+    """The held-out runs as (N, C, observed, predicted by the fit without them), and what they
+    are: the fit's hold-out check (``holdout``), else the extrapolation diagnostic's largest
+    budget (its details name the budget and the law fitted without it); ([], "") when neither."""
+    h = getattr(result, "holdout", None)
+    rows = [(r.N, r.C, r.observed, r.predicted) for r in getattr(h, "runs", None) or ()
             if all(hasattr(r, k) for k in ("N", "C", "observed", "predicted"))]
+    if rows:
+        return rows, f"held out: the {len(rows)} largest-C runs"
+    for check in getattr(getattr(result, "diagnostics", None), "checks", None) or ():
+        det = getattr(check, "details", None) or {}
+        if getattr(check, "name", "") != "extrapolation.mean_error" or not {"budget", "fit"} <= set(det):
+            continue
+        labels, values = isoflop_groups(runs.C, runs.budget, getattr(result.isoflop, "budget_tol", 0.1))
+        if not values.size or not math.isclose(float(values[-1]), float(det["budget"]), rel_tol=1e-6):
+            continue
+        sel = labels == values.size - 1
+        fit = det["fit"]
+        pred = law_loss(runs.N[sel], runs.D[sel], *(float(fit[k]) for k in ("E", "A", "B", "alpha", "beta")))
+        rows = list(zip(runs.N[sel], runs.C[sel], runs.L[sel], pred))
+        return rows, "held out: the largest budget"
+    return [], ""
 
 
 def residuals(runs, result: FitResult) -> Figure:
@@ -298,14 +316,15 @@ def residuals(runs, result: FitResult) -> Figure:
         dodge[n] = 10 ** (DODGE * (i - (sizes.size - 1) / 2))
         ax.scatter(runs.C[sel] * dodge[n], r[sel], marker=marker_of[n], color=colors[i], s=34, zorder=3,
                    label=f"N = {sci(n)}" if sizes.size <= 12 else None)
-    held = _held_out(result)
+    held, what = held_out(runs, result)
     if held:
-        hr = np.array([100.0 * (h.observed / h.predicted - 1.0) for h in held])
-        for h, v in zip(held, hr):
-            ax.scatter([h.C * dodge.get(h.N, 1.0)], [v], marker=marker_of.get(h.N, "o"), s=90, facecolors="none",
+        hr = np.array([100.0 * (obs / pred - 1.0) for _, _, obs, pred in held])
+        for (n, c, _, _), v in zip(held, hr):
+            ax.scatter([c * dodge.get(n, 1.0)], [v], marker=marker_of.get(n, "o"), s=90, facecolors="none",
                        edgecolors="red", linewidths=1.5, zorder=4)
         ax.scatter([], [], marker="o", s=90, facecolors="none", edgecolors="red", linewidths=1.5,
-                   label=f"held out: predicted by the fit without them (mean |err| {np.mean(np.abs(hr)):.2f}%)")
+                   label=f"{what}, predicted by the fit without them\n(mean |err| {np.mean(np.abs(hr)):.2f}%, "
+                         f"worst {np.max(np.abs(hr)):.2f}%)")
     rms = float(np.sqrt(np.mean(r**2)))
     lim = max(1.5, 1.15 * float(np.max(np.abs(np.concatenate([r, hr if held else []])))))
     ax.set_ylim(-lim, lim)

@@ -5,6 +5,7 @@ the real fitters (small bootstraps), and a learning-rate scan with its rule; not
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from types import SimpleNamespace
@@ -14,9 +15,10 @@ import pytest
 from matplotlib.image import imread
 
 from analysis import run_plots, sweep_plots
-from analysis.plots import fit_figures
+from analysis.plots import fit_figures, held_out, residuals
 from scaling import sweep
-from scaling.laws import approach2, approach3, bootstrap, holdout
+from scaling.laws import approach2, approach3, bootstrap, checks, holdout
+from scaling.laws.checks import Verdict
 from scaling.laws.law import compute_optimal, law_loss
 from scaling.laws.result import FitOutput, FitResult
 from tests.helpers import REPO
@@ -210,6 +212,23 @@ def test_axes_carry_units_and_bands(synthetic):
     res = figs["residuals"].axes[0]
     assert "%" in res.get_ylabel()
     assert any(t.startswith("held out") for t in res.get_legend_handles_labels()[1])
+
+
+def test_residuals_mark_the_extrapolation_diagnostics_budget(synthetic):
+    """Without a hold-out fit, the residual plot takes the held-out budget and its law from the
+    extrapolation diagnostic's details."""
+    _, _, runs, fit = synthetic
+    verdict = Verdict(tuple(checks.check_extrapolation(runs.N, runs.D, runs.L, runs.C, budgets=runs.budget,
+                                                       starts=fit.fit.law.ranked_starts[:64])))
+    result = dataclasses.replace(fit.fit, holdout=None, diagnostics=verdict)
+    held, what = held_out(runs, result)
+    top = runs.budget == max(BUDGETS)
+    assert what == "held out: the largest budget" and len(held) == top.sum() == 5
+    rel = [pred / obs - 1 for *_, obs, pred in held]
+    assert rel == pytest.approx(verdict.checks[0].details["rel_errors"])
+    labels = residuals(runs, result).axes[0].get_legend_handles_labels()[1]
+    assert any(t.startswith("held out: the largest budget") for t in labels)
+    assert held_out(runs, dataclasses.replace(result, diagnostics=None)) == ([], "")
 
 
 @pytest.mark.parametrize("parents_in_table", [True, False])

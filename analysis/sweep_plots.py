@@ -1,165 +1,209 @@
-"""Plots of a sweep's runs (matplotlib, Agg figures; no pyplot state):
+"""A sweep's plots (``experiments.sweep`` passes :func:`plot_sweep` to the sweep as its
+plotter; it is called when fit.json is written).  Under DIR/plots/ (per arm under
+plots/<arm>/ when the sweep has arms):
 
-- ``training_curves.png``: training loss against FLOPs (6ND so far) for every run, log-log,
-  coloured by model size N
-- ``loss_vs_n.png``: final loss against N, one line per token count D (and against D, one
-  line per N)
-- ``isoflop.png`` (IsoFLOP designs, when the fit's own IsoFLOP plot could not be drawn because
-  approach 2 found no parabola minima): loss against N per FLOP budget with the lowest run of
-  each budget marked
+- the fit's plots (:mod:`analysis.plots`): ``isoflop.png`` (IsoFLOP profiles with both
+  approaches' curves, bands and vertices), ``optimal_n.png`` (the frontier N_opt(C) and
+  D_opt(C) with bands and the runs' compute range), ``residuals.png`` (approach 3's residuals
+  against C, the held-out runs marked), ``frontier.png``, ``pred_vs_obs.png``
+- ``training_curves.png``: training loss against tokens per run, cooldown branches forking
+  from their parents, final validation losses marked (:mod:`analysis.run_plots`)
+- ``loss_vs_n.png``: final loss against N per token count D, and against D per size N
+- ``lr_scan.png`` (in plots/, once): the learning-rate scan of OUT/lr_scan/ and the rule of
+  OUT/lr_rule.json
+- ``skipped.json``: ``{plot name: why it was not drawn}`` for each plot whose input is
+  missing (or whose drawing failed): a missing input never fails the sweep
 
-:func:`plot_sweep` writes these and the fit's plots (:func:`analysis.plots.make_all`: IsoFLOP
-parabolas and minima, frontier, ...); ``experiments.sweep`` hands it to the sweep, which calls
-it when it writes fit.json.
+Losses are in nats per byte when the sweep's tokenizer is ``byte`` (bits per byte for a
+``val_bpb`` fit), else nats per token.  Tables are read from results.csv, which the sweep
+rebuilds just before it calls the plotter.
 """
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 from pathlib import Path
 
-import matplotlib
-import numpy as np
 from matplotlib.figure import Figure
 
-from analysis.plots import make_all, save_figures
+from analysis.plot_style import log_colors, sci
+from analysis.plots import fit_figures, save_figures
+from analysis.run_plots import lr_scan, num, training_curves
+from scaling.errors import UsageError
 from scaling.laws.result import FitOutput, FitResult
-from scaling.laws.runs import read_curve
-from scaling.sweep import Plan, collect_rows, load_sweep_runs
+from scaling.sweep import Plan, load_sweep_runs
+
+__all__ = ["plot_sweep", "units", "loss_vs_n", "read_rows"]
+
+LOSS_NAMES = {"val_loss": "final validation loss", "final_train_loss": "final training loss",
+              "val_bpb": "final validation loss"}
+SKIPPED = "skipped.json"
 
 
-def _num(v) -> float:
+def units(plan: Plan) -> tuple[str, str]:
+    """(unit of the fitted loss, unit of the training loss) of the sweep's tokenizer."""
+    data = getattr(getattr(plan, "base", None), "data", None)
+    per = "byte" if getattr(data, "tokenizer", None) == "byte" else "token"
+    fit_unit = "bits/byte" if plan.spec.fit_loss == "val_bpb" else f"nats/{per}"
+    return fit_unit, f"nats/{per}"
+
+
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a results.csv (empty when it is missing or unreadable)."""
     try:
-        x = float(v)
-    except (TypeError, ValueError):
-        return math.nan
-    return x
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except (OSError, csv.Error):
+        return []
 
 
-def _training_curve(run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(flops, training loss) of a run's metrics.jsonl lines with a finite positive loss and FLOPs."""
-    p = Path(run_dir) / "metrics.jsonl"
-    if not p.is_file():
-        return np.zeros(0), np.zeros(0)
-    fl, lo = read_curve(p, strict=False)
-    ok = np.isfinite(fl) & np.isfinite(lo) & (fl > 0) & (lo > 0) if fl.size else np.zeros(0, dtype=bool)
-    return fl[ok], lo[ok]
+def read_rule(path: Path) -> dict | None:
+    try:
+        d = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) else None
 
 
-def _norm(values: np.ndarray):
-    lo, hi = float(np.log10(values.min())), float(np.log10(values.max()))
-    return matplotlib.colors.Normalize(lo, hi if hi > lo else lo + 1)
-
-
-def training_curves(runs_dir: Path, rows: list[dict]) -> Figure:
-    """Training loss against FLOPs for every run (log-log), coloured by log10 N."""
-    fig = Figure(figsize=(7.5, 5), layout="constrained")
-    ax = fig.add_subplot()
-    ns = np.array([_num(r.get("n_params")) for r in rows], dtype=float)
-    cmap, norm = matplotlib.colormaps["viridis"], _norm(ns[np.isfinite(ns)] if np.isfinite(ns).any() else np.ones(1))
-    for r, n in zip(rows, ns):
-        fl, lo = _training_curve(Path(runs_dir) / r["run_id"])
-        if fl.size == 0:
-            continue
-        style = "-" if r.get("status") == "completed" else ":"
-        ax.plot(fl, lo, style, color=cmap(norm(np.log10(n))), lw=1.0, alpha=0.85)
-    fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax).set_label("log10 N (parameters)")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("training FLOPs so far (6 N D)")
-    ax.set_ylabel("training loss (nats/token)")
-    ax.set_title(f"training curves of {len(rows)} runs (dotted: not completed)")
-    return fig
-
-
-def loss_vs_n(rows: list[dict], loss_col: str = "val_loss") -> Figure:
-    """Left: final loss against N, runs with the same token count D joined (one line per D; in
-    an IsoFLOP design every D is its own point, coloured by D). Right: final loss against D,
-    one line per model size N."""
+def loss_vs_n(rows: list[dict], loss_col: str, ylabel: str) -> Figure | None:
+    """Left: final loss against N, runs with the same token count D joined. Right: final loss
+    against D, one line per model size N. None when no completed run has the loss."""
+    done = [r for r in rows if r.get("status") == "completed" and math.isfinite(num(r.get(loss_col)))
+            and num(r.get("n_params")) > 0 and num(r.get("tokens")) > 0]
+    if not done:
+        return None
     fig = Figure(figsize=(12, 5), layout="constrained")
     ax, ax2 = fig.subplots(1, 2, sharey=True)
-    done = [r for r in rows if r.get("status") == "completed" and math.isfinite(_num(r.get(loss_col)))]
-    ds = np.array(sorted({_num(r["tokens"]) for r in done})) if done else np.ones(1)
-    ns = np.array(sorted({_num(r["n_params"]) for r in done})) if done else np.ones(1)
-    for (axis, key, other, values, cmap_name, name) in (
-            (ax, "tokens", "n_params", ds, "plasma", "D"), (ax2, "n_params", "tokens", ns, "viridis", "N")):
-        cmap, norm = matplotlib.colormaps[cmap_name], _norm(values)
-        for v in values:
-            sel = sorted((r for r in done if _num(r[key]) == v), key=lambda r: _num(r[other]))
-            if not sel:
-                continue
-            col = cmap(0.9 * norm(np.log10(v)))
-            axis.plot([_num(r[other]) for r in sel], [_num(r[loss_col]) for r in sel], "o-" if len(sel) > 1 else "o",
-                      color=col, ms=4, lw=1, label=f"{name}={v:.3g}" if values.size <= 8 else None)
-        if done and values.size <= 8:
-            axis.legend(fontsize=8)
-        elif done:
-            sm = matplotlib.cm.ScalarMappable(
-                norm=matplotlib.colors.Normalize(norm.vmin, norm.vmin + (norm.vmax - norm.vmin) / 0.9), cmap=cmap)
-            fig.colorbar(sm, ax=axis).set_label(f"log10 {name}")
-        axis.set_xscale("log")
-    ax.set_xlabel("parameters N")
-    ax.set_ylabel(f"final {loss_col}")
-    ax.set_title("final loss against N, per token count D")
-    ax2.set_xlabel("training tokens D")
-    ax2.set_title("final loss against D, per model size N")
-    return fig
-
-
-def isoflop_curves(rows: list[dict], loss_col: str = "val_loss") -> Figure:
-    """Loss against N per IsoFLOP budget; the lowest run of each budget starred."""
-    fig = Figure(figsize=(7.5, 5), layout="constrained")
-    ax = fig.add_subplot()
-    done = [r for r in rows if r.get("status") == "completed" and math.isfinite(_num(r.get(loss_col)))
-            and math.isfinite(_num(r.get("budget")))]
-    budgets = np.array(sorted({_num(r["budget"]) for r in done})) if done else np.ones(1)
-    cmap, norm = matplotlib.colormaps["viridis"], _norm(budgets)
-    for c in budgets:
-        sel = sorted((r for r in done if _num(r["budget"]) == c), key=lambda r: _num(r["n_params"]))
-        if not sel:
+    other_name = {"D": "N", "N": "D"}
+    for axis, key, other, name, cmap, xlabel in (
+            (ax, "tokens", "n_params", "D", "plasma", "parameters N"),
+            (ax2, "n_params", "tokens", "N", "viridis", "training tokens D")):
+        values = sorted({num(r[key]) for r in done})
+        if len(values) > 10:  # too many lines to name: the runs coloured by the value, with a colour bar
+            sc = axis.scatter([num(r[other]) for r in done], [num(r[loss_col]) for r in done], s=16, cmap=cmap,
+                              c=[math.log10(num(r[key])) for r in done])
+            fig.colorbar(sc, ax=axis).set_label(f"log10 {name}")
+            axis.set_xscale("log")
+            axis.set_xlabel(xlabel)
+            axis.set_title(f"final loss against {other_name[name]} (coloured by {name})", fontsize=10)
             continue
-        n = np.array([_num(r["n_params"]) for r in sel])
-        lo = np.array([_num(r[loss_col]) for r in sel])
-        col = cmap(0.9 * norm(np.log10(c)))
-        ax.plot(n, lo, "o-", color=col, ms=4, lw=1, label=f"C={c:.2g}")
-        i = int(np.argmin(lo))
-        ax.scatter([n[i]], [lo[i]], marker="*", s=140, color=col, edgecolors="k", zorder=5)
-    ax.set_xscale("log")
-    ax.set_xlabel("parameters N")
-    ax.set_ylabel(f"final {loss_col}")
-    ax.set_title("IsoFLOP curves (star: lowest loss of each budget)")
-    if done:
-        ax.legend(fontsize=8)
+        for v, col in zip(values, log_colors(values, cmap)):
+            sel = sorted((r for r in done if num(r[key]) == v), key=lambda r: num(r[other]))
+            axis.plot([num(r[other]) for r in sel], [num(r[loss_col]) for r in sel], "o-" if len(sel) > 1 else "o",
+                      color=col, ms=4, lw=1, label=f"{name} = {sci(v)}")
+        axis.legend(fontsize=8, title="token count" if name == "D" else "model size", title_fontsize=8)
+        axis.set_title(f"final loss against {other_name[name]} (a line per {name})", fontsize=10)
+        axis.set_xscale("log")
+        axis.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     return fig
 
 
-def write_sweep_plots(plots_dir, runs_dir, rows: list[dict], fit: FitResult | None, *, loss_col: str = "val_loss",
-                      isoflop: bool = False, dpi: int = 110) -> list[Path]:
-    """Write the sweep's plots into plots_dir (see the module docstring); returns the paths."""
-    out = Path(plots_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    figs = {"training_curves": training_curves(Path(runs_dir), rows), "loss_vs_n": loss_vs_n(rows, loss_col)}
-    if isoflop and (fit is None or fit.isoflop is None):
-        figs["isoflop"] = isoflop_curves(rows, loss_col)
-    return save_figures(figs, out, dpi)
+def _fits(fit: FitOutput) -> dict:
+    """The fits by arm (None: the one fit), {} when there is none."""
+    if getattr(fit, "error", None) is not None:
+        return {}
+    try:
+        return dict(fit.results)
+    except (AttributeError, TypeError):
+        return {}
 
 
-def plot_sweep(plan: Plan, out: Path, fit: FitOutput) -> list[Path]:
-    """DIR/plots (per arm under plots/<arm>/): the fit's plots and the runs' training curves,
-    loss against N and D, and IsoFLOP curves; returns the paths written."""
+class _Sheet:
+    """The figures of one plots directory and why the others were not drawn."""
+
+    def __init__(self, out: Path):
+        self.out, self.figs, self.skipped = out, {}, {}
+
+    def draw(self, name: str, make, missing: str) -> None:
+        """Draw ``make()`` as ``name``; None from it is skipped with ``missing``, an exception
+        with its message (a plot must never fail the sweep)."""
+        try:
+            fig = make()
+        except Exception as e:  # noqa: BLE001 - recorded in skipped.json
+            self.skipped[name] = f"failed: {type(e).__name__}: {e}"
+            return
+        if fig is None:
+            self.skipped[name] = missing
+        else:
+            self.figs[name] = fig
+
+    def write(self, dpi: int) -> list[Path]:
+        """The PNGs, skipped.json (removed when nothing was skipped), and no stale PNG of a
+        skipped plot; returns the paths written."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        paths = save_figures(self.figs, self.out, dpi)
+        for name in self.skipped:
+            (self.out / f"{name}.png").unlink(missing_ok=True)
+        sk = self.out / SKIPPED
+        if self.skipped:
+            sk.write_text(json.dumps(self.skipped, indent=2, sort_keys=True) + "\n")
+            paths.append(sk)
+        else:
+            sk.unlink(missing_ok=True)
+        return paths
+
+
+def _fit_plots(sheet: _Sheet, runs, result, ylabel: str) -> None:
+    """The fit's plots (the runs of each IsoFLOP budget alone when nothing was fitted)."""
+    if runs is None:
+        for name in ("isoflop", "optimal_n", "residuals"):
+            sheet.skipped[name] = "no completed runs with a loss to fit"
+        return
+    try:
+        figs, skipped = fit_figures(runs, FitResult() if result is None else result, ylabel=ylabel)
+    except Exception as e:  # noqa: BLE001 - recorded in skipped.json
+        sheet.skipped["fit_plots"] = f"failed: {type(e).__name__}: {e}"
+        return
+    sheet.figs.update(figs)
+    sheet.skipped.update(skipped)
+
+
+def plot_sweep(plan: Plan, out: Path, fit: FitOutput, *, dpi: int = 130) -> list[Path]:
+    """Draw the sweep's plots under DIR/plots (see the module docstring); returns the paths written."""
     out = Path(out)
     plots_dir = out / "plots"
-    isoflop = plan.spec.design == "isoflop"
-    fits = fit.groups if fit.groups is not None else ({} if fit.error is not None else fit.results)
-    paths: list[Path] = []
-    if fits:
+    fit_unit, train_unit = units(plan)
+    ylabel = f"{LOSS_NAMES.get(plan.spec.fit_loss, plan.spec.fit_loss)} ({fit_unit})"
+    rows = read_rows(out / "results.csv")
+    fits = _fits(fit)
+    try:
         runs = load_sweep_runs(plan, out)
         parts = runs.groups() if plan.has_arms else {None: runs}
-        for arm, r in fits.items():
-            paths += make_all(plots_dir if arm is None else plots_dir / arm, parts[arm], r)
-    rows = collect_rows(out, plan)
-    for arm in sorted({r.get("arm") for r in rows}, key=str):
-        sub = [r for r in rows if r.get("arm") == arm]
-        paths += write_sweep_plots(plots_dir if arm is None else plots_dir / arm, out / "runs", sub, fits.get(arm),
-                                   loss_col=plan.spec.fit_loss, isoflop=isoflop)
+    except (UsageError, OSError, KeyError, ValueError):
+        parts = {}
+    arms = sorted({r.get("arm") for r in rows} - {None, ""} | set(fits) - {None}) if plan.has_arms else [None]
+    paths: list[Path] = []
+    for arm in arms:
+        sheet = _Sheet(plots_dir if arm is None else plots_dir / str(arm))
+        sub = [r for r in rows if not plan.has_arms or r.get("arm") == arm]
+        _fit_plots(sheet, parts.get(arm), fits.get(arm), ylabel)
+        sheet.draw("training_curves", lambda sub=sub: training_curves(sub, out / "runs", unit=train_unit),
+                   "no run has a training curve (runs/*/metrics.jsonl)")
+        sheet.draw("loss_vs_n", lambda sub=sub: loss_vs_n(sub, plan.spec.fit_loss, ylabel),
+                   f"no completed run with a {plan.spec.fit_loss} in results.csv")
+        if arm is None:
+            _lr_plot(sheet, out, fit_unit)
+        paths += sheet.write(dpi)
+    if plan.has_arms:
+        sheet = _Sheet(plots_dir)
+        _lr_plot(sheet, out, fit_unit)
+        paths += sheet.write(dpi)
     return paths
+
+
+def _lr_plot(sheet: _Sheet, out: Path, unit: str) -> None:
+    scan, rule_path = out / "lr_scan" / "results.csv", out / "lr_rule.json"
+    if not scan.is_file() or not rule_path.is_file():
+        missing = " and ".join(str(p.relative_to(out)) for p in (scan, rule_path) if not p.is_file())
+        sheet.skipped["lr_scan"] = f"no learning-rate scan: {missing} missing"
+        return
+    rule = read_rule(rule_path)
+    if rule is None:
+        sheet.skipped["lr_scan"] = "lr_rule.json is not a JSON object"
+        return
+    sheet.draw("lr_scan", lambda: lr_scan(read_rows(scan), rule, unit=unit),
+               "lr_rule.json lists no scanned size with points")
+

@@ -6,6 +6,9 @@
 - :mod:`~scaling.sweep.execute`: the runner (train the plan's runs, resuming; then the fit)
 - :mod:`~scaling.sweep.results`: the sweep directory's files (run log, results.csv)
 - :mod:`~scaling.sweep.fit`: the end-of-run fit (:mod:`scaling.laws`), fit.json and its report
+- :mod:`~scaling.sweep.diagnose`: what that fit computes (approaches 1-3 with intervals, the other
+  parameter count, the diagnostics and their verdict, the noise, the compute counts)
+- :mod:`~scaling.sweep.baseline`: the count-model baseline on the runs' validation tokens
 
 Their public names are re-exported here, so ``from scaling import sweep`` reaches all of
 them (``sweep.execute`` and ``sweep.calibrate`` are the functions; their modules are
@@ -39,7 +42,9 @@ A sweep spec is a YAML file (``experiments/configs/*.yaml``)::
         config: {data: {curriculum: linear}}
         tags: {pacing: linear}   #   extra results columns of this arm's runs
     tags: {project: demo}        # optional extra results columns of every run
-    fit: true                    # false: no fit at the end; or {loss: val_loss}
+    fit: true                    # false: no fit at the end; or {loss: val_loss, count: total|nonembed}
+                                 #   (count: the N of the law, default sizing.count; the other count's
+                                 #   fit is reported beside it)
 
 A model is a *shape* ``{n_layer, d_model[, n_head]}`` (``n_head`` defaults to
 ``d_model / sizing.head_dim``) or a *target parameter count* (``1e5``, ``"100K"``, ``"1.5M"``).
@@ -70,6 +75,7 @@ Sweep directory::
                                   .lock is held while the run trains (by a sweep or experiments.train)
     DIR/results.csv               one row per finished run of the plan, rebuilt from runs/*/summary.json
     DIR/sweep_log.jsonl           one line per run start/end: run_id, start step, status, pid, host
+    DIR/baseline.json             the count-model baseline of the runs' validation tokens (a cache)
     DIR/fit.json, DIR/plots/      when every planned run has finished (the plots drawn by the caller's
                                   ``plot``: experiments.sweep passes analysis.sweep_plots.plot_sweep)
     DIR/locks/                    advisory lock of the results rebuild
@@ -92,12 +98,13 @@ from scaling.sweep.results import (RESULT_COLUMNS, VOLATILE_COLUMNS, check_outpu
 from scaling.sweep.plan import (Plan, PlannedRun, count, fit_support, format_duration, format_plan, format_tokens,
                                 make_plan, parse_shard, shape_for)
 from scaling.sweep.calibrate import Calibration, calibrate, shape_key
+from scaling.sweep.diagnose import SweepFitOptions
 from scaling.sweep.fit import Plotter, SweepFit, _results_digest, finalize, fit_report, fit_sweep, load_sweep_runs
 from scaling.sweep.execute import SweepResult, _compile_ahead, execute
 
 __all__ = [  # with the two private names tests and benchmarks reach through the package
     "_compile_ahead", "_results_digest", "Arm", "Budget", "Calibration", "ModelSpec", "Plan", "PlannedRun",
-    "Plotter", "RESULT_COLUMNS", "Sizing", "Spec",
+    "Plotter", "RESULT_COLUMNS", "Sizing", "Spec", "SweepFitOptions",
     "SweepFit", "SweepResult", "VOLATILE_COLUMNS", "calibrate", "check_outputs", "collect_rows", "count", "execute",
     "finalize", "fit_report", "fit_support", "fit_sweep", "format_duration", "format_plan", "format_tokens",
     "ignored_runs", "load_spec", "load_sweep_runs", "log_event", "make_plan", "parse_number", "parse_shard",

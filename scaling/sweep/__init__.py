@@ -99,7 +99,8 @@ from scaling.sweep.plan import (Plan, PlannedRun, count, fit_support, format_dur
                                 make_plan, parse_shard, shape_for)
 from scaling.sweep.calibrate import Calibration, calibrate, shape_key
 from scaling.sweep.diagnose import SweepFitOptions
-from scaling.sweep.fit import Plotter, SweepFit, _results_digest, finalize, fit_report, fit_sweep, load_sweep_runs
+from scaling.sweep.fit import (Plotter, SweepFit, _results_digest, finalize, fit_report, fit_sweep, load_sweep_runs,
+                               verdict_lines)
 from scaling.sweep.execute import SweepResult, _compile_ahead, execute
 
 __all__ = [  # with the two private names tests and benchmarks reach through the package
@@ -108,5 +109,5 @@ __all__ = [  # with the two private names tests and benchmarks reach through the
     "SweepFit", "SweepResult", "VOLATILE_COLUMNS", "calibrate", "check_outputs", "collect_rows", "count", "execute",
     "finalize", "fit_report", "fit_support", "fit_sweep", "format_duration", "format_plan", "format_tokens",
     "ignored_runs", "load_spec", "load_sweep_runs", "log_event", "make_plan", "parse_number", "parse_shard",
-    "read_log", "rebuild_results", "results_csv_text", "shape_for", "shape_key",
+    "read_log", "rebuild_results", "results_csv_text", "shape_for", "shape_key", "verdict_lines",
 ]

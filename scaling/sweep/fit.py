@@ -23,7 +23,7 @@ from scaling.sweep.diagnose import DEFAULT_OPTIONS, SweepFitOptions, compute_row
 from scaling.sweep.plan import Plan
 from scaling.sweep.results import ignored_runs, read_json, rebuild_unlocked
 
-__all__ = ["SweepFit", "Plotter", "fit_sweep", "finalize", "fit_report", "load_sweep_runs"]
+__all__ = ["SweepFit", "Plotter", "fit_sweep", "finalize", "fit_report", "verdict_lines", "load_sweep_runs"]
 
 APPROACH1_INPUT = "annealed endpoints: each completed run's final validation loss at its C"
 
@@ -153,22 +153,33 @@ def fit_sweep(plan: Plan, out: Path, *, options: SweepFitOptions = DEFAULT_OPTIO
     return output
 
 
+def verdict_lines(output: FitOutput) -> list[str]:
+    """The verdict line of each fitted group (one line without arms): every diagnostic passed,
+    or each failing check with its number and threshold."""
+    if output.error is not None:
+        return ["verdict: FAIL: no scaling law was fitted"]
+    results = output.groups if output.groups is not None else {None: output.fit}
+    lines = []
+    for key, r in results.items():
+        line = verdict_line(r.diagnostics, why=None if r.diagnostics is not None else _no_diagnostics(r))
+        lines.append(line if key is None else line.replace("verdict: ", f"verdict (arm = {key}): ", 1))
+    return lines
+
+
 def fit_report(fit: SweepFit) -> str:
     """The printed report of a sweep's fit: each group's fits and checks, a note for each
     approach 3 that did not run, and last the verdict line (per arm when the sweep has arms)."""
     output = fit.output
     if output.error is not None:
-        return f"fit: {output.error}\nverdict: FAIL: no scaling law was fitted"
+        return "\n".join([f"fit: {output.error}"] + verdict_lines(output))
     results = output.groups if output.groups is not None else {None: output.fit}
-    parts, verdicts = [], []
+    parts = []
     for key, r in results.items():
         title = "fit" if key is None else f"arm = {key}"
         parts.append(report(r, title=title, verdict=False))
         if isinstance(r.approach3, NotRun):
             parts.append(f"{'' if key is None else title + ': '}approach 3 not run: {r.approach3.reason}")
-        line = verdict_line(r.diagnostics, why=None if r.diagnostics is not None else _no_diagnostics(r))
-        verdicts.append(line if key is None else line.replace("verdict: ", f"verdict ({title}): ", 1))
-    return "\n".join(parts + verdicts)
+    return "\n".join(parts + verdict_lines(output))
 
 
 def _no_diagnostics(r) -> str:

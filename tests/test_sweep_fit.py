@@ -172,8 +172,8 @@ def test_a_failing_law_names_each_failing_check_in_the_last_line(tmp_path):
 
 
 def test_fit_count_nonembed_from_the_spec(tmp_path):
-    plan = make_plan(tmp_path, "fit: {count: nonembed}\n")
-    assert plan.spec.fit_count == "nonembed"
+    plan = make_plan(tmp_path, "fit: {count: nonembed, bootstrap: 3}\n")
+    assert plan.spec.fit_count == "nonembed" and plan.spec.fit_bootstrap == 3
     out = tmp_path / "sweep"
     out.mkdir()
     write_results(out / "results.csv")

@@ -48,7 +48,8 @@ def _approach3(result: FitResult) -> list[str]:
         for r in h.runs:
             lines.append(f"  {r.C:10.4g} {r.N:10.4g} {r.D:10.4g} {r.observed:9.5g} "
                          f"{_g(r.predicted, '9.5g')} {_g(r.rel_error, '+8.4f')}")
-        lines.append(f"  mean |rel. error| = {_g(h.mean_abs_rel_error, '.4f')}")
+        worst = max((abs(r.rel_error) for r in h.runs), default=float("nan"))
+        lines.append(f"  mean |rel. error| = {_g(h.mean_abs_rel_error, '.4f')}, worst = {_g(worst, '.4f')}")
         lines += _degenerate("hold-out fit", h.fit)
     return lines
 

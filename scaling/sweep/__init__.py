@@ -42,9 +42,10 @@ A sweep spec is a YAML file (``experiments/configs/*.yaml``)::
         config: {data: {curriculum: linear}}
         tags: {pacing: linear}   #   extra results columns of this arm's runs
     tags: {project: demo}        # optional extra results columns of every run
-    fit: true                    # false: no fit at the end; or {loss: val_loss, count: total|nonembed}
-                                 #   (count: the N of the law, default sizing.count; the other count's
-                                 #   fit is reported beside it)
+    fit: true                    # false: no fit at the end; or {loss: val_loss, count: total|nonembed,
+                                 #   bootstrap: 40} (count: the N of the law, default sizing.count, the
+                                 #   other count's fit reported beside it; bootstrap: approach 3's
+                                 #   resamples, each about 0.6 s of one core from the full start grid)
 
 A model is a *shape* ``{n_layer, d_model[, n_head]}`` (``n_head`` defaults to
 ``d_model / sizing.head_dim``) or a *target parameter count* (``1e5``, ``"100K"``, ``"1.5M"``).

@@ -111,13 +111,17 @@ def _optional_runs(plan: Plan, out: Path, runs: Runs, **cols) -> Runs | None:
     return other if _same_rows(runs, other) else None
 
 
-def fit_sweep(plan: Plan, out: Path, *, options: SweepFitOptions = DEFAULT_OPTIONS,
+def fit_sweep(plan: Plan, out: Path, *, options: SweepFitOptions | None = None,
               baselines: Mapping[str | None, Baseline | NotRun] | None = None) -> FitOutput:
     """Fit the completed runs of results.csv (per arm when the sweep has arms) as
     :func:`scaling.sweep.diagnose.fit_group` does; never raises for too few points: the reasons
-    are not-run notes (``error`` when no approach ran).  ``baselines``: the count-model baseline
-    per arm (key None without arms); computed (and cached in the sweep directory) when not given."""
+    are not-run notes (``error`` when no approach ran).  ``options``: the fit's sizes (default:
+    :data:`~scaling.sweep.diagnose.DEFAULT_OPTIONS` with the spec's ``fit.bootstrap``); ``baselines``:
+    the count-model baseline per arm (key None without arms); computed (and cached in the sweep
+    directory) when not given."""
     out = Path(out)
+    if options is None:
+        options = dataclasses.replace(DEFAULT_OPTIONS, bootstrap=plan.spec.fit_bootstrap)
     try:
         runs = load_sweep_runs(plan, out)
     except UsageError as e:

@@ -91,6 +91,7 @@ class Spec:
     fit: bool = True
     fit_loss: str = "val_loss"
     fit_count: str = "total"  # the parameter count N of the law: total (n_params) | nonembed
+    fit_bootstrap: int = 40  # approach-3 bootstrap resamples (each refitted from the full start grid)
 
 
 def _err(where: str, msg: str) -> UsageError:
@@ -262,11 +263,12 @@ def load_spec(path: str | Path) -> Spec:
             arms.append(Arm(aname, cfg, _parse_tags(am.get("tags"), f"{aw}.tags")))
         if len({a.name for a in arms}) != len(arms):
             raise _err(where, "arms has a repeated name")
-    fit, fit_loss, fit_count = d.get("fit", True), "val_loss", sizing.count
+    fit, fit_loss, fit_count, fit_boot = d.get("fit", True), "val_loss", sizing.count, Spec.fit_bootstrap
     if isinstance(fit, dict):
-        fm = _mapping(fit, f"{where}: fit", {"enabled", "loss", "count"})
+        fm = _mapping(fit, f"{where}: fit", {"enabled", "loss", "count", "bootstrap"})
         fit_loss = str(fm.get("loss", "val_loss"))
         fit_count = str(fm.get("count", sizing.count))
+        fit_boot = _positive_int(fm.get("bootstrap", fit_boot), f"{where}: fit.bootstrap")
         fit = fm.get("enabled", True)
     if not isinstance(fit, bool):
         raise _err(where, f"fit must be true, false or a mapping, got {fit!r}")
@@ -277,7 +279,7 @@ def load_spec(path: str | Path) -> Spec:
     return Spec(name=name, path=str(p), design=design, base=base, sizing=sizing,
                 description=str(d.get("description") or "").strip(), arms=tuple(arms),
                 tags=_parse_tags(d.get("tags"), f"{where}: tags"), fit=fit, fit_loss=fit_loss, fit_count=fit_count,
-                **kw)
+                fit_bootstrap=fit_boot, **kw)
 
 
 def _si(x: float) -> str:

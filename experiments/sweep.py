@@ -11,7 +11,15 @@ Overrides --section.field VALUE apply to the base train config of every run.
 Writes DIR/results.csv (one row per finished run of the plan, rebuilt from runs/*/summary.json;
 run directories of another spec or config that shared DIR are left out and named),
 DIR/runs/<run_id>/ (experiments.train's outputs) and, when every planned run has finished,
-DIR/fit.json (every fit approach the data supports) and DIR/plots/*.png.
+DIR/fit.json and DIR/plots/*.png. The fit: approach 3 with bootstrap intervals, approach 2 with
+its intervals, approach 1 on the runs' annealed endpoints, approach 3 with the other parameter
+count (the spec's fit.count, default sizing.count, is the N of the law), the seed-to-seed noise
+beside the law's residuals, the count-model baseline of the validation tokens (cached in
+DIR/baseline.json), and 13 diagnostics (regime, non-degenerate, stable, agreement, and the
+extrapolation to the largest budget from a fit without it). The printed report ends with the
+verdict: PASS, or each failing check with its number and threshold. The verdict is the
+science, not an error: a sweep that ran exits with exit code 0 whatever the verdict; bad input
+exits 2 before anything runs.
 
 Rerunning the same command resumes: completed runs are kept, a partial run resumes from its
 checkpoint, a diverged run is kept as diverged unless --retry-diverged (then it resumes from
@@ -27,6 +35,7 @@ turns it off) keeps runs that compile the same program from compiling again.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -136,6 +145,24 @@ def _report(result, out: Path) -> None:
               f"written when the last one finishes")
     elif result.fit_path is not None:
         print(f"fit: {result.fit_path}; plots: {out / 'plots'}")
+        for line in _verdicts(result):
+            print(line)
+
+
+def _verdicts(result) -> list[str]:
+    """The verdict line(s) of the sweep's fit: of the fit written now, else of fit.json."""
+    from scaling import sweep
+
+    if result.fit is not None:
+        return sweep.verdict_lines(result.fit.output)
+    fit = json.loads(result.fit_path.read_text())
+    groups = fit.get("groups") or {None: fit}
+    lines = []
+    for key, g in groups.items():
+        diag = g.get("diagnostics")
+        text = diag["verdict"] if diag else "FAIL: no diagnostics in fit.json"
+        lines.append(f"verdict{'' if key is None else f' (arm = {key})'}: {text}")
+    return lines
 
 
 if __name__ == "__main__":

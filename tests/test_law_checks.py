@@ -170,6 +170,24 @@ def test_non_degenerate_exponents_and_width_thresholds():
     assert c["non_degenerate.a_width"].passed
 
 
+def test_non_degenerate_fails_on_runs_built_to_fail_each_check():
+    """Runs from a law whose alpha is 0.05 (beta 1.3): the fitted exponents leave [0.1, 1.0];
+    the good design with 3% noise: a's interval is wider than 0.25."""
+    flat = (1.8172, 3.0, 2.0e9, 0.05, 1.3)
+    N, D, L, _ = shared_sizes_isoflop(flat, noise=0.0005)
+    fit = laws.fit_approach3(N, D, L, starts=STARTS)
+    c = by_name(law_checks.check_non_degenerate((1.0, 2.0), fit.alpha, fit.beta, (0.4, 0.5)))
+    assert not c["non_degenerate.alpha"].passed and c["non_degenerate.alpha"].value < 0.1
+    assert not c["non_degenerate.beta"].passed and c["non_degenerate.beta"].value > 1.0
+    N, D, L, _ = shared_sizes_isoflop(noise=0.03, seed=3)
+    fit = laws.fit_approach3(N, D, L, starts=STARTS)
+    boot = laws.bootstrap_approach3(N, D, L, fit, 50, seed=0)
+    c = by_name(law_checks.check_non_degenerate(boot.interval("E"), fit.alpha, fit.beta, boot.interval("a")))
+    lo, hi = boot.interval("a")
+    assert not c["non_degenerate.a_width"].passed and c["non_degenerate.a_width"].value == pytest.approx(hi - lo)
+    assert hi - lo > 0.25
+
+
 # ----------------------------------------------------------------------- stable
 
 

@@ -320,13 +320,15 @@ def verdict(checks: Sequence[Check]) -> Verdict:
 
 def diagnose(
     N, D, L, *, fit: LawFit, ci: Mapping[str, Sequence[float]], C=None, budgets=None, rtol: float = 0.1,
-    baseline: float | None = None, alt_N=None, approach2: IsoFlopFit | None = None, approach2_a_interval=None,
+    baseline: float | None = None, alt_N=None, alt_fit: LawFit | None = None, approach2: IsoFlopFit | None = None,
+    approach2_a_interval=None,
     n_resamples: int = 200, seed: int = 0, level: float = 0.95, starts=None, thresholds: Thresholds = Thresholds(),
 ) -> Verdict:
     """Every check on runs (N, D, L) and their approach-3 ``fit`` with its bootstrap
     intervals ``ci`` ({"E": [lo, hi], "a": [lo, hi], ...}, as :meth:`Bootstrap.ci`).
 
-    ``alt_N``: a second parameter count per run, refitted for ``stable.n_count``.
+    ``alt_N``: a second parameter count per run, refitted for ``stable.n_count`` (or
+    ``alt_fit``: that refit, already made).
     ``approach2``/``approach2_a_interval``: approach 2's fit and its interval for a
     (both computed here when not given, with ``n_resamples`` residual resamples).
     ``starts``: approach-3 starts of the refits (default the full grid).
@@ -340,9 +342,10 @@ def diagnose(
     checks += check_non_degenerate(ci["E"], fit.alpha, fit.beta, ci["a"], thresholds)
     a_delta = a_across_deltas(N, D, L, thresholds.deltas, starts=starts, known={fit.delta: fit.a})
     a_counts = None
-    if alt_N is not None:
-        alt = approach3.fit_approach3(np.asarray(alt_N, dtype=np.float64), D, L, delta=fit.delta, starts=starts)
-        a_counts = (fit.a, alt.a)
+    if alt_fit is None and alt_N is not None:
+        alt_fit = approach3.fit_approach3(np.asarray(alt_N, dtype=np.float64), D, L, delta=fit.delta, starts=starts)
+    if alt_fit is not None:
+        a_counts = (fit.a, alt_fit.a)
     checks += check_stability(a_delta, a_counts, thresholds)
     try:
         if approach2 is None:

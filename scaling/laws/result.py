@@ -22,6 +22,12 @@ JSON written by ``python -m analysis.fit`` (a sweep's fit.json has the same keys
                     "method", "n_failed"}, "budget_ci": [{"C", "N_opt": [lo, hi],
                     "D_opt": [lo, hi], "n_no_minimum"}] | "ci_not_run": reason},
       "diagnostics": {"passed", "verdict", "failed", "not_evaluated", "checks"},
+      "baseline": {"unigram", "bigram", "trigram", "split", "tokens", "units",
+                   "regime_loss"} | {"not_run": reason},   # a sweep's count models
+      "noise": {"sigma", "n_pairs", "residual_rms"},      # seed-to-seed vs the law's residuals
+      "n_count": "total" | "nonembed",                    # the parameter count the law uses
+      "alt_count": {"count", "n_col", <approach 3's keys>} | {"count", "n_col", "not_run"},
+      "compute": [{"N", "n_runs", "flops_6nd", "flops_chinchilla", "ratio"}],  # C by both counts
       "approach1": {"a", "b", "k_n", "k_d", "n_runs", "envelope": [{"C", "N_opt",
                     "D_opt", "L_min"}], "degenerate", "degenerate_reasons"}
                    (on annealed endpoints: "input": "annealed endpoints", "refine",
@@ -41,8 +47,11 @@ keys above>}, "approach1": ..., "input": ...}``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+import numpy as np
 
 from scaling.laws.approach1 import EndpointEnvelope, Envelope
 from scaling.laws.approach2 import Approach2Bootstrap, IsoFlopFit
@@ -52,7 +61,10 @@ from scaling.laws.checks import Verdict
 from scaling.laws.holdout import Holdout
 from scaling.laws.record import JsonRecord, NotRun, json_safe
 
-__all__ = ["Prediction", "FitResult", "FitOutput"]
+__all__ = ["Prediction", "Baseline", "Noise", "AltCount", "ComputeRow", "FitResult", "FitOutput", "COUNT_COLUMNS"]
+
+COUNT_COLUMNS = {"total": "n_params", "nonembed": "n_params_nonembed"}
+"""The results column of each parameter count a law can use."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +90,93 @@ class Prediction(JsonRecord):
 
 
 @dataclass(frozen=True)
+class Baseline(JsonRecord):
+    """Count models (:mod:`scaling.laws.count_models`) scored on the validation tokens the runs'
+    loss averages over, in nats per token; ``regime_loss``: the trigram's loss in the fitted
+    loss column's units (what the regime check compares with; None when not comparable)."""
+
+    unigram: float
+    bigram: float
+    trigram: float
+    tokens: int  # scored target tokens
+    split: str = "validation"
+    units: str = "nats per token"
+    regime_loss: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"unigram": self.unigram, "bigram": self.bigram, "trigram": self.trigram, "split": self.split,
+                "tokens": self.tokens, "units": self.units, "regime_loss": self.regime_loss}
+
+
+@dataclass(frozen=True)
+class Noise(JsonRecord):
+    """The measurement noise of a loss, from points run with two or more seeds, beside the law's
+    residuals: ``sigma`` is the pooled seed-to-seed standard deviation (sqrt of the summed squared
+    deviations from each point's mean over n - k; for pairs, sqrt(mean(diff^2) / 2)), ``n_pairs``
+    the (N, D) points with 2+ seeds, ``residual_rms`` the RMS of observed - predicted loss over all
+    fitted runs.  All in the loss's units; a residual RMS near sigma means the law explains the
+    data down to its noise."""
+
+    sigma: float | None
+    n_pairs: int
+    residual_rms: float | None
+
+    @classmethod
+    def from_runs(cls, N, D, L, predicted=None) -> Noise:
+        N, D, L = (np.asarray(v, dtype=np.float64).ravel() for v in (N, D, L))
+        keys = np.stack([N, D], axis=1)
+        _, inv, counts = np.unique(keys, axis=0, return_inverse=True, return_counts=True)
+        inv = inv.ravel()
+        means = np.bincount(inv, weights=L) / counts
+        repeated = counts[inv] >= 2
+        n_groups = int(np.sum(counts >= 2))
+        sigma = None
+        if n_groups:
+            ss = float(np.sum((L[repeated] - means[inv[repeated]]) ** 2))
+            sigma = math.sqrt(ss / (int(repeated.sum()) - n_groups))
+        rms = None
+        if predicted is not None:
+            r = L - np.asarray(predicted, dtype=np.float64).ravel()
+            rms = float(np.sqrt(np.mean(r**2))) if np.all(np.isfinite(r)) else None
+        return cls(sigma=sigma, n_pairs=n_groups, residual_rms=rms)
+
+    def to_dict(self) -> dict:
+        return {"sigma": self.sigma, "n_pairs": self.n_pairs, "residual_rms": self.residual_rms}
+
+
+@dataclass(frozen=True)
+class AltCount(JsonRecord):
+    """Approach 3 fitted with the other parameter count (``count``: total | nonembed)."""
+
+    count: str
+    n_col: str
+    fit: LawFit | NotRun
+
+    def to_dict(self) -> dict:
+        return {"count": self.count, "n_col": self.n_col, **self.fit.to_dict()}
+
+
+@dataclass(frozen=True)
+class ComputeRow(JsonRecord):
+    """One model size's training compute by two counts: 6ND, and Chinchilla's Appendix F count
+    (attention included, embeddings' parameters not multiplied through); summed over its runs."""
+
+    N: float
+    n_runs: int
+    flops_6nd: float
+    flops_chinchilla: float
+
+    @property
+    def ratio(self) -> float:
+        """Chinchilla's count over 6ND."""
+        return self.flops_chinchilla / self.flops_6nd
+
+    def to_dict(self) -> dict:
+        return {"N": self.N, "n_runs": self.n_runs, "flops_6nd": self.flops_6nd,
+                "flops_chinchilla": self.flops_chinchilla, "ratio": self.ratio}
+
+
+@dataclass(frozen=True)
 class FitResult(JsonRecord):
     """Every fit of one set of runs; an approach not asked for is None."""
 
@@ -89,6 +188,11 @@ class FitResult(JsonRecord):
     approach2_ci: Approach2Bootstrap | NotRun | None = None
     approach1: Envelope | EndpointEnvelope | NotRun | None = None
     diagnostics: Verdict | None = None
+    baseline: Baseline | NotRun | None = None
+    noise: Noise | None = None
+    n_count: str | None = None  # the parameter count N the law uses: total | nonembed
+    alt_count: AltCount | None = None
+    compute: tuple[ComputeRow, ...] = ()
 
     @property
     def law(self) -> LawFit | None:
@@ -134,6 +238,16 @@ class FitResult(JsonRecord):
             d["diagnostics"] = self.diagnostics.to_dict()
         if self.approach1 is not None:
             d["approach1"] = self.approach1.to_dict()
+        if self.baseline is not None:
+            d["baseline"] = self.baseline.to_dict()
+        if self.noise is not None:
+            d["noise"] = self.noise.to_dict()
+        if self.n_count is not None:
+            d["n_count"] = self.n_count
+        if self.alt_count is not None:
+            d["alt_count"] = self.alt_count.to_dict()
+        if self.compute:
+            d["compute"] = [r.to_dict() for r in self.compute]
         return json_safe(d)
 
 

@@ -8,6 +8,9 @@
 - :mod:`~scaling.sweep.fit`: the end-of-run fit (:mod:`scaling.laws`), fit.json and its report
 - :mod:`~scaling.sweep.hparams`: the per-size settings of every run (lr rule, warmup, init)
 - :mod:`~scaling.sweep.pilot`: the learning-rate pilot scan, the rule fitted to it, the sweep run after it
+- :mod:`~scaling.sweep.diagnose`: what that fit computes (approaches 1-3 with intervals, the other
+  parameter count, the diagnostics and their verdict, the noise, the compute counts)
+- :mod:`~scaling.sweep.baseline`: the count-model baseline on the runs' validation tokens
 
 Their public names are re-exported here, so ``from scaling import sweep`` reaches all of
 them (``sweep.execute`` and ``sweep.calibrate`` are the functions; their modules are
@@ -51,6 +54,10 @@ A sweep spec is a YAML file (``experiments/configs/*.yaml``)::
       warmup_tokens_per_param: 1 #   warmup N tokens ...
       warmup_max_fraction: 0.05  #   ... at most this fraction of the size's shortest run
       init_scale: 1.0            #   optional: model.init_std = init_scale / sqrt(d_model)
+    fit: true                    # false: no fit at the end; or {loss: val_loss, count: total|nonembed,
+                                 #   bootstrap: 40} (count: the N of the law, default sizing.count, the
+                                 #   other count's fit reported beside it; bootstrap: approach 3's
+                                 #   resamples, each about 0.6 s of one core from the full start grid)
 
 A model is a *shape* ``{n_layer, d_model[, n_head]}`` (``n_head`` defaults to
 ``d_model / sizing.head_dim``) or a *target parameter count* (``1e5``, ``"100K"``, ``"1.5M"``).
@@ -81,6 +88,7 @@ Sweep directory::
                                   .lock is held while the run trains (by a sweep or experiments.train)
     DIR/results.csv               one row per finished run of the plan, rebuilt from runs/*/summary.json
     DIR/sweep_log.jsonl           one line per run start/end: run_id, start step, status, pid, host
+    DIR/baseline.json             the count-model baseline of the runs' validation tokens (a cache)
     DIR/fit.json, DIR/plots/      when every planned run has finished (the plots drawn by the caller's
                                   ``plot``: experiments.sweep passes analysis.sweep_plots.plot_sweep)
     DIR/locks/                    advisory lock of the results rebuild
@@ -105,7 +113,9 @@ from scaling.sweep.results import (RESULT_COLUMNS, VOLATILE_COLUMNS, check_outpu
 from scaling.sweep.plan import (Plan, PlannedRun, count, fit_support, format_duration, format_plan, format_tokens,
                                 make_plan, parse_shard, shape_for)
 from scaling.sweep.calibrate import Calibration, calibrate, shape_key
-from scaling.sweep.fit import Plotter, SweepFit, _results_digest, finalize, fit_report, fit_sweep, load_sweep_runs
+from scaling.sweep.diagnose import SweepFitOptions
+from scaling.sweep.fit import (Plotter, SweepFit, _results_digest, finalize, fit_report, fit_sweep, load_sweep_runs,
+                               verdict_lines)
 from scaling.sweep.execute import SweepResult, _compile_ahead, execute
 from scaling.sweep.hparams import LrApplied, LrOptimum, LrRule
 from scaling.sweep.pilot import fit_rule, plan_scan, read_rule, record_rule, rule_report
@@ -114,8 +124,9 @@ __all__ = [  # with the two private names tests and benchmarks reach through the
     "_compile_ahead", "_results_digest", "Arm", "Budget", "Calibration", "LrApplied", "LrOptimum", "LrRule",
     "ModelSpec", "Plan", "PlannedRun", "fit_rule", "plan_scan", "read_rule", "record_rule", "rule_report",
     "Plotter", "RESULT_COLUMNS", "Sizing", "Spec",
+    "SweepFitOptions",
     "SweepFit", "SweepResult", "VOLATILE_COLUMNS", "calibrate", "check_outputs", "collect_rows", "count", "execute",
     "finalize", "fit_report", "fit_support", "fit_sweep", "format_duration", "format_plan", "format_tokens",
     "ignored_runs", "load_spec", "load_sweep_runs", "log_event", "make_plan", "parse_number", "parse_shard",
-    "read_log", "rebuild_results", "results_csv_text", "shape_for", "shape_key",
+    "read_log", "rebuild_results", "results_csv_text", "shape_for", "shape_key", "verdict_lines",
 ]

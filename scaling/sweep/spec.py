@@ -130,6 +130,8 @@ class Spec:
             ("optim.warmup_steps",) if self.per_size else ()) + (
             ("model.init_std",) if self.per_size and self.per_size.init_scale is not None else ())
         return DESIGN_FIELDS + extra
+    fit_count: str = "total"  # the parameter count N of the law: total (n_params) | nonembed
+    fit_bootstrap: int = 40  # approach-3 bootstrap resamples (each refitted from the full start grid)
 
 
 def _err(where: str, msg: str) -> UsageError:
@@ -301,19 +303,24 @@ def load_spec(path: str | Path) -> Spec:
             arms.append(Arm(aname, cfg, _parse_tags(am.get("tags"), f"{aw}.tags")))
         if len({a.name for a in arms}) != len(arms):
             raise _err(where, "arms has a repeated name")
-    fit, fit_loss = d.get("fit", True), "val_loss"
+    fit, fit_loss, fit_count, fit_boot = d.get("fit", True), "val_loss", sizing.count, Spec.fit_bootstrap
     if isinstance(fit, dict):
-        fm = _mapping(fit, f"{where}: fit", {"enabled", "loss"})
+        fm = _mapping(fit, f"{where}: fit", {"enabled", "loss", "count", "bootstrap"})
         fit_loss = str(fm.get("loss", "val_loss"))
+        fit_count = str(fm.get("count", sizing.count))
+        fit_boot = _positive_int(fm.get("bootstrap", fit_boot), f"{where}: fit.bootstrap")
         fit = fm.get("enabled", True)
     if not isinstance(fit, bool):
         raise _err(where, f"fit must be true, false or a mapping, got {fit!r}")
     if fit_loss not in ("val_loss", "final_train_loss", "val_bpb"):
         raise _err(where, f"fit.loss must be val_loss, final_train_loss or val_bpb, got {fit_loss!r}")
     kw.update(_parse_hparams(d, where))
+    if fit_count not in ("total", "nonembed"):
+        raise _err(where, f"fit.count must be total or nonembed, got {fit_count!r}")
     return Spec(name=name, path=str(p), design=design, base=base, sizing=sizing,
                 description=str(d.get("description") or "").strip(), arms=tuple(arms),
-                tags=_parse_tags(d.get("tags"), f"{where}: tags"), fit=fit, fit_loss=fit_loss, **kw)
+                tags=_parse_tags(d.get("tags"), f"{where}: tags"), fit=fit, fit_loss=fit_loss, fit_count=fit_count,
+                fit_bootstrap=fit_boot, **kw)
 
 
 def _parse_hparams(d: dict, where: str) -> dict:

@@ -126,7 +126,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warmup and cosine decay to min_lr_ratio*lr at the end of the token budget."""
+    """AdamW with linear warmup, then cosine decay (or warmup-stable-decay) to min_lr_ratio*lr at
+    the end of the token budget."""
 
     lr: float = _f(1e-3, "peak learning rate", gt=0)
     min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of the peak", ge=0, le=1)
@@ -137,9 +138,19 @@ class OptimConfig:
     beta2: float = _f(0.95, "Adam beta2", ge=0, lt=1)
     eps: float = _f(1e-8, "Adam epsilon", gt=0)
     grad_clip: float = _f(1.0, "clip the global gradient norm to this; 0 disables", ge=0)
+    schedule: str = _f("cosine", "learning-rate schedule after the warmup: cosine (decay over the whole run) | wsd "
+                                 "(warmup-stable-decay: the peak rate until the last decay_fraction of the steps, "
+                                 "which decay; a shorter wsd run is a branch of a longer one)")
+    decay_fraction: float = _f(0.2, "schedule=wsd: the share of the run's steps (rounded) that decays at the end",
+                               gt=0, le=1)
+    decay_shape: str = _f("1-sqrt", "schedule=wsd: the decay's shape: linear | 1-sqrt (lr falls as 1 - sqrt of the "
+                                    "decay's progress)")
 
     def __post_init__(self) -> None:
         _check_fields(self)
+        _check(self.schedule in ("cosine", "wsd"), f"optim.schedule must be cosine or wsd, got {self.schedule!r}")
+        _check(self.decay_shape in ("linear", "1-sqrt"),
+               f"optim.decay_shape must be linear or 1-sqrt, got {self.decay_shape!r}")
 
 
 @dataclass(frozen=True)
@@ -255,6 +266,9 @@ class Config:
         for key in RESUME_SAFE_FIELDS:
             sec, name = key.split(".")
             d.get(sec, {}).pop(name, None)
+        if self.optim.schedule == "cosine":  # the wsd fields change nothing (and older runs hash as before)
+            for name in WSD_FIELDS:
+                d["optim"].pop(name, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -263,6 +277,8 @@ class Config:
 RESUME_IDENTITY_SECTIONS = ("model", "data", "optim", "train")
 RESUME_SAFE_FIELDS = ("model.attention", "train.eval_every", "train.eval_batches", "train.log_every", "train.progress",
                       "train.skip_nonfinite")
+WSD_FIELDS = ("schedule", "decay_fraction", "decay_shape")
+"""The optim fields of the warmup-stable-decay schedule (no part of a cosine run's identity)."""
 HIDDEN_SECTIONS = ("debug",)
 """Sections settable on the command line but left out of --help."""
 MOVED_FIELDS = {"train.inject_nan_step": "debug.inject_nan_step"}

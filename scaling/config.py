@@ -272,6 +272,19 @@ class Config:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def first_difference(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> str:
+    """The first identity field (``section.field``, not one of RESUME_SAFE_FIELDS or ``ignore``)
+    where ``a`` and ``b`` differ, as ``"sec.field: A there, B now"``."""
+    da, db = a.to_dict(), b.to_dict()
+    for sec in RESUME_IDENTITY_SECTIONS:
+        for k in da[sec]:
+            if f"{sec}.{k}" in RESUME_SAFE_FIELDS or f"{sec}.{k}" in ignore:
+                continue
+            if da[sec][k] != db[sec].get(k):
+                return f"{sec}.{k}: {da[sec][k]!r} there, {db[sec].get(k)!r} now"
+    return "identity hash differs"
+
+
 # Sections whose change makes an existing checkpoint a different run; within them, fields
 # that are safe to change on resume.
 RESUME_IDENTITY_SECTIONS = ("model", "data", "optim", "train")

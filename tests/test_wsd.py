@@ -22,7 +22,7 @@ from scaling.config import OptimConfig
 from scaling.errors import UsageError
 from scaling.train import load_run
 from scaling.train.optimizer import decay_start, lr_schedule
-from tests.helpers import REPO, TINY, run_cli
+from tests.helpers import REPO, TINY
 
 # ------------------------------------------------------------------ the schedule
 
@@ -88,3 +88,112 @@ def test_wsd_fields_are_checked_and_enter_the_identity_only_for_wsd():
     a = Config(optim=OptimConfig(schedule="wsd"))
     b = Config(optim=OptimConfig(schedule="wsd", decay_fraction=0.5))
     assert len({base.identity_hash(), a.identity_hash(), b.identity_hash()}) == 3
+
+
+# ------------------------------------------------------------------ branches of a run
+
+WSD = [*TINY, "--optim.schedule", "wsd", "--optim.min_lr_ratio", "0", "--checkpoint.keep", "1"]
+PARENT = [*WSD, "--train.tokens", "40960", "--checkpoint.every_steps", "20"]  # 160 steps, decay from 128
+SHORT = [*WSD, "--train.tokens", "20480", "--checkpoint.every_steps", "4"]  # 80 steps, decay from 64
+
+
+def _params(out):
+    return jax.tree.leaves(jax.device_get(load_run(out)[1]))
+
+
+def _metrics(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def _tree(d):
+    """Every file under ``d`` with its size and modification time (to see that nothing changed)."""
+    return {p.relative_to(d): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(d.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    """A 160-step wsd parent that keeps its checkpoint at step 64 (pruned away otherwise: it keeps
+    one checkpoint and saves every 20 steps), and the 80-step wsd run trained from scratch."""
+    base = tmp_path_factory.mktemp("wsd-family")
+    train_cli.main(["--out", str(base / "parent"), *PARENT, "--keep-steps", "64"])
+    train_cli.main(["--out", str(base / "scratch"), *SHORT])
+    return base
+
+
+def test_parent_keeps_its_branch_point_beside_the_last_checkpoint(family):
+    assert sorted(int(p.name) for p in (family / "parent" / "checkpoints").iterdir() if p.name.isdigit()) == [64, 160]
+
+
+def test_a_branch_equals_the_run_trained_from_scratch_bitwise(family, tmp_path):
+    before = _tree(family / "parent")
+    out = tmp_path / "branch"
+    summary = train_cli.main(["--out", str(out), *SHORT, "--branch-from", f"{family / 'parent'}@64"])
+    assert _tree(family / "parent") == before  # the parent is only read
+    for a, b in zip(_params(out), _params(family / "scratch"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    ref = json.loads((family / "scratch" / "summary.json").read_text())
+    for key in ("val_loss", "final_train_loss", "tokens", "steps", "flops_6nd"):
+        assert summary[key] == ref[key], key
+    assert summary["parent"] == "parent" and summary["stable_steps"] == 64
+    assert ref["parent"] is None and ref["stable_steps"] is None
+    lines = _metrics(out)
+    assert lines[0]["step"] > 64 and lines[-1]["step"] == 80
+    assert [x["loss"] for x in lines] == [x["loss"] for x in _metrics(family / "scratch") if x["step"] > 64]
+
+
+def test_a_branch_killed_mid_cooldown_resumes_to_the_unbroken_run(family, tmp_path):
+    out = tmp_path / "branch"
+    args = [sys.executable, "-m", "experiments.train", "--out", str(out), *SHORT,
+            "--branch-from", f"{family / 'parent'}@64"]
+    env = dict(os.environ, XLA_FLAGS="")
+    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        committed = [int(p.parent.name) for p in out.glob("checkpoints/*/checksums.json") if p.parent.name.isdigit()]
+        if any(s >= 68 for s in committed):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the branch ended before the kill"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # the rerun resumes from the branch's own checkpoint, even with the parent's branch point gone
+    hidden = family / "parent" / "checkpoints" / "64"
+    os.rename(hidden, hidden.with_name("hidden-64"))
+    try:
+        r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        os.rename(hidden.with_name("hidden-64"), hidden)
+    assert r.returncode == 0, r.stderr
+    for a, b in zip(_params(out), _params(family / "scratch"), strict=True):
+        np.testing.assert_array_equal(a, b)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["parent"] == "parent" and summary["stable_steps"] == 64
+    assert [x["step"] for x in _metrics(out)] == [x["step"] for x in _metrics(family / "scratch") if x["step"] > 64]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--branch-from", "nowhere"], "PARENT_RUN_DIR@STEP"),
+    (["--branch-from", "{tmp}/missing@64"], "no run directory"),
+    (["--branch-from", "{parent}@60"], "no checkpoint at step 60"),
+    (["--branch-from", "{parent}@72"], "after this run's decay start"),
+    (["--branch-from", "{parent}@64", "--optim.lr", "2e-3"], "optim.lr"),
+    (["--branch-from", "{parent}@64", "--optim.schedule", "cosine"], "optim.schedule wsd"),
+    (["--keep-steps", "5,x"], "--keep-steps"),
+    (["--keep-steps", "500"], "keep_steps"),
+])
+def test_bad_branch_input_exits_2_with_one_line(family, tmp_path, capsys, flags, message):
+    flags = [f.format(tmp=tmp_path, parent=family / "parent") for f in flags]
+    out = tmp_path / "branch"
+    with pytest.raises(SystemExit) as e:
+        train_cli.main(["--out", str(out), *SHORT, *flags])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (out / "metrics.jsonl").exists() and not (out / "config.yaml").exists()
+
+
+def test_a_branch_after_the_parents_decay_start_is_refused(family, tmp_path, capsys):
+    """The parent's own decay start bounds the branch point too (the parent here is 80 steps)."""
+    with pytest.raises(SystemExit):
+        train_cli.main(["--out", str(tmp_path / "b"), *WSD, "--train.tokens", "30720",
+                        "--branch-from", f"{family / 'scratch'}@80"])
+    assert "after the parent's decay start" in capsys.readouterr().err

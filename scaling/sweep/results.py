@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from scaling import config as config_lib
-from scaling.config import Config
 from scaling.errors import UsageError
 from scaling.io import atomic_write_text, file_lock
 from scaling.run_dir import read_config
@@ -182,17 +181,7 @@ def check_outputs(plan: Plan, out: Path) -> None:
         except UsageError as e:
             raise UsageError(f"{stored} is not a readable run config ({e}); use a new --out") from None
         if old.identity_hash() != r.cfg.identity_hash():
-            diff = _first_difference(old, r.cfg)
+            diff = config_lib.first_difference(old, r.cfg)
             raise UsageError(f"{out / 'runs' / r.run_id} was trained with a different config ({diff}); "
                              f"use a new --out, or --resume.allow_config_change true")
 
-
-def _first_difference(a: Config, b: Config) -> str:
-    da, db = a.to_dict(), b.to_dict()
-    for sec in config_lib.RESUME_IDENTITY_SECTIONS:
-        for k in da[sec]:
-            if f"{sec}.{k}" in config_lib.RESUME_SAFE_FIELDS:
-                continue
-            if da[sec][k] != db[sec].get(k):
-                return f"{sec}.{k}: {da[sec][k]!r} there, {db[sec].get(k)!r} now"
-    return "identity hash differs"

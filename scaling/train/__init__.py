@@ -29,7 +29,7 @@ from scaling.train.step import RunArgs, TrainState, eval_step, train_step
 
 __all__ = [
     "AUTO_MICROBATCH_TOKENS", "MetricsLogger", "Run", "RunArgs", "ShapePrograms", "TrainState", "Trainer",
-    "cross_entropy", "decay_mask", "decay_start", "eval_step", "load_run", "loss_and_grads", "lr_schedule", "make_optimizer",
-    "resolve_microbatches", "scale_by_lr_schedule", "setup_distributed", "shape_fields", "short_gil_switch",
-    "steps_for", "train_step", "truncate_metrics",
+    "cross_entropy", "decay_mask", "decay_start", "eval_step", "load_run", "loss_and_grads", "lr_schedule",
+    "make_optimizer", "resolve_microbatches", "scale_by_lr_schedule", "setup_distributed", "shape_fields",
+    "short_gil_switch", "steps_for", "train_step", "truncate_metrics",
 ]

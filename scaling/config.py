@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from scaling.curriculum_config import check_config as check_curriculum
@@ -151,6 +152,20 @@ class OptimConfig:
         _check(self.schedule in ("cosine", "wsd"), f"optim.schedule must be cosine or wsd, got {self.schedule!r}")
         _check(self.decay_shape in ("linear", "1-sqrt"),
                f"optim.decay_shape must be linear or 1-sqrt, got {self.decay_shape!r}")
+
+    def decay_steps(self, total_steps: Any, xp: Any = np) -> Any:
+        """schedule=wsd: the decaying steps at the end of a run, round(decay_fraction *
+        total_steps) computed in float32 (half to even) and clipped to [1, total_steps]. ``xp``
+        is numpy on the host and jax.numpy in the traced schedule: the same float32 product and
+        rounding, so the host and the compiled step agree on every length."""
+        n = xp.round(xp.float32(self.decay_fraction) * xp.asarray(total_steps).astype(xp.float32)).astype(xp.int32)
+        return xp.clip(n, 1, xp.maximum(xp.asarray(total_steps, xp.int32), 1))
+
+    def decay_start(self, total_steps: int) -> int:
+        """schedule=wsd: the first step of the decay. The steps before it run at the warmup or
+        peak rate, the same in every longer run of this config: a shorter run is a branch of a
+        longer one from a checkpoint at or before this step."""
+        return int(total_steps) - int(self.decay_steps(np.int32(total_steps)))
 
 
 @dataclass(frozen=True)

@@ -70,6 +70,14 @@ def _run_identity(run_dir: Path) -> str | None:
         return None
 
 
+def _optim(run_dir: Path):
+    """The optimizer config of the run trained in ``run_dir``, or None."""
+    try:
+        return read_config(run_dir).optim
+    except UsageError:
+        return None
+
+
 def _summaries(out: Path, plan: Plan | None) -> tuple[list[tuple[Path, dict]], list[str]]:
     """(run directory, summary) of every finished run of ``plan`` (all of DIR/runs without a
     plan), and the run ids of the others, which are left out: a run of another plan (a
@@ -108,6 +116,9 @@ def collect_rows(out: Path, plan: Plan | None = None) -> list[dict]:
         row["budget"] = entry.get("budget")
         row["seed"] = entry.get("seed", summary.get("seed"))
         row["target_n"] = entry.get("target_n")
+        row["parent"], row["stable_steps"] = summary.get("parent"), summary.get("stable_steps")
+        optim = _optim(run_dir)
+        row["lr"], row["warmup_steps"] = (None, None) if optim is None else (optim.lr, optim.warmup_steps)
         if entry.get("arm") is not None:
             row["arm"] = entry["arm"]
         for k, v in (entry.get("tags") or {}).items():

@@ -6,9 +6,9 @@ constant in it, so that one compiled train step serves runs of every length.
 
 WSD holds the peak rate after the warmup and decays over the last
 ``round(decay_fraction * total_steps)`` steps (at least one) to ``min_lr_ratio * lr``. Before
-its decay start (:func:`decay_start`) a run's rates are computed by the same float operations
-whatever its length, so they are bit for bit those of any longer run: a shorter run is a
-cooldown branch of a longer one's stable phase.
+its decay start (:meth:`~scaling.config.OptimConfig.decay_start`) a run's rates are computed
+by the same float operations whatever its length, so they are bit for bit those of any longer
+run: a shorter run is a cooldown branch of a longer one's stable phase.
 """
 
 from __future__ import annotations
@@ -17,37 +17,22 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from scaling.config import OptimConfig
 
 
-def _decay_steps(cfg: OptimConfig, total_steps, xp):
-    """round(decay_fraction * total_steps) in float32 (half to even), clipped to [1, total_steps]:
-    ``xp`` is numpy on the host, jax.numpy traced (the same float32 product and rounding)."""
-    n = xp.round(xp.float32(cfg.decay_fraction) * xp.asarray(total_steps).astype(xp.float32)).astype(xp.int32)
-    return xp.clip(n, 1, xp.maximum(xp.asarray(total_steps, xp.int32), 1))
-
-
-def decay_start(cfg: OptimConfig, total_steps: int) -> int:
-    """The first step of a wsd run's decay: steps before it run at the warmup or peak rate, the
-    same in every longer run (a branch of a longer run starts from its checkpoint at a step at
-    or before this one)."""
-    return int(total_steps) - int(_decay_steps(cfg, np.int32(total_steps), np))
-
-
 def lr_schedule(cfg: OptimConfig, total_steps):
     """Linear warmup to the peak over ``warmup_steps`` (nanoGPT's (s+1)/(w+1)), then cosine
     decay that reaches ``min_lr_ratio * lr`` exactly at the last step (s = total_steps-1), or
-    for ``schedule=wsd`` the peak until :func:`decay_start` and then a linear or 1-sqrt decay
-    whose last step (s = total_steps-1) is at ``min_lr_ratio * lr``. ``total_steps`` may be a
+    for ``schedule=wsd`` the peak until ``cfg.decay_start(total_steps)`` and then a linear or
+    1-sqrt decay whose last step (s = total_steps-1) is at ``min_lr_ratio * lr``. ``total_steps`` may be a
     traced integer."""
     total_steps = jnp.asarray(total_steps, jnp.int32)
     warmup = jnp.minimum(cfg.warmup_steps, jnp.maximum(total_steps - 1, 0))
     peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
     if cfg.schedule == "wsd":
-        n_decay = _decay_steps(cfg, total_steps, jnp)
+        n_decay = cfg.decay_steps(total_steps, jnp)
         start = total_steps - n_decay
 
         def wsd(step):

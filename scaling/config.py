@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from scaling.curriculum_config import check_config as check_curriculum
@@ -127,8 +126,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warmup, then cosine decay (or warmup-stable-decay) to min_lr_ratio*lr at
-    the end of the token budget."""
+    """AdamW with linear warmup, then cosine or warmup-stable-decay to min_lr_ratio*lr at the end."""
 
     lr: float = _f(1e-3, "peak learning rate", gt=0)
     min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of the peak", ge=0, le=1)
@@ -139,33 +137,14 @@ class OptimConfig:
     beta2: float = _f(0.95, "Adam beta2", ge=0, lt=1)
     eps: float = _f(1e-8, "Adam epsilon", gt=0)
     grad_clip: float = _f(1.0, "clip the global gradient norm to this; 0 disables", ge=0)
-    schedule: str = _f("cosine", "learning-rate schedule after the warmup: cosine (decay over the whole run) | wsd "
-                                 "(warmup-stable-decay: the peak rate until the last decay_fraction of the steps, "
-                                 "which decay; a shorter wsd run is a branch of a longer one)")
-    decay_fraction: float = _f(0.2, "schedule=wsd: the share of the run's steps (rounded) that decays at the end",
-                               gt=0, le=1)
-    decay_shape: str = _f("1-sqrt", "schedule=wsd: the decay's shape: linear | 1-sqrt (lr falls as 1 - sqrt of the "
-                                    "decay's progress)")
+    schedule: str = _f("cosine", "cosine | wsd (warmup-stable-decay: the peak until the last decay_fraction)")
+    decay_fraction: float = _f(0.2, "schedule=wsd: the share of the steps (rounded) that decays at the end", gt=0, le=1)
+    decay_shape: str = _f("1-sqrt", "schedule=wsd: linear | 1-sqrt (lr falls as 1 - sqrt of the decay's progress)")
 
     def __post_init__(self) -> None:
         _check_fields(self)
-        _check(self.schedule in ("cosine", "wsd"), f"optim.schedule must be cosine or wsd, got {self.schedule!r}")
-        _check(self.decay_shape in ("linear", "1-sqrt"),
-               f"optim.decay_shape must be linear or 1-sqrt, got {self.decay_shape!r}")
-
-    def decay_steps(self, total_steps: Any, xp: Any = np) -> Any:
-        """schedule=wsd: the decaying steps at the end of a run, round(decay_fraction *
-        total_steps) computed in float32 (half to even) and clipped to [1, total_steps]. ``xp``
-        is numpy on the host and jax.numpy in the traced schedule: the same float32 product and
-        rounding, so the host and the compiled step agree on every length."""
-        n = xp.round(xp.float32(self.decay_fraction) * xp.asarray(total_steps).astype(xp.float32)).astype(xp.int32)
-        return xp.clip(n, 1, xp.maximum(xp.asarray(total_steps, xp.int32), 1))
-
-    def decay_start(self, total_steps: int) -> int:
-        """schedule=wsd: the first step of the decay. The steps before it run at the warmup or
-        peak rate, the same in every longer run of this config: a shorter run is a branch of a
-        longer one from a checkpoint at or before this step."""
-        return int(total_steps) - int(self.decay_steps(np.int32(total_steps)))
+        for name, ok in (("schedule", ("cosine", "wsd")), ("decay_shape", ("linear", "1-sqrt"))):
+            _check(getattr(self, name) in ok, f"optim.{name} must be {' or '.join(ok)}, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -282,22 +261,8 @@ class Config:
             sec, name = key.split(".")
             d.get(sec, {}).pop(name, None)
         if self.optim.schedule == "cosine":  # the wsd fields change nothing (and older runs hash as before)
-            for name in WSD_FIELDS:
-                d["optim"].pop(name, None)
+            d["optim"] = {k: v for k, v in d["optim"].items() if k not in ("schedule", "decay_fraction", "decay_shape")}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def first_difference(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> str:
-    """The first identity field (``section.field``, not one of RESUME_SAFE_FIELDS or ``ignore``)
-    where ``a`` and ``b`` differ, as ``"sec.field: A there, B now"``."""
-    da, db = a.to_dict(), b.to_dict()
-    for sec in RESUME_IDENTITY_SECTIONS:
-        for k in da[sec]:
-            if f"{sec}.{k}" in RESUME_SAFE_FIELDS or f"{sec}.{k}" in ignore:
-                continue
-            if da[sec][k] != db[sec].get(k):
-                return f"{sec}.{k}: {da[sec][k]!r} there, {db[sec].get(k)!r} now"
-    return "identity hash differs"
 
 
 # Sections whose change makes an existing checkpoint a different run; within them, fields
@@ -305,8 +270,6 @@ def first_difference(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> str:
 RESUME_IDENTITY_SECTIONS = ("model", "data", "optim", "train")
 RESUME_SAFE_FIELDS = ("model.attention", "train.eval_every", "train.eval_batches", "train.log_every", "train.progress",
                       "train.skip_nonfinite")
-WSD_FIELDS = ("schedule", "decay_fraction", "decay_shape")
-"""The optim fields of the warmup-stable-decay schedule (no part of a cosine run's identity)."""
 HIDDEN_SECTIONS = ("debug",)
 """Sections settable on the command line but left out of --help."""
 MOVED_FIELDS = {"train.inject_nan_step": "debug.inject_nan_step"}

@@ -23,6 +23,7 @@ from experiments import train as train_cli
 from scaling import sweep
 from scaling.config import OptimConfig
 from scaling.errors import UsageError
+from scaling.schedule import decay_start
 from scaling.train import load_run
 from scaling.train.optimizer import lr_schedule
 from tests.helpers import REPO, TINY
@@ -40,7 +41,7 @@ def _lrs(cfg: OptimConfig, total: int, steps) -> np.ndarray:
 def test_wsd_runs_agree_bitwise_before_the_shorter_runs_decay(t1, extra, warmup, fraction, shape):
     cfg = OptimConfig(lr=3e-3, warmup_steps=warmup, schedule="wsd", decay_fraction=fraction, decay_shape=shape)
     t2 = t1 + extra
-    start = cfg.decay_start(t1)
+    start = decay_start(cfg, t1)
     assert 0 <= start < t1 and start == t1 - max(1, min(t1, round(np.float32(fraction) * np.float32(t1))))
     if warmup > t1 - 1:  # a run shorter than the warmup caps it: no shared prefix to speak of
         return
@@ -58,7 +59,7 @@ def test_wsd_warms_up_holds_the_peak_then_decays_to_the_floor(shape):
     total = 40
     lr = _lrs(cfg, total, np.arange(total))
     np.testing.assert_allclose(lr[:4], 2.0 * np.arange(1, 5) / 5, rtol=1e-6)
-    assert cfg.decay_start(total) == 30
+    assert decay_start(cfg, total) == 30
     assert np.all(lr[4:30] == np.float32(2.0))
     k = np.arange(1, 11) / 10  # the decay's progress at steps 30..39
     left = 1 - (k if shape == "linear" else np.sqrt(k))
@@ -72,7 +73,7 @@ def test_wsd_warms_up_holds_the_peak_then_decays_to_the_floor(shape):
 
 def test_wsd_decays_to_zero_and_cosine_is_unchanged():
     wsd = OptimConfig(lr=1.0, min_lr_ratio=0.0, warmup_steps=0, schedule="wsd")
-    assert _lrs(wsd, 100, [99])[0] == 0.0 and wsd.decay_start(100) == 80
+    assert _lrs(wsd, 100, [99])[0] == 0.0 and decay_start(wsd, 100) == 80
     cos = OptimConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=10)
     lr = _lrs(cos, 110, np.arange(110))
     assert lr[-1] == pytest.approx(0.1, abs=1e-6) and lr[10] == pytest.approx(1.0)

@@ -5,7 +5,7 @@ When the base config's ``optim.schedule`` is ``wsd`` (and the spec does not set
 ``cooldown_branches: false``), the planned runs equal in everything but ``train.tokens``
 (shape, seed, arm, optimizer, data: the config identity with the tokens left out) form a
 family. The longest member trains from scratch and keeps a checkpoint at each shorter
-member's decay start (:meth:`scaling.config.OptimConfig.decay_start`); each shorter member is a
+member's decay start (:func:`scaling.schedule.decay_start`); each shorter member is a
 branch from it there: it trains only its cooldown, and ends bit for bit where the same run
 from scratch would. A member whose warmup does not fit its own steps, or with a curriculum
 (whose data order depends on the run's length), trains from scratch.
@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 
 from scaling.config import Config
+from scaling.schedule import decay_start
 
 
 def family_key(cfg: Config) -> str:
@@ -37,10 +38,10 @@ def branch_point(cfg: Config, steps: int, parent_steps: int) -> int | None:
     """The step a run of ``steps`` steps branches from a parent of ``parent_steps`` steps (its
     decay start), or None when it cannot (no stable steps, a warmup longer than the run, or the
     point after the parent's own decay start)."""
-    start = cfg.optim.decay_start(steps)
+    start = decay_start(cfg.optim, steps)
     if steps >= parent_steps or start < 1 or cfg.optim.warmup_steps > steps - 1:
         return None
-    return start if start <= cfg.optim.decay_start(parent_steps) else None
+    return start if start <= decay_start(cfg.optim, parent_steps) else None
 
 
 def assign_families(runs: list, enabled: bool = True) -> list:

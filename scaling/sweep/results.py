@@ -16,7 +16,7 @@ from typing import Any
 from scaling import config as config_lib
 from scaling.errors import UsageError
 from scaling.io import atomic_write_text, file_lock
-from scaling.run_dir import read_config
+from scaling.run_dir import first_difference, read_config
 from scaling.sweep.plan import Plan
 from scaling.sweep.spec import RESULT_COLUMNS
 
@@ -192,7 +192,7 @@ def check_outputs(plan: Plan, out: Path) -> None:
         except UsageError as e:
             raise UsageError(f"{stored} is not a readable run config ({e}); use a new --out") from None
         if old.identity_hash() != r.cfg.identity_hash():
-            diff = config_lib.first_difference(old, r.cfg)
+            diff = first_difference(old, r.cfg)
             raise UsageError(f"{out / 'runs' / r.run_id} was trained with a different config ({diff}); "
                              f"use a new --out, or --resume.allow_config_change true")
 

@@ -1,7 +1,7 @@
 """Cooldown branches (Hägele et al. 2024): a wsd run that starts from another run's checkpoint.
 
 A warmup-stable-decay run's rates before its decay start are those of any longer run of the
-same config (:meth:`scaling.config.OptimConfig.decay_start`), and a step's data and dropout
+same config (:func:`scaling.schedule.decay_start`), and a step's data and dropout
 depend only on the seed and the step: so the state of a long run at step S, trained on with a
 shorter ``train.tokens``, is bit for bit the shorter run trained from scratch, as long as S is
 at or before the shorter run's decay start. The branch trains only its last steps.
@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scaling import config as config_lib
 from scaling import run_dir as run_dir_lib
 from scaling.checkpoint import Checkpointer
 from scaling.config import Config
 from scaling.errors import UsageError
+from scaling.schedule import decay_start
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ def check_schedule(cfg: Config, steps: int, branch: Branch) -> None:
         raise UsageError(f"{where}: a branch needs optim.schedule wsd, got {cfg.optim.schedule}")
     if cfg.data.curriculum:
         raise UsageError(f"{where}: a branch cannot use a curriculum (its data order depends on the run's length)")
-    own = cfg.optim.decay_start(steps)
+    own = decay_start(cfg.optim, steps)
     if branch.step > own:
         raise UsageError(f"{where}: step {branch.step} is after this run's decay start ({own} of {steps} steps)")
 
@@ -88,9 +88,9 @@ def check_parent(cfg: Config, steps: int, branch: Branch, out: Path, steps_of: C
         raise UsageError(f"{where}: {e}") from None
     if _as_branch(parent, cfg.train.tokens).identity_hash() != cfg.identity_hash():
         raise UsageError(f"{where}: the parent's config differs from this run's in more than train.tokens "
-                         f"({config_lib.first_difference(parent, cfg, ignore=('train.tokens',))})")
+                         f"({run_dir_lib.first_difference(parent, cfg, ignore=('train.tokens',))})")
     parent_steps = steps_of(parent)
-    theirs = parent.optim.decay_start(parent_steps)
+    theirs = decay_start(parent.optim, parent_steps)
     if branch.step > theirs:
         raise UsageError(f"{where}: step {branch.step} is after the parent's decay start ({theirs} of "
                          f"{parent_steps} steps)")

@@ -6,7 +6,7 @@ constant in it, so that one compiled train step serves runs of every length.
 
 WSD holds the peak rate after the warmup and decays over the last
 ``round(decay_fraction * total_steps)`` steps (at least one) to ``min_lr_ratio * lr``. Before
-its decay start (:meth:`~scaling.config.OptimConfig.decay_start`) a run's rates are computed
+its decay start (:func:`scaling.schedule.decay_start`) a run's rates are computed
 by the same float operations whatever its length, so they are bit for bit those of any longer
 run: a shorter run is a cooldown branch of a longer one's stable phase.
 """
@@ -25,14 +25,16 @@ from scaling.config import OptimConfig
 def lr_schedule(cfg: OptimConfig, total_steps):
     """Linear warmup to the peak over ``warmup_steps`` (nanoGPT's (s+1)/(w+1)), then cosine
     decay that reaches ``min_lr_ratio * lr`` exactly at the last step (s = total_steps-1), or
-    for ``schedule=wsd`` the peak until ``cfg.decay_start(total_steps)`` and then a linear or
+    for ``schedule=wsd`` the peak until ``decay_start(cfg, total_steps)`` and then a linear or
     1-sqrt decay whose last step (s = total_steps-1) is at ``min_lr_ratio * lr``. ``total_steps`` may be a
     traced integer."""
     total_steps = jnp.asarray(total_steps, jnp.int32)
     warmup = jnp.minimum(cfg.warmup_steps, jnp.maximum(total_steps - 1, 0))
     peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
     if cfg.schedule == "wsd":
-        n_decay = cfg.decay_steps(total_steps, jnp)
+        # scaling.schedule.decay_steps, traced: round(decay_fraction * T) in float32, half to even
+        n_decay = jnp.round(jnp.float32(cfg.decay_fraction) * total_steps.astype(jnp.float32)).astype(jnp.int32)
+        n_decay = jnp.clip(n_decay, 1, jnp.maximum(total_steps, 1))
         start = total_steps - n_decay
 
         def wsd(step):

@@ -140,6 +140,8 @@ def _report(result, out: Path) -> None:
     if result.ignored:
         print(f"ignored {len(result.ignored)} run(s) in {out / 'runs'} that are not runs of this plan (another spec "
               f"or config shared --out): {', '.join(result.ignored)}")
+    for line in result.blocked:
+        print(f"cooldown branch not trained: {line}")
     if result.pending:
         print(f"{len(result.pending)} planned run(s) not finished yet (other shards?); the fit and plots are "
               f"written when the last one finishes")

@@ -56,12 +56,18 @@ _CHUNK = 1 << 20
 
 
 class Checkpointer:
-    def __init__(self, directory: Path, cfg: CheckpointConfig, *, read_only: bool = False):
-        """``read_only`` opens another process's run to read it (generate, evaluate): nothing is
-        created, cleaned up or moved there, so a save in flight in a run still training is safe."""
+    def __init__(self, directory: Path, cfg: CheckpointConfig, *, read_only: bool = False,
+                 keep_steps: tuple[int, ...] = ()):
+        """``read_only`` opens another process's run to read it (generate, evaluate, a branch's
+        parent): nothing is created, cleaned up or moved there, so a save in flight in a run
+        still training is safe. ``keep_steps``: steps that are always saved and never pruned
+        (the branch points of cooldown branches), beside the last ``keep``."""
         self.cfg, self.read_only = cfg, read_only
+        self.keep_steps = frozenset(keep_steps)
         self.directory = Path(directory).absolute()
-        policies = [ocp.checkpoint_managers.LatestN(n=cfg.keep)]
+        policies: list = [ocp.checkpoint_managers.LatestN(n=cfg.keep)]
+        if self.keep_steps:
+            policies.append(ocp.checkpoint_managers.CustomSteps(steps=sorted(self.keep_steps)))
         if cfg.keep_best:
             policies.append(ocp.checkpoint_managers.BestN(
                 get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1, keep_checkpoints_without_metrics=False))
@@ -98,8 +104,8 @@ class Checkpointer:
     def due(self, step: int, final: bool, steps_left: int | None = None) -> bool:
         """Whether to save after ``step``: always at the end; every ``every_steps`` steps (and
         ``every_seconds``) except within the last quarter of an interval before the end, when
-        the final save is as good and only moments away."""
-        if final:
+        the final save is as good and only moments away; always at ``keep_steps``."""
+        if final or step in self.keep_steps:
             return True
         if steps_left is not None and steps_left < self.cfg.every_steps // 4:
             return False
@@ -165,6 +171,22 @@ class Checkpointer:
                 f"({corrupt[0][0]}) because {corrupt[0][1]} (pass --resume.restart_if_corrupt true to "
                 f"start from scratch)")
         return None
+
+    def restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
+        """(state, meta) of checkpoint ``step``, which must verify (UsageError otherwise); nothing
+        is moved or written (a branch reads its parent's checkpoint this way)."""
+        problem = self.problem(step) if step in self.steps() else "it does not exist"
+        if problem is not None:
+            raise UsageError(f"checkpoint {step} under {self.directory} cannot be restored: {problem}")
+        self._check_shapes(step, abstract_state)
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        except ValueError as e:
+            msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise UsageError(f"checkpoint {step} under {self.directory} does not fit this run's train state "
+                             f"({msg})") from e
+        return out["state"], out["meta"]
 
     def _check_shapes(self, step: int, abstract_state: Any) -> None:
         """Refuse a checkpoint whose arrays have other shapes or dtypes than this run's state

@@ -126,7 +126,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warmup and cosine decay to min_lr_ratio*lr at the end of the token budget."""
+    """AdamW with linear warmup, then cosine or warmup-stable-decay to min_lr_ratio*lr at the end."""
 
     lr: float = _f(1e-3, "peak learning rate", gt=0)
     min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of the peak", ge=0, le=1)
@@ -137,9 +137,14 @@ class OptimConfig:
     beta2: float = _f(0.95, "Adam beta2", ge=0, lt=1)
     eps: float = _f(1e-8, "Adam epsilon", gt=0)
     grad_clip: float = _f(1.0, "clip the global gradient norm to this; 0 disables", ge=0)
+    schedule: str = _f("cosine", "cosine | wsd (warmup-stable-decay: the peak until the last decay_fraction)")
+    decay_fraction: float = _f(0.2, "schedule=wsd: the share of the steps (rounded) that decays at the end", gt=0, le=1)
+    decay_shape: str = _f("1-sqrt", "schedule=wsd: linear | 1-sqrt (lr falls as 1 - sqrt of the decay's progress)")
 
     def __post_init__(self) -> None:
         _check_fields(self)
+        for name, ok in (("schedule", ("cosine", "wsd")), ("decay_shape", ("linear", "1-sqrt"))):
+            _check(getattr(self, name) in ok, f"optim.{name} must be {' or '.join(ok)}, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -255,6 +260,8 @@ class Config:
         for key in RESUME_SAFE_FIELDS:
             sec, name = key.split(".")
             d.get(sec, {}).pop(name, None)
+        if self.optim.schedule == "cosine":  # the wsd fields change nothing (and older runs hash as before)
+            d["optim"] = {k: v for k, v in d["optim"].items() if k not in ("schedule", "decay_fraction", "decay_shape")}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -54,6 +54,19 @@ def read_config(run_dir: str | Path) -> Config:
     return config_lib.from_dict(config_lib.load_yaml(run_dir / CONFIG))
 
 
+def first_difference(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> str:
+    """The first identity field (``section.field``, not one of RESUME_SAFE_FIELDS or ``ignore``)
+    where two runs' configs differ, as ``"sec.field: A there, B now"``."""
+    da, db = a.to_dict(), b.to_dict()
+    for sec in config_lib.RESUME_IDENTITY_SECTIONS:
+        for k in da[sec]:
+            if f"{sec}.{k}" in config_lib.RESUME_SAFE_FIELDS or f"{sec}.{k}" in ignore:
+                continue
+            if da[sec][k] != db[sec].get(k):
+                return f"{sec}.{k}: {da[sec][k]!r} there, {db[sec].get(k)!r} now"
+    return "identity hash differs"
+
+
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The lines of ``metrics.jsonl`` ([] when there is none); a torn last line is dropped, any
     other line that is not a JSON object is a UsageError."""

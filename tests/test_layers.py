@@ -41,7 +41,7 @@ JAX = ("jax", "jaxlib", "flax", "optax", "orbax")
 LAYERS = {
     "scaling.errors": 0, "scaling.paths": 0,
     "scaling.fields": 1, "scaling.config": 1, "scaling.curriculum_config": 1, "scaling.io": 1,
-    "scaling.tokenizer": 2, "scaling.flops": 2, "scaling.sharding": 2, "scaling.laws": 2,
+    "scaling.tokenizer": 2, "scaling.flops": 2, "scaling.sharding": 2, "scaling.laws": 2, "scaling.schedule": 2,
     "scaling.model": 3,
     "scaling.data": 4,
     "scaling.evaluation": 5, "scaling.run_dir": 5, "scaling.checkpoint": 5, "scaling.compile_cache": 5,

@@ -2,6 +2,7 @@
 
 - :mod:`~scaling.sweep.spec`: the spec file parsed and checked
 - :mod:`~scaling.sweep.plan`: the sizing rule, every run resolved to its config, the plan as printed
+- :mod:`~scaling.sweep.families`: the cooldown families of a wsd sweep (a parent and its branches)
 - :mod:`~scaling.sweep.calibrate`: ``--dry-run``'s timed steps and wall-time estimate
 - :mod:`~scaling.sweep.execute`: the runner (train the plan's runs, resuming; then the fit)
 - :mod:`~scaling.sweep.results`: the sweep directory's files (run log, results.csv)
@@ -34,10 +35,16 @@ A sweep spec is a YAML file (``experiments/configs/*.yaml``)::
       budgets: [1e12, 3e12]      #   a number, or {flops: C, models: [...]} with its own model list
       models: [3e4, 1e5, 3e5]    #   (used by budgets without their own list)
       min_steps: 1               #   runs of fewer steps are left out of the plan (and listed)
+      min_tokens_per_param: 0    #   runs with D / N below it are left out too (0: none)
     grid:                        # ... OR a grid: models x token budgets
       models: [{n_layer: 2, d_model: 64}, 1e5]
       tokens: [1e6, 4e6]
     seeds: [0, 1]                # optional (default: base train.seed); every run once per seed
+    noise: {seeds: [7], models: 2, budgets: 2}  # optional: these seeds again for the 2 smallest sizes
+                                 #   at the 2 smallest budgets (the sweep's own seed noise)
+    cooldown_branches: true      # with base optim.schedule wsd: runs that differ only in tokens form a
+                                 #   family; the longest keeps checkpoints at the others' decay starts,
+                                 #   and they branch from there (scaling.sweep.families)
     arms:                        # optional named config variants; every run once per arm
       - name: baseline           #   (adds an ``arm`` column and a ``-<arm>`` run-id suffix)
       - name: linear
@@ -101,7 +108,8 @@ with another config), and name them (``SweepResult.ignored``, ``sweep.ignored`` 
 
 Rerunning resumes: finished runs are kept (a diverged one is retried only with
 ``retry_diverged``: it resumes from its last good checkpoint), a partial run resumes from its
-checkpoint. ``shard=(i, n)`` runs the plan's runs ``i, i+n, i+2n, ...``; a run being trained by
+checkpoint. ``shard=(i, n)`` runs the plan's families ``i, i+n, i+2n, ...`` (a parent with its
+cooldown branches, or a run alone); a run being trained by
 another process (its directory's lock held) is skipped, and the results table is rebuilt under
 a lock from every run's summary.json, so concurrent shards never lose or duplicate a row. The
 shard that finishes last (when every planned run has a summary) writes fit.json and the plots.

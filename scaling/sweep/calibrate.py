@@ -37,13 +37,18 @@ class Calibration:
 
     def estimate(self, r: PlannedRun, compiles: bool = True) -> float:
         """Seconds: compile + steps + evaluations + checkpoints + a fixed overhead. ``compiles``
-        False: an earlier run of the same shape in the process compiled the step already."""
+        False: an earlier run of the same shape in the process compiled the step already. A
+        cooldown branch counts its steps after the branch point only; a parent its kept steps."""
         c = r.cfg
         f = r.flops_per_step
-        n_eval = r.steps // c.train.eval_every + (1 if r.steps % c.train.eval_every else 0)
-        every = c.checkpoint.every_steps
-        n_ckpt = (r.steps // every + (1 if r.steps % every else 0)) if every else 1
-        return (compiles * self._interp(f, "compile_s") + r.steps * self._interp(f, "step_s")
+        first, steps = r.steps - r.train_steps, r.train_steps
+
+        def count(every: int) -> int:  # multiples of ``every`` after ``first``, and the last step
+            return r.steps // every - first // every + (1 if r.steps % every else 0)
+
+        n_eval = count(c.train.eval_every)
+        n_ckpt = (count(c.checkpoint.every_steps) if c.checkpoint.every_steps else 1) + len(r.keep_steps)
+        return (compiles * self._interp(f, "compile_s") + steps * self._interp(f, "step_s")
                 + n_eval * c.train.eval_batches * self._interp(f, "eval_s")
                 + n_ckpt * self._interp(f, "ckpt_s") + self.fixed_s)
 

@@ -1,5 +1,9 @@
 """The sweep's runner: train a shard's planned runs one after another (resuming, sharing compiled
-programs between runs of one shape), keep results.csv current, and fit when the plan is done."""
+programs between runs of one shape), keep results.csv current, and fit when the plan is done.
+
+A cooldown branch (:mod:`scaling.sweep.families`) starts from its parent's kept checkpoint;
+when that checkpoint is missing (the parent not trained yet, or deleted) the branch is
+reported (``SweepResult.blocked``) and left untrained, never retrained from scratch."""
 
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ class SweepResult:
     trained: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # finished before (kept)
     busy: list[str] = field(default_factory=list)  # being trained by another process
+    blocked: list[str] = field(default_factory=list)  # branches whose parent checkpoint cannot be read (why)
     pending: list[str] = field(default_factory=list)  # planned runs without a summary at the end
     ignored: list[str] = field(default_factory=list)  # run directories of another plan (not in the results)
     fit: SweepFit | None = None  # the fit this call wrote
@@ -49,6 +54,7 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
     import jax  # the training stack loads here, when a sweep runs (see scaling.sweep)
 
     from scaling.difficulty import MODEL_SCORING
+    from scaling.errors import UsageError
     from scaling.train import Run
 
     out = Path(out)
@@ -67,9 +73,9 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
         st = _run_state(out / "runs" / r.run_id)
         return st == "completed" or (st == "diverged" and not retry_diverged)
 
-    done_flops = sum(r.flops["6nd"] for r in mine if finished(r))
+    done_flops = sum(r.train_flops for r in mine if finished(r))
     n_done = sum(finished(r) for r in mine)
-    bar = tqdm(total=sum(r.flops["6nd"] for r in mine), initial=done_flops, unit="FLOP", unit_scale=True,
+    bar = tqdm(total=sum(r.train_flops for r in mine), initial=done_flops, unit="FLOP", unit_scale=True,
                desc=f"sweep {plan.spec.name}", position=0, leave=True, dynamic_ncols=True, file=sys.stderr,
                disable=not (progress and is_main), smoothing=0.0,
                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} FLOPs "
@@ -87,13 +93,22 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
             if finished(r):
                 res.skipped.append(r.run_id)
                 continue
+            branch = None if r.parent is None else (out / "runs" / r.parent, r.stable_steps)
             try:  # the Run holds the run directory's lock (process 0) until it ends
-                run = Run(r.cfg, run_dir, trainers=trainers, model_scoring=MODEL_SCORING)
+                run = Run(r.cfg, run_dir, trainers=trainers, model_scoring=MODEL_SCORING, branch_from=branch,
+                          keep_steps=r.keep_steps)
             except LockHeld:
                 if not single:  # the other processes would wait for this one in the collectives
                     raise
                 res.busy.append(r.run_id)
                 bar.write(f"[{r.index}] {r.run_id}: being trained by another process; skipped")
+                continue
+            except UsageError as e:
+                if branch is None or not single:
+                    raise
+                res.blocked.append(f"{r.run_id}: {e}")
+                bar.write(f"[{r.index}] {r.run_id}: cooldown branch not started, its parent's checkpoint cannot "
+                          f"be read ({e})")
                 continue
             with run:
                 if finished(r):  # finished by another process meanwhile
@@ -104,7 +119,7 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
             if after_run is not None:
                 after_run(r)
             n_done += 1
-            bar.update(r.flops["6nd"])
+            bar.update(r.train_flops)
             bar.set_postfix_str(f"runs {n_done}/{len(mine)}")
             if is_main:
                 rebuild_results(out, plan)
@@ -154,10 +169,11 @@ def _train_one(plan: Plan, r: PlannedRun, run, out: Path, is_main: bool, bar) ->
         if old.is_file():  # a diverged run being retried: keep its summary aside
             os.replace(old, run_dir / "summary.diverged.json")
     ckpts = run.ckpt.steps()
-    start = ckpts[-1] if ckpts else 0
+    start = ckpts[-1] if ckpts else (r.stable_steps or 0)
     if is_main:
-        log_event(out, event="start", run_id=r.run_id, start_step=start, steps=r.steps)
-        what = f"resuming at step {start}" if start else "starting"
+        log_event(out, event="start", run_id=r.run_id, start_step=start, steps=r.steps, parent=r.parent)
+        what = (f"resuming at step {start}" if ckpts else f"branching from {r.parent} at step {start}" if r.parent
+                else "starting")
         bar.write(f"[{r.index}] {r.run_id}: {what} (N={r.n_params:,}, D={r.tokens:,}, C={r.flops['6nd']:.3g}, "
                   f"{r.steps} steps)")
     summary = run.run()

@@ -1,4 +1,5 @@
-"""A sweep's plan: the sizing rule, every run resolved to its Config, and the plan as printed."""
+"""A sweep's plan: the sizing rule, every run resolved to its Config (with the noise seeds and
+the cooldown families of a wsd sweep, :mod:`scaling.sweep.families`), and the plan as printed."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from scaling.data import Batches, load_tokens
 from scaling.errors import UsageError
 from scaling.laws.support import SWEEP
 from scaling.sweep import hparams
+from scaling.sweep.families import assign_families
 from scaling.sweep.hparams import LrRule
 from scaling.sweep.spec import Arm, ModelSpec, Sizing, Spec, _si
 
@@ -62,10 +64,24 @@ class PlannedRun:
     n_params_nonembed: int
     steps: int
     flops: dict  # 6nd, kaplan, chinchilla: totals over the run
+    family: int = -1  # runs of one family (a parent and its cooldown branches) go to one shard
+    parent: str | None = None  # a cooldown branch: the run_id whose checkpoint it starts from
+    stable_steps: int | None = None  # ... and that checkpoint's step
+    keep_steps: tuple[int, ...] = ()  # a parent: the steps its branches start from
 
     @property
     def tokens(self) -> int:
         return self.cfg.train.tokens
+
+    @property
+    def train_steps(self) -> int:
+        """The steps this run trains itself: a branch's after its branch point."""
+        return self.steps - (self.stable_steps or 0)
+
+    @property
+    def train_flops(self) -> float:
+        """6ND FLOPs of the steps this run trains itself (what it costs)."""
+        return self.flops["6nd"] * self.train_steps / self.steps
 
     @property
     def shape(self) -> str:
@@ -84,7 +100,8 @@ class PlannedRun:
                 "steps": self.steps, "flops_6nd": self.flops["6nd"], "flops_kaplan": self.flops["kaplan"],
                 "flops_chinchilla": self.flops["chinchilla"], "budget": self.budget, "seed": self.seed,
                 "arm": self.arm, "target_n": self.target, "tags": self.tags,
-                "config_hash": self.cfg.identity_hash()}
+                "config_hash": self.cfg.identity_hash(), "family": self.family, "parent": self.parent,
+                "stable_steps": self.stable_steps, "keep_steps": list(self.keep_steps)}
 
 
 @dataclass(frozen=True)
@@ -97,7 +114,8 @@ class Plan:
     lr_rule: LrRule | None = None  # the rule the runs' lr comes from (None: the base lr; provisional with lr_scan)
 
     def shard(self, index: int, count_: int) -> tuple[PlannedRun, ...]:
-        return tuple(r for r in self.runs if r.index % count_ == index)
+        """Shard ``index`` of ``count_``: whole families (a parent with its branches), round robin."""
+        return tuple(r for r in self.runs if r.family % count_ == index)
 
     @property
     def has_arms(self) -> bool:
@@ -195,9 +213,12 @@ def make_plan(spec: Spec, overrides: dict | None = None, *, load_data: bool = Tr
                                      f"(train.batch_size * model.seq_len = {per_step})")
             else:
                 steps = round(budget / (6 * counts["n_params"] * per_step))
-                if steps < spec.min_steps:
-                    dropped.append(f"budget {budget:.3g} x {mspec.describe()} (N={counts['n_params']:,}): "
-                                   f"{steps} steps < isoflop.min_steps {spec.min_steps}")
+                why = (f"{steps} steps < isoflop.min_steps {spec.min_steps}" if steps < spec.min_steps else
+                       f"D/N = {steps * per_step / counts['n_params']:.3g} < isoflop.min_tokens_per_param "
+                       f"{spec.min_tokens_per_param:g}"
+                       if steps * per_step < spec.min_tokens_per_param * counts["n_params"] else None)
+                if why:
+                    dropped.append(f"budget {budget:.3g} x {mspec.describe()} (N={counts['n_params']:,}): {why}")
                     per_arm = None
                     break
             per_arm.append((arm, d, model, counts, steps))
@@ -206,7 +227,9 @@ def make_plan(spec: Spec, overrides: dict | None = None, *, load_data: bool = Tr
         for seed in seeds:
             for arm, d, model, counts, steps in per_arm:
                 runs.append(dict(arm=arm, d=d, model=model, counts=counts, steps=steps, seed=seed,
-                                 budget=budget, target=mspec.target, mspec=mspec))
+                                 budget=budget, target=mspec.target, mspec=mspec, point=budget or tokens_req))
+    if spec.noise is not None and runs:
+        runs += spec.noise.extra_runs(runs, seeds, spec.path)
     if not runs:
         raise UsageError(f"sweep spec {spec.path} plans no runs" + (f" ({dropped[0]}; ...)" if dropped else ""))
 
@@ -240,6 +263,7 @@ def make_plan(spec: Spec, overrides: dict | None = None, *, load_data: bool = Tr
             flops={k: v * tokens for k, v in fpt.items()}))
     rule = lr_rule if lr_rule is not None else hparams.rule_from_spec(spec)
     planned = hparams.apply(spec, planned, rule)
+    planned = assign_families(planned, spec.cooldown_branches)
     _validate_runs(planned, load_data)
     approaches = fit_support(spec, planned)
     if spec.fit and not approaches:
@@ -351,29 +375,33 @@ def format_plan(plan: Plan, runs: tuple[PlannedRun, ...] | None = None, estimate
     lines.append(f"  sizing rule: {spec.sizing.describe()}; N = n_params (all parameters), C = 6 N D")
     lines.extend(hparams.describe(spec, plan.runs, plan.lr_rule))
     if shard != (0, 1):
-        lines.append(f"  shard {shard[0]}/{shard[1]}: runs {shard[0]}, {shard[0] + shard[1]}, ... "
-                     f"({len(runs)} of {len(plan.runs)})")
+        lines.append(f"  shard {shard[0]}/{shard[1]}: families {shard[0]}, {shard[0] + shard[1]}, ... "
+                     f"({len(runs)} of {len(plan.runs)} runs)")
     for note in plan.dropped:
         lines.append(f"  left out: {note}")
     head = (f"{'#':>3} {'run_id':<26} {'L':>3} {'d':>5} {'h':>3} {'N':>10} {'N_nonemb':>10} {'target':>7} "
-            f"{'D':>11} {'steps':>6} {'C=6ND':>9} {'budget':>8}")
+            f"{'D':>11} {'steps':>6} {'C=6ND':>9} {'budget':>8} {'branch':>9}")
     if spec.arms:
         head += f" {'arm':>10}"
     if estimates is not None:
         head += f" {'est.wall':>9}"
     lines.append(head)
+    index_of = {r.run_id: r.index for r in plan.runs}
     for r in runs:
         m = r.cfg.model
+        branch = f"#{index_of[r.parent]}@{r.stable_steps}" if r.parent else "-"  # trains from that checkpoint on
         line = (f"{r.index:>3} {r.run_id:<26} {m.n_layer:>3} {m.d_model:>5} {m.n_head:>3} {r.n_params:>10,} "
                 f"{r.n_params_nonembed:>10,} {_si(r.target) if r.target else '-':>7} {r.tokens:>11,} {r.steps:>6} "
-                f"{r.flops['6nd']:>9.3g} {format(r.budget, '.3g') if r.budget else '-':>8}")
+                f"{r.flops['6nd']:>9.3g} {format(r.budget, '.3g') if r.budget else '-':>8} {branch:>9}")
         if spec.arms:
             line += f" {r.arm:>10}"
         if estimates is not None:
             line += f" {format_duration(estimates[r.run_id]):>9}"
         lines.append(line)
-    total = sum(r.flops["6nd"] for r in runs)
-    tail = f"total: {len(runs)} runs, {sum(r.tokens for r in runs):,} tokens, C = {total:.3g} FLOPs (6ND)"
+    total = sum(r.train_flops for r in runs)
+    n_branches = sum(r.parent is not None for r in runs)
+    tail = (f"total: {len(runs)} runs ({n_branches} cooldown branches, counted from their branch points), "
+            f"{sum(r.tokens * r.train_steps // r.steps for r in runs):,} tokens trained, C = {total:.3g} FLOPs (6ND)")
     if estimates is not None:
         tail += f", est. wall {format_duration(sum(estimates[r.run_id] for r in runs))}"
     lines.append(tail)

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from scaling import config as config_lib
-from scaling.config import Config
 from scaling.errors import UsageError
 from scaling.io import atomic_write_text, file_lock
-from scaling.run_dir import read_config
+from scaling.run_dir import first_difference, read_config
 from scaling.sweep.plan import Plan
 from scaling.sweep.spec import RESULT_COLUMNS
 
@@ -71,6 +70,14 @@ def _run_identity(run_dir: Path) -> str | None:
         return None
 
 
+def _optim(run_dir: Path):
+    """The optimizer config of the run trained in ``run_dir``, or None."""
+    try:
+        return read_config(run_dir).optim
+    except UsageError:
+        return None
+
+
 def _summaries(out: Path, plan: Plan | None) -> tuple[list[tuple[Path, dict]], list[str]]:
     """(run directory, summary) of every finished run of ``plan`` (all of DIR/runs without a
     plan), and the run ids of the others, which are left out: a run of another plan (a
@@ -109,6 +116,9 @@ def collect_rows(out: Path, plan: Plan | None = None) -> list[dict]:
         row["budget"] = entry.get("budget")
         row["seed"] = entry.get("seed", summary.get("seed"))
         row["target_n"] = entry.get("target_n")
+        row["parent"], row["stable_steps"] = summary.get("parent"), summary.get("stable_steps")
+        optim = _optim(run_dir)
+        row["lr"], row["warmup_steps"] = (None, None) if optim is None else (optim.lr, optim.warmup_steps)
         if entry.get("arm") is not None:
             row["arm"] = entry["arm"]
         for k, v in (entry.get("tags") or {}).items():
@@ -182,17 +192,7 @@ def check_outputs(plan: Plan, out: Path) -> None:
         except UsageError as e:
             raise UsageError(f"{stored} is not a readable run config ({e}); use a new --out") from None
         if old.identity_hash() != r.cfg.identity_hash():
-            diff = _first_difference(old, r.cfg)
+            diff = first_difference(old, r.cfg)
             raise UsageError(f"{out / 'runs' / r.run_id} was trained with a different config ({diff}); "
                              f"use a new --out, or --resume.allow_config_change true")
 
-
-def _first_difference(a: Config, b: Config) -> str:
-    da, db = a.to_dict(), b.to_dict()
-    for sec in config_lib.RESUME_IDENTITY_SECTIONS:
-        for k in da[sec]:
-            if f"{sec}.{k}" in config_lib.RESUME_SAFE_FIELDS:
-                continue
-            if da[sec][k] != db[sec].get(k):
-                return f"{sec}.{k}: {da[sec][k]!r} there, {db[sec].get(k)!r} now"
-    return "identity hash differs"

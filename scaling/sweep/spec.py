@@ -16,12 +16,16 @@ RESULT_COLUMNS = (
     "run_id", "n_layer", "d_model", "n_head", "seq_len", "batch_size", "n_params", "n_params_nonembed", "tokens",
     "steps", "flops_6nd", "flops_kaplan", "flops_chinchilla", "flops_xla", "final_train_loss", "val_loss", "val_bpb",
     "status", "wall_s", "compile_s", "tokens_per_s", "epochs", "budget", "seed", "target_n",
+    "parent", "stable_steps", "lr", "warmup_steps",
 )
-"""results.csv columns, then ``arm`` (when the sweep has arms) and any tags."""
+"""results.csv columns, then ``arm`` (when the sweep has arms) and any tags. ``parent``: the
+run_id whose checkpoint a cooldown branch starts from (empty for a run from scratch);
+``stable_steps``: the step it starts from; ``lr`` (peak) and ``warmup_steps`` from the run's
+config."""
 
 DESIGN_FIELDS = ("model.n_layer", "model.d_model", "model.n_head", "train.tokens")
 SPEC_KEYS = {"name", "description", "base", "sizing", "grid", "isoflop", "seeds", "arms", "tags", "fit",
-             "lr_scan", "lr_rule", "per_size"}
+             "lr_scan", "lr_rule", "per_size", "cooldown_branches", "noise"}
 
 MAX_LAYERS = 1024  # the depths the sizing rule tries, one parameter count each
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+]*$")
@@ -101,6 +105,31 @@ class PerSizeSpec:
     warmup_max_fraction: float = 0.05
     init_scale: float | None = None  # model.init_std = init_scale / sqrt(d_model); None: the base init_std
 
+@dataclass(frozen=True)
+class Noise:
+    """Extra seeds for the ``models`` smallest sizes at the ``budgets`` smallest budgets (token
+    budgets of a grid): pairs of runs that differ only in the seed measure the sweep's noise."""
+
+    seeds: tuple[int, ...]
+    models: int
+    budgets: int
+
+    def extra_runs(self, runs: list[dict], seeds: tuple[int, ...], where: str) -> list[dict]:
+        """Copies, with each noise seed, of the first seed's planned runs (dicts with ``seed``,
+        ``counts`` and ``point``: the budget, or a grid's tokens) of the ``models`` smallest sizes
+        (by N) at the ``budgets`` smallest budgets; UsageError when the design has fewer."""
+        clash = sorted(set(self.seeds) & set(seeds))
+        if clash:
+            raise _err(where, f"noise.seeds has seed {clash[0]}, which the sweep trains already")
+        sizes = sorted({r["counts"]["n_params"] for r in runs})
+        points = sorted({r["point"] for r in runs})
+        for key, want, have in (("models", self.models, len(sizes)), ("budgets", self.budgets, len(points))):
+            if want > have:
+                raise _err(where, f"noise.{key} is {want}, but the design has only {have}")
+        small, low = set(sizes[:self.models]), set(points[:self.budgets])
+        return [dict(r, seed=s) for s in self.seeds for r in runs
+                if r["seed"] == seeds[0] and r["counts"]["n_params"] in small and r["point"] in low]
+
 
 @dataclass(frozen=True)
 class Spec:
@@ -114,7 +143,10 @@ class Spec:
     tokens: tuple[float, ...] = ()  # grid
     budgets: tuple[Budget, ...] = ()  # isoflop
     min_steps: int = 1
+    min_tokens_per_param: float = 0.0  # isoflop: points with D / N below it are left out
     seeds: tuple[int, ...] | None = None
+    noise: Noise | None = None
+    cooldown_branches: bool = True  # with a wsd base schedule: shorter runs branch from the longest
     arms: tuple[Arm, ...] = ()
     tags: dict = field(default_factory=dict)
     fit: bool = True
@@ -220,6 +252,22 @@ def _parse_tags(value: Any, where: str) -> dict:
     return dict(tags)
 
 
+def _parse_noise(value: Any, where: str, seeds: tuple[int, ...] | None) -> Noise:
+    m = _mapping(value, where, {"seeds", "models", "budgets"})
+    for key in ("seeds", "models", "budgets"):
+        if key not in m:
+            raise _err(where, f"needs {key} (noise: {{seeds: [1], models: K, budgets: M}})")
+    extra = _list(m["seeds"], f"{where}.seeds")
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in extra):
+        raise _err(where, f"seeds must be non-negative integers, got {extra}")
+    if len(set(extra)) != len(extra):
+        raise _err(where, "seeds has a repeated seed")
+    if seeds is not None and set(extra) & set(seeds):
+        raise _err(where, f"seed {sorted(set(extra) & set(seeds))[0]} is one of the sweep's seeds already")
+    return Noise(seeds=tuple(extra), models=_positive_int(m["models"], f"{where}.models"),
+                 budgets=_positive_int(m["budgets"], f"{where}.budgets"))
+
+
 def load_spec(path: str | Path) -> Spec:
     """Parse and check a sweep spec; UsageError naming the problem."""
     p = Path(path)
@@ -258,7 +306,7 @@ def load_spec(path: str | Path) -> Spec:
         kw["tokens"] = tuple(parse_number(t, f"{where}: grid.tokens[{i}]")
                              for i, t in enumerate(_list(g["tokens"], f"{where}: grid.tokens")))
     else:
-        g = _mapping(d["isoflop"], f"{where}: isoflop", {"budgets", "models", "min_steps"})
+        g = _mapping(d["isoflop"], f"{where}: isoflop", {"budgets", "models", "min_steps", "min_tokens_per_param"})
         if "budgets" not in g:
             raise _err(where, "isoflop needs budgets")
         shared = _parse_models(g["models"], f"{where}: isoflop.models") if "models" in g else None
@@ -280,6 +328,9 @@ def load_spec(path: str | Path) -> Spec:
             raise _err(where, "isoflop.budgets has a repeated budget")
         kw["budgets"] = tuple(budgets)
         kw["min_steps"] = _positive_int(g.get("min_steps", 1), f"{where}: isoflop.min_steps")
+        if g.get("min_tokens_per_param") is not None:
+            kw["min_tokens_per_param"] = parse_number(g["min_tokens_per_param"],
+                                                      f"{where}: isoflop.min_tokens_per_param")
     if d.get("seeds") is not None:
         seeds = _list(d["seeds"], f"{where}: seeds")
         if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
@@ -287,6 +338,12 @@ def load_spec(path: str | Path) -> Spec:
         if len(set(seeds)) != len(seeds):
             raise _err(where, "seeds has a repeated seed")
         kw["seeds"] = tuple(seeds)
+    if d.get("noise") is not None:
+        kw["noise"] = _parse_noise(d["noise"], f"{where}: noise", kw.get("seeds"))
+    branches = d.get("cooldown_branches", True)
+    if not isinstance(branches, bool):
+        raise _err(where, f"cooldown_branches must be true or false, got {branches!r}")
+    kw["cooldown_branches"] = branches
     arms = []
     if d.get("arms") is not None:
         for i, a in enumerate(_list(d["arms"], f"{where}: arms")):

@@ -1,6 +1,6 @@
 """Training: the optimizer, the step, microbatching, the compiled programs of a shape, the run.
 
-    optimizer    AdamW with warmup and cosine decay, the weight-decay mask
+    optimizer    AdamW with warmup and cosine or warmup-stable-decay schedules, the weight-decay mask
     step         the train and evaluation steps as free functions, the train state
     microbatch   gradient accumulation over microbatches
     programs     ShapePrograms: the compiled init, train and eval programs of one shape
@@ -29,7 +29,7 @@ from scaling.train.step import RunArgs, TrainState, eval_step, train_step
 
 __all__ = [
     "AUTO_MICROBATCH_TOKENS", "MetricsLogger", "Run", "RunArgs", "ShapePrograms", "TrainState", "Trainer",
-    "cross_entropy", "decay_mask", "eval_step", "load_run", "loss_and_grads", "lr_schedule", "make_optimizer",
-    "resolve_microbatches", "scale_by_lr_schedule", "setup_distributed", "shape_fields", "short_gil_switch",
-    "steps_for", "train_step", "truncate_metrics",
+    "cross_entropy", "decay_mask", "eval_step", "load_run", "loss_and_grads", "lr_schedule",
+    "make_optimizer", "resolve_microbatches", "scale_by_lr_schedule", "setup_distributed", "shape_fields",
+    "short_gil_switch", "steps_for", "train_step", "truncate_metrics",
 ]

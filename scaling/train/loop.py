@@ -33,6 +33,8 @@ from scaling.errors import UsageError
 from scaling.evaluation import bits_per_byte
 from scaling.model import check_attention
 from scaling.run_dir import RunDirectory
+from scaling.train import branch as branch_lib
+from scaling.train.branch import Branch
 from scaling.train.metrics import MetricsLogger, truncate_metrics
 from scaling.train.programs import ShapePrograms
 from scaling.train.step import TrainState
@@ -64,13 +66,24 @@ class Run:
 
     ``trainers`` (a dict the caller keeps, keyed by ``ShapePrograms.program_key``) lets runs of
     the same shape share compiled programs: a sweep passes the same dict to all its runs.
+
+    ``branch_from`` (a :class:`~scaling.train.branch.Branch` or ``(parent_dir, step)``) starts
+    the run, when it has no checkpoint of its own, from the parent run's checkpoint at that
+    step: a wsd cooldown branch (checked before any compute, :mod:`scaling.train.branch`).
+    ``keep_steps``: steps at which this run saves a checkpoint that is never pruned (its
+    branches' starting points).
     """
 
     OUTPUTS = run_dir_lib.OUTPUTS
 
     def __init__(self, cfg: Config, out: Path, trainers: dict | None = None, *, overwrite: bool = False,
-                 model_scoring: curriculum.ModelScoring | None = None):
+                 model_scoring: curriculum.ModelScoring | None = None,
+                 branch_from: Branch | tuple[str | Path, int] | None = None, keep_steps: tuple[int, ...] = ()):
         self.out = Path(out)
+        if branch_from is not None and not isinstance(branch_from, Branch):
+            branch_from = Branch(Path(branch_from[0]), int(branch_from[1]))
+        self.branch: Branch | None = branch_from
+        self._parent_cfg: Config | None = None
         self.trainers = trainers
         self.splits = load_tokens(cfg.data)
         if cfg.model.vocab_size == 0:
@@ -80,6 +93,11 @@ class Run:
                              f"{self.splits.n_vocab} ids")
         self.cfg = cfg
         self.steps = steps_for(cfg)
+        self.keep_steps = tuple(sorted({int(s) for s in keep_steps}))
+        if any(not 1 <= s <= self.steps for s in self.keep_steps):
+            raise UsageError(f"keep_steps {list(self.keep_steps)} must lie in [1, {self.steps}] (the run's steps)")
+        if self.branch is not None:
+            branch_lib.check_schedule(cfg, self.steps, self.branch)
         shape = sh.mesh_shape(cfg.mesh, jax.device_count())
         sh.check_mesh_fits(shape, cfg.model, cfg.train.batch_size, cfg.train.microbatches)
         check_attention(cfg.model)
@@ -101,8 +119,11 @@ class Run:
             else:
                 self.dir.check_config()
             with self.dir.writing("open the checkpoints of", checkpointer=True):
-                self.ckpt = Checkpointer(run_dir_lib.checkpoints_path(self.out), cfg.checkpoint)
+                self.ckpt = Checkpointer(run_dir_lib.checkpoints_path(self.out), cfg.checkpoint,
+                                         keep_steps=self.keep_steps)
             self._check_resumable()
+            if self.branch is not None and not self.ckpt.steps():
+                self._parent_cfg = self._check_parent()
         except BaseException:
             self.close()
             raise
@@ -146,11 +167,16 @@ class Run:
         if meta:
             self.dir.check_identity(meta, steps[-1])
 
+    def _check_parent(self) -> Config:
+        return branch_lib.check_parent(self.cfg, self.steps, self.branch, self.out, steps_for)
+
     def _restore_or_init(self, programs: ShapePrograms) -> TrainState:
-        """The latest restorable state (and its recent losses and earlier wall time), or a fresh
-        one; a restored checkpoint of another config is refused."""
+        """The latest restorable state (and its recent losses and earlier wall time), or for a
+        branch without checkpoints of its own its parent's state at the branch point, or a
+        fresh one; a restored checkpoint of another config is refused."""
         self._recent: collections.deque[float] = collections.deque(maxlen=10)
         self._prior_wall_s, self._init_s = 0.0, 0.0
+        self._branched = self.branch  # where the run started from, also when it resumes
         try:
             restored = self.ckpt.restore_latest(programs.abstract_state)
         except CorruptCheckpoints:
@@ -158,6 +184,11 @@ class Run:
                 raise
             print(f"warning: starting {self.out} from scratch (no restorable checkpoint)", file=sys.stderr)
             restored = None
+        if restored is None and self.branch is not None:
+            parent = self._parent_cfg or self._check_parent()
+            state, meta = branch_lib.restore(parent, self.branch, programs.abstract_state)
+            self._recent.extend(meta.get("recent_losses", []))  # those of a run from scratch at this step
+            return state
         if restored is None:
             t0 = time.time()
             state = programs.init_state()
@@ -167,6 +198,8 @@ class Run:
         self.dir.check_identity(meta, step)
         self._recent.extend(meta.get("recent_losses", []))
         self._prior_wall_s = float(meta.get("wall_s", 0.0))
+        if meta.get("parent") is not None:
+            self._branched = Branch(Path(meta["parent"]), int(meta["stable_steps"]))
         return state
 
     def trainer(self) -> ShapePrograms:
@@ -252,7 +285,8 @@ class Run:
                     self._save(step, state, {"config_hash": cfg.identity_hash(),
                                              "val_loss": None if val is None else val[0],
                                              "recent_losses": list(self._recent),
-                                             "wall_s": self._prior_wall_s + time.time() - t0})
+                                             "wall_s": self._prior_wall_s + time.time() - t0,
+                                             **self._branch_meta()})
         with self.dir.writing():
             logger.flush()
         with self.dir.writing("save a checkpoint of", checkpointer=True):
@@ -265,6 +299,11 @@ class Run:
         summary = self._summary(state, status, val, fpt, xla_step, compile_s, wall_s, logger)
         self.dir.write_summary(json.dumps(summary, indent=1))
         return summary
+
+    def _branch_meta(self) -> dict:
+        """The branch point in a checkpoint's meta and the summary (parent: its run directory)."""
+        b = self._branched
+        return {"parent": None if b is None else str(b.parent), "stable_steps": None if b is None else b.step}
 
     def _handle(self, pending, logger: MetricsLogger, bar) -> bool:
         """Log one step's fetched metrics; True when the run has diverged."""
@@ -309,6 +348,8 @@ class Run:
             "flops_chinchilla": fpt["chinchilla"] * tokens, "flops_xla": xla_step * self.steps,
             "final_train_loss": float(np.mean(tail)) if tail else None,
             "val_loss": None if val is None else val[0], "val_bpb": None if val is None else val[1],
+            "parent": None if self._branched is None else self._branched.name,
+            "stable_steps": None if self._branched is None else self._branched.step,
             "status": status, "wall_s": wall_s, "compile_s": compile_s, "compile_shared": self._compile_shared,
             "tokens_per_s": logger.mean_tokens_per_s, "epochs": self.batches.epochs(tokens),
             "n_layer": cfg.model.n_layer, "d_model": cfg.model.d_model, "n_head": cfg.model.n_head,

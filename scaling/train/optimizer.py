@@ -1,7 +1,14 @@
-"""The optimizer: AdamW after global-norm clipping, with linear warmup and cosine decay.
+"""The optimizer: AdamW after global-norm clipping, with linear warmup and then cosine decay or
+warmup-stable-decay (WSD; Hägele et al. 2024).
 
 The schedule's length is an argument of the optimizer's ``update`` (``total_steps=``), not a
 constant in it, so that one compiled train step serves runs of every length.
+
+WSD holds the peak rate after the warmup and decays over the last
+``round(decay_fraction * total_steps)`` steps (at least one) to ``min_lr_ratio * lr``. Before
+its decay start (:func:`scaling.schedule.decay_start`) a run's rates are computed
+by the same float operations whatever its length, so they are bit for bit those of any longer
+run: a shorter run is a cooldown branch of a longer one's stable phase.
 """
 
 from __future__ import annotations
@@ -17,12 +24,29 @@ from scaling.config import OptimConfig
 
 def lr_schedule(cfg: OptimConfig, total_steps):
     """Linear warmup to the peak over ``warmup_steps`` (nanoGPT's (s+1)/(w+1)), then cosine
-    decay that reaches ``min_lr_ratio * lr`` exactly at the last step (s = total_steps-1).
-    ``total_steps`` may be a traced integer."""
+    decay that reaches ``min_lr_ratio * lr`` exactly at the last step (s = total_steps-1), or
+    for ``schedule=wsd`` the peak until ``decay_start(cfg, total_steps)`` and then a linear or
+    1-sqrt decay whose last step (s = total_steps-1) is at ``min_lr_ratio * lr``. ``total_steps`` may be a
+    traced integer."""
     total_steps = jnp.asarray(total_steps, jnp.int32)
     warmup = jnp.minimum(cfg.warmup_steps, jnp.maximum(total_steps - 1, 0))
-    decay = jnp.maximum(total_steps - 1 - warmup, 1)
     peak, floor = cfg.lr, cfg.lr * cfg.min_lr_ratio
+    if cfg.schedule == "wsd":
+        # scaling.schedule.decay_steps, traced: round(decay_fraction * T) in float32, half to even
+        n_decay = jnp.round(jnp.float32(cfg.decay_fraction) * total_steps.astype(jnp.float32)).astype(jnp.int32)
+        n_decay = jnp.clip(n_decay, 1, jnp.maximum(total_steps, 1))
+        start = total_steps - n_decay
+
+        def wsd(step):
+            s = jnp.asarray(step, jnp.float32)
+            warm = peak * (s + 1) / (warmup + 1)
+            frac = jnp.clip((s - start + 1) / n_decay, 0.0, 1.0)  # 1/n at the decay's first step, 1 at its last
+            left = 1.0 - (frac if cfg.decay_shape == "linear" else jnp.sqrt(frac))
+            cool = floor + (peak - floor) * left
+            return jnp.where(s < warmup, warm, jnp.where(s < start, jnp.float32(peak), cool))
+
+        return wsd
+    decay = jnp.maximum(total_steps - 1 - warmup, 1)
 
     def schedule(step):
         s = jnp.asarray(step, jnp.float32)

@@ -134,8 +134,38 @@ def test_runs_of_one_shape_share_the_compiled_step_and_train_as_if_compiled_alon
     f = lr_schedule(optim, 7)
     assert [lr for _, lr in a] == pytest.approx([float(f(s)) for s in range(7)], rel=1e-6)
     assert math.isnan(a[4][0]) and not any(math.isnan(x) for x, _ in a[:4] + a[5:])  # step 4 injected
-    with pytest.raises(ValueError):
-        first.for_run(dataclasses.replace(cfg(0), optim=OptimConfig(lr=3e-3)), 7)
+    with pytest.raises(ValueError):  # the optimizer's other settings are compiled into the step
+        first.for_run(dataclasses.replace(cfg(0), optim=OptimConfig(lr=1e-2, warmup_steps=3, beta2=0.99)), 7)
+
+
+def test_runs_differing_in_lr_and_warmup_share_the_compiled_step():
+    """The peak lr and the warmup are arguments of the compiled step: a run with other values
+    shares it and trains exactly as a step compiled for that run alone."""
+    model = ModelConfig(n_layer=1, d_model=16, n_head=2, vocab_size=64, seq_len=8)
+    mesh = make_mesh({"data": 1, "fsdp": 1, "model": 1})
+    batch = jax.random.randint(jax.random.key(0), (4, 9), 0, 64)
+
+    def cfg(lr, warmup):
+        return dataclasses.replace(Config(), model=model, optim=OptimConfig(lr=lr, warmup_steps=warmup),
+                                   train=TrainConfig(batch_size=4))
+
+    def train(t, n):
+        state, out = t.init_state(), []
+        for _ in range(n):
+            state, m = t.train_step(state, batch)
+            out.append((float(m["loss"]), float(m["lr"])))
+        return out, jax.tree.leaves(state.params)
+
+    first = Trainer(cfg(1e-2, 3), mesh, 6)
+    assert Trainer.program_key(cfg(3e-3, 1), mesh) == first.key
+    shared = first.for_run(cfg(3e-3, 1), 6)
+    assert shared.compile_step() is first.compile_step()
+    (a, pa), (b, pb) = train(shared, 6), train(Trainer(cfg(3e-3, 1), mesh, 6), 6)
+    assert a == b
+    for x, y in zip(pa, pb):
+        np.testing.assert_array_equal(x, y)
+    f = lr_schedule(OptimConfig(lr=3e-3, warmup_steps=1), 6)
+    assert [lr for _, lr in a] == pytest.approx([float(f(s)) for s in range(6)], rel=1e-6)
 
 
 def test_loss_is_cross_entropy_by_hand():

@@ -42,7 +42,7 @@ from scaling.config import Config
 from scaling.model import GPT, training_attention
 from scaling.model import attention as attn_lib
 from scaling.train import step as step_lib
-from scaling.train.optimizer import make_optimizer
+from scaling.train.optimizer import RUNTIME_FIELDS, make_optimizer
 from scaling.train.step import TrainState
 
 AUTO_MICROBATCH_TOKENS = 1024
@@ -51,8 +51,11 @@ microbatch's activations stay in cache."""
 
 
 def shape_fields(cfg: Config) -> tuple:
-    """The settings a compiled step depends on (with the mesh): runs equal in them share it."""
-    return (cfg.model, cfg.optim, cfg.train.batch_size, cfg.train.microbatches)
+    """The settings a compiled step depends on (with the mesh): runs equal in them share it. The
+    optimizer's peak lr and warmup are arguments of the step (``RUNTIME_FIELDS``), not in the key."""
+    optim = tuple((f.name, getattr(cfg.optim, f.name)) for f in dataclasses.fields(cfg.optim)
+                  if f.name not in RUNTIME_FIELDS)
+    return (cfg.model, optim, cfg.train.batch_size, cfg.train.microbatches)
 
 
 def resolve_microbatches(cfg: Config, data_shards: int, backend: str) -> int:
@@ -136,7 +139,8 @@ class ShapePrograms:
     def _run_args(self) -> step_lib.RunArgs:
         """The run's values the compiled step takes as arguments (replicated scalars)."""
         key_data = np.asarray(jax.random.key_data(jax.random.key(self.cfg.train.seed)))
-        host = {"key": key_data, "total_steps": np.int32(self.total_steps),
+        host = {"key": key_data, "total_steps": np.int32(self.total_steps), "lr": np.float32(self.cfg.optim.lr),
+                "warmup_steps": np.int32(self.cfg.optim.warmup_steps),
                 "nan_step": np.int32(self.cfg.debug.inject_nan_step)}
         return {k: jax.make_array_from_callback(v.shape, self.replicated, lambda idx, v=v: v[idx])
                 for k, v in host.items()}

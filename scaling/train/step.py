@@ -8,6 +8,8 @@ share a compiled step:
 - ``key``: the key data of ``jax.random.key(train.seed)``; step t draws dropout from
   ``fold_in(key, t)``;
 - ``total_steps``: the schedule's length;
+- ``lr``, ``warmup_steps``: the schedule's peak rate and warmup (``optim.lr``,
+  ``optim.warmup_steps``: runs that differ only in them share the compiled step);
 - ``nan_step``: ``debug.inject_nan_step``, a fault injected for tests (-1: never).
 
 A step whose loss or gradient norm is not finite leaves the parameters and the optimizer
@@ -40,6 +42,8 @@ class TrainState:
 class RunArgs(TypedDict):
     key: jax.Array
     total_steps: jax.Array
+    lr: jax.Array
+    warmup_steps: jax.Array
     nan_step: jax.Array
 
 
@@ -59,14 +63,15 @@ def train_step(model: GPT, tx: optax.GradientTransformationExtraArgs, optim: Opt
     loss = jnp.where(injected, jnp.nan, loss)
 
     def update(params, opt_state):
-        updates, opt_state = tx.update(grads, opt_state, params, total_steps=run["total_steps"])
+        updates, opt_state = tx.update(grads, opt_state, params, total_steps=run["total_steps"],
+                                       peak_lr=run["lr"], warmup_steps=run["warmup_steps"])
         return optax.apply_updates(params, updates), opt_state
 
     # a cond rather than a select of new and old values: XLA then updates the donated buffers in
     # place instead of copying the old state for the select
     params, opt_state = jax.lax.cond(finite, update, lambda p, o: (p, o), state.params, state.opt_state)
     new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state)
-    lr = lr_schedule(optim, run["total_steps"])(state.step)
+    lr = lr_schedule(optim, run["total_steps"], run["lr"], run["warmup_steps"])(state.step)
     return new_state, {"loss": loss, "grad_norm": grad_norm, "lr": lr}
 
 

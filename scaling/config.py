@@ -66,6 +66,9 @@ class ModelConfig:
                                 "XLA's FFI; float32, head size 16/32/64/128) | blocked (cache-sized blocks in XLA, "
                                 "hand-written backward) | dot_product (jax.nn.dot_product_attention)")
     init_std: float = _f(0.02, "std of the normal init; residual projections get init_std/sqrt(2*n_layer)", gt=0)
+    scan_layers: bool = _f(False, "run the blocks under nn.scan (one compiled block, parameters stacked on a leading "
+                                  "layers axis) instead of a Python loop (h_0 .. h_{n-1}). A checkpoint holds one "
+                                  "layout. Off by default: PLACEHOLDER")
 
     def __post_init__(self) -> None:
         _check_fields(self)

@@ -20,7 +20,6 @@ within a repeat, and the table gives the medians over repeats. ``--quick`` takes
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import time
@@ -80,8 +79,8 @@ def main(argv=None) -> dict:
     import jax
 
     jax.config.update("jax_enable_compilation_cache", False)
-    from scaling.sharding import make_mesh, mesh_shape
     from scaling.model import training_attention
+    from scaling.sharding import make_mesh, mesh_shape
 
     rows = []
     for n_layer, d_model in SHAPES:

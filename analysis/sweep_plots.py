@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from analysis.plots import make_all, save_figures
 from scaling.laws.result import FitOutput, FitResult
-from scaling.laws.runs import read_curve
+from scaling.run_curves import read_curve
 from scaling.sweep import Plan, collect_rows, load_sweep_runs
 
 

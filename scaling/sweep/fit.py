@@ -19,8 +19,9 @@ from scaling.laws.fit import attempt
 from scaling.laws.record import JsonRecord, NotRun
 from scaling.laws.report import report
 from scaling.laws.result import FitOutput, FitResult
-from scaling.laws.runs import Runs, load_runs, read_curve
+from scaling.laws.runs import Runs, load_runs
 from scaling.laws.support import SWEEP
+from scaling.run_curves import read_curve
 from scaling.sweep.plan import Plan
 from scaling.sweep.results import collect_rows, ignored_runs, read_json, rebuild_unlocked
 

@@ -66,9 +66,11 @@ class ModelConfig:
                                 "XLA's FFI; float32, head size 16/32/64/128) | blocked (cache-sized blocks in XLA, "
                                 "hand-written backward) | dot_product (jax.nn.dot_product_attention)")
     init_std: float = _f(0.02, "std of the normal init; residual projections get init_std/sqrt(2*n_layer)", gt=0)
-    scan_layers: bool = _f(False, "run the blocks under nn.scan (one compiled block, parameters stacked on a leading "
-                                  "layers axis) instead of a Python loop (h_0 .. h_{n-1}). A checkpoint holds one "
-                                  "layout. Off by default: PLACEHOLDER")
+    scan_layers: bool = _f(False, "run the blocks under nn.scan (one block traced and compiled whatever the depth, "
+                                  "parameters stacked on a leading layers axis) instead of a Python loop (h_0 .. "
+                                  "h_{n-1}); a checkpoint holds one layout. Off by default: at a sweep's depths the "
+                                  "scan saves little compile time and slows every step, and a sweep compiles each "
+                                  "shape once but trains it for thousands of steps (docs/performance.md)")
 
     def __post_init__(self) -> None:
         _check_fields(self)

@@ -13,10 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scaling.config import ModelConfig, OptimConfig
+from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig
 from scaling.flops import param_counts
 from scaling.model import GPT, stack_layers, unstack_layers
+from scaling.sharding import make_mesh
 from scaling.train.optimizer import make_optimizer
+from scaling.train.programs import ShapePrograms
 from scaling.train.step import TrainState, train_step
 
 configs = st.builds(
@@ -146,3 +148,12 @@ def test_scanned_layers_equal_the_loop_in_logits_and_one_train_step():
     # differences of the two layouts move it by a fraction of lr
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=0.05 * optim.lr, rtol=1e-4),
                  unstack_layers(scan_state.params, cfg.n_layer), loop_state.params)
+
+
+def test_scanned_layers_count_the_flops_of_the_loop():
+    """XLA counts a loop's body once: flops_xla of a scanned model is counted on the loop."""
+    mesh = make_mesh({"data": 1, "fsdp": 1, "model": 1})
+    counts = [ShapePrograms(Config(model=_cfg(n_layer=3, attention="dot_product", scan_layers=scan),
+                                   train=TrainConfig(batch_size=4, microbatches=1)), mesh, 10).xla_flops_per_step()
+              for scan in (False, True)]
+    assert counts[0] == counts[1] > 0

@@ -48,7 +48,8 @@ from scaling.laws.approach1 import annealed_curves  # noqa: E402
 from scaling.laws.fit import (FitOptions, approach1_from_curves, approach1_from_endpoints, fit_table,  # noqa: E402
                               validate)
 from scaling.laws.report import report_output  # noqa: E402
-from scaling.laws.runs import DEFAULT_ALT_N_COL, alt_counts, load_curves, load_endpoints, load_runs  # noqa: E402
+from scaling.laws.runs import DEFAULT_ALT_N_COL, alt_counts, load_runs  # noqa: E402
+from scaling.run_curves import load_curves, load_endpoints  # noqa: E402
 from scaling.paths import data_dir  # noqa: E402
 
 __all__ = ["main", "build_parser", "chinchilla_csv", "load_runs", "UsageError"]

@@ -2,6 +2,7 @@
 (``--time``) each kernel's forward + backward time.
 
 python -m benchmarks.attention_check [--dtype float32] [--time] [--batch 16] [--seq 256] [--heads 8] [--head-dim 32]
+                                     [--out benchmarks/results/attention_check_<backend>.json]
 
 A check for a new backend (e.g. a GPU, where ``model.attention=auto`` picks
 ``jax.nn.dot_product_attention``): every implementation that runs there (``cpu_kernel`` only on
@@ -9,7 +10,8 @@ a CPU, in float32) must give the same loss and gradients as ``dot_product``.
 
 ``--time``: forward + backward of the causal attention kernel alone on (batch, seq, heads,
 head_dim) inputs, each implementation jitted, timed in alternating windows in this one
-process (medians of 7 windows), and each one's time over ``cpu_kernel``'s.
+process (medians of 7 windows), and each one's time over the first implementation's.
+Writes JSON with the machine record.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from benchmarks.record import result_path, write_result
 from scaling.config import ModelConfig
 from scaling.model import GPT, attention_kernel, cpu_attention
 
@@ -86,11 +89,13 @@ def main(argv=None) -> dict:
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--heads", type=int, default=8)
     p.add_argument("--head-dim", type=int, default=32)
+    p.add_argument("--out", default=None, help="default: benchmarks/results/attention_check_<backend>.json")
     args = p.parse_args(argv)
-    out = check(args.dtype)
+    out = {"backend": jax.default_backend(), "dtype": args.dtype, **check(args.dtype)}
     if args.time:
+        out["timing_shape"] = {"batch": args.batch, "seq": args.seq, "heads": args.heads, "head_dim": args.head_dim}
         out["ms"] = timing(args.dtype, args.batch, args.seq, args.heads, args.head_dim)
-    return out
+    return write_result(args.out or result_path("attention_check"), out)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Generation speed with and without the KV cache, on the same model, in one process.
 
     python benchmarks/generation.py [--context 512] [--new-tokens 64] [--batch 1 4] [--layers 4 --d-model 256]
+                                    [--out benchmarks/results/generation_<backend>.json]
 
 A randomly initialised GPT (learned positions, byte vocabulary) with a context of
 --context tokens decodes --new-tokens greedy tokens after a prompt of context - new
@@ -8,9 +9,9 @@ tokens, so the last step attends over the full context. Both paths run the same 
 while-loop; the cached one feeds one token per step at the cache index, the uncached
 one recomputes the whole (fixed-length) buffer every step. Each is compiled first (a
 one-token run of the same shapes), then timed over --repeats runs (best taken); the time
-includes the prefill. Prints a table of new tokens per
-second and the ratio cached / uncached (the target is >= 5x at a 512-token context),
-and checks that both produced the same tokens.
+includes the prefill. Prints a table of new tokens per second and the ratio cached /
+uncached, checks that both produced the same tokens and that the ratio reaches --target,
+and writes JSON with the machine record.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from benchmarks.record import result_path, write_result  # noqa: E402
 from scaling.config import ModelConfig  # noqa: E402
 from scaling.inference import generate  # noqa: E402
 from scaling.model import GPT  # noqa: E402
@@ -54,6 +56,7 @@ def main(argv=None) -> int:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--target", type=float, default=5.0, help="required cached/uncached ratio at every batch size")
+    p.add_argument("--out", default=None, help="default: benchmarks/results/generation_<backend>.json")
     args = p.parse_args(argv)
 
     cfg = ModelConfig(n_layer=args.layers, n_head=args.heads, d_model=args.d_model, seq_len=args.context,
@@ -76,6 +79,11 @@ def main(argv=None) -> int:
     for b, c, u, r, s in rows:
         print(f"{b:>5} {c:>13.1f} {u:>15.1f} {r:>15.1f}x {str(s):>12}")
     print(f"target: cached/uncached >= {args.target}x at context {args.context}: {'met' if ok else 'NOT met'}")
+    write_result(args.out or result_path("generation"), {
+        "backend": jax.default_backend(), "layers": cfg.n_layer, "d_model": cfg.d_model, "heads": cfg.n_head,
+        "context": args.context, "new_tokens": args.new_tokens, "repeats": args.repeats, "target": args.target,
+        "rows": [{"batch": b, "cached_tok_s": c, "uncached_tok_s": u, "ratio": r, "same_tokens": s}
+                 for b, c, u, r, s in rows]})
     return 0 if ok else 1
 
 

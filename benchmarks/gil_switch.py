@@ -1,11 +1,12 @@
 """Why a compile-ahead thread shortens Python's GIL switch interval (``train.short_gil_switch``).
 
-    python benchmarks/gil_switch.py [--shape 48x3] [--steps 200]
+    python benchmarks/gil_switch.py [--shape 48x3] [--steps 200] [--out benchmarks/results/gil_switch_<backend>.json]
 
 Times a training loop of a small model (bench-smoke's smallest shape: d_model 48, 3 layers,
 batch 8 x 32 bytes; step t dispatched before step t-1's metrics are fetched) alone and beside
 a thread that keeps tracing and lowering another train step (what a compile-ahead thread
 does between compiles), with Python's default switch interval (5 ms) and with 0.2 ms.
+Writes JSON with the machine record.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from benchmarks.record import result_path, write_result
 from scaling.config import Config, ModelConfig, TrainConfig
 from scaling.sharding import make_mesh
 from scaling.train import Trainer
@@ -28,6 +30,7 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="48x3", help="d_model x n_layer")
     p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--out", default=None, help="default: benchmarks/results/gil_switch_<backend>.json")
     args = p.parse_args(argv)
     d, n_layer = map(int, args.shape.split("x"))
     mesh = make_mesh({"data": 1, "fsdp": 1, "model": 1})
@@ -74,7 +77,9 @@ def main(argv=None) -> dict:
         print(f"switch interval {interval * 1e3:.1f} ms: {alone:.2f} ms per step alone, "
               f"{beside:.2f} ms beside a tracing thread", flush=True)
     sys.setswitchinterval(default)
-    return result
+    return write_result(args.out or result_path("gil_switch"), {
+        "backend": jax.default_backend(), "shape": args.shape, "batch": 8, "seq_len": 32, "steps": args.steps,
+        "rows": [{"switch_interval_s": k, "alone_ms": a, "beside_tracing_ms": b} for k, (a, b) in result.items()]})
 
 
 if __name__ == "__main__":

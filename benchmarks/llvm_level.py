@@ -2,7 +2,7 @@
 
     python -m benchmarks.llvm_level [--shapes 128x4,256x6,512x8] [--batch 16] [--seq 256]
                                     [--head-dim 32] [--levels 1,2] [--compiles 3] [--rounds 6]
-                                    [--steps 3]
+                                    [--steps 3] [--quick] [--out benchmarks/results/llvm_level_<backend>.json]
 
 For each shape, in one process with the persistent compilation cache off: the product's
 train step lowered and compiled with ``xla_backend_optimization_level`` at each level in
@@ -10,7 +10,8 @@ turn, ``--compiles`` times (the product compiles its step at XLA's default, 2), 
 median compile wall time and the process's CPU seconds meanwhile (XLA compiles on threads
 of its own), then the compiled steps timed in alternating windows of ``--steps`` steps (so
 every level sees the same machine); medians over ``--rounds`` windows. bench-smoke's shapes:
-``--shapes 48x3,64x4,80x5 --batch 8 --seq 32 --head-dim 16 --steps 100``.
+``--shapes 48x3,64x4,80x5 --batch 8 --seq 32 --head-dim 16 --steps 100``. ``--quick``: the
+128x4 shape alone, one compile per level and three rounds. Writes JSON with the machine record.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ os.environ["SCALING_COMPILE_CACHE"] = "off"  # every compile is a real one
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks.record import result_path, write_result  # noqa: E402
 from benchmarks.throughput import bench_config  # noqa: E402
 from scaling.config import Config, ModelConfig  # noqa: E402
 from scaling.sharding import make_mesh, mesh_shape  # noqa: E402
@@ -59,7 +61,11 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--compiles", type=int, default=3, help="compiles of each level (medians)")
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--steps", type=int, default=3, help="train steps per timed window")
+    p.add_argument("--quick", action="store_true", help="--shapes 128x4 --compiles 1 --rounds 3")
+    p.add_argument("--out", default=None, help="default: benchmarks/results/llvm_level_<backend>.json")
     args = p.parse_args(argv)
+    if args.quick:
+        args.shapes, args.compiles, args.rounds = "128x4", 1, 3
     levels = [int(x) for x in args.levels.split(",")]
     rng = np.random.default_rng(0)
     rows = []
@@ -87,6 +93,9 @@ def main(argv=None) -> list[dict]:
             ms = statistics.median(state[level][2])
             rows.append({"shape": shape, "level": level, "compile_s": wall, "compile_cpu_s": cpu, "step_ms": ms})
             print(f"{shape:>8} {level:>5} {wall:>9.2f} {cpu:>13.2f} {ms:>9.2f}")
+    write_result(args.out or result_path("llvm_level"), {
+        "backend": jax.default_backend(), "batch": args.batch, "seq_len": args.seq, "head_dim": args.head_dim,
+        "compiles": args.compiles, "rounds": args.rounds, "steps": args.steps, "rows": rows})
     return rows
 
 

@@ -80,6 +80,17 @@ def machine_record() -> dict:
             "libraries": libraries()}
 
 
+def backend() -> str:
+    """JAX's default backend (``cpu``, ``gpu``, ``tpu``), or ``cpu`` where JAX is not loaded."""
+    jax = sys.modules.get("jax")
+    return jax.default_backend() if jax is not None else "cpu"
+
+
+def result_path(name: str, backend_name: str | None = None) -> Path:
+    """``benchmarks/results/<name>_<backend>.json``: where benchmark ``name`` writes by default."""
+    return REPO / "benchmarks" / "results" / f"{name}_{backend_name or backend()}.json"
+
+
 def write_result(path: str | Path, result: dict) -> dict:
     """Write ``result`` with its ``machine`` record as JSON at ``path`` (atomically); returns it."""
     result = {**result, "machine": machine_record()}

@@ -2,7 +2,8 @@
 evaluation, checkpoints, data, fit and plots, the rest), measured in one process.
 
     python benchmarks/sweep_overhead.py [--config experiments/configs/bench-smoke.yaml] [--warm-cache]
-                                        [--no-compile-ahead]
+                                        [--no-compile-ahead] [--quick]
+                                        [--out benchmarks/results/sweep_overhead_<backend>.json]
 
 The default sweep, bench-smoke, is the smoke sweep's design (2 budgets x 3 sizes) at budgets
 where training takes a couple of minutes on 2 CPU cores; ``--config
@@ -22,7 +23,8 @@ Compilation is the time the runs waited for their init and train step (``compile
 summary.json; compiles that overlap training are not waited for). Prints each part as a
 share of the sweep's wall time; "other" is the remainder (run set-up, the evaluation and
 FLOP-count compiles a run waited for, logging, training slowed by compiles running beside
-it, and timing noise).
+it, and timing noise). ``--quick`` measures the smoke sweep (``experiments/configs/smoke.yaml``).
+Writes JSON with the machine record.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 REPO = Path(__file__).resolve().parents[1]
+
+from benchmarks.record import result_path, write_result  # noqa: E402
 
 
 def _time(fn, n: int) -> float:
@@ -144,7 +148,11 @@ def main(argv=None) -> dict:
                    help="use the usual compilation cache (else a fresh empty one, as on a fresh clone)")
     p.add_argument("--no-compile-ahead", action="store_true",
                    help="compile each program on the loop's thread when first needed (the A/B baseline)")
+    p.add_argument("--quick", action="store_true", help="the smoke sweep (--config experiments/configs/smoke.yaml)")
+    p.add_argument("--out", default=None, help="default: benchmarks/results/sweep_overhead_<backend>.json")
     args = p.parse_args(argv)
+    if args.quick:
+        args.config = str(REPO / "experiments" / "configs" / "smoke.yaml")
     tmp = Path(tempfile.mkdtemp(prefix="sweep-overhead-"))
     if not args.warm_cache:
         os.environ["SCALING_COMPILE_CACHE"] = str(tmp / "jax-compile")
@@ -202,7 +210,15 @@ def main(argv=None) -> dict:
           f"({(wall - parts['train steps']) / len(plan.runs):.2f}s per run)")
     for k, v in parts.items():
         print(f"  {k:<55} {v:8.2f}s  {v / wall:6.1%}")
-    return {"wall_s": wall, "outside_share": outside, **{k: v / wall for k, v in parts.items()}}
+    import jax
+    config = Path(args.config).resolve()
+    return write_result(args.out or result_path("sweep_overhead"), {
+        "backend": jax.default_backend(), "sweep": plan.spec.name,
+        "config": str(config.relative_to(REPO)) if config.is_relative_to(REPO) else str(config),
+        "runs": len(plan.runs), "cache": "warm" if args.warm_cache else "fresh",
+        "compile_ahead": not args.no_compile_ahead, "wall_s": wall, "outside_share": outside,
+        "shares": {k: v / wall for k, v in parts.items()},
+        "per_run": [{"run_id": rid, "wall_s": w, "steps_s": s, "compile_s": c} for rid, w, s, c in per_run]})
 
 
 if __name__ == "__main__":

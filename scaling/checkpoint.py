@@ -194,6 +194,11 @@ class Checkpointer:
         saved = _shapes_by_path(self.manager.item_metadata(step)["state"])
         wanted = _shapes_by_path(abstract_state)
         if saved.keys() != wanted.keys():
+            layouts = _layer_layout(saved), _layer_layout(wanted)
+            if None not in layouts and layouts[0] != layouts[1]:
+                raise UsageError(f"cannot restore checkpoint {step} under {self.directory}: it holds {layouts[0]} "
+                                 f"layers, this run's model {layouts[1]} ones; set model.scan_layers "
+                                 f"{str(layouts[0] == 'scanned').lower()} or use a new --out")
             return  # another tree structure: orbax's restore names the difference
         for path, shape in wanted.items():
             if saved[path] != shape:
@@ -320,6 +325,15 @@ def _shapes_by_path(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
         return str(k)
     return {"/".join(name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
             for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _layer_layout(shapes: dict[str, Any]) -> str | None:
+    """``"scanned"`` (one ``h`` stacked over layers, ``model.scan_layers``), ``"looped"``
+    (``h_0 .. h_{n-1}``) or None, from the parameter paths of :func:`_shapes_by_path`."""
+    parts = {p for path in shapes if path.startswith("params/") for p in path.split("/")}
+    if "h" in parts:
+        return "scanned"
+    return "looped" if "h_0" in parts else None
 
 
 def _fmt(shape_dtype: tuple[tuple[int, ...], str]) -> str:

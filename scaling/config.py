@@ -66,6 +66,11 @@ class ModelConfig:
                                 "XLA's FFI; float32, head size 16/32/64/128) | blocked (cache-sized blocks in XLA, "
                                 "hand-written backward) | dot_product (jax.nn.dot_product_attention)")
     init_std: float = _f(0.02, "std of the normal init; residual projections get init_std/sqrt(2*n_layer)", gt=0)
+    scan_layers: bool = _f(False, "run the blocks under nn.scan (one block traced and compiled whatever the depth, "
+                                  "parameters stacked on a leading layers axis) instead of a Python loop (h_0 .. "
+                                  "h_{n-1}); a checkpoint holds one layout. Off by default: at a sweep's depths the "
+                                  "scan saves little compile time and slows every step, and a sweep compiles each "
+                                  "shape once but trains it for thousands of steps (docs/performance.md)")
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -262,6 +267,8 @@ class Config:
             d.get(sec, {}).pop(name, None)
         if self.optim.schedule == "cosine":  # the wsd fields change nothing (and older runs hash as before)
             d["optim"] = {k: v for k, v in d["optim"].items() if k not in ("schedule", "decay_fraction", "decay_shape")}
+        if not self.model.scan_layers:  # likewise the looped layout, the default
+            d["model"].pop("scan_layers", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

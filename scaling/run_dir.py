@@ -7,7 +7,7 @@
     DIR/.lock           held by the process that trains in DIR (scaling.io.hold_directory)
 
 Readers (generate, evaluate, sweeps, analysis) use :func:`read_config`, :func:`read_metrics`,
-:func:`read_summary` and :func:`checkpoints_path`, which report a missing or malformed file
+:func:`read_summary`, :func:`run_status` and :func:`checkpoints_path`, which report a missing or malformed file
 as a :class:`~scaling.errors.UsageError` naming it.
 
 A training run owns its directory through a :class:`RunDirectory`: process 0 holds the lock
@@ -89,6 +89,16 @@ def read_summary(run_dir: str | Path) -> dict | None:
     if not isinstance(summary, dict):
         raise UsageError(f"run summary {path} is not a JSON object")
     return summary
+
+
+def run_status(run_dir: str | Path) -> str | None:
+    """The ``status`` of the run's summary (``completed``, ``diverged``, ...): None while the run
+    has not ended, and for a summary that cannot be read (the run is then not finished)."""
+    try:
+        summary = read_summary(run_dir)
+    except UsageError:
+        return None
+    return None if summary is None else summary.get("status")
 
 
 # ----------------------------------------------------------------------------- write errors

@@ -23,6 +23,8 @@ from scaling.errors import UsageError
 
 MESH_AXES = ("data", "fsdp", "model")
 BATCH_AXES = ("data", "fsdp")
+LAYERS_AXIS = "layers"
+"""The logical axis of the stacked layers of a scanned model (each device holds every layer)."""
 
 # logical axis name -> mesh axis (or axes, or None for replicated)
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
@@ -35,6 +37,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("qkv", None),
     ("norm", None),
     ("position", None),
+    (LAYERS_AXIS, None),
     # activations
     ("act_batch", BATCH_AXES),
     ("act_seq", None),

@@ -7,9 +7,10 @@ python -m tests.mesh_worker cli RUNS.json
     to, does not compile them again) and prints one JSON object keyed by name: the exit code,
     the stderr lines, the per-step losses of metrics.jsonl, a few summary fields and the CPU
     seconds the run took.
-python -m tests.mesh_worker DATA,FSDP,MODEL ...
-    a few steps on each mesh through ``Trainer``, printing the losses, each parameter's actual
-    and rule-table PartitionSpec, and the bytes of parameters and optimizer state per device.
+python -m tests.mesh_worker DATA,FSDP,MODEL[,scan] ...
+    a few steps on each mesh through ``Trainer`` (``scan``: with ``model.scan_layers``), printing
+    the losses, each parameter's actual and rule-table PartitionSpec, and the bytes of parameters
+    and optimizer state per device.
 """
 
 from __future__ import annotations
@@ -79,8 +80,9 @@ def spec_str(spec) -> list:
     return [list(a) if isinstance(a, tuple) else a for a in spec]
 
 
-def main(data: int, fsdp: int, model: int) -> dict:
+def main(data: int, fsdp: int, model: int, scan: bool = False) -> dict:
     cfg = config()
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_layers=scan))
     shape = sh.mesh_shape(dataclasses.replace(cfg.mesh, data=data, fsdp=fsdp, model=model), jax.device_count())
     mesh = sh.make_mesh(shape)
     trainer = Trainer(cfg, mesh, STEPS)
@@ -113,4 +115,4 @@ if __name__ == "__main__":
         runs = json.loads(Path(sys.argv[2]).read_text())
         print(json.dumps({r["name"]: run_train_cli(r["argv"]) for r in runs}))
     else:
-        print(json.dumps({m: main(*map(int, m.split(","))) for m in sys.argv[1:]}))
+        print(json.dumps({m: main(*map(int, m.split(",")[:3]), scan=m.endswith(",scan")) for m in sys.argv[1:]}))

@@ -202,6 +202,19 @@ def test_a_checkpoint_of_other_shapes_is_refused_even_when_config_changes_are_al
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
 
 
+def test_a_checkpoint_of_the_other_layer_layout_is_refused_with_the_field_to_set(reference, tmp_path, capsys):
+    """A checkpoint of looped layers (h_0 .. h_{n-1}) does not restore into a scanned model
+    (model.scan_layers): one line names the layouts and the setting that reads it."""
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    with pytest.raises(SystemExit) as e:
+        train_cli.main(["--out", str(out), *TINY, *CKPT, "--model.scan_layers", "true",
+                        "--resume.allow_config_change", "true"])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(("error", "warning"))]
+    assert e.value.code == 2
+    assert len(err) == 1 and "looped layers" in err[0] and "model.scan_layers false" in err[0], err
+
+
 def test_reading_a_run_moves_nothing_and_leaves_a_save_in_flight_alone(reference, tmp_path, capsys):
     """generate and evaluate read runs that may still be training: a corrupt step is skipped,
     not moved, and orbax's temporary directory of a save in flight is not cleaned up."""

@@ -450,7 +450,7 @@ def write_endpoint_runs(root: Path) -> Path:
 
 
 def test_load_endpoints_reads_final_points_and_marked_cooldowns(tmp_path):
-    from scaling.laws.runs import load_endpoints
+    from scaling.run_curves import load_endpoints
 
     root = tmp_path / "sweep"
     for name, summary, metrics in [
@@ -474,7 +474,7 @@ def test_load_endpoints_reads_final_points_and_marked_cooldowns(tmp_path):
 
 def test_approach1_from_endpoint_runs_cli(tmp_path, capsys):
     from scaling.laws.approach1 import fit_approach1_endpoints
-    from scaling.laws.runs import load_endpoints
+    from scaling.run_curves import load_endpoints
 
     root = write_endpoint_runs(tmp_path / "sweep")
     csv = write_shared_sizes_csv(tmp_path / "results.csv")

@@ -3,6 +3,7 @@ search against greedy and against an independent scoring, end-of-text, the CLI."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import flax.linen as nn
@@ -14,7 +15,7 @@ import pytest
 from scaling import inference as gen
 from scaling.config import ModelConfig
 from scaling.errors import UsageError
-from scaling.model import GPT
+from scaling.model import GPT, stack_layers
 from tests.helpers import tiny_run_dir
 
 # One batch shape everywhere, so the compiled loops are shared between tests.
@@ -56,6 +57,20 @@ def test_cached_greedy_equals_uncached_token_for_token_and_logits_within_1e5(kin
                 np.testing.assert_array_equal(new, a.logits[i, len(p): a.lengths[i]].argmax(-1))
     # a long rotary sequence did run past the trained context
     assert kind == "learned" or a.lengths.max() > cfg.seq_len
+
+
+def test_scanned_layers_decode_as_the_loop_greedy_and_in_beams():
+    """model.scan_layers with the loop's parameters stacked: the same tokens and logits through
+    the KV cache (held per layer between steps, stacked for the scan)."""
+    cfg, params = LEARNED
+    scfg, stacked = dataclasses.replace(cfg, scan_layers=True), stack_layers(params, cfg.n_layer)
+    prompts = PROMPT_SETS[0]
+    a = gen.generate(cfg, params, prompts, 6, return_logits=True)
+    b = gen.generate(scfg, stacked, prompts, 6, return_logits=True)
+    np.testing.assert_array_equal(a.tokens, b.tokens)
+    np.testing.assert_allclose(a.logits, b.logits, atol=1e-5)
+    beams = [gen.beam_search(c, p, prompts, 4, width=2) for c, p in ((cfg, params), (scfg, stacked))]
+    np.testing.assert_array_equal(beams[0].tokens, beams[1].tokens)
 
 
 def test_uncached_logits_equal_a_plain_forward_pass():

@@ -16,7 +16,7 @@ The layers::
                                                             pilot
     L7  scaling.inference, scaling.difficulty               decoding, loading runs; model-scored curricula
     L6  scaling.train                                       optimizer, step, programs, the run loop
-    L5  scaling.evaluation, scaling.run_dir, scaling.checkpoint, scaling.compile_cache
+    L5  scaling.evaluation, scaling.run_dir, scaling.run_curves, scaling.checkpoint, scaling.compile_cache
     L4  scaling.data                                        corpus, token caches, batches, curriculum sampler
     L3  scaling.model                                       the GPT, attention kernels
     L2  scaling.tokenizer, scaling.flops, scaling.sharding, scaling.laws
@@ -44,7 +44,8 @@ LAYERS = {
     "scaling.tokenizer": 2, "scaling.flops": 2, "scaling.sharding": 2, "scaling.laws": 2, "scaling.schedule": 2,
     "scaling.model": 3,
     "scaling.data": 4,
-    "scaling.evaluation": 5, "scaling.run_dir": 5, "scaling.checkpoint": 5, "scaling.compile_cache": 5,
+    "scaling.evaluation": 5, "scaling.run_dir": 5, "scaling.run_curves": 5, "scaling.checkpoint": 5,
+    "scaling.compile_cache": 5,
     "scaling.train": 6,
     "scaling.inference": 7, "scaling.difficulty": 7,
     "scaling.sweep": 8,

@@ -14,9 +14,9 @@ from tests.mesh_worker import STEPS
 from tests.mesh_worker import main as train_on_mesh
 
 # (2, 2, 2) puts every rule of the table on a mesh axis of its own; (1, 8, 1) and (8, 1, 1) are
-# FSDP's memory case and its replicated contrast; (1, 4, 2) trains here only. The other meshes
-# train through the CLI in test_mesh_matrix.py.
-MESHES = ["1,4,2", "2,2,2", "1,8,1", "8,1,1"]
+# FSDP's memory case and its replicated contrast; (1, 4, 2) trains here only; "scan" is
+# (2, 2, 2) with model.scan_layers. The other meshes train through the CLI in test_mesh_matrix.py.
+MESHES = ["1,4,2", "2,2,2", "1,8,1", "8,1,1", "2,2,2,scan"]
 
 # Megatron layout by hand: (parameter suffix) -> PartitionSpec as (data, fsdp, model) names.
 MEGATRON = {
@@ -35,6 +35,7 @@ def results():
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     out["1,1,1"] = train_on_mesh(1, 1, 1)
+    out["1,1,1,scan"] = train_on_mesh(1, 1, 1, scan=True)
     return out
 
 
@@ -44,15 +45,25 @@ def test_fsdp4_model2_losses_equal_the_single_device_run(results):
     np.testing.assert_allclose(results["1,4,2"]["losses"], ref, rtol=1e-4)
 
 
+def test_scanned_layers_on_a_mesh_train_as_on_one_device(results):
+    ref = results["1,1,1,scan"]["losses"]
+    assert len(ref) == STEPS and ref[-1] < ref[0]
+    np.testing.assert_allclose(results["2,2,2,scan"]["losses"], ref, rtol=1e-4)
+
+
 @pytest.mark.parametrize("mesh", MESHES)
 def test_every_parameter_is_sharded_as_the_rule_table_says(results, mesh):
     params = results[mesh]["params"]
     assert len(params) > 10
     for name, p in params.items():
         assert p["equivalent"], (mesh, name, p)
+        rule = p["rule"]
+        if name.startswith("h/"):  # scanned: the stacked layers axis first, unsharded
+            assert rule[0] is None, (name, rule)
+            rule = rule[1:]
         for suffix, spec in MEGATRON.items():
             if name.endswith(suffix):
-                assert p["rule"] == spec, (name, p["rule"])
+                assert rule == spec, (name, rule)
 
 
 def test_fsdp_divides_parameter_and_optimizer_bytes(results):

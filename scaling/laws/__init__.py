@@ -11,7 +11,8 @@ intervals, hold-out checks and diagnostics.  numpy/scipy only (no JAX): fits run
 - :mod:`~scaling.laws.checks`: diagnostics of a fitted law and their verdict
 - :mod:`~scaling.laws.count_models`: n-gram count models, the regime check's baseline
 - :mod:`~scaling.laws.support`: which approaches a set of runs supports (the one rule)
-- :mod:`~scaling.laws.runs`: the inputs read and validated (a CSV of runs, curves, endpoints)
+- :mod:`~scaling.laws.runs`: the inputs read and validated (a CSV of runs; curves and endpoints
+  from run directories are :mod:`scaling.run_curves`'s, as arrays)
 - :mod:`~scaling.laws.fit`, :mod:`~scaling.laws.result`, :mod:`~scaling.laws.report`: every
   requested fit of a table of runs, its typed result and JSON form, and its readable report
 
@@ -58,7 +59,7 @@ from scaling.laws.law import (
 from scaling.laws.lbfgs import BatchResult, lbfgs_batch
 from scaling.laws.record import NotRun, json_safe
 from scaling.laws.result import FitOutput, FitResult, Prediction
-from scaling.laws.runs import Runs, load_curves, load_endpoints, load_runs
+from scaling.laws.runs import Runs, load_runs
 from scaling.laws.support import Requirements
 
 __all__ = [
@@ -73,6 +74,6 @@ __all__ = [
     "EnvelopePoint", "Envelope", "EndpointEnvelope", "fit_approach1", "annealed_curves", "fit_approach1_endpoints",
     "Check", "Thresholds", "Verdict", "diagnose",
     "Requirements", "NotRun", "json_safe",
-    "Runs", "load_runs", "load_curves", "load_endpoints",
+    "Runs", "load_runs",
     "FitOptions", "validate", "fit_runs", "fit_table", "Prediction", "FitResult", "FitOutput",
 ]

@@ -13,8 +13,10 @@ from scaling.model.gpt import (
                                constrain_residual,
                                init_cache,
                                rotary,
+                               stack_layers,
                                training_attention,
+                               unstack_layers,
 )
 
 __all__ = ["GPT", "MLP", "Attention", "Block", "Cache", "attention_kernel", "check_attention", "constrain_residual",
-           "init_cache", "rotary", "training_attention"]
+           "init_cache", "rotary", "stack_layers", "training_attention", "unstack_layers"]

@@ -3,7 +3,8 @@
 Parameter logical axes (mapped to mesh axes by the one rule table in ``scaling.sharding``):
 ``vocab`` (embedding rows / logits), ``embed`` (residual width), ``heads`` (attention
 heads), ``head_dim``, ``qkv`` (the stacked q/k/v index), ``mlp`` (MLP hidden), ``norm``
-(normalisation scales), ``position`` (learned positions). Activations are constrained at
+(normalisation scales), ``position`` (learned positions), ``layers`` (the stacked layer axis of
+``model.scan_layers``). Activations are constrained at
 block boundaries with ``act_batch``, ``act_seq``, ``act_embed``.
 
 ``GPT.__call__(tokens_bt)`` returns float32 logits (padded vocabulary ids masked to a
@@ -28,7 +29,7 @@ from scaling.errors import UsageError
 from scaling.model import attention as attn_lib
 from scaling.model import cpu_attention
 from scaling.model.attention import NEG_INF
-from scaling.sharding import logical_axis_size
+from scaling.sharding import LAYERS_AXIS, logical_axis_size
 
 Cache = list[tuple[jax.Array, jax.Array]]  # per layer: (k_bThd, v_bThd), T = max length
 
@@ -178,16 +179,58 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    """One transformer block: ``(x_btd, layer_cache) -> (x_btd, new_layer_cache)`` (the caches
+    ``None`` without a KV cache), in the carry-first form ``nn.scan`` takes."""
+
     cfg: ModelConfig
+    train: bool = False
 
     @nn.compact
-    def __call__(self, x_btd, positions_bt, *, train: bool, cache=None, cache_index=None):
+    def __call__(self, x_btd, cache, positions_bt, cache_index):
         h_btd = _norm(self.cfg, "ln_1")(x_btd)
-        a_btd, new_cache = Attention(self.cfg, name="attn")(h_btd, positions_bt, train=train,
+        a_btd, new_cache = Attention(self.cfg, name="attn")(h_btd, positions_bt, train=self.train,
                                                             cache=cache, cache_index=cache_index)
         x_btd = x_btd + a_btd
-        x_btd = x_btd + MLP(self.cfg, name="mlp")(_norm(self.cfg, "ln_2")(x_btd), train=train)
+        x_btd = x_btd + MLP(self.cfg, name="mlp")(_norm(self.cfg, "ln_2")(x_btd), train=self.train)
         return constrain_residual(x_btd), new_cache
+
+
+def _layers(cfg: ModelConfig, train: bool, x_btd, cache: Cache | None, positions_bt, cache_index):
+    """The ``n_layer`` blocks: ``h_0 .. h_{n-1}`` in a Python loop, or with ``model.scan_layers``
+    one block ``h`` under ``nn.scan`` whose parameters carry a leading ``layers`` axis (the KV
+    cache is stacked into that axis for the scan and handed back per layer)."""
+    if not cfg.scan_layers:
+        new_cache: Cache = []
+        for i in range(cfg.n_layer):
+            x_btd, layer_cache = Block(cfg, train, name=f"h_{i}")(
+                x_btd, None if cache is None else cache[i], positions_bt, cache_index)
+            new_cache.append(layer_cache)
+        return x_btd, new_cache
+    scanned = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                      in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.n_layer,
+                      metadata_params={nn.PARTITION_NAME: LAYERS_AXIS})
+    stacked = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *cache)
+    x_btd, stacked = scanned(cfg, train, name="h")(x_btd, stacked, positions_bt, cache_index)
+    if cache is None:
+        return x_btd, []
+    return x_btd, [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(cfg.n_layer)]
+
+
+def stack_layers(params: dict, n_layer: int) -> dict:
+    """A parameter tree of the looped layout (``h_0 .. h_{n-1}``) in the scanned layout (``h``,
+    each leaf stacked on a leading layer axis); the other entries unchanged."""
+    layers = [params[f"h_{i}"] for i in range(n_layer)]
+    out = {k: v for k, v in params.items() if not (k.startswith("h_") and k[2:].isdigit())}
+    out["h"] = jax.tree.map(lambda *a: jnp.stack(a), *layers)
+    return out
+
+
+def unstack_layers(params: dict, n_layer: int) -> dict:
+    """The inverse of :func:`stack_layers`."""
+    out = {k: v for k, v in params.items() if k != "h"}
+    for i in range(n_layer):
+        out[f"h_{i}"] = jax.tree.map(lambda a, i=i: a[i], params["h"])
+    return out
 
 
 class GPT(nn.Module):
@@ -209,12 +252,7 @@ class GPT(nn.Module):
             x_btd = x_btd + jax.lax.dynamic_slice_in_dim(wpe, start, t)[None]  # positions start..start+t-1
         x_btd = nn.Dropout(cfg.dropout)(x_btd, deterministic=not train)
         x_btd = constrain_residual(x_btd)
-        new_cache: Cache = []
-        for i in range(cfg.n_layer):
-            x_btd, layer_cache = Block(cfg, name=f"h_{i}")(
-                x_btd, positions_bt, train=train,
-                cache=None if cache is None else cache[i], cache_index=cache_index)
-            new_cache.append(layer_cache)
+        x_btd, new_cache = _layers(cfg, train, x_btd, cache, positions_bt, cache_index)
         x_btd = _norm(cfg, "ln_f")(x_btd)
         if cfg.tie_embeddings:
             logits_btv = wte.attend(x_btd.astype(jnp.dtype(cfg.dtype)))

@@ -17,9 +17,10 @@ from pathlib import Path
 from tqdm import tqdm
 
 from scaling.io import LockHeld, atomic_write_text
+from scaling.run_dir import run_status
 from scaling.sweep.fit import Plotter, SweepFit, finalize
 from scaling.sweep.plan import Plan, PlannedRun, format_duration
-from scaling.sweep.results import ignored_runs, log_event, read_json, rebuild_results
+from scaling.sweep.results import ignored_runs, log_event, rebuild_results
 
 __all__ = ["SweepResult", "execute"]
 
@@ -38,8 +39,7 @@ class SweepResult:
 
 
 def _run_state(run_dir: Path) -> str | None:
-    s = read_json(run_dir / "summary.json")
-    return None if s is None else s.get("status")
+    return run_status(run_dir)
 
 
 def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_diverged: bool = False,

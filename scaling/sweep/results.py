@@ -16,7 +16,7 @@ from typing import Any
 from scaling import config as config_lib
 from scaling.errors import UsageError
 from scaling.io import atomic_write_text, file_lock
-from scaling.run_dir import first_difference, read_config
+from scaling.run_dir import SUMMARY, first_difference, read_config, read_summary
 from scaling.sweep.plan import Plan
 from scaling.sweep.spec import RESULT_COLUMNS
 
@@ -28,6 +28,8 @@ VOLATILE_COLUMNS = ("wall_s", "compile_s", "tokens_per_s")
 
 
 def read_json(path: Path) -> dict | None:
+    """A file the sweep writes itself (plan.json, fit.json), or None when it is missing or not
+    JSON (run directories' own files are read through :mod:`scaling.run_dir`)."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
@@ -87,11 +89,14 @@ def _summaries(out: Path, plan: Plan | None) -> tuple[list[tuple[Path, dict]], l
     planned = None if plan is None else {r.run_id: r.cfg.identity_hash() for r in plan.runs}
     any_config = plan is not None and plan.base.resume.allow_config_change
     kept, ignored = [], []
-    for summary_path in sorted((Path(out) / "runs").glob("*/summary.json")):
-        summary = read_json(summary_path)
+    for summary_path in sorted((Path(out) / "runs").glob(f"*/{SUMMARY}")):
+        run_dir = summary_path.parent
+        try:
+            summary = read_summary(run_dir)
+        except UsageError:
+            continue  # unreadable: the run is not finished (execute trains it again)
         if summary is None:
             continue
-        run_dir = summary_path.parent
         if planned is not None and (run_dir.name not in planned or
                                     not (any_config or _run_identity(run_dir) == planned[run_dir.name])):
             ignored.append(run_dir.name)

@@ -253,7 +253,7 @@ class ShapePrograms:
         cost analysis counts once, so its own count would not be comparable (a second step
         is traced for it); the C++ kernel's custom calls count as nothing, so the count gets
         one layer's dot_product attention per layer added. A step of several microbatches is
-        counted as one batch (XLA counts a loop's body once).
+        counted as one batch (XLA counts a loop's body once), and scanned layers as the loop.
         """
         return self._program("xla_flops", self._build_xla_flops)
 
@@ -261,6 +261,8 @@ class ShapePrograms:
         kind, cfg = training_attention(self.cfg.model), self.cfg
         if kind == "blocked":
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attention="dot_product"))
+        if cfg.model.scan_layers:  # the scan over layers would be counted once: count the loop
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_layers=False))
         if self.microbatches > 1:  # the scan over microbatches would be counted once: count one batch
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, microbatches=1))
         lowered = (self._program("lowered_step", self._lower_step) if cfg is self.cfg  # the step's own

@@ -28,6 +28,11 @@ plan's runs I, I+N, I+2N, ... so that N workers (a Slurm array: --shard
 $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT, or hosts on a shared filesystem) split one
 sweep; the worker that finishes last writes the fit and the plots.
 
+On a CPU, --jobs (default auto: one worker per core, at most one per family of runs) trains
+the plan in that many worker processes, each a --shard of the plan with one XLA thread (small
+models leave cores idle in one process); the command then fits and plots once every worker
+has finished. Killing the command stops its workers; a rerun resumes.
+
 JAX's persistent compilation cache ($SCALING_CACHE_DIR/jax-compile; SCALING_COMPILE_CACHE=off
 turns it off) keeps runs that compile the same program from compiling again.
 """
@@ -35,12 +40,18 @@ turns it off) keeps runs that compile the same program from compiling again.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import dataclasses
 import json
+import os
+import signal
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from scaling import config as config_lib
-from scaling.errors import ArgumentParser, check_out_dir, exit_on_usage_error
+from scaling.errors import ArgumentParser, UsageError, check_out_dir, exit_on_usage_error
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIGS / "default.yaml"
@@ -60,6 +71,11 @@ def parser() -> argparse.ArgumentParser:
                    help="run only the plan's runs I, I+N, I+2N, ... (0 <= I < N)")
     p.add_argument("--retry-diverged", action="store_true",
                    help="retry diverged runs (from their last good checkpoint) instead of keeping them")
+    p.add_argument("--jobs", default="auto", metavar="J",
+                   help="worker processes training the plan on a CPU, each a shard with one XLA thread "
+                        "(auto: one per core, at most one per family of runs; 1 elsewhere, with --shard and "
+                        "with several JAX processes)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a --jobs worker: train only
     config_lib.add_config_arguments(p)
     return p
 
@@ -70,6 +86,9 @@ def main(argv: list[str] | None = None):
     from scaling import sweep
 
     spec = sweep.load_spec(args.config or DEFAULT_CONFIG)
+    jobs = _parse_jobs(args.jobs)
+    if args.worker:  # trains its shard quietly; the command that started it fits and plots
+        spec = dataclasses.replace(spec, fit=False)
     shard = sweep.parse_shard(args.shard)
     overrides = config_lib.overrides_from_args(args)
     out = check_out_dir(Path("runs") / f"sweep-{spec.name}" if args.out is None else args.out, "--out")
@@ -86,10 +105,17 @@ def main(argv: list[str] | None = None):
         sweep.check_outputs(plan, out)
     runs = plan.shard(*shard)
     scan_runs = () if scan is None else scan.shard(*shard)
+    if not args.dry_run and not args.worker and args.shard is None and base.dist.num_processes == 1:
+        families = len({r.family for r in plan.runs}) + (0 if scan is None else len(scan.runs))
+        if jobs == 0:
+            jobs = _cpu_cores() if _cpu_cores() > 1 and _backend_is_cpu() else 1
+        jobs = min(jobs, families)
+    else:
+        jobs = 1
     import jax
 
     is_main = jax.process_index() == 0
-    if is_main:
+    if is_main and not args.worker:
         print("# base config of every run (the plan sets model.n_layer, d_model, n_head, train.tokens, "
               "train.seed)\n" + plan.base.to_yaml(), file=sys.stderr)
     if args.dry_run:
@@ -109,11 +135,13 @@ def main(argv: list[str] | None = None):
             if calib is not None:
                 print(calib.describe())
         return plan
-    if is_main:
+    if is_main and not args.worker:
         if scan is not None:
             print(sweep.format_plan(scan, scan_runs, None, shard), flush=True)
         print(sweep.format_plan(plan, runs, None, shard), flush=True)
         print(f"sweep directory: {out}", flush=True)
+    if jobs > 1:
+        _run_workers(sys.argv[1:] if argv is None else argv, jobs)
     from analysis.sweep_plots import plot_sweep
     from scaling.sweep import pilot
 
@@ -127,6 +155,73 @@ def main(argv: list[str] | None = None):
     if is_main:
         _report(result, out)
     return result
+
+
+def _parse_jobs(text: str) -> int:
+    """--jobs: a positive integer, or auto (0 here: decided once the plan is known)."""
+    if text == "auto":
+        return 0
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"--jobs expects a positive integer or auto, got {text!r}")
+    return int(text)
+
+
+def _cpu_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _backend_is_cpu() -> bool:
+    """Whether JAX would run on the CPU, asked in a child process: initialising an accelerator
+    here would hold its memory away from the workers."""
+    probe = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
+                           capture_output=True, text=True, timeout=300)
+    return probe.returncode == 0 and probe.stdout.strip().splitlines()[-1:] == ["cpu"]
+
+
+def _run_workers(argv: list[str], jobs: int) -> None:
+    """Train the plan in ``jobs`` worker processes (this command with --shard i/jobs --worker),
+    each with one XLA thread, their output prefixed by [w<i>]; raise SystemExit when one fails.
+    A worker dies with this process (PR_SET_PDEATHSIG), and stops when this one is interrupted."""
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false",
+                                              "intra_op_parallelism_threads=1"]))
+    print(f"training in {jobs} worker processes (each --shard i/{jobs} with one XLA thread)", flush=True)
+    procs = [subprocess.Popen([sys.executable, "-m", "experiments.sweep", *argv, "--shard", f"{i}/{jobs}",
+                               "--jobs", "1", "--worker", "--train.progress", "false"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                              preexec_fn=_die_with_parent)
+             for i in range(jobs)]
+
+    def relay(i: int, proc: subprocess.Popen) -> None:
+        for line in proc.stdout:
+            print(f"[w{i}] {line}", end="", flush=True)
+
+    threads = [threading.Thread(target=relay, args=(i, p), daemon=True) for i, p in enumerate(procs)]
+    for t in threads:
+        t.start()
+    try:
+        codes = [p.wait() for p in procs]
+    except BaseException:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+        raise
+    for t in threads:
+        t.join()
+    failed = [(i, c) for i, c in enumerate(codes) if c != 0]
+    if failed:
+        print(f"error: worker {failed[0][0]} exited with code {failed[0][1]}; rerun the command to resume",
+              file=sys.stderr)
+        raise SystemExit(failed[0][1])
+
+
+def _die_with_parent() -> None:
+    """In a worker before exec: receive SIGTERM when the parent dies (Linux prctl; elsewhere nothing)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _report(result, out: Path) -> None:

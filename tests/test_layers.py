@@ -12,7 +12,8 @@ and benchmarks/:
 The layers::
 
     L9  experiments.*, analysis.*, benchmarks.*             command lines, plots, measurements
-    L8  scaling.sweep                                       spec, hparams, plan, calibrate, execute, results, fit,
+    L8  scaling.sweep                                       parse, noise, spec, hparams, families, plan, show,
+                                                            calibrate, execute, results, baseline, diagnose, fit,
                                                             pilot
     L7  scaling.inference, scaling.difficulty               decoding, loading runs; model-scored curricula
     L6  scaling.train                                       optimizer, step, programs, the run loop

@@ -22,6 +22,8 @@ from scaling import io as run_io
 from scaling import sweep
 from scaling.config import ModelConfig
 from scaling.errors import UsageError
+from scaling.laws.approach1 import fit_approach1_endpoints
+from scaling.laws.support import SWEEP
 from tests.helpers import REPO, data_path
 
 SMOKE = REPO / "experiments" / "configs" / "smoke.yaml"
@@ -127,6 +129,7 @@ arms:
     config: {data: {curriculum: linear}}
     tags: {pacing: linear}
 tags: {project: demo}
+fit: false
 """))
     plan = sweep.make_plan(spec, {"optim": {"lr": "0.003"}})
     assert len(plan.runs) == 2 * 2 * 2
@@ -152,6 +155,7 @@ tags: {project: demo}
     ("isoflop: {budgets: [1e9, 1e9], models: [1e4]}", "repeated budget"),
     ("isoflop: {budgets: [1e9]}", "has no models"),
     ("grid: {models: [1e4], tokens: [1e4]}", "too few runs to fit"),
+    ("grid: {models: [1e4, 4e4], tokens: [1e4, 2e4]}", "too few runs to fit"),  # approach 1 needs 3 sizes
     ("grid: {models: [{n_layer: 2, d_model: 30}], tokens: [1e4]}\nfit: false", "multiple of sizing.head_dim"),
     ("grid: {models: [{n_layer: 2, d_model: 30, n_head: 4}], tokens: [1e4]}\nfit: false", "divisible"),
     ("grid: {models: [1e4, 4e4], tokens: [1e4, 2e4]}\narms: [{name: a-b}]", "plain word"),
@@ -159,6 +163,18 @@ tags: {project: demo}
 def test_bad_specs_are_usage_errors(tmp_path, text, message):
     with pytest.raises(UsageError, match=message):
         sweep.make_plan(sweep.load_spec(write_spec(tmp_path, BASE + text)), {})
+
+
+def test_the_plan_supports_approach_1_by_the_rule_the_fit_applies():
+    """Approach 1 runs on annealed endpoints: 3+ sizes with 2+ distinct C each, in the plan and the fit."""
+    N = [1e4, 1e4, 4e4, 4e4, 1e5]
+    C = [1e9, 2e9, 1e9, 2e9, 1e9]
+    why = SWEEP.approach1(N, C)
+    assert why is not None and "found 2" in why
+    with pytest.raises(UsageError) as e:
+        fit_approach1_endpoints(N, C, [3.0, 2.9, 2.8, 2.7, 2.6])
+    assert str(e.value) == why
+    assert SWEEP.approach1(N + [1e5], C + [2e9]) is None
 
 
 def test_design_fields_cannot_be_overridden(tmp_path):
@@ -183,7 +199,7 @@ def _cli_exit(argv, capsys) -> str:
 
 def test_bad_input_exits_2_with_one_line_and_touches_nothing(tmp_path, capsys, no_compile_cache):
     out = tmp_path / "sweep"
-    good = write_spec(tmp_path, BASE + "grid: {models: [1e4, 4e4], tokens: [2048, 4096]}\nseeds: [0]\n")
+    good = write_spec(tmp_path, BASE + "grid: {models: [1e4, 4e4], tokens: [2048, 4096]}\nseeds: [0]\nfit: false\n")
     # a run directory trained with another config, and a results table
     run = out / "runs" / "L1-d16-D2.0e3-s0"
     run.mkdir(parents=True)

@@ -191,6 +191,21 @@ def _endpoints(N, C, L):
     return arrs
 
 
+MIN_SIZES = 3  # sizes with an annealed curve: a best size needs a neighbour on each side
+MIN_ENDPOINTS = 2  # endpoints of distinct C that make a size's annealed curve
+
+
+def endpoints_problem(N, C, *, min_sizes: int = MIN_SIZES, min_endpoints: int = MIN_ENDPOINTS) -> str | None:
+    """Why approach 1 on annealed endpoints cannot run on runs of these (N, C) (too few sizes
+    with enough endpoints of distinct C), found without fitting; None when it can."""
+    N, C = (np.asarray(v, dtype=np.float64).ravel() for v in (N, C))
+    usable = sum(np.unique(C[N == n]).size >= min_endpoints for n in np.unique(N))
+    if usable < min_sizes:
+        return (f"approach 1 on annealed endpoints needs at least {min_sizes} model sizes with {min_endpoints} "
+                f"or more endpoints (different C) each, found {usable}")
+    return None
+
+
 def annealed_curves(N, C, L) -> list[tuple[float, np.ndarray, np.ndarray]]:
     """Each size's annealed curve ``(N, C ascending, loss)``, sizes ascending.
 
@@ -209,19 +224,16 @@ def annealed_curves(N, C, L) -> list[tuple[float, np.ndarray, np.ndarray]]:
 def fit_approach1_endpoints(N, C, L, *, n_grid: int = 200, refine: str = "parabola") -> EndpointEnvelope:
     """Approach 1 on annealed endpoints (N, C, L) (see the module docstring).
 
-    UsageError when fewer than 3 sizes have 2 or more endpoints, or when the optimum is
-    bracketed at fewer than 2 grid points.
+    UsageError when fewer than MIN_SIZES sizes have MIN_ENDPOINTS or more endpoints
+    (:func:`endpoints_problem`), or when the optimum is bracketed at fewer than 2 grid points.
     """
     if refine not in REFINES:
         raise UsageError(f"approach 1: refine must be one of {REFINES}, got {refine!r}")
     if n_grid < 2:
         raise UsageError(f"approach 1: n_grid must be >= 2, got {n_grid}")
-    curves = [c for c in annealed_curves(N, C, L) if c[1].size >= 2]
-    if len(curves) < 3:
-        raise UsageError(
-            f"approach 1 on annealed endpoints needs at least 3 model sizes with 2 or more endpoints "
-            f"(different C) each, found {len(curves)}"
-        )
+    curves = [c for c in annealed_curves(N, C, L) if c[1].size >= MIN_ENDPOINTS]
+    if (why := endpoints_problem(N, C)) is not None:
+        raise UsageError(why)
     sizes = np.array([c[0] for c in curves])
     log_n = np.log(sizes)
     lo = min(math.log(c[1][0]) for c in curves)

@@ -1,7 +1,10 @@
 """Sweeps over model size N and tokens D.
 
 - :mod:`~scaling.sweep.spec`: the spec file parsed and checked
-- :mod:`~scaling.sweep.plan`: the sizing rule, every run resolved to its config, the plan as printed
+- :mod:`~scaling.sweep.parse`: the spec's values (numbers with SI suffixes, mappings, lists) read and checked
+- :mod:`~scaling.sweep.noise`: the spec's ``noise:`` seeds and the extra runs they add
+- :mod:`~scaling.sweep.plan`: the sizing rule, every run resolved to its config
+- :mod:`~scaling.sweep.show`: the plan as printed
 - :mod:`~scaling.sweep.families`: the cooldown families of a wsd sweep (a parent and its branches)
 - :mod:`~scaling.sweep.calibrate`: ``--dry-run``'s timed steps and wall-time estimate
 - :mod:`~scaling.sweep.execute`: the runner (train the plan's runs, resuming; then the fit)
@@ -51,7 +54,6 @@ A sweep spec is a YAML file (``experiments/configs/*.yaml``)::
         config: {data: {curriculum: linear}}
         tags: {pacing: linear}   #   extra results columns of this arm's runs
     tags: {project: demo}        # optional extra results columns of every run
-    fit: true                    # false: no fit at the end; or {loss: val_loss}
     lr_scan:                     # optional: a pilot scan fits lr = c (N / n_ref)^-gamma first (scaling.sweep.pilot)
       lrs: [2e-3, 4e-3, 8e-3]    #   peak rates tried at each scanned size
       models: 2                  #   the smallest and largest size of the design (or k sizes, or a list)
@@ -115,11 +117,12 @@ a lock from every run's summary.json, so concurrent shards never lose or duplica
 shard that finishes last (when every planned run has a summary) writes fit.json and the plots.
 """
 
-from scaling.sweep.spec import Arm, Budget, ModelSpec, Sizing, Spec, load_spec, parse_number  # noqa: I001
+from scaling.sweep.parse import parse_number  # noqa: I001
+from scaling.sweep.spec import Arm, Budget, ModelSpec, Sizing, Spec, load_spec
 from scaling.sweep.results import (RESULT_COLUMNS, VOLATILE_COLUMNS, check_outputs, collect_rows, ignored_runs,
                                    log_event, read_log, rebuild_results, results_csv_text)
-from scaling.sweep.plan import (Plan, PlannedRun, count, fit_support, format_duration, format_plan, format_tokens,
-                                make_plan, parse_shard, shape_for)
+from scaling.sweep.plan import Plan, PlannedRun, count, fit_support, format_tokens, make_plan, parse_shard, shape_for
+from scaling.sweep.show import format_duration, format_plan
 from scaling.sweep.calibrate import Calibration, calibrate, shape_key
 from scaling.sweep.diagnose import SweepFitOptions
 from scaling.sweep.fit import (Plotter, SweepFit, _results_digest, finalize, fit_report, fit_sweep, load_sweep_runs,

@@ -6,7 +6,8 @@ of its arms), with the compute they cost kept to tens of seconds on one core at 
   0.7 s each at 25 runs on one core: 40 of them by default);
 - approach 2 (IsoFLOP parabolas) with its residual-bootstrap intervals (cheap: 200 resamples);
 - approach 1 on the annealed endpoints (the runs' final validation losses) over the compute where
-  the best size is neither the smallest nor the largest;
+  the best size is neither the smallest nor the largest, when the runs meet the rule the plan
+  printed (:data:`scaling.laws.support.SWEEP`: 3+ sizes with 2+ endpoints of distinct C each);
 - approach 3 with the other parameter count (total or non-embedding, :class:`AltCount`);
 - the diagnostics of :mod:`scaling.laws.checks` with their verdict, among them the held-out
   budget extrapolation (fit without the largest budget, predict its runs) and the regime check
@@ -92,7 +93,9 @@ def fit_group(runs: Runs, *, isoflop: bool, n_count: str = "total", alt_N=None,
             a2_ci = attempt(lambda: approach2.bootstrap_approach2(
                 runs.N, runs.L, runs.C, a2, opts.approach2_bootstrap, budgets=runs.budget, seed=opts.seed,
                 level=opts.level), optional=True)
-    a1 = attempt(lambda: approach1.fit_approach1_endpoints(runs.N, runs.C, runs.L), optional=True)
+    why = SWEEP.approach1(runs.N, runs.C)
+    a1 = NotRun(why) if why is not None else attempt(
+        lambda: approach1.fit_approach1_endpoints(runs.N, runs.C, runs.L), optional=True)
     alt = None
     if alt_N is not None and isinstance(law, LawFit):
         alt_fit = attempt(lambda: approach3.fit_approach3(alt_N, runs.D, runs.L, delta=opts.delta,

@@ -19,8 +19,9 @@ from tqdm import tqdm
 from scaling.io import LockHeld, atomic_write_text
 from scaling.run_dir import run_status
 from scaling.sweep.fit import Plotter, SweepFit, finalize
-from scaling.sweep.plan import Plan, PlannedRun, format_duration
+from scaling.sweep.plan import Plan, PlannedRun
 from scaling.sweep.results import ignored_runs, log_event, rebuild_results
+from scaling.sweep.show import format_duration
 
 __all__ = ["SweepResult", "execute"]
 

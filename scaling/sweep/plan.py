@@ -1,5 +1,6 @@
-"""A sweep's plan: the sizing rule, every run resolved to its Config (with the noise seeds and
-the cooldown families of a wsd sweep, :mod:`scaling.sweep.families`), and the plan as printed."""
+"""A sweep's plan: the sizing rule, and every run resolved to its Config (with the noise seeds and
+the cooldown families of a wsd sweep, :mod:`scaling.sweep.families`); :mod:`scaling.sweep.show`
+prints it."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from scaling.laws.support import SWEEP
 from scaling.sweep import hparams
 from scaling.sweep.families import assign_families
 from scaling.sweep.hparams import LrRule
-from scaling.sweep.spec import Arm, ModelSpec, Sizing, Spec, _si
+from scaling.sweep.spec import Arm, ModelSpec, Sizing, Spec
 
 # ----------------------------------------------------------------------------- sizing
 
@@ -267,10 +268,8 @@ def make_plan(spec: Spec, overrides: dict | None = None, *, load_data: bool = Tr
     _validate_runs(planned, load_data)
     approaches = fit_support(spec, planned)
     if spec.fit and not approaches:
-        raise UsageError(f"sweep spec {spec.path} plans too few runs to fit a scaling law (approach 3 needs "
-                         f"{SWEEP.approach3_runs} runs over 2+ sizes and 2+ token counts, approach 2 two budgets of "
-                         f"3+ sizes, approach 1 two sizes{' per arm' if spec.arms else ''}); "
-                         f"add runs or set fit: false")
+        raise UsageError(f"sweep spec {spec.path} plans too few runs to fit a scaling law ({SWEEP.describe()}"
+                         f"{'; per arm' if spec.arms else ''}); add runs or set fit: false")
     return Plan(spec=spec, runs=tuple(planned), base=base, dropped=tuple(dropped), approaches=approaches,
                 lr_rule=rule)
 
@@ -339,73 +338,3 @@ def _validate_runs(runs: list[PlannedRun], load_data: bool) -> None:
                 continue
             checked.add(key)
             Batches(load_tokens(r.cfg.data), r.cfg.model.seq_len, r.cfg.train.batch_size, r.seed)
-
-
-# ----------------------------------------------------------------------------- printing
-
-
-def format_duration(s: float) -> str:
-    s = max(0.0, float(s))
-    if s < 60:
-        return f"{s:.1f}s"
-    if s < 3600:
-        return f"{int(s // 60)}m{int(s % 60):02d}s"
-    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
-
-
-def format_plan(plan: Plan, runs: tuple[PlannedRun, ...] | None = None, estimates: dict | None = None,
-                shard: tuple[int, int] = (0, 1)) -> str:
-    """The plan as a table (one line per run) with totals; ``estimates`` maps run_id to seconds."""
-    spec = plan.spec
-    runs = plan.runs if runs is None else runs
-    n_seeds = len(spec.seeds) if spec.seeds is not None else 1
-    if spec.design == "grid":
-        design = f"grid of {len(spec.models)} models x {len(spec.tokens)} token budgets"
-    else:
-        sizes = sorted({len(b.models) for b in spec.budgets})
-        n_models = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
-        design = f"IsoFLOP design of {len(spec.budgets)} budgets x {n_models} models"
-    lines = [f"sweep {spec.name} ({spec.path}): {design} x {n_seeds} seed(s)"
-             + (f" x {len(spec.arms)} arms" if spec.arms else "") + f" = {len(plan.runs)} runs"]
-    if spec.description:
-        lines.append(f"  {spec.description}")
-    b = plan.base
-    lines.append(f"  corpus {b.data.corpus}, tokenizer {b.data.tokenizer}, seq_len {b.model.seq_len}, "
-                 f"batch {b.train.batch_size} (tokens are whole batches of {b.train.batch_size * b.model.seq_len})")
-    lines.append(f"  sizing rule: {spec.sizing.describe()}; N = n_params (all parameters), C = 6 N D")
-    lines.extend(hparams.describe(spec, plan.runs, plan.lr_rule))
-    if shard != (0, 1):
-        lines.append(f"  shard {shard[0]}/{shard[1]}: families {shard[0]}, {shard[0] + shard[1]}, ... "
-                     f"({len(runs)} of {len(plan.runs)} runs)")
-    for note in plan.dropped:
-        lines.append(f"  left out: {note}")
-    head = (f"{'#':>3} {'run_id':<26} {'L':>3} {'d':>5} {'h':>3} {'N':>10} {'N_nonemb':>10} {'target':>7} "
-            f"{'D':>11} {'steps':>6} {'C=6ND':>9} {'budget':>8} {'branch':>9}")
-    if spec.arms:
-        head += f" {'arm':>10}"
-    if estimates is not None:
-        head += f" {'est.wall':>9}"
-    lines.append(head)
-    index_of = {r.run_id: r.index for r in plan.runs}
-    for r in runs:
-        m = r.cfg.model
-        branch = f"#{index_of[r.parent]}@{r.stable_steps}" if r.parent else "-"  # trains from that checkpoint on
-        line = (f"{r.index:>3} {r.run_id:<26} {m.n_layer:>3} {m.d_model:>5} {m.n_head:>3} {r.n_params:>10,} "
-                f"{r.n_params_nonembed:>10,} {_si(r.target) if r.target else '-':>7} {r.tokens:>11,} {r.steps:>6} "
-                f"{r.flops['6nd']:>9.3g} {format(r.budget, '.3g') if r.budget else '-':>8} {branch:>9}")
-        if spec.arms:
-            line += f" {r.arm:>10}"
-        if estimates is not None:
-            line += f" {format_duration(estimates[r.run_id]):>9}"
-        lines.append(line)
-    total = sum(r.train_flops for r in runs)
-    n_branches = sum(r.parent is not None for r in runs)
-    tail = (f"total: {len(runs)} runs ({n_branches} cooldown branches, counted from their branch points), "
-            f"{sum(r.tokens * r.train_steps // r.steps for r in runs):,} tokens trained, C = {total:.3g} FLOPs (6ND)")
-    if estimates is not None:
-        tail += f", est. wall {format_duration(sum(estimates[r.run_id] for r in runs))}"
-    lines.append(tail)
-    fits = {"3": "3 (parametric)", "2": "2 (IsoFLOP)", "1": "1 (training curves)"}
-    if spec.fit:
-        lines.append("fit at the end: approaches " + ", ".join(fits[a] for a in plan.approaches))
-    return "\n".join(lines)

@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from scaling import config as config_lib
-from scaling.errors import UsageError
+from scaling.sweep.noise import NoiseSpec, parse_noise
+from scaling.sweep.parse import format_si, parse_list, parse_mapping, parse_number, positive_int, spec_error
 
 RESULT_COLUMNS = (
     "run_id", "n_layer", "d_model", "n_head", "seq_len", "batch_size", "n_params", "n_params_nonembed", "tokens",
@@ -29,7 +29,6 @@ SPEC_KEYS = {"name", "description", "base", "sizing", "grid", "isoflop", "seeds"
 
 MAX_LAYERS = 1024  # the depths the sizing rule tries, one parameter count each
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+]*$")
-_SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 
 
 # ----------------------------------------------------------------------------- spec
@@ -61,7 +60,7 @@ class ModelSpec:
 
     def describe(self) -> str:
         if self.target is not None:
-            return f"target {_si(self.target)}"
+            return f"target {format_si(self.target)}"
         return f"L{self.n_layer}-d{self.d_model}" + (f"-h{self.n_head}" if self.n_head else "")
 
 
@@ -105,31 +104,6 @@ class PerSizeSpec:
     warmup_max_fraction: float = 0.05
     init_scale: float | None = None  # model.init_std = init_scale / sqrt(d_model); None: the base init_std
 
-@dataclass(frozen=True)
-class Noise:
-    """Extra seeds for the ``models`` smallest sizes at the ``budgets`` smallest budgets (token
-    budgets of a grid): pairs of runs that differ only in the seed measure the sweep's noise."""
-
-    seeds: tuple[int, ...]
-    models: int
-    budgets: int
-
-    def extra_runs(self, runs: list[dict], seeds: tuple[int, ...], where: str) -> list[dict]:
-        """Copies, with each noise seed, of the first seed's planned runs (dicts with ``seed``,
-        ``counts`` and ``point``: the budget, or a grid's tokens) of the ``models`` smallest sizes
-        (by N) at the ``budgets`` smallest budgets; UsageError when the design has fewer."""
-        clash = sorted(set(self.seeds) & set(seeds))
-        if clash:
-            raise _err(where, f"noise.seeds has seed {clash[0]}, which the sweep trains already")
-        sizes = sorted({r["counts"]["n_params"] for r in runs})
-        points = sorted({r["point"] for r in runs})
-        for key, want, have in (("models", self.models, len(sizes)), ("budgets", self.budgets, len(points))):
-            if want > have:
-                raise _err(where, f"noise.{key} is {want}, but the design has only {have}")
-        small, low = set(sizes[:self.models]), set(points[:self.budgets])
-        return [dict(r, seed=s) for s in self.seeds for r in runs
-                if r["seed"] == seeds[0] and r["counts"]["n_params"] in small and r["point"] in low]
-
 
 @dataclass(frozen=True)
 class Spec:
@@ -145,12 +119,14 @@ class Spec:
     min_steps: int = 1
     min_tokens_per_param: float = 0.0  # isoflop: points with D / N below it are left out
     seeds: tuple[int, ...] | None = None
-    noise: Noise | None = None
+    noise: NoiseSpec | None = None
     cooldown_branches: bool = True  # with a wsd base schedule: shorter runs branch from the longest
     arms: tuple[Arm, ...] = ()
     tags: dict = field(default_factory=dict)
     fit: bool = True
     fit_loss: str = "val_loss"
+    fit_count: str = "total"  # the parameter count N of the law: total (n_params) | nonembed
+    fit_bootstrap: int = 40  # approach-3 bootstrap resamples (each refitted from the full start grid)
     lr_scan: LrScanSpec | None = None
     lr_rule: LrRuleSpec | None = None
     per_size: PerSizeSpec | None = None
@@ -162,110 +138,37 @@ class Spec:
             ("optim.warmup_steps",) if self.per_size else ()) + (
             ("model.init_std",) if self.per_size and self.per_size.init_scale is not None else ())
         return DESIGN_FIELDS + extra
-    fit_count: str = "total"  # the parameter count N of the law: total (n_params) | nonembed
-    fit_bootstrap: int = 40  # approach-3 bootstrap resamples (each refitted from the full start grid)
-
-
-def _err(where: str, msg: str) -> UsageError:
-    return UsageError(f"sweep spec {where}: {msg}")
-
-
-def parse_number(value: Any, where: str, *, positive: bool = True) -> float:
-    """A number from YAML: 1e6, 2000000, "1e6", "100K", "1.5M", "2B", "3T"."""
-    if isinstance(value, bool):
-        raise _err(where, f"expected a number, got {value!r}")
-    if isinstance(value, (int, float)):
-        try:
-            x = float(value)
-        except OverflowError:
-            raise _err(where, f"expected a number in the floating-point range, got an integer of "
-                              f"{value.bit_length()} bits") from None
-    elif isinstance(value, str):
-        s = value.strip().replace("_", "").replace(",", "")
-        mult = 1.0
-        if s and s[-1].lower() in _SUFFIX:
-            mult, s = _SUFFIX[s[-1].lower()], s[:-1]
-        try:
-            x = float(s) * mult
-        except ValueError:
-            raise _err(where, f"expected a number, got {value!r}") from None
-    else:
-        raise _err(where, f"expected a number, got {value!r}")
-    if not math.isfinite(x) or (positive and x <= 0):
-        raise _err(where, f"expected a positive number, got {value!r}")
-    return x
-
-
-def _positive_int(value: Any, where: str) -> int:
-    x = parse_number(value, where)
-    if x != int(x):
-        raise _err(where, f"expected a whole number, got {value!r}")
-    return int(x)
-
-
-def _mapping(value: Any, where: str, allowed: set[str] | None = None) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise _err(where, f"expected a mapping, got {type(value).__name__}")
-    if allowed is not None:
-        unknown = sorted((k for k in value if k not in allowed), key=str)
-        if unknown:
-            raise _err(where, f"unknown key {unknown[0]!r} (expected one of {sorted(allowed)})")
-    return value
-
-
-def _list(value: Any, where: str) -> list:
-    if not isinstance(value, list) or not value:
-        raise _err(where, "expected a non-empty list")
-    return value
 
 
 def _parse_model(value: Any, where: str) -> ModelSpec:
     if isinstance(value, dict):
-        m = _mapping(value, where, {"n_layer", "d_model", "n_head", "params"})
+        m = parse_mapping(value, where, {"n_layer", "d_model", "n_head", "params"})
         if "params" in m:
             if set(m) != {"params"}:
-                raise _err(where, "give either params (a target count) or n_layer and d_model, not both")
+                raise spec_error(where, "give either params (a target count) or n_layer and d_model, not both")
             return ModelSpec(target=parse_number(m["params"], f"{where}.params"))
         if "n_layer" not in m or "d_model" not in m:
-            raise _err(where, "a shape needs n_layer and d_model (n_head is optional)")
-        return ModelSpec(n_layer=_positive_int(m["n_layer"], f"{where}.n_layer"),
-                         d_model=_positive_int(m["d_model"], f"{where}.d_model"),
-                         n_head=_positive_int(m["n_head"], f"{where}.n_head") if m.get("n_head") is not None else None)
+            raise spec_error(where, "a shape needs n_layer and d_model (n_head is optional)")
+        return ModelSpec(n_layer=positive_int(m["n_layer"], f"{where}.n_layer"),
+                         d_model=positive_int(m["d_model"], f"{where}.d_model"),
+                         n_head=positive_int(m["n_head"], f"{where}.n_head") if m.get("n_head") is not None else None)
     return ModelSpec(target=parse_number(value, where))
 
 
 def _parse_models(value: Any, where: str) -> tuple[ModelSpec, ...]:
-    return tuple(_parse_model(v, f"{where}[{i}]") for i, v in enumerate(_list(value, where)))
+    return tuple(_parse_model(v, f"{where}[{i}]") for i, v in enumerate(parse_list(value, where)))
 
 
 def _parse_tags(value: Any, where: str) -> dict:
-    tags = _mapping(value, where)
+    tags = parse_mapping(value, where)
     for k, v in tags.items():
         if not isinstance(k, str) or not _NAME_RE.match(k):
-            raise _err(where, f"tag name {k!r} must be a plain word")
+            raise spec_error(where, f"tag name {k!r} must be a plain word")
         if k in RESULT_COLUMNS or k == "arm":
-            raise _err(where, f"tag {k!r} would shadow a results column")
+            raise spec_error(where, f"tag {k!r} would shadow a results column")
         if isinstance(v, (dict, list)):
-            raise _err(f"{where}.{k}", "a tag value must be a scalar")
+            raise spec_error(f"{where}.{k}", "a tag value must be a scalar")
     return dict(tags)
-
-
-def _parse_noise(value: Any, where: str, seeds: tuple[int, ...] | None) -> Noise:
-    m = _mapping(value, where, {"seeds", "models", "budgets"})
-    for key in ("seeds", "models", "budgets"):
-        if key not in m:
-            raise _err(where, f"needs {key} (noise: {{seeds: [1], models: K, budgets: M}})")
-    extra = _list(m["seeds"], f"{where}.seeds")
-    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in extra):
-        raise _err(where, f"seeds must be non-negative integers, got {extra}")
-    if len(set(extra)) != len(extra):
-        raise _err(where, "seeds has a repeated seed")
-    if seeds is not None and set(extra) & set(seeds):
-        raise _err(where, f"seed {sorted(set(extra) & set(seeds))[0]} is one of the sweep's seeds already")
-    return Noise(seeds=tuple(extra), models=_positive_int(m["models"], f"{where}.models"),
-                 budgets=_positive_int(m["budgets"], f"{where}.budgets"))
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -273,107 +176,107 @@ def load_spec(path: str | Path) -> Spec:
     p = Path(path)
     d = config_lib.load_yaml(p)
     where = str(p)
-    _mapping(d, where, SPEC_KEYS)
+    parse_mapping(d, where, SPEC_KEYS)
     name = str(d.get("name") or p.stem)
     if not _NAME_RE.match(name):
-        raise _err(where, f"name {name!r} must be a plain word (letters, digits, - _ . +)")
+        raise spec_error(where, f"name {name!r} must be a plain word (letters, digits, - _ . +)")
     base = d.get("base") or {}
     if isinstance(base, str):
         base_path = (p.parent / base) if not Path(base).is_absolute() else Path(base)
         base = config_lib.load_yaml(base_path)
-    base = _mapping(base, f"{where}: base")
-    sz = _mapping(d.get("sizing"), f"{where}: sizing", {"aspect", "head_dim", "count", "max_layers"})
+    base = parse_mapping(base, f"{where}: base")
+    sz = parse_mapping(d.get("sizing"), f"{where}: sizing", {"aspect", "head_dim", "count", "max_layers"})
     sizing = Sizing(
         aspect=parse_number(sz.get("aspect", Sizing.aspect), f"{where}: sizing.aspect"),
-        head_dim=_positive_int(sz.get("head_dim", Sizing.head_dim), f"{where}: sizing.head_dim"),
+        head_dim=positive_int(sz.get("head_dim", Sizing.head_dim), f"{where}: sizing.head_dim"),
         count=str(sz.get("count", Sizing.count)),
-        max_layers=_positive_int(sz.get("max_layers", Sizing.max_layers), f"{where}: sizing.max_layers"),
+        max_layers=positive_int(sz.get("max_layers", Sizing.max_layers), f"{where}: sizing.max_layers"),
     )
     if sizing.max_layers > MAX_LAYERS:
-        raise _err(where, f"sizing.max_layers must be at most {MAX_LAYERS}, got {sizing.max_layers}")
+        raise spec_error(where, f"sizing.max_layers must be at most {MAX_LAYERS}, got {sizing.max_layers}")
     if sizing.count not in ("total", "nonembed"):
-        raise _err(where, f"sizing.count must be total or nonembed, got {sizing.count!r}")
+        raise spec_error(where, f"sizing.count must be total or nonembed, got {sizing.count!r}")
     designs = [k for k in ("grid", "isoflop") if k in d]
     if len(designs) != 1:
-        raise _err(where, "give exactly one design: grid (models x tokens) or isoflop (budgets x models)")
+        raise spec_error(where, "give exactly one design: grid (models x tokens) or isoflop (budgets x models)")
     design = designs[0]
     kw: dict[str, Any] = {}
     if design == "grid":
-        g = _mapping(d["grid"], f"{where}: grid", {"models", "tokens"})
+        g = parse_mapping(d["grid"], f"{where}: grid", {"models", "tokens"})
         if "models" not in g or "tokens" not in g:
-            raise _err(where, "grid needs models and tokens")
+            raise spec_error(where, "grid needs models and tokens")
         kw["models"] = _parse_models(g["models"], f"{where}: grid.models")
         kw["tokens"] = tuple(parse_number(t, f"{where}: grid.tokens[{i}]")
-                             for i, t in enumerate(_list(g["tokens"], f"{where}: grid.tokens")))
+                             for i, t in enumerate(parse_list(g["tokens"], f"{where}: grid.tokens")))
     else:
-        g = _mapping(d["isoflop"], f"{where}: isoflop", {"budgets", "models", "min_steps", "min_tokens_per_param"})
+        g = parse_mapping(d["isoflop"], f"{where}: isoflop", {"budgets", "models", "min_steps", "min_tokens_per_param"})
         if "budgets" not in g:
-            raise _err(where, "isoflop needs budgets")
+            raise spec_error(where, "isoflop needs budgets")
         shared = _parse_models(g["models"], f"{where}: isoflop.models") if "models" in g else None
         budgets = []
-        for i, b in enumerate(_list(g["budgets"], f"{where}: isoflop.budgets")):
+        for i, b in enumerate(parse_list(g["budgets"], f"{where}: isoflop.budgets")):
             bw = f"{where}: isoflop.budgets[{i}]"
             if isinstance(b, dict):
-                bm = _mapping(b, bw, {"flops", "models"})
+                bm = parse_mapping(b, bw, {"flops", "models"})
                 if "flops" not in bm:
-                    raise _err(bw, "needs flops")
+                    raise spec_error(bw, "needs flops")
                 models = _parse_models(bm["models"], f"{bw}.models") if "models" in bm else shared
                 flops = parse_number(bm["flops"], f"{bw}.flops")
             else:
                 flops, models = parse_number(b, bw), shared
             if models is None:
-                raise _err(bw, "has no models (give isoflop.models or models for this budget)")
+                raise spec_error(bw, "has no models (give isoflop.models or models for this budget)")
             budgets.append(Budget(flops, models))
         if len({b.flops for b in budgets}) != len(budgets):
-            raise _err(where, "isoflop.budgets has a repeated budget")
+            raise spec_error(where, "isoflop.budgets has a repeated budget")
         kw["budgets"] = tuple(budgets)
-        kw["min_steps"] = _positive_int(g.get("min_steps", 1), f"{where}: isoflop.min_steps")
+        kw["min_steps"] = positive_int(g.get("min_steps", 1), f"{where}: isoflop.min_steps")
         if g.get("min_tokens_per_param") is not None:
             kw["min_tokens_per_param"] = parse_number(g["min_tokens_per_param"],
                                                       f"{where}: isoflop.min_tokens_per_param")
     if d.get("seeds") is not None:
-        seeds = _list(d["seeds"], f"{where}: seeds")
+        seeds = parse_list(d["seeds"], f"{where}: seeds")
         if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
-            raise _err(where, f"seeds must be non-negative integers, got {seeds}")
+            raise spec_error(where, f"seeds must be non-negative integers, got {seeds}")
         if len(set(seeds)) != len(seeds):
-            raise _err(where, "seeds has a repeated seed")
+            raise spec_error(where, "seeds has a repeated seed")
         kw["seeds"] = tuple(seeds)
     if d.get("noise") is not None:
-        kw["noise"] = _parse_noise(d["noise"], f"{where}: noise", kw.get("seeds"))
+        kw["noise"] = parse_noise(d["noise"], f"{where}: noise", kw.get("seeds"))
     branches = d.get("cooldown_branches", True)
     if not isinstance(branches, bool):
-        raise _err(where, f"cooldown_branches must be true or false, got {branches!r}")
+        raise spec_error(where, f"cooldown_branches must be true or false, got {branches!r}")
     kw["cooldown_branches"] = branches
     arms = []
     if d.get("arms") is not None:
-        for i, a in enumerate(_list(d["arms"], f"{where}: arms")):
+        for i, a in enumerate(parse_list(d["arms"], f"{where}: arms")):
             aw = f"{where}: arms[{i}]"
             if isinstance(a, str):
                 a = {"name": a}
-            am = _mapping(a, aw, {"name", "config", "tags"})
+            am = parse_mapping(a, aw, {"name", "config", "tags"})
             aname = str(am.get("name", ""))
             if not _NAME_RE.match(aname):
-                raise _err(aw, f"name {aname!r} must be a plain word (letters, digits, _ . +)")
+                raise spec_error(aw, f"name {aname!r} must be a plain word (letters, digits, _ . +)")
             if "-" in aname:
-                raise _err(aw, f"name {aname!r} must not contain '-'")
-            cfg = _mapping(am.get("config"), f"{aw}.config")
+                raise spec_error(aw, f"name {aname!r} must not contain '-'")
+            cfg = parse_mapping(am.get("config"), f"{aw}.config")
             arms.append(Arm(aname, cfg, _parse_tags(am.get("tags"), f"{aw}.tags")))
         if len({a.name for a in arms}) != len(arms):
-            raise _err(where, "arms has a repeated name")
+            raise spec_error(where, "arms has a repeated name")
     fit, fit_loss, fit_count, fit_boot = d.get("fit", True), "val_loss", sizing.count, Spec.fit_bootstrap
     if isinstance(fit, dict):
-        fm = _mapping(fit, f"{where}: fit", {"enabled", "loss", "count", "bootstrap"})
+        fm = parse_mapping(fit, f"{where}: fit", {"enabled", "loss", "count", "bootstrap"})
         fit_loss = str(fm.get("loss", "val_loss"))
         fit_count = str(fm.get("count", sizing.count))
-        fit_boot = _positive_int(fm.get("bootstrap", fit_boot), f"{where}: fit.bootstrap")
+        fit_boot = positive_int(fm.get("bootstrap", fit_boot), f"{where}: fit.bootstrap")
         fit = fm.get("enabled", True)
     if not isinstance(fit, bool):
-        raise _err(where, f"fit must be true, false or a mapping, got {fit!r}")
+        raise spec_error(where, f"fit must be true, false or a mapping, got {fit!r}")
     if fit_loss not in ("val_loss", "final_train_loss", "val_bpb"):
-        raise _err(where, f"fit.loss must be val_loss, final_train_loss or val_bpb, got {fit_loss!r}")
+        raise spec_error(where, f"fit.loss must be val_loss, final_train_loss or val_bpb, got {fit_loss!r}")
     kw.update(_parse_hparams(d, where))
     if fit_count not in ("total", "nonembed"):
-        raise _err(where, f"fit.count must be total or nonembed, got {fit_count!r}")
+        raise spec_error(where, f"fit.count must be total or nonembed, got {fit_count!r}")
     return Spec(name=name, path=str(p), design=design, base=base, sizing=sizing,
                 description=str(d.get("description") or "").strip(), arms=tuple(arms),
                 tags=_parse_tags(d.get("tags"), f"{where}: tags"), fit=fit, fit_loss=fit_loss, fit_count=fit_count,
@@ -384,45 +287,39 @@ def _parse_hparams(d: dict, where: str) -> dict:
     """The ``lr_scan``, ``lr_rule`` and ``per_size`` sections."""
     kw: dict[str, Any] = {}
     if d.get("lr_scan") is not None and d.get("lr_rule") is not None:
-        raise _err(where, "give lr_scan (fit the rule to a pilot scan) or lr_rule (a fixed rule), not both")
+        raise spec_error(where, "give lr_scan (fit the rule to a pilot scan) or lr_rule (a fixed rule), not both")
     if d.get("lr_scan") is not None:
         w = f"{where}: lr_scan"
-        m = _mapping(d["lr_scan"], w, {"lrs", "models", "flops"})
+        m = parse_mapping(d["lr_scan"], w, {"lrs", "models", "flops"})
         if "lrs" not in m or "flops" not in m:
-            raise _err(w, "needs lrs (the peak rates tried) and flops (the budget of each scan run)")
-        lrs = tuple(parse_number(x, f"{w}.lrs[{i}]") for i, x in enumerate(_list(m["lrs"], f"{w}.lrs")))
+            raise spec_error(w, "needs lrs (the peak rates tried) and flops (the budget of each scan run)")
+        lrs = tuple(parse_number(x, f"{w}.lrs[{i}]") for i, x in enumerate(parse_list(m["lrs"], f"{w}.lrs")))
         if len(lrs) < 2 or len(set(lrs)) != len(lrs):
-            raise _err(w, f"lrs needs 2 or more distinct rates (3 or more to locate an optimum), got {list(lrs)}")
+            raise spec_error(w, f"lrs needs 2 or more distinct rates (3 or more to locate an optimum), got {list(lrs)}")
         models = m.get("models", 2)
         listed = _parse_models(models, f"{w}.models") if isinstance(models, list) else ()
-        n = len(listed) or _positive_int(models, f"{w}.models")
+        n = len(listed) or positive_int(models, f"{w}.models")
         if n < 2:
-            raise _err(w, f"models needs 2 or more sizes (the rule has two parameters), got {models!r}")
+            raise spec_error(w, f"models needs 2 or more sizes (the rule has two parameters), got {models!r}")
         kw["lr_scan"] = LrScanSpec(tuple(sorted(lrs)), parse_number(m["flops"], f"{w}.flops"),
                                    0 if listed else n, listed)
     if d.get("lr_rule") is not None:
         w = f"{where}: lr_rule"
-        m = _mapping(d["lr_rule"], w, {"c", "gamma", "n_ref"})
+        m = parse_mapping(d["lr_rule"], w, {"c", "gamma", "n_ref"})
         if set(m) != {"c", "gamma", "n_ref"}:
-            raise _err(w, "needs c, gamma and n_ref (lr = c * (N / n_ref)^-gamma)")
+            raise spec_error(w, "needs c, gamma and n_ref (lr = c * (N / n_ref)^-gamma)")
         kw["lr_rule"] = LrRuleSpec(parse_number(m["c"], f"{w}.c"),
                                    parse_number(m["gamma"], f"{w}.gamma", positive=False),
                                    parse_number(m["n_ref"], f"{w}.n_ref"))
     if d.get("per_size") is not None:
         w = f"{where}: per_size"
-        m = _mapping({} if d["per_size"] is True else d["per_size"], w,
+        m = parse_mapping({} if d["per_size"] is True else d["per_size"], w,
                      {"warmup_tokens_per_param", "warmup_max_fraction", "init_scale"})
         ps = PerSizeSpec(parse_number(m.get("warmup_tokens_per_param", 1.0), f"{w}.warmup_tokens_per_param"),
                          parse_number(m.get("warmup_max_fraction", 0.05), f"{w}.warmup_max_fraction"),
                          None if m.get("init_scale") is None else parse_number(m["init_scale"], f"{w}.init_scale"))
         if ps.warmup_max_fraction > 1:
-            raise _err(w, f"warmup_max_fraction must be at most 1, got {ps.warmup_max_fraction:g}")
+            raise spec_error(w, f"warmup_max_fraction must be at most 1, got {ps.warmup_max_fraction:g}")
         kw["per_size"] = ps
     return kw
 
-
-def _si(x: float) -> str:
-    for div, suf in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
-        if abs(x) >= div:
-            return f"{x / div:.3g}{suf}"
-    return f"{x:.3g}"

@@ -14,14 +14,14 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from scaling.curriculum_config import check_config as check_curriculum
-from scaling.errors import UsageError, read_input_text
+from scaling.errors import UsageError
 from scaling.fields import check_fields, field_type, parse_value, ranged, show
+from scaling.io import load_yaml
 
 CPU_KERNEL_HEAD_DIMS = (16, 32, 64, 128)  # the head sizes scaling/model/kernels/causal_attention_cpu.cc is built for
 SEED_MAX = 2**32 - 1  # jax.random.key keeps only a seed's low 32 bits (without x64); numpy refuses negative seeds
@@ -330,23 +330,6 @@ def from_dict(d: Any, base: Config | None = None) -> Config:
     parsed = parse_sections(d)
     return Config(**{f.name: dataclasses.replace(getattr(base, f.name), **parsed.get(f.name, {}))
                      for f in dataclasses.fields(Config)})
-
-
-def load_yaml(path: str | Path) -> dict:
-    """A YAML file of sections (a mapping); UsageError when it cannot be read or parsed."""
-    p = Path(path)
-    text = read_input_text(p, "config file")
-    try:
-        d = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise UsageError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
-    except (ValueError, RecursionError) as e:  # an integer of over 4300 digits; nesting beyond the stack
-        raise UsageError(f"config file {p} cannot be parsed: {type(e).__name__}") from None
-    if d is None:
-        return {}
-    if not isinstance(d, dict):
-        raise UsageError(f"config file {p} must hold a mapping of sections, got {show(d)}")
-    return d
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...] | None = None) -> None:

@@ -34,6 +34,7 @@ from scaling.data import Batches, TokenSplits, curriculum, load_tokens
 from scaling.data.curriculum import CompetenceSampler, ModelScoring, documents
 from scaling.errors import UsageError
 from scaling.evaluation import token_nll
+from scaling.io import load_yaml
 from scaling.model import GPT
 from scaling.train import load_run, steps_for
 
@@ -52,7 +53,7 @@ def reference_identity(run_dir: str | Path) -> dict:
     step = _latest_step(run_dir)
     if step is None:
         raise UsageError(f"curriculum reference {run_dir} has no checkpoint under {run_dir / 'checkpoints'}")
-    cfg = config_lib.from_dict(config_lib.load_yaml(run_dir / "config.yaml"))
+    cfg = config_lib.from_dict(load_yaml(run_dir / "config.yaml"))
     return {"run_dir": str(run_dir), "config_hash": cfg.identity_hash(), "latest_step": step,
             "tokenizer": cfg.data.tokenizer, "corpus": cfg.data.corpus, "seq_len": cfg.model.seq_len,
             "vocab_size": cfg.model.vocab_size}

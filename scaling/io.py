@@ -25,7 +25,10 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import yaml
+
 from scaling.errors import UsageError, read_input_text
+from scaling.fields import show
 
 try:
     import fcntl
@@ -181,3 +184,20 @@ def hold_directory(directory: str | Path) -> Iterator[None]:
             raise LockHeld(f"{directory} is in use by {lock_holder(lock)} (it holds {lock}); wait for it to "
                            f"finish or use another --out")
         yield
+
+
+def load_yaml(path: str | Path) -> dict:
+    """A YAML file of sections (a mapping); UsageError when it cannot be read or parsed."""
+    p = Path(path)
+    text = read_input_text(p, "config file")
+    try:
+        d = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UsageError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+    except (ValueError, RecursionError) as e:  # an integer of over 4300 digits; nesting beyond the stack
+        raise UsageError(f"config file {p} cannot be parsed: {type(e).__name__}") from None
+    if d is None:
+        return {}
+    if not isinstance(d, dict):
+        raise UsageError(f"config file {p} must hold a mapping of sections, got {show(d)}")
+    return d

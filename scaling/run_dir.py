@@ -30,6 +30,7 @@ from scaling import config as config_lib
 from scaling import io as run_io
 from scaling.config import Config
 from scaling.errors import UsageError
+from scaling.io import load_yaml
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -51,7 +52,7 @@ def read_config(run_dir: str | Path) -> Config:
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise UsageError(f"not a training run directory (no {CONFIG}): {run_dir}")
-    return config_lib.from_dict(config_lib.load_yaml(run_dir / CONFIG))
+    return config_lib.from_dict(load_yaml(run_dir / CONFIG))
 
 
 def first_difference(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> str:
@@ -185,7 +186,7 @@ class RunDirectory:
                                  f"config); use another --out, or --overwrite to start over")
             return
         try:
-            old = config_lib.from_dict(config_lib.load_yaml(stored))
+            old = config_lib.from_dict(load_yaml(stored))
         except UsageError as e:
             raise UsageError(f"{stored} is not a readable run config ({e}); use another --out, or --overwrite "
                              f"to start over") from None

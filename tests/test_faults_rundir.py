@@ -24,6 +24,7 @@ from scaling import io as run_io
 from scaling import sweep
 from scaling.checkpoint import Checkpointer
 from scaling.config import CheckpointConfig
+from scaling.io import load_yaml
 from scaling.train import load_run
 from tests.helpers import REPO, TINY, run_cli
 
@@ -84,7 +85,7 @@ def test_overwrite_starts_over_removing_only_the_runs_outputs(reference, tmp_pat
     assert summary["status"] == "completed"
     assert [x["step"] for x in _metrics(out)] == [x["step"] for x in _metrics(reference)]  # each step once
     assert _metrics(out)[-1]["loss"] != _metrics(reference)[-1]["loss"]  # a new run, not the old lines
-    cfg = config_lib.from_dict(config_lib.load_yaml(out / "config.yaml"))
+    cfg = config_lib.from_dict(load_yaml(out / "config.yaml"))
     assert cfg.optim.lr == 3e-3
     ckpt = Checkpointer(out / "checkpoints", CheckpointConfig())
     try:

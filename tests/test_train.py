@@ -17,6 +17,7 @@ import pytest
 
 from experiments import train as train_cli
 from scaling.config import Config, DebugConfig, ModelConfig, OptimConfig, TrainConfig
+from scaling.io import load_yaml
 from scaling.sharding import make_mesh
 from scaling.train import Trainer, cross_entropy, decay_mask, lr_schedule, short_gil_switch
 from tests.helpers import TINY, run_cli
@@ -305,5 +306,5 @@ def test_debug_hooks_are_outside_the_identity_and_help_but_settable(tmp_path):
     # a config.yaml holding the field under its former section reads into the debug section
     old = tmp_path / "config.yaml"
     old.write_text("train: {inject_nan_step: 5, batch_size: 4}\n")
-    cfg = config_lib.from_dict(config_lib.load_yaml(old))
+    cfg = config_lib.from_dict(load_yaml(old))
     assert cfg.debug.inject_nan_step == 5 and cfg.train.batch_size == 4

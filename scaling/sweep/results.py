@@ -15,7 +15,7 @@ from typing import Any
 
 from scaling import config as config_lib
 from scaling.errors import UsageError
-from scaling.io import atomic_write_text, file_lock
+from scaling.io import atomic_write_text, file_lock, load_yaml
 from scaling.run_dir import SUMMARY, first_difference, read_config, read_summary
 from scaling.sweep.plan import Plan
 from scaling.sweep.spec import RESULT_COLUMNS
@@ -193,7 +193,7 @@ def check_outputs(plan: Plan, out: Path) -> None:
         if not stored.is_file():
             continue
         try:
-            old = config_lib.from_dict(config_lib.load_yaml(stored))
+            old = config_lib.from_dict(load_yaml(stored))
         except UsageError as e:
             raise UsageError(f"{stored} is not a readable run config ({e}); use a new --out") from None
         if old.identity_hash() != r.cfg.identity_hash():

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from scaling import config as config_lib
+from scaling.io import load_yaml
 from scaling.sweep.noise import NoiseSpec, parse_noise
 from scaling.sweep.parse import format_si, parse_list, parse_mapping, parse_number, positive_int, spec_error
 
@@ -174,7 +174,7 @@ def _parse_tags(value: Any, where: str) -> dict:
 def load_spec(path: str | Path) -> Spec:
     """Parse and check a sweep spec; UsageError naming the problem."""
     p = Path(path)
-    d = config_lib.load_yaml(p)
+    d = load_yaml(p)
     where = str(p)
     parse_mapping(d, where, SPEC_KEYS)
     name = str(d.get("name") or p.stem)
@@ -183,7 +183,7 @@ def load_spec(path: str | Path) -> Spec:
     base = d.get("base") or {}
     if isinstance(base, str):
         base_path = (p.parent / base) if not Path(base).is_absolute() else Path(base)
-        base = config_lib.load_yaml(base_path)
+        base = load_yaml(base_path)
     base = parse_mapping(base, f"{where}: base")
     sz = parse_mapping(d.get("sizing"), f"{where}: sizing", {"aspect", "head_dim", "count", "max_layers"})
     sizing = Sizing(

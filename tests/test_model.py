@@ -134,7 +134,8 @@ def test_scanned_layers_equal_the_loop_in_logits_and_one_train_step():
 
     optim = OptimConfig(warmup_steps=0)
     tx = make_optimizer(optim)
-    run = {"key": jax.random.key_data(jax.random.key(0)), "total_steps": jnp.int32(10), "nan_step": jnp.int32(-1)}
+    run = {"key": jax.random.key_data(jax.random.key(0)), "total_steps": jnp.int32(10),
+           "lr": jnp.float32(optim.lr), "warmup_steps": jnp.int32(optim.warmup_steps), "nan_step": jnp.int32(-1)}
 
     def step(c, p):
         state = TrainState(step=jnp.int32(0), params=p, opt_state=tx.init(p))

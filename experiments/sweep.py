@@ -47,6 +47,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -76,6 +77,7 @@ def parser() -> argparse.ArgumentParser:
                         "(auto: one per core, at most one per family of runs; 1 elsewhere, with --shard and "
                         "with several JAX processes)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a --jobs worker: train only
+    p.add_argument("--estimates-out", default=None, help=argparse.SUPPRESS)  # a --jobs worker's --dry-run
     config_lib.add_config_arguments(p)
     return p
 
@@ -88,6 +90,7 @@ def main(argv: list[str] | None = None):
     spec = sweep.load_spec(args.config or DEFAULT_CONFIG)
     jobs = _parse_jobs(args.jobs)
     if args.worker:  # trains its shard quietly; the command that started it fits and plots
+        _die_with_parent()
         spec = dataclasses.replace(spec, fit=False)
     shard = sweep.parse_shard(args.shard)
     overrides = config_lib.overrides_from_args(args)
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None):
         sweep.check_outputs(plan, out)
     runs = plan.shard(*shard)
     scan_runs = () if scan is None else scan.shard(*shard)
-    if not args.dry_run and not args.worker and args.shard is None and base.dist.num_processes == 1:
+    if not args.worker and args.shard is None and base.dist.num_processes == 1:
         families = len({r.family for r in plan.runs}) + (0 if scan is None else len(scan.runs))
         if jobs == 0:
             jobs = _cpu_cores() if _cpu_cores() > 1 and _backend_is_cpu() else 1
@@ -121,19 +124,30 @@ def main(argv: list[str] | None = None):
     if args.dry_run:
         estimates = None
         calib = None
-        if not args.no_calibration:
+        if not args.no_calibration and jobs > 1:  # calibrated in workers as they would train
+            estimates = _worker_estimates(sys.argv[1:] if argv is None else argv, jobs)
+        elif not args.no_calibration:
             calib = sweep.calibrate(runs)
             estimates, seen = {}, set()  # a shape compiles once per process
             for r in (*scan_runs, *runs):
                 estimates[r.run_id] = calib.estimate(r, compiles=sweep.shape_key(r) not in seen)
                 seen.add(sweep.shape_key(r))
+            if args.estimates_out:
+                Path(args.estimates_out).write_text(json.dumps({"runs": estimates, "calibration": calib.describe()}))
+                return plan
         if is_main:
             if scan is not None:
                 print(f"# first, the learning-rate scan (into {out / 'lr_scan'}):\n"
-                      + sweep.format_plan(scan, scan_runs, estimates, shard) + "\n# then the sweep:")
-            print(sweep.format_plan(plan, runs, estimates, shard))
+                      + sweep.format_plan(scan, scan_runs, estimates, shard, workers=jobs) + "\n# then the sweep:")
+            print(sweep.format_plan(plan, runs, estimates, shard, workers=jobs))
             if calib is not None:
                 print(calib.describe())
+            if estimates is not None and spec.fit:
+                fit_s = sweep.fit_seconds(len(plan.runs), spec.fit_bootstrap)
+                train_s = sum(sweep.shard_wall(p, rs, estimates, jobs) for p, rs in
+                              ((scan, scan_runs), (plan, runs)) if p is not None)
+                print(f"fit, diagnostics and plots: est. {sweep.format_duration(fit_s)}; the whole sweep: est. "
+                      f"{sweep.format_duration(train_s + fit_s)}" + (f" with {jobs} workers" if jobs > 1 else ""))
         return plan
     if is_main and not args.worker:
         if scan is not None:
@@ -178,18 +192,42 @@ def _backend_is_cpu() -> bool:
     return probe.returncode == 0 and probe.stdout.strip().splitlines()[-1:] == ["cpu"]
 
 
+def _worker_env() -> dict:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false",
+                                              "intra_op_parallelism_threads=1"]))
+    return env
+
+
+def _worker_estimates(argv: list[str], jobs: int) -> dict:
+    """--dry-run with workers: each worker calibrates its shard's shapes at once, one XLA thread
+    each (as they train); their per-run estimates, merged."""
+    with tempfile.TemporaryDirectory(prefix="sweep-estimates-") as tmp:
+        paths = [Path(tmp) / f"{i}.json" for i in range(jobs)]
+        procs = [subprocess.Popen([sys.executable, "-m", "experiments.sweep", *argv, "--shard", f"{i}/{jobs}",
+                                   "--jobs", "1", "--worker", "--estimates-out", str(paths[i])],
+                                  env=_worker_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                 for i in range(jobs)]
+        errors = [p.communicate()[1] for p in procs]
+        estimates = {}
+        for i, (p, path) in enumerate(zip(procs, paths)):
+            if p.returncode != 0 or not path.is_file():
+                raise UsageError(f"calibration worker {i} failed: {(errors[i].strip().splitlines() or ['?'])[-1]}")
+            d = json.loads(path.read_text())
+            estimates.update(d["runs"])
+            print(f"worker {i}: {d['calibration']}")
+    return estimates
+
+
 def _run_workers(argv: list[str], jobs: int) -> None:
     """Train the plan in ``jobs`` worker processes (this command with --shard i/jobs --worker),
     each with one XLA thread, their output prefixed by [w<i>]; raise SystemExit when one fails.
     A worker dies with this process (PR_SET_PDEATHSIG), and stops when this one is interrupted."""
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false",
-                                              "intra_op_parallelism_threads=1"]))
+    env = _worker_env()
     print(f"training in {jobs} worker processes (each --shard i/{jobs} with one XLA thread)", flush=True)
     procs = [subprocess.Popen([sys.executable, "-m", "experiments.sweep", *argv, "--shard", f"{i}/{jobs}",
                                "--jobs", "1", "--worker", "--train.progress", "false"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                              preexec_fn=_die_with_parent)
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
              for i in range(jobs)]
 
     def relay(i: int, proc: subprocess.Popen) -> None:
@@ -217,11 +255,14 @@ def _run_workers(argv: list[str], jobs: int) -> None:
 
 
 def _die_with_parent() -> None:
-    """In a worker before exec: receive SIGTERM when the parent dies (Linux prctl; elsewhere nothing)."""
+    """In a worker: receive SIGTERM when the command that started it dies (Linux prctl; elsewhere
+    nothing), and exit at once if it has died already."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass
+        return
+    if os.getppid() == 1:
+        raise SystemExit(1)
 
 
 def _report(result, out: Path) -> None:

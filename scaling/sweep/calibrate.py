@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scaling.laws import approach3
 from scaling.sweep.plan import PlannedRun
 
 # ----------------------------------------------------------------------------- calibration
@@ -117,3 +118,17 @@ def shape_key(r: PlannedRun) -> tuple:
     aside, ``train.Trainer.program_key``)."""
     from scaling.train import shape_fields
     return (*shape_fields(r.cfg), r.cfg.mesh)
+
+
+def fit_seconds(n_runs: int, bootstrap: int, plots_s: float = 15.0) -> float:
+    """Estimated seconds of a sweep's fit: one approach-3 fit of ``n_runs`` synthetic points
+    from the full start grid, timed here, times the fits the sweep's fit makes (``bootstrap``
+    resamples, the single fits of the diagnostics and approach 2's resamples, about 15 more),
+    plus ``plots_s`` for the plots."""
+    rng = np.random.default_rng(0)
+    N = np.exp(rng.uniform(np.log(3e4), np.log(3e5), max(n_runs, 8)))
+    D = np.exp(rng.uniform(np.log(1e6), np.log(3e7), N.size))
+    L = 1.0 + 70.0 / N**0.5 + 50.0 / D**0.3
+    t0 = time.perf_counter()
+    approach3.fit_approach3(N, D, L)
+    return (time.perf_counter() - t0) * (bootstrap + 15) + plots_s

@@ -18,9 +18,17 @@ def format_duration(s: float) -> str:
     return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
 
 
+def shard_wall(plan: Plan, runs: tuple[PlannedRun, ...], estimates: dict, workers: int = 1) -> float:
+    """Estimated seconds to train ``runs`` (of ``plan``) in ``workers`` processes, each a shard
+    of the plan: the longest shard's sum."""
+    mine = {r.run_id for r in runs}
+    return max(sum(estimates[r.run_id] for r in plan.shard(i, workers) if r.run_id in mine) for i in range(workers))
+
+
 def format_plan(plan: Plan, runs: tuple[PlannedRun, ...] | None = None, estimates: dict | None = None,
-                shard: tuple[int, int] = (0, 1)) -> str:
-    """The plan as a table (one line per run) with totals; ``estimates`` maps run_id to seconds."""
+                shard: tuple[int, int] = (0, 1), workers: int = 1) -> str:
+    """The plan as a table (one line per run) with totals; ``estimates`` maps run_id to seconds
+    (trained in ``workers`` processes, each a shard of the plan)."""
     spec = plan.spec
     runs = plan.runs if runs is None else runs
     n_seeds = len(spec.seeds) if spec.seeds is not None else 1
@@ -69,7 +77,9 @@ def format_plan(plan: Plan, runs: tuple[PlannedRun, ...] | None = None, estimate
     tail = (f"total: {len(runs)} runs ({n_branches} cooldown branches, counted from their branch points), "
             f"{sum(r.tokens * r.train_steps // r.steps for r in runs):,} tokens trained, C = {total:.3g} FLOPs (6ND)")
     if estimates is not None:
-        tail += f", est. wall {format_duration(sum(estimates[r.run_id] for r in runs))}"
+        tail += f", est. wall {format_duration(shard_wall(plan, runs, estimates, workers))}"
+        if workers > 1:
+            tail += f" in {workers} worker processes"
     lines.append(tail)
     fits = {"3": "3 (parametric)", "2": "2 (IsoFLOP)", "1": "1 (annealed endpoints)"}
     if spec.fit:

@@ -33,9 +33,11 @@ it is not a signature (whoever can write the directory can rewrite it).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import json
+import logging
 import math
 import os
 import sys
@@ -55,6 +57,20 @@ CORRUPT_DIR = "corrupt"
 _CHUNK = 1 << 20
 
 
+@contextlib.contextmanager
+def _quiet_read_only(read_only: bool):
+    """Orbax warns, on every read-only manager, that it will not save: that is what read-only
+    means here, so its warnings are dropped while one is made."""
+    log = logging.getLogger("absl")
+    level = log.level
+    if read_only:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
 class Checkpointer:
     def __init__(self, directory: Path, cfg: CheckpointConfig, *, read_only: bool = False,
                  keep_steps: tuple[int, ...] = ()):
@@ -71,14 +87,15 @@ class Checkpointer:
         if cfg.keep_best:
             policies.append(ocp.checkpoint_managers.BestN(
                 get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1, keep_checkpoints_without_metrics=False))
-        options = ocp.CheckpointManagerOptions(
-            create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only,
-            enable_async_checkpointing=cfg.async_save,
-            preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-            best_fn=(lambda m: m["val_loss"]) if cfg.keep_best else None, best_mode="min",
-            temporary_path_class=_ChecksummedPath)
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
-            "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+        with _quiet_read_only(read_only):
+            options = ocp.CheckpointManagerOptions(
+                create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only,
+                enable_async_checkpointing=cfg.async_save,
+                preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
+                best_fn=(lambda m: m["val_loss"]) if cfg.keep_best else None, best_mode="min",
+                temporary_path_class=_ChecksummedPath)
+            self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
+                "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
         self._last_save_time = time.monotonic()
         self._problems: dict[int, str | None] = {}  # verification result per step, this process
         self._barriers = itertools.count()  # multi-process barrier names must not repeat

@@ -226,3 +226,17 @@ def test_tiny_sweep_with_a_scan_writes_the_scan_the_rule_and_main_runs_with_fitt
     res = sweep_cli.main(["--config", str(p), "--out", str(out)])
     assert res.trained == [] and len(res.skipped) == 2 and sweep.read_rule(out) == rule
     assert [e["event"] for e in sweep.read_log(out / "lr_scan")].count("start") == 4  # no scan run again
+
+
+def test_a_scanned_size_warms_up_as_its_main_runs_do(tmp_path):
+    """The scan's runs are shorter than the main runs; each still gets its size's main warmup
+    (the rate is scanned under the schedule the main runs will have)."""
+    spec = spec_of(tmp_path, GRID.replace("[2048, 4096]", "[20480, 81920]")
+                   + "per_size: {warmup_tokens_per_param: 0.1}\nlr_scan: {lrs: [1e-3, 1e-2], flops: 1e8}\n")
+    main = sweep.make_plan(spec, {}, load_data=False)
+    scan = pilot.plan_scan(spec, {}, main, load_data=False)
+    want = {r.cfg.model.d_model: r.cfg.optim.warmup_steps for r in main.runs}
+    assert {r.cfg.model.d_model: r.cfg.optim.warmup_steps for r in scan.runs} == want
+    assert min(r.steps for r in scan.runs) < min(r.steps for r in main.runs)  # the scan's own cap would differ
+    for r in main.runs:
+        assert f"{hparams.shape_of(r.cfg)} {r.cfg.optim.warmup_steps}" in sweep.format_plan(scan)

@@ -156,6 +156,7 @@ def size_settings(spec: Spec, runs: list[SizedRun] | tuple[SizedRun, ...],
     """The settings of every size (by shape) of ``runs``: lr from ``rule``, warmup and init from
     the spec's ``per_size`` (the module docstring's rules)."""
     out: dict[str, SizeSettings] = {}
+    fixed = dict(spec.warmups)  # a pilot scan warms up as its main plan's runs of the size do
     for shape in dict.fromkeys(shape_of(r.cfg) for r in runs):
         rs = [r for r in runs if shape_of(r.cfg) == shape]
         n = count_of(rs[0], spec.sizing.count)
@@ -163,8 +164,8 @@ def size_settings(spec: Spec, runs: list[SizedRun] | tuple[SizedRun, ...],
         if spec.per_size is not None:
             r0 = rs[0]
             tps = r0.cfg.train.batch_size * r0.cfg.model.seq_len
-            s = dataclasses.replace(s, warmup_steps=warmup_steps(n, min(r.steps for r in rs), tps,
-                                                                 spec.per_size),
+            s = dataclasses.replace(s, warmup_steps=fixed.get(shape) or warmup_steps(n, min(r.steps for r in rs), tps,
+                                                                                      spec.per_size),
                                     init_std=init_std(r0.cfg.model.d_model, spec.per_size))
         out[shape] = s
     return out

@@ -77,7 +77,8 @@ def _scanned_models(spec: Spec, main: Plan) -> tuple[ModelSpec, ...]:
 def scan_spec(spec: Spec, main: Plan) -> Spec:
     """The scan as a sweep spec: one IsoFLOP budget (``lr_scan.flops``) over the scanned sizes,
     one arm per rate, the first seed, no fit (nor the main design's noise seeds and
-    tokens-per-parameter floor: a scan run is short by design)."""
+    tokens-per-parameter floor: a scan run is short by design). A scanned size warms up as its
+    runs in the main plan do: the rate is scanned under the schedule it will get."""
     scan = spec.lr_scan
     if scan is None:
         raise ValueError(f"sweep spec {spec.path} has no lr_scan")
@@ -86,7 +87,8 @@ def scan_spec(spec: Spec, main: Plan) -> Spec:
         spec, name=f"{spec.name}.{SCAN_DIR}", description=f"learning-rate scan of sweep {spec.name}",
         design="isoflop", models=(), tokens=(), budgets=(Budget(scan.flops, _scanned_models(spec, main)),),
         min_steps=1, seeds=None if spec.seeds is None else spec.seeds[:1], arms=arms, fit=False,
-        lr_scan=None, lr_rule=None, noise=None, min_tokens_per_param=0.0)
+        lr_scan=None, lr_rule=None, noise=None, min_tokens_per_param=0.0,
+        warmups=tuple((hparams.shape_of(r.cfg), r.cfg.optim.warmup_steps) for r in main.runs) if spec.per_size else ())
 
 
 def plan_scan(spec: Spec, overrides: dict | None, main: Plan, *, load_data: bool = True) -> Plan:

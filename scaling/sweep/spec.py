@@ -120,6 +120,7 @@ class Spec:
     min_tokens_per_param: float = 0.0  # isoflop: points with D / N below it are left out
     seeds: tuple[int, ...] | None = None
     noise: NoiseSpec | None = None
+    warmups: tuple[tuple[str, int], ...] = ()  # (shape, warmup steps) fixed by a main plan (an lr scan's)
     cooldown_branches: bool = True  # with a wsd base schedule: shorter runs branch from the longest
     arms: tuple[Arm, ...] = ()
     tags: dict = field(default_factory=dict)

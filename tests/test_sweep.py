@@ -27,7 +27,8 @@ from scaling.laws.support import SWEEP
 from tests.helpers import REPO, data_path
 
 SMOKE = REPO / "experiments" / "configs" / "smoke.yaml"
-QUIET = ["--train.progress", "false"]
+QUIET = ["--train.progress", "false", "--jobs", "1"]
+"""Quiet, in one process (the reference sweep trains in two worker processes: --jobs 2)."""
 
 
 def write_spec(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
@@ -344,7 +345,8 @@ def reference_sweep(tmp_path_factory):
     data_path("tinyshakespeare", "input.txt")
     out = tmp_path_factory.mktemp("ref") / "sweep"
     p = subprocess.run([sys.executable, "-m", "experiments.sweep", "--config", str(SMOKE), "--out", str(out),
-                        *QUIET], cwd=REPO, capture_output=True, text=True, timeout=600,
+                        "--train.progress", "false", "--jobs", "2"], cwd=REPO, capture_output=True, text=True,
+                       timeout=600,
                        env=dict(os.environ, XLA_FLAGS=""))
     assert p.returncode == 0, p.stderr[-3000:]
     return out, p.stdout
@@ -492,3 +494,41 @@ def test_a_run_directory_held_by_another_process_is_skipped_as_busy(tmp_path, ca
     printed = capsys.readouterr()
     assert "being trained by another process" in printed.out + printed.err
     assert sorted(p.name for p in run_dir.iterdir()) == [run_io.LOCK_FILE]
+
+
+@pytest.mark.slow
+def test_killing_a_sweep_with_workers_stops_them_and_a_rerun_resumes(reference_sweep, tmp_path):
+    """--jobs 2: the workers die with the command (SIGKILL leaves no worker training), and
+    rerunning resumes to the results of an unbroken sweep."""
+    ref = reference_sweep[0]
+    out = tmp_path / "sweep"
+    with open(tmp_path / "first.log", "w") as log:
+        proc = _popen(["--config", SMOKE, "--out", out, "--train.progress", "false", "--jobs", "2"], log)
+        deadline = time.time() + 300
+        while not sweep.read_log(out) and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)
+        workers = {e["pid"] for e in sweep.read_log(out)}
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert workers and proc.pid not in workers
+    deadline = time.time() + 30
+    while any(_alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
+    with open(tmp_path / "again.log", "w") as log:
+        proc = _popen(["--config", SMOKE, "--out", out, "--train.progress", "false", "--jobs", "2"], log)
+        assert proc.wait(timeout=600) == 0, (tmp_path / "again.log").read_text()[-3000:]
+    _assert_same_results(out, ref)
+    assert (out / "fit.json").is_file()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its parent) is not training
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False

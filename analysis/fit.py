@@ -40,17 +40,15 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 from analysis import plots  # noqa: E402
-from scaling.errors import (ArgumentParser, UsageError, check_out_dir, check_out_file,  # noqa: E402
-                            exit_on_usage_error)
+from scaling.errors import ArgumentParser, UsageError, check_out_dir, check_out_file, exit_on_usage_error  # noqa: E402
 from scaling.io import atomic_write_text  # noqa: E402
 from scaling.laws import DEFAULT_DELTA  # noqa: E402
 from scaling.laws.approach1 import annealed_curves  # noqa: E402
-from scaling.laws.fit import (FitOptions, approach1_from_curves, approach1_from_endpoints, fit_table,  # noqa: E402
-                              validate)
+from scaling.laws.fit import FitOptions, approach1_from_curves, approach1_from_endpoints, fit_table, validate  # noqa: E402
 from scaling.laws.report import report_output  # noqa: E402
 from scaling.laws.runs import DEFAULT_ALT_N_COL, alt_counts, load_runs  # noqa: E402
-from scaling.run_curves import load_curves, load_endpoints  # noqa: E402
 from scaling.paths import data_dir  # noqa: E402
+from scaling.run_curves import load_curves, load_endpoints  # noqa: E402
 
 __all__ = ["main", "build_parser", "chinchilla_csv", "load_runs", "UsageError"]
 

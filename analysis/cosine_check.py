@@ -24,12 +24,19 @@ from scaling.run_dir import read_config, read_summary
 
 
 def parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m analysis.cosine_check", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(
+        prog="python -m analysis.cosine_check",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--sweep", required=True, help="a sweep directory of a wsd sweep")
     p.add_argument("--runs", nargs="+", required=True, metavar="RUN_ID", help="completed runs to check")
-    p.add_argument("--min-lr-ratio", type=float, default=0.1,
-                   help="the cosine's final rate as a fraction of the peak (Chinchilla: 0.1)")
+    p.add_argument(
+        "--min-lr-ratio",
+        type=float,
+        default=0.1,
+        help="the cosine's final rate as a fraction of the peak (Chinchilla: 0.1)",
+    )
     return p
 
 
@@ -48,8 +55,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             raise UsageError(f"{run_dir} is not a completed run")
         if cfg.optim.schedule != "wsd":
             raise UsageError(f"{run_dir} is not a wsd run (optim.schedule {cfg.optim.schedule})")
-        twin = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, schedule="cosine",
-                                                                   min_lr_ratio=args.min_lr_ratio))
+        twin = dataclasses.replace(
+            cfg, optim=dataclasses.replace(cfg.optim, schedule="cosine", min_lr_ratio=args.min_lr_ratio)
+        )
         todo.append((run_id, summary, twin))
 
     from scaling.train import Run  # the training stack loads once the input is checked
@@ -59,17 +67,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
         with Run(twin, sweep / "cosine_check" / run_id) as run:
             cos = run.run()
         wsd_loss, cos_loss = float(summary["val_loss"]), float(cos["val_loss"])
-        row = {"run_id": run_id, "n_params": summary.get("n_params"), "tokens": twin.train.tokens,
-               "lr": twin.optim.lr, "warmup_steps": twin.optim.warmup_steps, "wsd_val_loss": wsd_loss,
-               "cosine_val_loss": cos_loss, "rel_diff": wsd_loss / cos_loss - 1.0}
+        row = {
+            "run_id": run_id,
+            "n_params": summary.get("n_params"),
+            "tokens": twin.train.tokens,
+            "lr": twin.optim.lr,
+            "warmup_steps": twin.optim.warmup_steps,
+            "wsd_val_loss": wsd_loss,
+            "cosine_val_loss": cos_loss,
+            "rel_diff": wsd_loss / cos_loss - 1.0,
+        }
         rows.append(row)
-        print(f"{run_id}: wsd {wsd_loss:.4f}, cosine {cos_loss:.4f} (to {args.min_lr_ratio:g} of the peak), "
-              f"wsd/cosine - 1 = {row['rel_diff']:+.2%}", flush=True)
+        print(
+            f"{run_id}: wsd {wsd_loss:.4f}, cosine {cos_loss:.4f} (to {args.min_lr_ratio:g} of the peak), "
+            f"wsd/cosine - 1 = {row['rel_diff']:+.2%}",
+            flush=True,
+        )
     worst = max(abs(r["rel_diff"]) for r in rows)
     print(f"largest |difference|: {worst:.2%} over {len(rows)} runs")
-    atomic_write_text(sweep / "cosine_check" / "check.json",
-                      json.dumps({"min_lr_ratio": args.min_lr_ratio, "runs": rows, "max_abs_rel_diff": worst},
-                                 indent=1) + "\n")
+    atomic_write_text(
+        sweep / "cosine_check" / "check.json",
+        json.dumps({"min_lr_ratio": args.min_lr_ratio, "runs": rows, "max_abs_rel_diff": worst}, indent=1) + "\n",
+    )
     return rows
 
 

@@ -29,10 +29,21 @@ def _interval(reps: np.ndarray, ci: float) -> tuple[float, float]:
     return float(np.quantile(reps, a)), float(np.quantile(reps, 1 - a))
 
 
-def arm_differences(df, *, baseline: str = "none", arm_col: str = "arm", size_col: str = "n_params",
-                    tokens_col: str = "tokens", loss_col: str = "val_loss", seed_col: str = "seed",
-                    id_col: str = "run_id", per_batch: dict | None = None, n_boot: int = 2000, ci: float = 0.95,
-                    rng_seed: int = 0):
+def arm_differences(
+    df,
+    *,
+    baseline: str = "none",
+    arm_col: str = "arm",
+    size_col: str = "n_params",
+    tokens_col: str = "tokens",
+    loss_col: str = "val_loss",
+    seed_col: str = "seed",
+    id_col: str = "run_id",
+    per_batch: dict | None = None,
+    n_boot: int = 2000,
+    ci: float = 0.95,
+    rng_seed: int = 0,
+):
     """Per (model size, tokens) and arm: the loss difference ``arm - baseline`` (mean over seeds)
     with a percentile bootstrap interval.
 
@@ -57,9 +68,15 @@ def arm_differences(df, *, baseline: str = "none", arm_col: str = "arm", size_co
         base = cell[cell[arm_col] == baseline].sort_values(seed_col)
         for arm in sorted(set(cell[arm_col]) - {baseline}):
             other = cell[cell[arm_col] == arm].sort_values(seed_col)
-            row = {"arm": arm, size_col: size, tokens_col: tokens, "loss": float(other[loss_col].mean()),
-                   "loss_" + baseline: float(base[loss_col].mean()) if len(base) else math.nan,
-                   "n_seeds": len(other), "n_seeds_" + baseline: len(base)}
+            row = {
+                "arm": arm,
+                size_col: size,
+                tokens_col: tokens,
+                "loss": float(other[loss_col].mean()),
+                "loss_" + baseline: float(base[loss_col].mean()) if len(base) else math.nan,
+                "n_seeds": len(other),
+                "n_seeds_" + baseline: len(base),
+            }
             if not len(base):
                 rows.append({**row, "diff": math.nan, "lo": math.nan, "hi": math.nan, "resampled": "none"})
                 continue
@@ -88,14 +105,17 @@ def _boot_seeds(a: np.ndarray, b: np.ndarray, paired: bool, n_boot: int, rng) ->
     if paired:
         d = a - b
         return d[rng.integers(0, len(d), (n_boot, len(d)))].mean(axis=1)
-    return (a[rng.integers(0, len(a), (n_boot, len(a)))].mean(axis=1)
-            - b[rng.integers(0, len(b), (n_boot, len(b)))].mean(axis=1))
+    return a[rng.integers(0, len(a), (n_boot, len(a)))].mean(axis=1) - b[
+        rng.integers(0, len(b), (n_boot, len(b)))
+    ].mean(axis=1)
 
 
 def _boot_batches(A: np.ndarray, B: np.ndarray, paired: bool, n_boot: int, rng) -> np.ndarray:
     if A.shape[1] != B.shape[1]:
-        raise UsageError(f"runs were evaluated on different numbers of validation batches ({A.shape[1]} and "
-                         f"{B.shape[1]}); a paired bootstrap needs the same batches")
+        raise UsageError(
+            f"runs were evaluated on different numbers of validation batches ({A.shape[1]} and "
+            f"{B.shape[1]}); a paired bootstrap needs the same batches"
+        )
     m = A.shape[1]
     bidx = rng.integers(0, m, (n_boot, m))  # one batch draw per replicate, shared by both arms
     a_rep = np.take_along_axis(A[:, None, :], bidx[None], axis=2).mean(axis=2)  # (seeds, n_boot)
@@ -111,7 +131,6 @@ def _boot_batches(A: np.ndarray, B: np.ndarray, paired: bool, n_boot: int, rng) 
     return a_rep.mean(axis=0) - b_rep.mean(axis=0)
 
 
-
 def report(table) -> str:
     if not len(table):
         return "no arm to compare with the baseline"
@@ -119,15 +138,19 @@ def report(table) -> str:
     lines = [f"{'arm':>10} {'n_params':>10} {'tokens':>10} {'loss':>8} {base:>10} {'diff':>9}  interval (resampled)"]
     for _, r in table.iterrows():
         iv = "-" if not np.isfinite(r["lo"]) else f"[{r['lo']:+.4f}, {r['hi']:+.4f}]"
-        lines.append(f"{r['arm']:>10} {int(r['n_params']):>10} {int(r['tokens']):>10} {r['loss']:8.4f} "
-                     f"{r[base]:10.4f} {r['diff']:+9.4f}  {iv} ({r['resampled']})")
+        lines.append(
+            f"{r['arm']:>10} {int(r['n_params']):>10} {int(r['tokens']):>10} {r['loss']:8.4f} "
+            f"{r[base]:10.4f} {r['diff']:+9.4f}  {iv} ({r['resampled']})"
+        )
     return "\n".join(lines)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m analysis.curriculum",
-                                description="Per model size: the loss difference of every arm of a sweep to the "
-                                            "baseline arm, with a bootstrap interval.")
+    p = argparse.ArgumentParser(
+        prog="python -m analysis.curriculum",
+        description="Per model size: the loss difference of every arm of a sweep to the "
+        "baseline arm, with a bootstrap interval.",
+    )
     p.add_argument("--results", required=True, help="results.csv of a sweep with arms")
     p.add_argument("--baseline", default="none", help="the arm compared against (default: none)")
     p.add_argument("--arm-col", default="arm")
@@ -136,13 +159,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--d-col", default="tokens")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--ci", type=float, default=0.95, help="interval level (default 0.95)")
-    p.add_argument("--resample", choices=("auto", "batches", "seeds"), default="auto",
-                   help="batches: re-evaluate every run's final checkpoint on its validation batches and resample "
-                        "them (paired between arms; seeds too when several); seeds: resample seeds only; auto: "
-                        "batches when the run directories are there (default)")
+    p.add_argument(
+        "--resample",
+        choices=("auto", "batches", "seeds"),
+        default="auto",
+        help="batches: re-evaluate every run's final checkpoint on its validation batches and resample "
+        "them (paired between arms; seeds too when several); seeds: resample seeds only; auto: "
+        "batches when the run directories are there (default)",
+    )
     p.add_argument("--runs", default=None, help="directory of the runs (default: runs/ beside --results)")
-    p.add_argument("--out", default=None, help="write the table as JSON here (default: JSON to stdout, report to "
-                                                "stderr)")
+    p.add_argument(
+        "--out", default=None, help="write the table as JSON here (default: JSON to stdout, report to stderr)"
+    )
     return p
 
 
@@ -163,8 +191,11 @@ def main(argv: list[str] | None = None):
     runs_dir = Path(args.runs) if args.runs else path.parent / "runs"
     per_batch, checks = None, {}
     done = df[df["status"].astype(str).str.strip() == "completed"] if "status" in df.columns else df
-    missing = ([r for r in done["run_id"] if not (runs_dir / str(r) / "config.yaml").is_file()]
-               if "run_id" in df.columns else ["(no run_id column)"])
+    missing = (
+        [r for r in done["run_id"] if not (runs_dir / str(r) / "config.yaml").is_file()]
+        if "run_id" in df.columns
+        else ["(no run_id column)"]
+    )
     want = args.resample == "batches" or (args.resample == "auto" and not missing)
     if want:
         if "run_id" not in df.columns:
@@ -175,15 +206,19 @@ def main(argv: list[str] | None = None):
         for rid, loss in zip(done["run_id"], done[args.loss_col]):
             per_batch[rid] = val_batch_losses(runs_dir / str(rid))
             checks[rid] = float(np.mean(per_batch[rid]) - loss) if args.loss_col == "val_loss" else None
-    table = arm_differences(df, baseline=args.baseline, per_batch=per_batch, n_boot=args.bootstrap, ci=args.ci,
-                            **cols)
+    table = arm_differences(df, baseline=args.baseline, per_batch=per_batch, n_boot=args.bootstrap, ci=args.ci, **cols)
     text = report(table)
     worst = max((abs(v) for v in checks.values() if v is not None), default=None)
     if worst is not None:
         text += f"\n(re-evaluated validation batches match results' val_loss to {worst:.2g})"
-    out = {"baseline": args.baseline, "ci": args.ci, "bootstrap": args.bootstrap, "results": str(path),
-           "rows": json.loads(table.to_json(orient="records")),
-           "val_loss_recheck_max_abs": worst}
+    out = {
+        "baseline": args.baseline,
+        "ci": args.ci,
+        "bootstrap": args.bootstrap,
+        "results": str(path),
+        "rows": json.loads(table.to_json(orient="records")),
+        "val_loss_recheck_max_abs": worst,
+    }
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
         print(text)

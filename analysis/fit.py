@@ -73,42 +73,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--c-col", default=None, help="column with training FLOPs C; D = C/(6N) when the D column is absent")
     p.add_argument("--loss-col", default="val_loss", help="column with the final loss")
     p.add_argument("--budget-col", default="budget", help="IsoFLOP budget column for approach 2 (used when present)")
-    p.add_argument("--budget-tol", type=float, default=0.1,
-                   help="without a budget column, runs whose C agree within this relative tolerance share a budget")
+    p.add_argument(
+        "--budget-tol",
+        type=float,
+        default=0.1,
+        help="without a budget column, runs whose C agree within this relative tolerance share a budget",
+    )
     p.add_argument("--group-col", default=None, help="fit one law per value of this column (e.g. arm)")
     p.add_argument("--drop-top-loss", type=int, default=0, help="drop the K highest-loss runs first (Epoch AI drop 5)")
-    p.add_argument("--approach", choices=APPROACHES, default="3",
-                   help="which fit(s): 3 = parametric L(N, D); 2 = IsoFLOP parabolas; 1 = training-curve envelope "
-                        "(needs --curves); all = every one the input allows")
+    p.add_argument(
+        "--approach",
+        choices=APPROACHES,
+        default="3",
+        help="which fit(s): 3 = parametric L(N, D); 2 = IsoFLOP parabolas; 1 = training-curve envelope "
+        "(needs --curves); all = every one the input allows",
+    )
     p.add_argument("--curves", default=None, help="sweep directory with runs/<id>/metrics.jsonl (approach 1)")
     p.add_argument("--curve-loss-key", default="loss", help="metrics.jsonl key of the loss for approach 1")
     p.add_argument("--delta", type=float, default=DEFAULT_DELTA, help="Huber delta of approach 3")
     p.add_argument("--bootstrap", type=int, default=0, metavar="K", help="K bootstrap resamples of the runs (0: none)")
-    p.add_argument("--bootstrap-starts", choices=("best", "grid"), default="best",
-                   help="starts of each bootstrap refit: 32 of the grid starts that reached the full-data "
-                        "optimum, or the whole grid (slower: every refit from all 4,500 starts)")
+    p.add_argument(
+        "--bootstrap-starts",
+        choices=("best", "grid"),
+        default="best",
+        help="starts of each bootstrap refit: 32 of the grid starts that reached the full-data "
+        "optimum, or the whole grid (slower: every refit from all 4,500 starts)",
+    )
     p.add_argument("--ci", type=float, default=0.95, help="level of the percentile intervals")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    p.add_argument("--holdout-top-c", type=int, default=0, metavar="K",
-                   help="also fit without the K largest-compute runs and predict them")
-    p.add_argument("--predict-c", type=float, action="append", default=[], metavar="C",
-                   help="print compute-optimal N, D and loss for budget C (repeatable)")
+    p.add_argument(
+        "--holdout-top-c",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also fit without the K largest-compute runs and predict them",
+    )
+    p.add_argument(
+        "--predict-c",
+        type=float,
+        action="append",
+        default=[],
+        metavar="C",
+        help="print compute-optimal N, D and loss for budget C (repeatable)",
+    )
     p.add_argument("--out", default=None, help="write the JSON here (else to stdout, report to stderr)")
     p.add_argument("--plots", default=None, metavar="DIR", help="write PNG plots to DIR")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--approach1-from", choices=("curves", "endpoints"), default="curves",
-                   help="approach 1's input: the envelope of raw training curves (--curves DIR), or annealed "
-                        "endpoints only (each run's final evaluated loss or its metrics lines marked endpoint, "
-                        "from --curves DIR; without it, the results rows), used where the sizes bracket the optimum")
-    p.add_argument("--diagnostics", action="store_true",
-                   help="check the law (regime, non-degenerate, stable, agreement, extrapolation) and give a "
-                        "verdict; needs --bootstrap")
-    p.add_argument("--baseline-loss", type=float, default=None, metavar="L",
-                   help="count-model (trigram) loss on the same validation split, in the loss column's units, "
-                        "for the regime diagnostic")
-    p.add_argument("--alt-n-col", default=None, metavar="COL",
-                   help=f"a second parameter count for the stability diagnostic (default {DEFAULT_ALT_N_COL} "
-                        "when the CSV has it)")
+    p.add_argument(
+        "--approach1-from",
+        choices=("curves", "endpoints"),
+        default="curves",
+        help="approach 1's input: the envelope of raw training curves (--curves DIR), or annealed "
+        "endpoints only (each run's final evaluated loss or its metrics lines marked endpoint, "
+        "from --curves DIR; without it, the results rows), used where the sizes bracket the optimum",
+    )
+    p.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="check the law (regime, non-degenerate, stable, agreement, extrapolation) and give a "
+        "verdict; needs --bootstrap",
+    )
+    p.add_argument(
+        "--baseline-loss",
+        type=float,
+        default=None,
+        metavar="L",
+        help="count-model (trigram) loss on the same validation split, in the loss column's units, "
+        "for the regime diagnostic",
+    )
+    p.add_argument(
+        "--alt-n-col",
+        default=None,
+        metavar="COL",
+        help=f"a second parameter count for the stability diagnostic (default {DEFAULT_ALT_N_COL} when the CSV has it)",
+    )
     return p
 
 
@@ -187,8 +225,14 @@ def main(argv=None) -> int:
     if args.plots is not None:
         check_out_dir(args.plots, "--plots")
     # ---- everything below up to the slow fits only reads and validates input
-    load_kw = dict(d_col=args.d_col, c_col=args.c_col, loss_col=args.loss_col, budget_col=args.budget_col,
-                   group_col=args.group_col, drop_top_loss=args.drop_top_loss)
+    load_kw = dict(
+        d_col=args.d_col,
+        c_col=args.c_col,
+        loss_col=args.loss_col,
+        budget_col=args.budget_col,
+        group_col=args.group_col,
+        drop_top_loss=args.drop_top_loss,
+    )
     runs = load_runs(args.results, n_col=args.n_col, **load_kw)
     curves = None
     if args.curves and "1" in opts.approaches and args.approach1_from == "curves":
@@ -197,20 +241,29 @@ def main(argv=None) -> int:
         skips = {v: validate(part, opts, where=f"{args.group_col}={v}") for v, part in runs.groups().items()}
     else:
         skips = validate(runs, opts)
-    alt_n = alt_counts(args.results, runs, col=args.alt_n_col, n_col=args.n_col, **load_kw) if opts.diagnostics \
-        else None
+    alt_n = (
+        alt_counts(args.results, runs, col=args.alt_n_col, n_col=args.n_col, **load_kw) if opts.diagnostics else None
+    )
     a1, curves = _approach1(args, runs, curves) if "1" in opts.approaches else ({}, curves)
 
     # ---- fits
-    output = fit_table(runs, opts, skips=skips, group_col=args.group_col, alt_N=alt_n, approach1=a1, input={
-        "results": str(args.results),
-        "n_col": args.n_col,
-        "d_col": args.d_col,
-        "c_col": args.c_col,
-        "loss_col": args.loss_col,
-        "drop_top_loss": args.drop_top_loss,
-        "n_runs": len(runs),
-    })
+    output = fit_table(
+        runs,
+        opts,
+        skips=skips,
+        group_col=args.group_col,
+        alt_N=alt_n,
+        approach1=a1,
+        input={
+            "results": str(args.results),
+            "n_col": args.n_col,
+            "d_col": args.d_col,
+            "c_col": args.c_col,
+            "loss_col": args.loss_col,
+            "drop_top_loss": args.drop_top_loss,
+            "n_runs": len(runs),
+        },
+    )
 
     # ---- outputs
     text = report_output(output)

@@ -128,8 +128,19 @@ def isoflop(runs, result: FitResult, *, ylabel: str = "loss") -> Figure:
             ax.plot(nn, np.polyval((p2, p1, p0), np.log(nn)), color=col, lw=1.4)
             lo, hi = vci.get(key, (math.nan, math.nan))
             xerr = [[m.N_opt - lo], [hi - m.N_opt]] if np.isfinite(lo) and np.isfinite(hi) else None
-            ax.errorbar([m.N_opt], [m.L_min], xerr=xerr, fmt="*", ms=13, color=col, mec="k", ecolor=col,
-                        elinewidth=1.5, capsize=3, zorder=6)
+            ax.errorbar(
+                [m.N_opt],
+                [m.L_min],
+                xerr=xerr,
+                fmt="*",
+                ms=13,
+                color=col,
+                mec="k",
+                ecolor=col,
+                elinewidth=1.5,
+                capsize=3,
+                zorder=6,
+            )
             shown.append(m.L_min)
         if law:
             if _has_frontier(result):  # the law's curve reaches its optimum (up to a decade beyond the runs)
@@ -145,8 +156,9 @@ def isoflop(runs, result: FitResult, *, ylabel: str = "loss") -> Figure:
                 ax.fill_between(nn, *percentile_band(vals, level), color=col, alpha=0.15, lw=0)
             if _has_frontier(result) and nn[0] <= n_opt <= nn[-1]:
                 l_opt = compute_optimal(cb, *_law(result))[2]
-                ax.scatter([n_opt], [l_opt], marker="D", s=30, facecolors="white", edgecolors=col, linewidths=1.6,
-                           zorder=7)
+                ax.scatter(
+                    [n_opt], [l_opt], marker="D", s=30, facecolors="white", edgecolors=col, linewidths=1.6, zorder=7
+                )
                 shown.append(float(l_opt))
     lmin, lmax = float(min([runs.L.min(), *shown])), float(runs.L.max())
     span = max(lmax - lmin, 1e-3 * lmax)
@@ -159,24 +171,44 @@ def isoflop(runs, result: FitResult, *, ylabel: str = "loss") -> Figure:
     if not law and len(minima) < values.size:
         marks.append(Line2D([], [], color="0.35", lw=0.8, alpha=0.6, label="runs of a budget without a fitted curve"))
     if a2 is not None:
-        marks += [Line2D([], [], color="0.35", lw=1.4, label="approach 2: parabola in log N"),
-                  Line2D([], [], ls="none", marker="*", ms=11, color="0.35", mec="k",
-                         label="approach 2: vertex" + (f" ({level:.0%} interval)" if vci else ""))]
+        marks += [
+            Line2D([], [], color="0.35", lw=1.4, label="approach 2: parabola in log N"),
+            Line2D(
+                [],
+                [],
+                ls="none",
+                marker="*",
+                ms=11,
+                color="0.35",
+                mec="k",
+                label="approach 2: vertex" + (f" ({level:.0%} interval)" if vci else ""),
+            ),
+        ]
     if law:
         marks.append(Line2D([], [], color="0.35", lw=1.1, ls="--", label="approach 3: L(N, C/6N)"))
         if boot is not None:
             marks.append(Patch(color="0.35", alpha=0.25, lw=0, label=f"approach 3: {level:.0%} bootstrap band"))
         if _has_frontier(result):
-            marks.append(Line2D([], [], ls="none", marker="D", mfc="white", mec="0.35", mew=1.6,
-                                label="approach 3: optimum"))
+            marks.append(
+                Line2D([], [], ls="none", marker="D", mfc="white", mec="0.35", mew=1.6, label="approach 3: optimum")
+            )
     fig.legend(handles=marks, fontsize=8, loc="outside right upper", title="marks", title_fontsize=8)
     if values.size <= 12:
-        fig.legend(handles=[Patch(color=c, label=f"C = {sci(v)} FLOPs") for c, v in zip(colors, values)],
-                   fontsize=8, loc="outside right lower", title="budget (6ND)", title_fontsize=8)
-    subtitle = "; ".join(t for t in (a2_label(result) if a2 is not None else "",
-                                     a3_label(result) if _has_frontier(result) else "") if t)
-    ax.set_title("IsoFLOP profiles: loss against model size at fixed compute"
-                 + (f"\n{subtitle} (N_opt ∝ C^a)" if subtitle else ""), fontsize=10)
+        fig.legend(
+            handles=[Patch(color=c, label=f"C = {sci(v)} FLOPs") for c, v in zip(colors, values)],
+            fontsize=8,
+            loc="outside right lower",
+            title="budget (6ND)",
+            title_fontsize=8,
+        )
+    subtitle = "; ".join(
+        t for t in (a2_label(result) if a2 is not None else "", a3_label(result) if _has_frontier(result) else "") if t
+    )
+    ax.set_title(
+        "IsoFLOP profiles: loss against model size at fixed compute"
+        + (f"\n{subtitle} (N_opt ∝ C^a)" if subtitle else ""),
+        fontsize=10,
+    )
     return fig
 
 
@@ -193,12 +225,21 @@ def frontier(runs, result: FitResult, *, ylabel: str = "loss") -> Figure:
         boot = boot_params(result)
         if boot is not None:
             vals = compute_optimal(cc[None, :], *(boot[0].T[:, :, None]))[2]
-            ax.fill_between(cc, *percentile_band(vals, boot[1]), color="r", alpha=0.15, lw=0,
-                            label=f"{boot[1]:.0%} bootstrap band")
+            ax.fill_between(
+                cc, *percentile_band(vals, boot[1]), color="r", alpha=0.15, lw=0, label=f"{boot[1]:.0%} bootstrap band"
+            )
         ax.axhline(result.law.E, color="gray", ls=":", lw=1, label=f"irreducible loss E = {result.law.E:.3g}")
     if result.isoflop is not None:
-        ax.scatter([m.C for m in result.isoflop.minima], [m.L_min for m in result.isoflop.minima], marker="*",
-                   s=130, color="orange", edgecolors="k", zorder=5, label="approach 2: vertex of each budget")
+        ax.scatter(
+            [m.C for m in result.isoflop.minima],
+            [m.L_min for m in result.isoflop.minima],
+            marker="*",
+            s=130,
+            color="orange",
+            edgecolors="k",
+            zorder=5,
+            label="approach 2: vertex of each budget",
+        )
     ax.set_xscale("log")
     ax.set_xlabel("training compute C = 6ND (FLOPs)")
     ax.set_ylabel(ylabel)
@@ -216,8 +257,14 @@ def _frontier_panel(ax, cc, runs, result: FitResult, k: int) -> None:
         boot = boot_params(result)
         if boot is not None:
             vals = compute_optimal(cc[None, :], *(boot[0].T[:, :, None]))[k]
-            ax.fill_between(cc, *percentile_band(vals, boot[1]), color="r", alpha=0.15, lw=0,
-                            label=f"approach 3: {boot[1]:.0%} bootstrap band")
+            ax.fill_between(
+                cc,
+                *percentile_band(vals, boot[1]),
+                color="r",
+                alpha=0.15,
+                lw=0,
+                label=f"approach 3: {boot[1]:.0%} bootstrap band",
+            )
     a2 = result.isoflop
     if a2 is not None:
         vci = a2_vertex_ci(result)
@@ -228,18 +275,46 @@ def _frontier_panel(ax, cc, runs, result: FitResult, k: int) -> None:
             lohi = cs[:, None] / (6 * lohi[:, ::-1])
         ok = np.all(np.isfinite(lohi), axis=1)
         yerr = np.where(ok, np.abs(np.stack([y - lohi[:, 0], lohi[:, 1] - y])), 0.0)
-        ax.errorbar(cs, y, yerr=yerr if ok.any() else None, fmt="*", ms=12, color="orange", mec="k",
-                    ecolor="darkorange", capsize=3, zorder=5,
-                    label="approach 2: vertex per budget" + (" (bootstrap interval)" if ok.any() else ""))
-        ax.plot(cc, (a2.k_n if k == 0 else a2.k_d) * cc ** (a2.a if k == 0 else a2.b), color="darkorange", ls="--",
-                lw=1.1, label=a2_label(result, exponent))
+        ax.errorbar(
+            cs,
+            y,
+            yerr=yerr if ok.any() else None,
+            fmt="*",
+            ms=12,
+            color="orange",
+            mec="k",
+            ecolor="darkorange",
+            capsize=3,
+            zorder=5,
+            label="approach 2: vertex per budget" + (" (bootstrap interval)" if ok.any() else ""),
+        )
+        ax.plot(
+            cc,
+            (a2.k_n if k == 0 else a2.k_d) * cc ** (a2.a if k == 0 else a2.b),
+            color="darkorange",
+            ls="--",
+            lw=1.1,
+            label=a2_label(result, exponent),
+        )
     a1 = result.envelope
     if a1 is not None:
         pts = [p for p in a1.points if p.C > 0 and p.N_opt > 0]
-        ax.scatter([p.C for p in pts], [p.N_opt if k == 0 else p.C / (6 * p.N_opt) for p in pts], s=9,
-                   color="tab:blue", zorder=4, label="approach 1: envelope points")
-        ax.plot(cc, (a1.k_n if k == 0 else a1.k_d) * cc ** (a1.a if k == 0 else a1.b), color="tab:blue", ls=":",
-                lw=1.3, label=f"approach 1: {exponent} = {getattr(a1, exponent):.3f}")
+        ax.scatter(
+            [p.C for p in pts],
+            [p.N_opt if k == 0 else p.C / (6 * p.N_opt) for p in pts],
+            s=9,
+            color="tab:blue",
+            zorder=4,
+            label="approach 1: envelope points",
+        )
+        ax.plot(
+            cc,
+            (a1.k_n if k == 0 else a1.k_d) * cc ** (a1.a if k == 0 else a1.b),
+            color="tab:blue",
+            ls=":",
+            lw=1.3,
+            label=f"approach 1: {exponent} = {getattr(a1, exponent):.3f}",
+        )
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("training compute C = 6ND (FLOPs)")
@@ -279,8 +354,11 @@ def held_out(runs, result: FitResult) -> tuple[list[tuple[float, float, float, f
     are: the fit's hold-out check (``holdout``), else the extrapolation diagnostic's largest
     budget (its details name the budget and the law fitted without it); ([], "") when neither."""
     h = getattr(result, "holdout", None)
-    rows = [(r.N, r.C, r.observed, r.predicted) for r in getattr(h, "runs", None) or ()
-            if all(hasattr(r, k) for k in ("N", "C", "observed", "predicted"))]
+    rows = [
+        (r.N, r.C, r.observed, r.predicted)
+        for r in getattr(h, "runs", None) or ()
+        if all(hasattr(r, k) for k in ("N", "C", "observed", "predicted"))
+    ]
     if rows:
         return rows, f"held out: the {len(rows)} largest-C runs"
     for check in getattr(getattr(result, "diagnostics", None), "checks", None) or ():
@@ -314,17 +392,40 @@ def residuals(runs, result: FitResult) -> Figure:
         sel = runs.N == n
         marker_of[n] = MARKERS[i % len(MARKERS)]
         dodge[n] = 10 ** (DODGE * (i - (sizes.size - 1) / 2))
-        ax.scatter(runs.C[sel] * dodge[n], r[sel], marker=marker_of[n], color=colors[i], s=34, zorder=3,
-                   label=f"N = {sci(n)}" if sizes.size <= 12 else None)
+        ax.scatter(
+            runs.C[sel] * dodge[n],
+            r[sel],
+            marker=marker_of[n],
+            color=colors[i],
+            s=34,
+            zorder=3,
+            label=f"N = {sci(n)}" if sizes.size <= 12 else None,
+        )
     held, what = held_out(runs, result)
     if held:
         hr = np.array([100.0 * (obs / pred - 1.0) for _, _, obs, pred in held])
         for (n, c, _, _), v in zip(held, hr):
-            ax.scatter([c * dodge.get(n, 1.0)], [v], marker=marker_of.get(n, "o"), s=90, facecolors="none",
-                       edgecolors="red", linewidths=1.5, zorder=4)
-        ax.scatter([], [], marker="o", s=90, facecolors="none", edgecolors="red", linewidths=1.5,
-                   label=f"{what}, predicted by the fit without them\n(mean |err| {np.mean(np.abs(hr)):.2f}%, "
-                         f"worst {np.max(np.abs(hr)):.2f}%)")
+            ax.scatter(
+                [c * dodge.get(n, 1.0)],
+                [v],
+                marker=marker_of.get(n, "o"),
+                s=90,
+                facecolors="none",
+                edgecolors="red",
+                linewidths=1.5,
+                zorder=4,
+            )
+        ax.scatter(
+            [],
+            [],
+            marker="o",
+            s=90,
+            facecolors="none",
+            edgecolors="red",
+            linewidths=1.5,
+            label=f"{what}, predicted by the fit without them\n(mean |err| {np.mean(np.abs(hr)):.2f}%, "
+            f"worst {np.max(np.abs(hr)):.2f}%)",
+        )
     rms = float(np.sqrt(np.mean(r**2)))
     lim = max(1.5, 1.15 * float(np.max(np.abs(np.concatenate([r, hr if held else []])))))
     ax.set_ylim(-lim, lim)

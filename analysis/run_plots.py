@@ -85,8 +85,12 @@ def training_curves(rows: list[dict], runs_dir: Path, *, unit: str, val_col: str
     by_id = {r["run_id"]: r for r in rows if r.get("run_id")}
     for r in list(by_id.values()):  # a parent that is no row of its own (a stable phase without a cooldown)
         if r.get("parent") and r["parent"] not in by_id:
-            by_id[r["parent"]] = {"run_id": r["parent"], "n_params": r.get("n_params"), "status": "completed",
-                                  **{k: r.get(k) for k in ("n_layer", "d_model", "n_head")}}
+            by_id[r["parent"]] = {
+                "run_id": r["parent"],
+                "n_params": r.get("n_params"),
+                "status": "completed",
+                **{k: r.get(k) for k in ("n_layer", "d_model", "n_head")},
+            }
     order = sorted(by_id, key=lambda rid: bool(by_id[rid].get("parent")))  # parents first, branches on top
     curves = {rid: c for rid in order if (c := read_metrics(runs_dir / rid / "metrics.jsonl"))["step"].size}
     if not curves:
@@ -118,8 +122,14 @@ def training_curves(rows: list[dict], runs_dir: Path, *, unit: str, val_col: str
             ax.plot(x, y, color=col, lw=1.0, ls="-" if done else ":", alpha=0.95)
             n_branches += 1
         else:
-            ax.plot(x, y, color=col, lw=1.8 if rid in {r.get("parent") for r in by_id.values()} else 1.3,
-                    ls="-" if done else ":", alpha=0.9)
+            ax.plot(
+                x,
+                y,
+                color=col,
+                lw=1.8 if rid in {r.get("parent") for r in by_id.values()} else 1.3,
+                ls="-" if done else ":",
+                alpha=0.9,
+            )
             xmin.append(0.05 * float(x[-1]))
         v, t = num(row.get(val_col)), num(row.get("tokens"))
         if done and math.isfinite(v) and v > 0 and math.isfinite(t) and t > 0:
@@ -137,20 +147,38 @@ def training_curves(rows: list[dict], runs_dir: Path, *, unit: str, val_col: str
     ax.set_yscale("log")
     ax.set_xlabel("training tokens D")
     ax.set_ylabel(f"training loss ({unit})")
-    handles = [Line2D([], [], color=color_of[n], lw=2, label=f"N = {sci(n)}" + (f" ({shape_of[n]})" if shape_of.get(n)
-                                                                                 else "")) for n in sizes]
-    handles += [Line2D([], [], color="0.3", lw=1.8, label="run from scratch" + (" (stable phase: parent)"
-                                                                                if n_branches else "")),
-                Line2D([], [], ls="none", marker="X", color="0.3", mec="k",
-                       label=f"final {_loss_name(val_col)} of each run")]
+    handles = [
+        Line2D(
+            [], [], color=color_of[n], lw=2, label=f"N = {sci(n)}" + (f" ({shape_of[n]})" if shape_of.get(n) else "")
+        )
+        for n in sizes
+    ]
+    handles += [
+        Line2D(
+            [], [], color="0.3", lw=1.8, label="run from scratch" + (" (stable phase: parent)" if n_branches else "")
+        ),
+        Line2D([], [], ls="none", marker="X", color="0.3", mec="k", label=f"final {_loss_name(val_col)} of each run"),
+    ]
     if n_branches:
-        handles.insert(len(sizes) + 1, Line2D([], [], color="0.3", lw=1.0, marker="o", ms=3, markevery=[0],
-                                              label="cooldown branch (dot: where it forks)"))
+        handles.insert(
+            len(sizes) + 1,
+            Line2D(
+                [],
+                [],
+                color="0.3",
+                lw=1.0,
+                marker="o",
+                ms=3,
+                markevery=[0],
+                label="cooldown branch (dot: where it forks)",
+            ),
+        )
     if any(r.get("status", "completed") != "completed" for r in by_id.values()):
         handles.append(Line2D([], [], color="0.3", ls=":", label="not completed"))
     ax.legend(handles=handles, fontsize=8, loc="lower left")
-    what = f"{len(curves) - n_branches} runs and {n_branches} cooldown branches" if n_branches \
-        else f"{len(curves)} runs"
+    what = (
+        f"{len(curves) - n_branches} runs and {n_branches} cooldown branches" if n_branches else f"{len(curves)} runs"
+    )
     ax.yaxis.set_major_formatter(ScalarFormatter())
     ax.yaxis.set_minor_formatter(ScalarFormatter())
     ax.set_title(f"training curves of {what} (moving average over {2 * h + 1} logged steps)", fontsize=10)
@@ -194,7 +222,7 @@ def _local_parabola(ux: np.ndarray, uy: np.ndarray):
     i = int(np.argmin(uy))
     if not 0 < i < ux.size - 1:
         return None
-    p = np.polyfit(ux[i - 1:i + 2], uy[i - 1:i + 2], 2)
+    p = np.polyfit(ux[i - 1 : i + 2], uy[i - 1 : i + 2], 2)
     return (tuple(p), (float(ux[i - 1]), float(ux[i + 1]))) if p[0] > 0 else None
 
 
@@ -221,12 +249,20 @@ def lr_scan(rows: list[dict], rule: dict, *, unit: str, val_col: str = "val_loss
         n = num(o["n_params"])
         bad = ~np.isfinite(loss)
         if bad.any():  # at the top edge of the axes
-            ax.scatter(lr[bad], np.full(bad.sum(), 0.97), marker="x", s=40, color=col, zorder=5,
-                       transform=ax.get_xaxis_transform())
+            ax.scatter(
+                lr[bad],
+                np.full(bad.sum(), 0.97),
+                marker="x",
+                s=40,
+                color=col,
+                zorder=5,
+                transform=ax.get_xaxis_transform(),
+            )
             diverged = True
         lr, loss = lr[~bad], loss[~bad]
-        ax.scatter(lr, loss, color=col, s=24, zorder=4, label=f"N = {sci(n)}" + (f" ({o['shape']})" if o.get("shape")
-                                                                                 else ""))
+        ax.scatter(
+            lr, loss, color=col, s=24, zorder=4, label=f"N = {sci(n)}" + (f" ({o['shape']})" if o.get("shape") else "")
+        )
         ux, uy = _mean_per_lr(lr, loss)
         ax.plot(np.exp(ux), uy, color=col, lw=0.7, alpha=0.6)
         chosen = rule_lr(rule, n)
@@ -248,16 +284,26 @@ def lr_scan(rows: list[dict], rule: dict, *, unit: str, val_col: str = "val_loss
             penalties.append(100 * (yc / best - 1))
         lr_opt = num(o.get("lr_opt"))
         if math.isfinite(lr_opt) and lr_opt > 0:
-            ax2.scatter([n], [lr_opt], marker="*", s=130, color=col, edgecolors="k", zorder=5,
-                        facecolors=col if o.get("in_range", True) else "none")
+            ax2.scatter(
+                [n],
+                [lr_opt],
+                marker="*",
+                s=130,
+                color=col,
+                edgecolors="k",
+                zorder=5,
+                facecolors=col if o.get("in_range", True) else "none",
+            )
     ax.set_xscale("log")
     ax.set_xlabel("peak learning rate")
     ax.set_ylabel(f"final {_loss_name(val_col)} ({unit})")
-    marks = [Line2D([], [], ls="none", marker="o", color="0.35", label="scan run"),
-             Line2D([], [], color="0.35", lw=0.7, alpha=0.6, label="mean loss per lr"),
-             Line2D([], [], color="0.35", lw=1.4, label="parabola in log lr (best lr and its neighbours)"),
-             Line2D([], [], color="0.35", lw=6, alpha=0.3, label=f"flat part: within {FLAT:.0%} of its minimum"),
-             Line2D([], [], ls="none", marker="v", ms=8, color="0.35", mec="k", label="the rule's lr for this size")]
+    marks = [
+        Line2D([], [], ls="none", marker="o", color="0.35", label="scan run"),
+        Line2D([], [], color="0.35", lw=0.7, alpha=0.6, label="mean loss per lr"),
+        Line2D([], [], color="0.35", lw=1.4, label="parabola in log lr (best lr and its neighbours)"),
+        Line2D([], [], color="0.35", lw=6, alpha=0.3, label=f"flat part: within {FLAT:.0%} of its minimum"),
+        Line2D([], [], ls="none", marker="v", ms=8, color="0.35", mec="k", label="the rule's lr for this size"),
+    ]
     if diverged:
         marks.append(Line2D([], [], ls="none", marker="x", color="0.35", label="diverged (no finite loss)"))
     sizes = ax.get_legend_handles_labels()  # the sizes' colours, named in the rule's panel
@@ -280,8 +326,13 @@ def _rule_panel(ax, rule: dict, data) -> None:
     nn = np.logspace(math.log10(min(allx)) - 0.15, math.log10(max(allx)) + 0.15, 100)
     c, gamma = num(rule.get("c")), num(rule.get("gamma"))
     if math.isfinite(c) and math.isfinite(gamma):
-        ax.plot(nn, [rule_lr(rule, n) for n in nn], "k-", lw=1.2,
-                label=f"rule: lr = {c:.3g} (N / {sci(num(rule.get('n_ref', 1.0)))})" + rf"$^{{-{gamma:.3f}}}$")
+        ax.plot(
+            nn,
+            [rule_lr(rule, n) for n in nn],
+            "k-",
+            lw=1.2,
+            label=f"rule: lr = {c:.3g} (N / {sci(num(rule.get('n_ref', 1.0)))})" + rf"$^{{-{gamma:.3f}}}$",
+        )
     if applied:
         ax.scatter(*zip(*applied), marker="x", s=50, color="tab:blue", zorder=6, label="lr applied in the sweep")
     ax.scatter([], [], marker="*", s=130, color="0.5", edgecolors="k", label="scan optimum (open: at the scan's edge)")

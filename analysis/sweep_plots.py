@@ -37,8 +37,11 @@ from scaling.sweep import Plan, load_sweep_runs
 
 __all__ = ["plot_sweep", "units", "loss_vs_n", "read_rows"]
 
-LOSS_NAMES = {"val_loss": "final validation loss", "final_train_loss": "final training loss",
-              "val_bpb": "final validation loss"}
+LOSS_NAMES = {
+    "val_loss": "final validation loss",
+    "final_train_loss": "final training loss",
+    "val_bpb": "final validation loss",
+}
 SKIPPED = "skipped.json"
 
 
@@ -70,20 +73,32 @@ def read_rule(path: Path) -> dict | None:
 def loss_vs_n(rows: list[dict], loss_col: str, ylabel: str) -> Figure | None:
     """Left: final loss against N, runs with the same token count D joined. Right: final loss
     against D, one line per model size N. None when no completed run has the loss."""
-    done = [r for r in rows if r.get("status") == "completed" and math.isfinite(num(r.get(loss_col)))
-            and num(r.get("n_params")) > 0 and num(r.get("tokens")) > 0]
+    done = [
+        r
+        for r in rows
+        if r.get("status") == "completed"
+        and math.isfinite(num(r.get(loss_col)))
+        and num(r.get("n_params")) > 0
+        and num(r.get("tokens")) > 0
+    ]
     if not done:
         return None
     fig = Figure(figsize=(12, 5), layout="constrained")
     ax, ax2 = fig.subplots(1, 2, sharey=True)
     other_name = {"D": "N", "N": "D"}
     for axis, key, other, name, cmap, xlabel in (
-            (ax, "tokens", "n_params", "D", "plasma", "parameters N"),
-            (ax2, "n_params", "tokens", "N", "viridis", "training tokens D")):
+        (ax, "tokens", "n_params", "D", "plasma", "parameters N"),
+        (ax2, "n_params", "tokens", "N", "viridis", "training tokens D"),
+    ):
         values = sorted({num(r[key]) for r in done})
         if len(values) > 10:  # too many lines to name: the runs coloured by the value, with a colour bar
-            sc = axis.scatter([num(r[other]) for r in done], [num(r[loss_col]) for r in done], s=16, cmap=cmap,
-                              c=[math.log10(num(r[key])) for r in done])
+            sc = axis.scatter(
+                [num(r[other]) for r in done],
+                [num(r[loss_col]) for r in done],
+                s=16,
+                cmap=cmap,
+                c=[math.log10(num(r[key])) for r in done],
+            )
             fig.colorbar(sc, ax=axis).set_label(f"log10 {name}")
             axis.set_xscale("log")
             axis.set_xlabel(xlabel)
@@ -91,8 +106,15 @@ def loss_vs_n(rows: list[dict], loss_col: str, ylabel: str) -> Figure | None:
             continue
         for v, col in zip(values, log_colors(values, cmap)):
             sel = sorted((r for r in done if num(r[key]) == v), key=lambda r: num(r[other]))
-            axis.plot([num(r[other]) for r in sel], [num(r[loss_col]) for r in sel], "o-" if len(sel) > 1 else "o",
-                      color=col, ms=4, lw=1, label=f"{name} = {sci(v)}")
+            axis.plot(
+                [num(r[other]) for r in sel],
+                [num(r[loss_col]) for r in sel],
+                "o-" if len(sel) > 1 else "o",
+                color=col,
+                ms=4,
+                lw=1,
+                label=f"{name} = {sci(v)}",
+            )
         axis.legend(fontsize=8, title="token count" if name == "D" else "model size", title_fontsize=8)
         axis.set_title(f"final loss against {other_name[name]} (a line per {name})", fontsize=10)
         axis.set_xscale("log")
@@ -180,10 +202,16 @@ def plot_sweep(plan: Plan, out: Path, fit: FitOutput, *, dpi: int = 130) -> list
         sheet = _Sheet(plots_dir if arm is None else plots_dir / str(arm))
         sub = [r for r in rows if not plan.has_arms or r.get("arm") == arm]
         _fit_plots(sheet, parts.get(arm), fits.get(arm), ylabel)
-        sheet.draw("training_curves", lambda sub=sub: training_curves(sub, out / "runs", unit=train_unit),
-                   "no run has a training curve (runs/*/metrics.jsonl)")
-        sheet.draw("loss_vs_n", lambda sub=sub: loss_vs_n(sub, plan.spec.fit_loss, ylabel),
-                   f"no completed run with a {plan.spec.fit_loss} in results.csv")
+        sheet.draw(
+            "training_curves",
+            lambda sub=sub: training_curves(sub, out / "runs", unit=train_unit),
+            "no run has a training curve (runs/*/metrics.jsonl)",
+        )
+        sheet.draw(
+            "loss_vs_n",
+            lambda sub=sub: loss_vs_n(sub, plan.spec.fit_loss, ylabel),
+            f"no completed run with a {plan.spec.fit_loss} in results.csv",
+        )
         if arm is None:
             _lr_plot(sheet, out, fit_unit)
         paths += sheet.write(dpi)
@@ -204,6 +232,6 @@ def _lr_plot(sheet: _Sheet, out: Path, unit: str) -> None:
     if rule is None:
         sheet.skipped["lr_scan"] = "lr_rule.json is not a JSON object"
         return
-    sheet.draw("lr_scan", lambda: lr_scan(read_rows(scan), rule, unit=unit),
-               "lr_rule.json lists no scanned size with points")
-
+    sheet.draw(
+        "lr_scan", lambda: lr_scan(read_rows(scan), rule, unit=unit), "lr_rule.json lists no scanned size with points"
+    )

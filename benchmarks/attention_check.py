@@ -32,8 +32,9 @@ from scaling.model import GPT, attention_kernel, cpu_attention
 
 
 def _implementations(dtype: str) -> list[str]:
-    cpu_ok = (jax.default_backend() == "cpu" and cpu_attention.supports(32, dtype)
-              and cpu_attention.unavailable() is None)
+    cpu_ok = (
+        jax.default_backend() == "cpu" and cpu_attention.supports(32, dtype) and cpu_attention.unavailable() is None
+    )
     return (["cpu_kernel"] if cpu_ok else []) + ["blocked", "dot_product"]
 
 
@@ -48,13 +49,21 @@ def check(dtype: str) -> dict:
         def loss(p):
             logits = model.apply({"params": p}, tokens[:, :-1])
             return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
         value, grads = jax.jit(jax.value_and_grad(loss))(params)
         out[impl] = (float(value), grads)
     ref = out["dot_product"][1]
-    diffs = {impl: max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref)))
-             for impl, (_, g) in out.items() if impl != "dot_product"}
-    print(f"{jax.default_backend()} {dtype}: loss " + ", ".join(f"{k} {v[0]:.6f}" for k, v in out.items())
-          + "; max |grad difference| to dot_product: " + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()))
+    diffs = {
+        impl: max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(ref)))
+        for impl, (_, g) in out.items()
+        if impl != "dot_product"
+    }
+    print(
+        f"{jax.default_backend()} {dtype}: loss "
+        + ", ".join(f"{k} {v[0]:.6f}" for k, v in out.items())
+        + "; max |grad difference| to dot_product: "
+        + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
+    )
     return {"loss": {k: v[0] for k, v in out.items()}, "max_grad_diff": diffs}
 
 

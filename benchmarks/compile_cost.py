@@ -48,7 +48,8 @@ def shape_cost(trainer_factory) -> dict:
     row["step_fusions"] = len(re.findall(r"^\s*(?:ROOT )?%?\S+ = \S+ fusion\(", compiled.as_text(), re.M))
     lowered_init, row["init_lower_s"], _ = _timed(trainer._lower_init)
     _, row["init_compile_s"], row["init_compile_cpu_s"] = _timed(
-        lambda: lowered_init.compile(compiler_options=trainer.init_compiler_options()))
+        lambda: lowered_init.compile(compiler_options=trainer.init_compiler_options())
+    )
     lowered_eval, row["eval_lower_s"], _ = _timed(trainer._lower_eval)
     _, row["eval_compile_s"], row["eval_compile_cpu_s"] = _timed(lowered_eval.compile)
     row["python_s"] = row["trainer_s"] + row["step_lower_s"] + row["init_lower_s"] + row["eval_lower_s"]
@@ -93,15 +94,21 @@ def main(argv=None) -> dict:
         rows.append({"shape": f"L{cfg.model.n_layer}-d{cfg.model.d_model}", "in_sweep": in_sweep, **row})
     result = {"config": _relative(args.config), "backend": jax.default_backend(), "jax": jax.__version__, "rows": rows}
     print(f"compile cost per shape ({result['backend']}, jax {jax.__version__}, persistent cache off, idle machine)")
-    print(f"{'shape':>10} {'sweep':>5} {'python s':>8} {'step s':>7} {'init s':>7} {'eval s':>7} "
-          f"{'compile CPU s':>13} {'step fusions':>12}")
+    print(
+        f"{'shape':>10} {'sweep':>5} {'python s':>8} {'step s':>7} {'init s':>7} {'eval s':>7} "
+        f"{'compile CPU s':>13} {'step fusions':>12}"
+    )
     for r in rows:
-        print(f"{r['shape']:>10} {'yes' if r['in_sweep'] else '':>5} {r['python_s']:>8.2f} {r['step_compile_s']:>7.2f} "
-              f"{r['init_compile_s']:>7.2f} {r['eval_compile_s']:>7.2f} {r['compile_cpu_s']:>13.2f} "
-              f"{r['step_fusions']:>12}")
+        print(
+            f"{r['shape']:>10} {'yes' if r['in_sweep'] else '':>5} {r['python_s']:>8.2f} {r['step_compile_s']:>7.2f} "
+            f"{r['init_compile_s']:>7.2f} {r['eval_compile_s']:>7.2f} {r['compile_cpu_s']:>13.2f} "
+            f"{r['step_fusions']:>12}"
+        )
     swept = [r for r in rows if r["in_sweep"]]
-    print(f"the sweep's {len(swept)} shapes: {sum(r['python_s'] for r in swept):.1f} s of Python (trace, lower), "
-          f"{sum(r['compile_cpu_s'] for r in swept):.1f} CPU-s of XLA compiling")
+    print(
+        f"the sweep's {len(swept)} shapes: {sum(r['python_s'] for r in swept):.1f} s of Python (trace, lower), "
+        f"{sum(r['compile_cpu_s'] for r in swept):.1f} CPU-s of XLA compiling"
+    )
     return write_result(args.out, result)
 
 

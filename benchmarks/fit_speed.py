@@ -92,8 +92,12 @@ def main(argv=None) -> int:
     for analytic, name in ((False, "finite-difference gradient"), (True, "analytic gradient")):
         f_best, _, t = plain_loop(N, D, L, sub, analytic=analytic)
         est = t * scale
-        loops["analytic" if analytic else "finite_difference"] = {"starts": len(sub), "s": t, "extrapolated_s": est,
-                                                                  "best_objective": f_best}
+        loops["analytic" if analytic else "finite_difference"] = {
+            "starts": len(sub),
+            "s": t,
+            "extrapolated_s": est,
+            "best_objective": f_best,
+        }
         print(
             f"plain scipy loop ({name}), {len(sub)} starts: {t:.2f} s -> {est:.1f} s for {len(grid)} "
             f"(extrapolated); batched fit is {est / t_fit:.1f}x faster; "
@@ -109,11 +113,24 @@ def main(argv=None) -> int:
     )
     ci = boot.ci()
     print("  95% intervals: " + ", ".join(f"{k} [{lo:.4g}, {hi:.4g}]" for k, (lo, hi) in ci.items()))
-    write_result(args.out or result_path("fit_speed", "cpu"), {
-        "data": csv.name, "runs": len(runs), "fit_s": t_fit, "n_starts": fit.n_starts,
-        "n_starts_at_best": fit.n_starts_at_best, "objective": fit.loss, "plain_loop": loops,
-        "bootstrap": {"resamples": args.resamples, "starts": int(laws.bootstrap_starts(fit).shape[0]),
-                      "s": t_boot, "failed": int(boot.n_failed)}})
+    write_result(
+        args.out or result_path("fit_speed", "cpu"),
+        {
+            "data": csv.name,
+            "runs": len(runs),
+            "fit_s": t_fit,
+            "n_starts": fit.n_starts,
+            "n_starts_at_best": fit.n_starts_at_best,
+            "objective": fit.loss,
+            "plain_loop": loops,
+            "bootstrap": {
+                "resamples": args.resamples,
+                "starts": int(laws.bootstrap_starts(fit).shape[0]),
+                "s": t_boot,
+                "failed": int(boot.n_failed),
+            },
+        },
+    )
     return 0
 
 

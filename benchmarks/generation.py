@@ -59,12 +59,15 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="default: benchmarks/results/generation_<backend>.json")
     args = p.parse_args(argv)
 
-    cfg = ModelConfig(n_layer=args.layers, n_head=args.heads, d_model=args.d_model, seq_len=args.context,
-                      vocab_size=257, init_std=0.1)
+    cfg = ModelConfig(
+        n_layer=args.layers, n_head=args.heads, d_model=args.d_model, seq_len=args.context, vocab_size=257, init_std=0.1
+    )
     params = nn.unbox(GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32))["params"])
     n_prompt = args.context - args.new_tokens
-    print(f"device: {jax.devices()[0].platform} ({jax.device_count()}), model: {cfg.n_layer} layers x "
-          f"{cfg.d_model} wide, context {cfg.seq_len}, prompt {n_prompt} + {args.new_tokens} new tokens, greedy")
+    print(
+        f"device: {jax.devices()[0].platform} ({jax.device_count()}), model: {cfg.n_layer} layers x "
+        f"{cfg.d_model} wide, context {cfg.seq_len}, prompt {n_prompt} + {args.new_tokens} new tokens, greedy"
+    )
     rows, ok = [], True
     for b in args.batch:
         rng = np.random.default_rng(b)
@@ -79,11 +82,23 @@ def main(argv=None) -> int:
     for b, c, u, r, s in rows:
         print(f"{b:>5} {c:>13.1f} {u:>15.1f} {r:>15.1f}x {str(s):>12}")
     print(f"target: cached/uncached >= {args.target}x at context {args.context}: {'met' if ok else 'NOT met'}")
-    write_result(args.out or result_path("generation"), {
-        "backend": jax.default_backend(), "layers": cfg.n_layer, "d_model": cfg.d_model, "heads": cfg.n_head,
-        "context": args.context, "new_tokens": args.new_tokens, "repeats": args.repeats, "target": args.target,
-        "rows": [{"batch": b, "cached_tok_s": c, "uncached_tok_s": u, "ratio": r, "same_tokens": s}
-                 for b, c, u, r, s in rows]})
+    write_result(
+        args.out or result_path("generation"),
+        {
+            "backend": jax.default_backend(),
+            "layers": cfg.n_layer,
+            "d_model": cfg.d_model,
+            "heads": cfg.n_head,
+            "context": args.context,
+            "new_tokens": args.new_tokens,
+            "repeats": args.repeats,
+            "target": args.target,
+            "rows": [
+                {"batch": b, "cached_tok_s": c, "uncached_tok_s": u, "ratio": r, "same_tokens": s}
+                for b, c, u, r, s in rows
+            ],
+        },
+    )
     return 0 if ok else 1
 
 

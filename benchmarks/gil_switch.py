@@ -37,7 +37,7 @@ def main(argv=None) -> dict:
 
     def trainer(width):
         model = ModelConfig(n_layer=n_layer, d_model=width, n_head=width // 16, seq_len=32, vocab_size=65)
-        return Trainer(dataclasses.replace(Config(), model=model, train=TrainConfig(batch_size=8)), mesh, 10 ** 6)
+        return Trainer(dataclasses.replace(Config(), model=model, train=TrainConfig(batch_size=8)), mesh, 10**6)
 
     tr, other = trainer(d), trainer(d + 32)
     state = tr.init_state()
@@ -74,12 +74,23 @@ def main(argv=None) -> dict:
         stop.set()
         th.join()
         result[interval] = (alone, beside)
-        print(f"switch interval {interval * 1e3:.1f} ms: {alone:.2f} ms per step alone, "
-              f"{beside:.2f} ms beside a tracing thread", flush=True)
+        print(
+            f"switch interval {interval * 1e3:.1f} ms: {alone:.2f} ms per step alone, "
+            f"{beside:.2f} ms beside a tracing thread",
+            flush=True,
+        )
     sys.setswitchinterval(default)
-    return write_result(args.out or result_path("gil_switch"), {
-        "backend": jax.default_backend(), "shape": args.shape, "batch": 8, "seq_len": 32, "steps": args.steps,
-        "rows": [{"switch_interval_s": k, "alone_ms": a, "beside_tracing_ms": b} for k, (a, b) in result.items()]})
+    return write_result(
+        args.out or result_path("gil_switch"),
+        {
+            "backend": jax.default_backend(),
+            "shape": args.shape,
+            "batch": 8,
+            "seq_len": 32,
+            "steps": args.steps,
+            "rows": [{"switch_interval_s": k, "alone_ms": a, "beside_tracing_ms": b} for k, (a, b) in result.items()],
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -40,15 +40,17 @@ def compiled_steps(cfg: Config, levels: list[int], repeats: int) -> dict:
     out: dict = {level: [None, None, [], []] for level in levels}
     for _ in range(repeats):
         for level in levels:
-            trainer = Trainer(cfg, mesh, 10 ** 6)
+            trainer = Trainer(cfg, mesh, 10**6)
             lowered = trainer._lower_step()
             w0, c0 = time.perf_counter(), time.process_time()
             step = lowered.compile(compiler_options={"xla_backend_optimization_level": level})
             out[level][2].append(time.perf_counter() - w0)
             out[level][3].append(time.process_time() - c0)
             out[level][:2] = step, trainer
-    return {level: [step, trainer, statistics.median(w), statistics.median(c)]
-            for level, (step, trainer, w, c) in out.items()}
+    return {
+        level: [step, trainer, statistics.median(w), statistics.median(c)]
+        for level, (step, trainer, w, c) in out.items()
+    }
 
 
 def main(argv=None) -> list[dict]:
@@ -72,13 +74,15 @@ def main(argv=None) -> list[dict]:
     print(f"{'shape':>8} {'level':>5} {'compile s':>9} {'compile CPU s':>13} {'step ms':>9}")
     for shape in args.shapes.split(","):
         d, n_layer = map(int, shape.split("x"))
-        model = ModelConfig(n_layer=n_layer, d_model=d, n_head=max(1, d // args.head_dim), seq_len=args.seq,
-                            vocab_size=257)
+        model = ModelConfig(
+            n_layer=n_layer, d_model=d, n_head=max(1, d // args.head_dim), seq_len=args.seq, vocab_size=257
+        )
         steps = compiled_steps(bench_config(model, args.batch), levels, args.compiles)
         state = {}
         for level, (_, trainer, _, _) in steps.items():
-            batch = jax.device_put(rng.integers(0, 257, (args.batch, args.seq + 1), dtype=np.int32),
-                                   trainer.batch_sharding)
+            batch = jax.device_put(
+                rng.integers(0, 257, (args.batch, args.seq + 1), dtype=np.int32), trainer.batch_sharding
+            )
             state[level] = [trainer.init_state(), batch, []]
         for _ in range(args.rounds):
             for level, (step, trainer, _, _) in steps.items():
@@ -93,9 +97,19 @@ def main(argv=None) -> list[dict]:
             ms = statistics.median(state[level][2])
             rows.append({"shape": shape, "level": level, "compile_s": wall, "compile_cpu_s": cpu, "step_ms": ms})
             print(f"{shape:>8} {level:>5} {wall:>9.2f} {cpu:>13.2f} {ms:>9.2f}")
-    write_result(args.out or result_path("llvm_level"), {
-        "backend": jax.default_backend(), "batch": args.batch, "seq_len": args.seq, "head_dim": args.head_dim,
-        "compiles": args.compiles, "rounds": args.rounds, "steps": args.steps, "rows": rows})
+    write_result(
+        args.out or result_path("llvm_level"),
+        {
+            "backend": jax.default_backend(),
+            "batch": args.batch,
+            "seq_len": args.seq,
+            "head_dim": args.head_dim,
+            "compiles": args.compiles,
+            "rounds": args.rounds,
+            "steps": args.steps,
+            "rows": rows,
+        },
+    )
     return rows
 
 

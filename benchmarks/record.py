@@ -31,9 +31,14 @@ def _git(*args: str) -> str | None:
 
 def cpu_info() -> dict:
     """The CPU's model name, vendor and the vector features that decide kernel speed."""
-    info = {"arch": platform.machine(), "model": platform.processor() or platform.machine(),
-            "vendor": None, "logical_cpus": os.cpu_count(), "usable_cpus": len(os.sched_getaffinity(0))
-            if hasattr(os, "sched_getaffinity") else os.cpu_count(), "features": []}
+    info = {
+        "arch": platform.machine(),
+        "model": platform.processor() or platform.machine(),
+        "vendor": None,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "features": [],
+    }
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -74,10 +79,15 @@ def libraries() -> dict[str, str | None]:
 def machine_record() -> dict:
     """Commit (with a dirty flag), UTC date, host CPU, devices, Python and library versions."""
     status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"commit": _git("rev-parse", "HEAD"), "dirty": bool(status) if status is not None else None,
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "cpu": cpu_info(), "devices": accelerators(), "python": platform.python_version(),
-            "libraries": libraries()}
+    return {
+        "commit": _git("rev-parse", "HEAD"),
+        "dirty": bool(status) if status is not None else None,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "cpu": cpu_info(),
+        "devices": accelerators(),
+        "python": platform.python_version(),
+        "libraries": libraries(),
+    }
 
 
 def backend() -> str:

@@ -36,8 +36,16 @@ SHAPES = ((2, 32), (2, 48), (3, 64), (4, 80), (6, 256))  # (n_layer, d_model); h
 
 def _config(n_layer: int, d_model: int, scan: bool):
     from scaling.config import Config, DataConfig, ModelConfig, TrainConfig
-    model = ModelConfig(n_layer=n_layer, d_model=d_model, n_head=d_model // 16, seq_len=128, vocab_size=256,
-                        position="rotary", scan_layers=scan)
+
+    model = ModelConfig(
+        n_layer=n_layer,
+        d_model=d_model,
+        n_head=d_model // 16,
+        seq_len=128,
+        vocab_size=256,
+        position="rotary",
+        scan_layers=scan,
+    )
     return Config(model=model, data=DataConfig(tokenizer="byte"), train=TrainConfig(batch_size=8, progress=False))
 
 
@@ -45,6 +53,7 @@ def _compile(cfg, mesh) -> tuple[object, dict]:
     """The programs of one layout, and the seconds to build them: the train step (trace, lower,
     compile), the init (compile and run) and the evaluation (trace, lower, compile)."""
     from scaling.train import ShapePrograms
+
     t0 = time.perf_counter()
     programs = ShapePrograms(cfg, mesh, total_steps=1000)
     programs.compile_step()
@@ -53,13 +62,18 @@ def _compile(cfg, mesh) -> tuple[object, dict]:
     t2 = time.perf_counter()
     programs._program("eval", programs._build_eval)
     t3 = time.perf_counter()
-    return (programs, state), {"compile_s": t3 - t0, "step_compile_s": t1 - t0, "init_s": t2 - t1,
-                               "eval_compile_s": t3 - t2}
+    return (programs, state), {
+        "compile_s": t3 - t0,
+        "step_compile_s": t1 - t0,
+        "init_s": t2 - t1,
+        "eval_compile_s": t3 - t2,
+    }
 
 
 def _window(programs, state, batch, steps: int):
     """(state, seconds per train step) over ``steps`` steps, each waited for."""
     import jax
+
     t0 = time.perf_counter()
     for _ in range(steps):
         state, metrics = programs.train_step(state, batch)
@@ -90,36 +104,63 @@ def main(argv=None) -> dict:
         per = {False: [], True: []}
         built = {}
         for r in range(args.repeats):  # compile both layouts afresh, alternating which goes first
-            for scan in ((False, True) if r % 2 == 0 else (True, False)):
+            for scan in (False, True) if r % 2 == 0 else (True, False):
                 cfg = _config(n_layer, d_model, scan)
                 mesh = make_mesh(mesh_shape(cfg.mesh, jax.device_count()))
                 built[scan], cost = _compile(cfg, mesh)
                 per[scan].append(cost)
         # step time: the last compiled programs of both layouts in alternating windows
-        batch = jax.device_put(np.random.default_rng(0).integers(0, 256, (8, 129), dtype=np.int32),
-                               built[False][0].batch_sharding)
+        batch = jax.device_put(
+            np.random.default_rng(0).integers(0, 256, (8, 129), dtype=np.int32), built[False][0].batch_sharding
+        )
         states = {scan: _window(*built[scan], batch, 2)[0] for scan in built}  # warm-up
         step = {False: [], True: []}  # seconds per step of each window
         for w in range(args.windows):
-            for scan in ((False, True) if w % 2 == 0 else (True, False)):
+            for scan in (False, True) if w % 2 == 0 else (True, False):
                 states[scan], seconds = _window(built[scan][0], states[scan], batch, args.steps)
                 step[scan].append(seconds)
         compile_ratio = statistics.median(s["compile_s"] / lp["compile_s"] for lp, s in zip(per[False], per[True]))
         step_ratio = statistics.median(s / lp for lp, s in zip(step[False], step[True]))
-        med = {scan: {"compile_s": statistics.median(c["compile_s"] for c in per[scan]),
-                      "step_s": statistics.median(step[scan])} for scan in per}
-        rows.append({"shape": f"L{n_layer}-d{d_model}", "n_layer": n_layer, "d_model": d_model,
-                     "attention": training_attention(_config(n_layer, d_model, False).model),
-                     "loop": med[False], "scan": med[True], "compile_ratio": compile_ratio, "step_ratio": step_ratio,
-                     "compiles": {"loop": per[False], "scan": per[True]},
-                     "windows_s": {"loop": step[False], "scan": step[True]}})
+        med = {
+            scan: {
+                "compile_s": statistics.median(c["compile_s"] for c in per[scan]),
+                "step_s": statistics.median(step[scan]),
+            }
+            for scan in per
+        }
+        rows.append(
+            {
+                "shape": f"L{n_layer}-d{d_model}",
+                "n_layer": n_layer,
+                "d_model": d_model,
+                "attention": training_attention(_config(n_layer, d_model, False).model),
+                "loop": med[False],
+                "scan": med[True],
+                "compile_ratio": compile_ratio,
+                "step_ratio": step_ratio,
+                "compiles": {"loop": per[False], "scan": per[True]},
+                "windows_s": {"loop": step[False], "scan": step[True]},
+            }
+        )
         row = rows[-1]
-        print(f"{row['shape']:>9} compile {med[False]['compile_s']:6.2f} s loop, {med[True]['compile_s']:6.2f} s scan "
-              f"(x{row['compile_ratio']:.2f}); step {1e3 * med[False]['step_s']:7.2f} ms loop, "
-              f"{1e3 * med[True]['step_s']:7.2f} ms scan (x{row['step_ratio']:.2f})", flush=True)
-    result = {"backend": jax.default_backend(), "batch": 8, "seq_len": 128, "vocab": 256, "head_dim": 16,
-              "position": "rotary", "repeats": args.repeats, "windows": args.windows, "steps": args.steps,
-              "rows": rows}
+        print(
+            f"{row['shape']:>9} compile {med[False]['compile_s']:6.2f} s loop, {med[True]['compile_s']:6.2f} s scan "
+            f"(x{row['compile_ratio']:.2f}); step {1e3 * med[False]['step_s']:7.2f} ms loop, "
+            f"{1e3 * med[True]['step_s']:7.2f} ms scan (x{row['step_ratio']:.2f})",
+            flush=True,
+        )
+    result = {
+        "backend": jax.default_backend(),
+        "batch": 8,
+        "seq_len": 128,
+        "vocab": 256,
+        "head_dim": 16,
+        "position": "rotary",
+        "repeats": args.repeats,
+        "windows": args.windows,
+        "steps": args.steps,
+        "rows": rows,
+    }
     return write_result(args.out or result_path("scan_layers"), result)
 
 

@@ -70,8 +70,7 @@ class StepTimer:
         trainer = run.trainer()
         if trainer.key not in self.loops and trainer.step_compiled:
             batch = sh.make_global_batch(run.mesh, run.batches.train_batch(0, *run.rows), r.cfg.train.batch_size)
-            self.loops[trainer.key] = {"trainer": trainer, "state": trainer.init_state(), "batch": batch,
-                                       "windows": []}
+            self.loops[trainer.key] = {"trainer": trainer, "state": trainer.init_state(), "batch": batch, "windows": []}
         run.close()
         return trainer.key
 
@@ -79,9 +78,11 @@ class StepTimer:
         """Whether a shape's programs are still to be compiled or compiling (ahead, on a thread
         that would go on during the timing, which is taken out of the wall time)."""
         from scaling.sweep import shape_key
+
         shapes = {shape_key(r) for r in self.plan.runs}
         return len(self.trainers) < len(shapes) or not all(
-            f.done() for t in list(self.trainers.values()) for f in list(t._compiled.values()))
+            f.done() for t in list(self.trainers.values()) for f in list(t._compiled.values())
+        )
 
     def __call__(self, _run=None, *, last: bool = False) -> None:
         import jax
@@ -106,6 +107,7 @@ class StepTimer:
 
     def step_s(self, r) -> float:
         import numpy as np
+
         return float(np.median(self.loops[self._loop(r)]["windows"]))
 
 
@@ -123,8 +125,12 @@ def isolated_costs(run_cfg, run_dir: Path, trainers: dict) -> dict:
     lo, hi = run.rows
     run.evaluate(trainer, state.params)  # warm-up
     eval_s = _time(lambda: run.evaluate(trainer, state.params), 2)
-    data_s = _time(lambda: jax.block_until_ready(sh.make_global_batch(
-        run.mesh, run.batches.train_batch(7, lo, hi), run.cfg.train.batch_size)), 20)
+    data_s = _time(
+        lambda: jax.block_until_ready(
+            sh.make_global_batch(run.mesh, run.batches.train_batch(7, lo, hi), run.cfg.train.batch_size)
+        ),
+        20,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         # what a save costs the training loop: the whole save when synchronous; with async
         # saves only the blocking part (copy to host, start the writer); the background
@@ -144,10 +150,16 @@ def isolated_costs(run_cfg, run_dir: Path, trainers: dict) -> dict:
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=str(REPO / "experiments" / "configs" / "bench-smoke.yaml"))
-    p.add_argument("--warm-cache", action="store_true",
-                   help="use the usual compilation cache (else a fresh empty one, as on a fresh clone)")
-    p.add_argument("--no-compile-ahead", action="store_true",
-                   help="compile each program on the loop's thread when first needed (the A/B baseline)")
+    p.add_argument(
+        "--warm-cache",
+        action="store_true",
+        help="use the usual compilation cache (else a fresh empty one, as on a fresh clone)",
+    )
+    p.add_argument(
+        "--no-compile-ahead",
+        action="store_true",
+        help="compile each program on the loop's thread when first needed (the A/B baseline)",
+    )
     p.add_argument("--quick", action="store_true", help="the smoke sweep (--config experiments/configs/smoke.yaml)")
     p.add_argument("--out", default=None, help="default: benchmarks/results/sweep_overhead_<backend>.json")
     args = p.parse_args(argv)
@@ -165,22 +177,36 @@ def main(argv=None) -> dict:
     compile_cache.enable()
     if args.no_compile_ahead:
         from scaling import train
+
         train.Trainer.compile_ahead = lambda self, pool: None
     plan = sweep.make_plan(sweep.load_spec(args.config), {"train": {"progress": "false"}})
     out = tmp / "sweep"
     trainers: dict = {}  # the sweep's compiled functions, one Trainer per shape
     timer = StepTimer(plan, tmp / "scratch-steps", trainers)
     t0 = time.perf_counter()
-    sweep.execute(plan, out, progress=False, echo=lambda *a: None, trainers=trainers, after_run=timer, plot=plot_sweep,
-                  compile_ahead=not args.no_compile_ahead)
+    sweep.execute(
+        plan,
+        out,
+        progress=False,
+        echo=lambda *a: None,
+        trainers=trainers,
+        after_run=timer,
+        plot=plot_sweep,
+        compile_ahead=not args.no_compile_ahead,
+    )
     wall = time.perf_counter() - t0 - timer.spent
     timer(last=True)  # a last round on the idle machine
     t0 = time.perf_counter()
     sweep.finalize(plan, out, plot=plot_sweep, echo=lambda *a: None, force=True)
     fit_s = time.perf_counter() - t0  # (already inside the sweep's wall time: timed again)
 
-    parts = {"train steps": 0.0, "compile (init and train step, waited for)": 0.0, "evaluation": 0.0,
-             "checkpoints": 0.0, "data (batch assembly)": 0.0}
+    parts = {
+        "train steps": 0.0,
+        "compile (init and train step, waited for)": 0.0,
+        "evaluation": 0.0,
+        "checkpoints": 0.0,
+        "data (batch assembly)": 0.0,
+    }
     per_run = []
     for r in plan.runs:
         summary = json.loads((out / "runs" / r.run_id / "summary.json").read_text())
@@ -199,26 +225,39 @@ def main(argv=None) -> dict:
     parts["fit and plots"] = fit_s
     parts["other (run set-up, eval/FLOP-count compile waits, logging, results)"] = wall - sum(parts.values())
 
-    print(f"sweep {plan.spec.name}: {len(plan.runs)} runs, wall {wall:.1f}s "
-          f"({'warm' if args.warm_cache else 'fresh'} compilation cache"
-          f"{', no compile-ahead' if args.no_compile_ahead else ''})")
+    print(
+        f"sweep {plan.spec.name}: {len(plan.runs)} runs, wall {wall:.1f}s "
+        f"({'warm' if args.warm_cache else 'fresh'} compilation cache"
+        f"{', no compile-ahead' if args.no_compile_ahead else ''})"
+    )
     print(f"  {'run':<26} {'wall_s':>8} {'steps_s':>8} {'compile_s':>9}  steps' share")
     for rid, w, s, c in per_run:
         print(f"  {rid:<26} {w:8.2f} {s:8.2f} {c:9.2f}  {s / w:6.1%}")
     outside = 1 - parts["train steps"] / wall
-    print(f"share of the sweep's wall time outside training steps: {outside:.1%} "
-          f"({(wall - parts['train steps']) / len(plan.runs):.2f}s per run)")
+    print(
+        f"share of the sweep's wall time outside training steps: {outside:.1%} "
+        f"({(wall - parts['train steps']) / len(plan.runs):.2f}s per run)"
+    )
     for k, v in parts.items():
         print(f"  {k:<55} {v:8.2f}s  {v / wall:6.1%}")
     import jax
+
     config = Path(args.config).resolve()
-    return write_result(args.out or result_path("sweep_overhead"), {
-        "backend": jax.default_backend(), "sweep": plan.spec.name,
-        "config": str(config.relative_to(REPO)) if config.is_relative_to(REPO) else str(config),
-        "runs": len(plan.runs), "cache": "warm" if args.warm_cache else "fresh",
-        "compile_ahead": not args.no_compile_ahead, "wall_s": wall, "outside_share": outside,
-        "shares": {k: v / wall for k, v in parts.items()},
-        "per_run": [{"run_id": rid, "wall_s": w, "steps_s": s, "compile_s": c} for rid, w, s, c in per_run]})
+    return write_result(
+        args.out or result_path("sweep_overhead"),
+        {
+            "backend": jax.default_backend(),
+            "sweep": plan.spec.name,
+            "config": str(config.relative_to(REPO)) if config.is_relative_to(REPO) else str(config),
+            "runs": len(plan.runs),
+            "cache": "warm" if args.warm_cache else "fresh",
+            "compile_ahead": not args.no_compile_ahead,
+            "wall_s": wall,
+            "outside_share": outside,
+            "shares": {k: v / wall for k, v in parts.items()},
+            "per_run": [{"run_id": rid, "wall_s": w, "steps_s": s, "compile_s": c} for rid, w, s, c in per_run],
+        },
+    )
 
 
 if __name__ == "__main__":

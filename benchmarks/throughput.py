@@ -54,26 +54,35 @@ def matmul_runner(dtype, n: int):
         for _ in range(reps):
             out = f(a, b)
         out.block_until_ready()
-    return run, 2.0 * n ** 3
+
+    return run, 2.0 * n**3
 
 
 def bench_config(model: ModelConfig, batch: int, microbatches: int = 0) -> Config:
     """The benchmarks' train config of ``model``: the defaults, a short warmup, ample tokens."""
-    return dataclasses.replace(Config(), model=model, optim=OptimConfig(warmup_steps=10),
-                               train=TrainConfig(batch_size=batch, microbatches=microbatches, tokens=10 ** 9))
+    return dataclasses.replace(
+        Config(),
+        model=model,
+        optim=OptimConfig(warmup_steps=10),
+        train=TrainConfig(batch_size=batch, microbatches=microbatches, tokens=10**9),
+    )
 
 
 def step_runner(model: ModelConfig, batch: int, microbatches: int = 0) -> tuple:
     """(run(reps), compiled step, compile seconds, microbatches used) for train steps of ``model``."""
     cfg = bench_config(model, batch, microbatches)
     mesh = make_mesh(mesh_shape(cfg.mesh, jax.device_count()))
-    trainer = Trainer(cfg, mesh, total_steps=10 ** 6)
+    trainer = Trainer(cfg, mesh, total_steps=10**6)
     t0 = time.perf_counter()
     compiled = trainer.compile_step()
     compile_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
-    batches = [jax.device_put(rng.integers(0, model.vocab_size, (batch, model.seq_len + 1), dtype=np.int32),
-                              trainer.batch_sharding) for _ in range(4)]
+    batches = [
+        jax.device_put(
+            rng.integers(0, model.vocab_size, (batch, model.seq_len + 1), dtype=np.int32), trainer.batch_sharding
+        )
+        for _ in range(4)
+    ]
     holder = {"state": trainer.init_state()}
 
     def run(reps):
@@ -83,30 +92,44 @@ def step_runner(model: ModelConfig, batch: int, microbatches: int = 0) -> tuple:
             s, m = trainer.train_step(s, batches[i % 4])
         jax.block_until_ready(m)
         holder["state"] = s
+
     run(2)  # warm up
     return run, compiled, compile_s, trainer.microbatches
 
 
-def step_rate(model: ModelConfig, batch: int, windows: int, steps: int, peak_run, peak_work,
-              microbatches: int = 0) -> dict:
+def step_rate(
+    model: ModelConfig, batch: int, windows: int, steps: int, peak_run, peak_work, microbatches: int = 0
+) -> dict:
     run, compiled, compile_s, used = step_runner(model, batch, microbatches)
     tokens = batch * model.seq_len
     fpt = flops_lib.flops_per_token_chinchilla(model)
     peak_reps = max(1, int(tokens * steps * fpt / peak_work))  # the same work as a window of steps
     # Peak and step windows alternate, so both see the same machine; MFU is the median ratio.
-    pairs = [(_median_rate(peak_run, peak_work, 1, peak_reps), _median_rate(run, tokens, 1, steps))
-             for _ in range(windows)]
+    pairs = [
+        (_median_rate(peak_run, peak_work, 1, peak_reps), _median_rate(run, tokens, 1, steps)) for _ in range(windows)
+    ]
     peak = statistics.median(p for p, _ in pairs)
     tok_s = statistics.median(t for _, t in pairs)
     mfu = statistics.median(t * fpt / p for p, t in pairs)
     mem = compiled.memory_analysis()
-    mem_bytes = None if mem is None else int(mem.argument_size_in_bytes + mem.temp_size_in_bytes
-                                             + mem.output_size_in_bytes - mem.alias_size_in_bytes)
-    return {"microbatches": used, "tokens_per_s": tok_s, "achieved_flops": tok_s * fpt, "matmul_peak_flops": peak,
-            "mfu": mfu,
-            "compile_s": compile_s,
-            "step_memory_bytes": mem_bytes, "flops_per_token": fpt,
-            "n_params": flops_lib.param_counts(model)["n_params"]}
+    mem_bytes = (
+        None
+        if mem is None
+        else int(
+            mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+        )
+    )
+    return {
+        "microbatches": used,
+        "tokens_per_s": tok_s,
+        "achieved_flops": tok_s * fpt,
+        "matmul_peak_flops": peak,
+        "mfu": mfu,
+        "compile_s": compile_s,
+        "step_memory_bytes": mem_bytes,
+        "flops_per_token": fpt,
+        "n_params": flops_lib.param_counts(model)["n_params"],
+    }
 
 
 def main(argv=None) -> dict:
@@ -126,21 +149,40 @@ def main(argv=None) -> dict:
     rows = []
     for shape in args.shapes.split(","):
         d, n_layer = map(int, shape.split("x"))
-        model = ModelConfig(n_layer=n_layer, d_model=d, n_head=max(1, d // 32), seq_len=args.seq,
-                            vocab_size=257, dtype=dtype, attention=args.attention)
+        model = ModelConfig(
+            n_layer=n_layer,
+            d_model=d,
+            n_head=max(1, d // 32),
+            seq_len=args.seq,
+            vocab_size=257,
+            dtype=dtype,
+            attention=args.attention,
+        )
         r = step_rate(model, args.batch, args.windows, args.steps, peak_run, peak_work, args.microbatches)
         rows.append({"shape": f"{d}x{n_layer}", "n_head": model.n_head, **r})
-    result = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind, "n_devices": jax.device_count(),
-              "cpu": platform.processor() or platform.machine(), "jax": jax.__version__, "dtype": dtype,
-              "batch": args.batch, "seq_len": args.seq, "rows": rows}
+    result = {
+        "backend": jax.default_backend(),
+        "device": jax.devices()[0].device_kind,
+        "n_devices": jax.device_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "jax": jax.__version__,
+        "dtype": dtype,
+        "batch": args.batch,
+        "seq_len": args.seq,
+        "rows": rows,
+    }
     print(f"{result['backend']} ({result['device']}), {dtype}, batch {args.batch} x context {args.seq}")
-    print(f"{'shape':>8} {'params':>10} {'micro':>5} {'tok/s':>10} {'GFLOP/s':>9} {'peak':>7} {'MFU':>6} "
-          f"{'compile s':>9} {'step MiB':>9}")
+    print(
+        f"{'shape':>8} {'params':>10} {'micro':>5} {'tok/s':>10} {'GFLOP/s':>9} {'peak':>7} {'MFU':>6} "
+        f"{'compile s':>9} {'step MiB':>9}"
+    )
     for r in rows:
-        mem = "" if r["step_memory_bytes"] is None else f"{r['step_memory_bytes'] / 2 ** 20:.0f}"
-        print(f"{r['shape']:>8} {r['n_params']:>10,} {r['microbatches']:>5} {r['tokens_per_s']:>10.0f} "
-              f"{r['achieved_flops'] / 1e9:>9.1f} {r['matmul_peak_flops'] / 1e9:>7.1f} {r['mfu']:>6.1%} "
-              f"{r['compile_s']:>9.1f} {mem:>9}")
+        mem = "" if r["step_memory_bytes"] is None else f"{r['step_memory_bytes'] / 2**20:.0f}"
+        print(
+            f"{r['shape']:>8} {r['n_params']:>10,} {r['microbatches']:>5} {r['tokens_per_s']:>10.0f} "
+            f"{r['achieved_flops'] / 1e9:>9.1f} {r['matmul_peak_flops'] / 1e9:>7.1f} {r['mfu']:>6.1%} "
+            f"{r['compile_s']:>9.1f} {mem:>9}"
+        )
     return write_result(args.out, result)
 
 

@@ -68,8 +68,7 @@ def torch_step_runner(model_cfg: ModelConfig, batch: int):
     model = GPT()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     rng = np.random.default_rng(0)
-    data = [torch.from_numpy(rng.integers(0, model_cfg.vocab_size, (batch, t + 1)).astype(np.int64))
-            for _ in range(4)]
+    data = [torch.from_numpy(rng.integers(0, model_cfg.vocab_size, (batch, t + 1)).astype(np.int64)) for _ in range(4)]
 
     def run(reps):
         for i in range(reps):
@@ -91,7 +90,7 @@ def torch_step_runner(model_cfg: ModelConfig, batch: int):
 
     run(2)
     peak(2)
-    return run, peak, 2.0 * n ** 3
+    return run, peak, 2.0 * n**3
 
 
 def main(argv=None) -> dict:
@@ -121,16 +120,29 @@ def main(argv=None) -> dict:
             samples[name].append((tok, pk))
     rows = {}
     for name, s in samples.items():
-        rows[name] = {"tokens_per_s": statistics.median(t for t, _ in s),
-                      "matmul_peak_flops": statistics.median(p for _, p in s),
-                      "mfu": statistics.median(t * fpt / p for t, p in s)}
+        rows[name] = {
+            "tokens_per_s": statistics.median(t for t, _ in s),
+            "matmul_peak_flops": statistics.median(p for _, p in s),
+            "mfu": statistics.median(t * fpt / p for t, p in s),
+        }
     speedup = statistics.median(j[0] / t[0] for j, t in zip(samples["jax"], samples["torch"]))
-    result = {"shape": args.shape, "n_head": model.n_head, "batch": args.batch, "seq_len": args.seq,
-              "flops_per_token": fpt, "jax": jax.__version__, "torch": torch.__version__,
-              "threads": torch.get_num_threads(), "jax_microbatches": micro, "rows": rows,
-              "jax_over_torch_tokens_per_s": speedup}
-    print(f"{args.shape} (n_head {model.n_head}), batch {args.batch} x context {args.seq}, f32, "
-          f"{torch.get_num_threads()} threads; this repo's step in {micro} microbatches (auto), nanoGPT's in one")
+    result = {
+        "shape": args.shape,
+        "n_head": model.n_head,
+        "batch": args.batch,
+        "seq_len": args.seq,
+        "flops_per_token": fpt,
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "jax_microbatches": micro,
+        "rows": rows,
+        "jax_over_torch_tokens_per_s": speedup,
+    }
+    print(
+        f"{args.shape} (n_head {model.n_head}), batch {args.batch} x context {args.seq}, f32, "
+        f"{torch.get_num_threads()} threads; this repo's step in {micro} microbatches (auto), nanoGPT's in one"
+    )
     print(f"{'step':>22} {'tok/s':>8} {'peak GFLOP/s':>13} {'MFU':>6}")
     labels = (("jax", f"this repo (jax {jax.__version__})"), ("torch", f"nanoGPT (torch {torch.__version__})"))
     for name, label in labels:

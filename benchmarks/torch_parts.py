@@ -45,11 +45,13 @@ def _ms(fn, reps: int) -> float:
 
 def _jax_loop(grad_fn, args, per_call: int):
     """run(reps) for a jitted gradient: ``per_call`` calls per rep (microbatches of a batch)."""
+
     def run(reps):
         out = None
         for _ in range(reps * per_call):
             out = grad_fn(*args)
         jax.block_until_ready(out)
+
     run(1)
     return run
 
@@ -69,11 +71,12 @@ def jax_parts(model: ModelConfig, batch: int, micro_rows: int) -> dict:
     mlp_grad = jax.jit(jax.grad(lambda p, x: jnp.sum(mlp.apply(p, x, train=False) ** 2), argnums=(0, 1)))
     attn = Attention(model)  # projections and the kernel the step uses
     attn_params = attn.init(key, x, pos, train=False)
-    block_grad = jax.jit(jax.grad(lambda p, x: jnp.sum(attn.apply(p, x, pos, train=False)[0] ** 2),
-                                  argnums=(0, 1)))
-    return {"attention": _jax_loop(attn_grad, (q, k, v), per_call),
-            "mlp": _jax_loop(mlp_grad, (mlp_params, x), per_call),
-            "attention block": _jax_loop(block_grad, (attn_params, x), per_call)}
+    block_grad = jax.jit(jax.grad(lambda p, x: jnp.sum(attn.apply(p, x, pos, train=False)[0] ** 2), argnums=(0, 1)))
+    return {
+        "attention": _jax_loop(attn_grad, (q, k, v), per_call),
+        "mlp": _jax_loop(mlp_grad, (mlp_params, x), per_call),
+        "attention block": _jax_loop(block_grad, (attn_params, x), per_call),
+    }
 
 
 def torch_parts(model: ModelConfig, batch: int) -> dict:
@@ -97,6 +100,7 @@ def torch_parts(model: ModelConfig, batch: int) -> dict:
                 for leaf in leaves:  # as nanoGPT's zero_grad(set_to_none=True): no accumulation
                     leaf.grad = None
                 loss_fn().backward()
+
         run(1)
         return run
 
@@ -104,9 +108,12 @@ def torch_parts(model: ModelConfig, batch: int) -> dict:
         qq, kk, vv = (a.view(batch, t, h, d // h).transpose(1, 2) for a in c_attn(x).split(d, dim=2))
         y = F.scaled_dot_product_attention(qq, kk, vv, is_causal=True)
         return (a_proj(y.transpose(1, 2).contiguous().view(batch, t, d)) ** 2).sum()
-    return {"attention": part(lambda: (F.scaled_dot_product_attention(q, k, v, is_causal=True) ** 2).sum()),
-            "mlp": part(lambda: (c_proj(F.gelu(c_fc(x), approximate="tanh")) ** 2).sum()),
-            "attention block": part(block)}
+
+    return {
+        "attention": part(lambda: (F.scaled_dot_product_attention(q, k, v, is_causal=True) ** 2).sum()),
+        "mlp": part(lambda: (c_proj(F.gelu(c_fc(x), approximate="tanh")) ** 2).sum()),
+        "attention block": part(block),
+    }
 
 
 def main(argv=None) -> dict:
@@ -124,11 +131,16 @@ def main(argv=None) -> dict:
     model = ModelConfig(n_layer=n_layer, d_model=d, n_head=max(1, d // 32), seq_len=args.seq, vocab_size=257)
     shallow = dataclasses.replace(model, n_layer=2)
     deep_run, _, _, micro = step_runner(model, args.batch)
-    runners = {("step", n_layer, "jax"): deep_run, ("step", 2, "jax"): step_runner(shallow, args.batch)[0],
-               ("step", n_layer, "torch"): torch_step_runner(model, args.batch)[0],
-               ("step", 2, "torch"): torch_step_runner(shallow, args.batch)[0]}
-    framework_parts = (("jax", jax_parts(model, args.batch, args.batch // micro)),
-                       ("torch", torch_parts(model, args.batch)))
+    runners = {
+        ("step", n_layer, "jax"): deep_run,
+        ("step", 2, "jax"): step_runner(shallow, args.batch)[0],
+        ("step", n_layer, "torch"): torch_step_runner(model, args.batch)[0],
+        ("step", 2, "torch"): torch_step_runner(shallow, args.batch)[0],
+    }
+    framework_parts = (
+        ("jax", jax_parts(model, args.batch, args.batch // micro)),
+        ("torch", torch_parts(model, args.batch)),
+    )
     for fw, parts in framework_parts:
         runners.update({(name, n_layer, fw): run for name, run in parts.items()})
     times: dict = {k: [] for k in runners}
@@ -139,19 +151,31 @@ def main(argv=None) -> dict:
     rows = {}
     for fw in ("jax", "torch"):
         per_layer = (med[("step", n_layer, fw)] - med[("step", 2, fw)]) / (n_layer - 2)
-        rows[fw] = {"step": med[("step", n_layer, fw)], "per layer": per_layer,
-                    "rest (not per layer)": med[("step", n_layer, fw)] - n_layer * per_layer,
-                    **{name: med[(name, n_layer, fw)] for name in ("attention", "attention block", "mlp")}}
+        rows[fw] = {
+            "step": med[("step", n_layer, fw)],
+            "per layer": per_layer,
+            "rest (not per layer)": med[("step", n_layer, fw)] - n_layer * per_layer,
+            **{name: med[(name, n_layer, fw)] for name in ("attention", "attention block", "mlp")},
+        }
         rows[fw]["projections (block - attention)"] = rows[fw]["attention block"] - rows[fw]["attention"]
-    print(f"{args.shape}, batch {args.batch} x {args.seq}, f32, {torch.get_num_threads()} threads; ms per "
-          f"{args.batch * args.seq} tokens, forward + backward (this repo: {micro} microbatches of "
-          f"{args.batch // micro} sequences); medians of {args.rounds} rounds")
+    print(
+        f"{args.shape}, batch {args.batch} x {args.seq}, f32, {torch.get_num_threads()} threads; ms per "
+        f"{args.batch * args.seq} tokens, forward + backward (this repo: {micro} microbatches of "
+        f"{args.batch // micro} sequences); medians of {args.rounds} rounds"
+    )
     print(f"{'':>34} {'this repo':>10} {'nanoGPT':>10} {'ratio':>7}")
     for name in rows["jax"]:
         j, t = rows["jax"][name], rows["torch"][name]
         print(f"{name:>34} {j:>10.1f} {t:>10.1f} {j / t:>7.2f}")
-    result = {"shape": args.shape, "batch": args.batch, "seq_len": args.seq, "microbatches": micro,
-              "jax": jax.__version__, "torch": torch.__version__, "rows": rows}
+    result = {
+        "shape": args.shape,
+        "batch": args.batch,
+        "seq_len": args.seq,
+        "microbatches": micro,
+        "jax": jax.__version__,
+        "torch": torch.__version__,
+        "rows": rows,
+    }
     return write_result(args.out, result)
 
 

@@ -25,12 +25,18 @@ from scaling.errors import ArgumentParser, UsageError, exit_on_usage_error, read
 
 
 def parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m experiments.evaluate", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(
+        prog="python -m experiments.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_model_source(p)
     p.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text file to score")
-    p.add_argument("--stride", type=int, default=None, metavar="S",
-                   help="tokens between window starts, in [1, context] (default: half the context)")
+    p.add_argument(
+        "--stride",
+        type=int,
+        default=None,
+        metavar="S",
+        help="tokens between window starts, in [1, context] (default: half the context)",
+    )
     p.add_argument("--batch-size", type=int, default=8, metavar="B", help="windows per forward pass (default 8)")
     return p
 
@@ -51,11 +57,27 @@ def main(argv: list[str] | None = None) -> dict:
     if args.stride is not None and not 1 <= args.stride <= model.cfg.seq_len:
         raise UsageError(f"--stride must be in [1, {model.cfg.seq_len}] (the model's context), got {args.stride}")
     evaluation.check_memory(model.cfg, args.batch_size, model.cfg.seq_len, "evaluating", "--batch-size")
-    print(yaml.safe_dump({"source": model.source, "model": dataclasses.asdict(model.cfg), "text": str(path),
-                          "stride": args.stride or max(model.cfg.seq_len // 2, 1)}, sort_keys=False), file=sys.stderr)
-    result = evaluation.evaluate_tokens(model.cfg, model.params, model.encode(text), bos=model.eot,
-                                        byte_lengths=token_byte_lengths(model.encoding), stride=args.stride,
-                                        batch_size=args.batch_size)
+    print(
+        yaml.safe_dump(
+            {
+                "source": model.source,
+                "model": dataclasses.asdict(model.cfg),
+                "text": str(path),
+                "stride": args.stride or max(model.cfg.seq_len // 2, 1),
+            },
+            sort_keys=False,
+        ),
+        file=sys.stderr,
+    )
+    result = evaluation.evaluate_tokens(
+        model.cfg,
+        model.params,
+        model.encode(text),
+        bos=model.eot,
+        byte_lengths=token_byte_lengths(model.encoding),
+        stride=args.stride,
+        batch_size=args.batch_size,
+    )
     out = result.to_dict()
     print(json.dumps(out))
     return out

@@ -9,10 +9,12 @@ from scaling.errors import UsageError
 
 def add_model_source(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", metavar="DIR",
-                     help="a training run directory (python -m experiments.train --out DIR)")
-    src.add_argument("--hf-gpt2", metavar="DIR",
-                     help="a Hugging Face GPT-2 directory (config.json + model.safetensors)")
+    src.add_argument(
+        "--checkpoint", metavar="DIR", help="a training run directory (python -m experiments.train --out DIR)"
+    )
+    src.add_argument(
+        "--hf-gpt2", metavar="DIR", help="a Hugging Face GPT-2 directory (config.json + model.safetensors)"
+    )
 
 
 def load_model(args: argparse.Namespace):

@@ -59,23 +59,36 @@ DEFAULT_CONFIG = CONFIGS / "default.yaml"
 
 
 def parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m experiments.sweep", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=None,
-                   help=f"sweep spec (YAML); default {DEFAULT_CONFIG.relative_to(CONFIGS.parent.parent)}")
+    p = ArgumentParser(
+        prog="python -m experiments.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--config", default=None, help=f"sweep spec (YAML); default {DEFAULT_CONFIG.relative_to(CONFIGS.parent.parent)}"
+    )
     p.add_argument("--out", default=None, help="sweep directory (default: runs/sweep-<spec name>, relative to cwd)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="print the planned runs with wall-time estimates from a short calibration on this "
-                        "machine, and train nothing")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the planned runs with wall-time estimates from a short calibration on this "
+        "machine, and train nothing",
+    )
     p.add_argument("--no-calibration", action="store_true", help="with --dry-run: skip the timing calibration")
-    p.add_argument("--shard", default=None, metavar="I/N",
-                   help="run only the plan's runs I, I+N, I+2N, ... (0 <= I < N)")
-    p.add_argument("--retry-diverged", action="store_true",
-                   help="retry diverged runs (from their last good checkpoint) instead of keeping them")
-    p.add_argument("--jobs", default="auto", metavar="J",
-                   help="worker processes training the plan on a CPU, each a shard with one XLA thread "
-                        "(auto: one per core, at most one per family of runs; 1 elsewhere, with --shard and "
-                        "with several JAX processes)")
+    p.add_argument(
+        "--shard", default=None, metavar="I/N", help="run only the plan's runs I, I+N, I+2N, ... (0 <= I < N)"
+    )
+    p.add_argument(
+        "--retry-diverged",
+        action="store_true",
+        help="retry diverged runs (from their last good checkpoint) instead of keeping them",
+    )
+    p.add_argument(
+        "--jobs",
+        default="auto",
+        metavar="J",
+        help="worker processes training the plan on a CPU, each a shard with one XLA thread "
+        "(auto: one per core, at most one per family of runs; 1 elsewhere, with --shard and "
+        "with several JAX processes)",
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a --jobs worker: train only
     p.add_argument("--estimates-out", default=None, help=argparse.SUPPRESS)  # a --jobs worker's --dry-run
     config_lib.add_config_arguments(p)
@@ -119,8 +132,11 @@ def main(argv: list[str] | None = None):
 
     is_main = jax.process_index() == 0
     if is_main and not args.worker:
-        print("# base config of every run (the plan sets model.n_layer, d_model, n_head, train.tokens, "
-              "train.seed)\n" + plan.base.to_yaml(), file=sys.stderr)
+        print(
+            "# base config of every run (the plan sets model.n_layer, d_model, n_head, train.tokens, "
+            "train.seed)\n" + plan.base.to_yaml(),
+            file=sys.stderr,
+        )
     if args.dry_run:
         estimates = None
         calib = None
@@ -137,17 +153,25 @@ def main(argv: list[str] | None = None):
                 return plan
         if is_main:
             if scan is not None:
-                print(f"# first, the learning-rate scan (into {out / 'lr_scan'}):\n"
-                      + sweep.format_plan(scan, scan_runs, estimates, shard, workers=jobs) + "\n# then the sweep:")
+                print(
+                    f"# first, the learning-rate scan (into {out / 'lr_scan'}):\n"
+                    + sweep.format_plan(scan, scan_runs, estimates, shard, workers=jobs)
+                    + "\n# then the sweep:"
+                )
             print(sweep.format_plan(plan, runs, estimates, shard, workers=jobs))
             if calib is not None:
                 print(calib.describe())
             if estimates is not None and spec.fit:
                 fit_s = sweep.fit_seconds(len(plan.runs), spec.fit_bootstrap)
-                train_s = sum(sweep.shard_wall(p, rs, estimates, jobs) for p, rs in
-                              ((scan, scan_runs), (plan, runs)) if p is not None)
-                print(f"fit, diagnostics and plots: est. {sweep.format_duration(fit_s)}; the whole sweep: est. "
-                      f"{sweep.format_duration(train_s + fit_s)}" + (f" with {jobs} workers" if jobs > 1 else ""))
+                train_s = sum(
+                    sweep.shard_wall(p, rs, estimates, jobs)
+                    for p, rs in ((scan, scan_runs), (plan, runs))
+                    if p is not None
+                )
+                print(
+                    f"fit, diagnostics and plots: est. {sweep.format_duration(fit_s)}; the whole sweep: est. "
+                    f"{sweep.format_duration(train_s + fit_s)}" + (f" with {jobs} workers" if jobs > 1 else "")
+                )
         return plan
     if is_main and not args.worker:
         if scan is not None:
@@ -160,8 +184,9 @@ def main(argv: list[str] | None = None):
     from scaling.sweep import pilot
 
     if scan is not None:  # the scan, the rule (lr_rule.json), then the main plan made with it
-        plan, result = pilot.run(spec, overrides, plan, out, shard=shard, retry_diverged=args.retry_diverged,
-                                 plot=plot_sweep)
+        plan, result = pilot.run(
+            spec, overrides, plan, out, shard=shard, retry_diverged=args.retry_diverged, plot=plot_sweep
+        )
     else:
         if plan.lr_rule is not None:  # a fixed rule, recorded with the rates it gave
             plan = pilot.record_rule(plan, out, print if is_main else None)
@@ -187,15 +212,17 @@ def _cpu_cores() -> int:
 def _backend_is_cpu() -> bool:
     """Whether JAX would run on the CPU, asked in a child process: initialising an accelerator
     here would hold its memory away from the workers."""
-    probe = subprocess.run([sys.executable, "-c", "import jax; print(jax.default_backend())"],
-                           capture_output=True, text=True, timeout=300)
+    probe = subprocess.run(
+        [sys.executable, "-c", "import jax; print(jax.default_backend())"], capture_output=True, text=True, timeout=300
+    )
     return probe.returncode == 0 and probe.stdout.strip().splitlines()[-1:] == ["cpu"]
 
 
 def _worker_env() -> dict:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = " ".join(filter(None, [env.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false",
-                                              "intra_op_parallelism_threads=1"]))
+    env["XLA_FLAGS"] = " ".join(
+        filter(None, [env.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false", "intra_op_parallelism_threads=1"])
+    )
     return env
 
 
@@ -204,10 +231,28 @@ def _worker_estimates(argv: list[str], jobs: int) -> dict:
     each (as they train); their per-run estimates, merged."""
     with tempfile.TemporaryDirectory(prefix="sweep-estimates-") as tmp:
         paths = [Path(tmp) / f"{i}.json" for i in range(jobs)]
-        procs = [subprocess.Popen([sys.executable, "-m", "experiments.sweep", *argv, "--shard", f"{i}/{jobs}",
-                                   "--jobs", "1", "--worker", "--estimates-out", str(paths[i])],
-                                  env=_worker_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                 for i in range(jobs)]
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "experiments.sweep",
+                    *argv,
+                    "--shard",
+                    f"{i}/{jobs}",
+                    "--jobs",
+                    "1",
+                    "--worker",
+                    "--estimates-out",
+                    str(paths[i]),
+                ],
+                env=_worker_env(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(jobs)
+        ]
         errors = [p.communicate()[1] for p in procs]
         estimates = {}
         for i, (p, path) in enumerate(zip(procs, paths)):
@@ -225,10 +270,29 @@ def _run_workers(argv: list[str], jobs: int) -> None:
     A worker dies with this process (PR_SET_PDEATHSIG), and stops when this one is interrupted."""
     env = _worker_env()
     print(f"training in {jobs} worker processes (each --shard i/{jobs} with one XLA thread)", flush=True)
-    procs = [subprocess.Popen([sys.executable, "-m", "experiments.sweep", *argv, "--shard", f"{i}/{jobs}",
-                               "--jobs", "1", "--worker", "--train.progress", "false"],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-             for i in range(jobs)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "experiments.sweep",
+                *argv,
+                "--shard",
+                f"{i}/{jobs}",
+                "--jobs",
+                "1",
+                "--worker",
+                "--train.progress",
+                "false",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        for i in range(jobs)
+    ]
 
     def relay(i: int, proc: subprocess.Popen) -> None:
         for line in proc.stdout:
@@ -249,8 +313,10 @@ def _run_workers(argv: list[str], jobs: int) -> None:
         t.join()
     failed = [(i, c) for i, c in enumerate(codes) if c != 0]
     if failed:
-        print(f"error: worker {failed[0][0]} exited with code {failed[0][1]}; rerun the command to resume",
-              file=sys.stderr)
+        print(
+            f"error: worker {failed[0][0]} exited with code {failed[0][1]}; rerun the command to resume",
+            file=sys.stderr,
+        )
         raise SystemExit(failed[0][1])
 
 
@@ -266,21 +332,30 @@ def _die_with_parent() -> None:
 
 
 def _report(result, out: Path) -> None:
-    print(f"trained {len(result.trained)} run(s), kept {len(result.skipped)} finished run(s)"
-          + (f", {len(result.busy)} busy in other processes" if result.busy else ""))
+    print(
+        f"trained {len(result.trained)} run(s), kept {len(result.skipped)} finished run(s)"
+        + (f", {len(result.busy)} busy in other processes" if result.busy else "")
+    )
     statuses: dict[str, int] = {}
     for r in result.rows:
         statuses[str(r.get("status"))] = statuses.get(str(r.get("status")), 0) + 1
-    print(f"results: {out / 'results.csv'} ({len(result.rows)} rows: "
-          + ", ".join(f"{v} {k}" for k, v in sorted(statuses.items())) + ")")
+    print(
+        f"results: {out / 'results.csv'} ({len(result.rows)} rows: "
+        + ", ".join(f"{v} {k}" for k, v in sorted(statuses.items()))
+        + ")"
+    )
     if result.ignored:
-        print(f"ignored {len(result.ignored)} run(s) in {out / 'runs'} that are not runs of this plan (another spec "
-              f"or config shared --out): {', '.join(result.ignored)}")
+        print(
+            f"ignored {len(result.ignored)} run(s) in {out / 'runs'} that are not runs of this plan (another spec "
+            f"or config shared --out): {', '.join(result.ignored)}"
+        )
     for line in result.blocked:
         print(f"cooldown branch not trained: {line}")
     if result.pending:
-        print(f"{len(result.pending)} planned run(s) not finished yet (other shards?); the fit and plots are "
-              f"written when the last one finishes")
+        print(
+            f"{len(result.pending)} planned run(s) not finished yet (other shards?); the fit and plots are "
+            f"written when the last one finishes"
+        )
     elif result.fit_path is not None:
         print(f"fit: {result.fit_path}; plots: {out / 'plots'}")
         for line in _verdicts(result):

@@ -33,18 +33,25 @@ EXIT_DIVERGED = 3
 
 
 def parser() -> argparse.ArgumentParser:
-    p = ArgumentParser(prog="python -m experiments.train", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(
+        prog="python -m experiments.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", required=True, help="run directory (created; reused to resume)")
     p.add_argument("--config", help="YAML file of config sections (overrides win over it)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="start over in --out: first remove the config.yaml, metrics.jsonl, summary.json and "
-                        "checkpoints/ of the run there (other files stay)")
-    p.add_argument("--branch-from", metavar="PARENT_RUN_DIR@STEP",
-                   help="start from another wsd run's checkpoint at STEP (a cooldown branch; not part of the "
-                        "config)")
-    p.add_argument("--keep-steps", metavar="S1,S2,...",
-                   help="save a checkpoint at these steps and never prune it (branch points)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over in --out: first remove the config.yaml, metrics.jsonl, summary.json and "
+        "checkpoints/ of the run there (other files stay)",
+    )
+    p.add_argument(
+        "--branch-from",
+        metavar="PARENT_RUN_DIR@STEP",
+        help="start from another wsd run's checkpoint at STEP (a cooldown branch; not part of the config)",
+    )
+    p.add_argument(
+        "--keep-steps", metavar="S1,S2,...", help="save a checkpoint at these steps and never prune it (branch points)"
+    )
     config_lib.add_config_arguments(p)
     return p
 
@@ -72,14 +79,35 @@ def main(argv: list[str] | None = None) -> dict:
 
     branch_from = None if args.branch_from is None else parse_branch_from(args.branch_from)
     setup_distributed(cfg)
-    run = Run(cfg, args.out, overwrite=args.overwrite, model_scoring=MODEL_SCORING, branch_from=branch_from,
-              keep_steps=keep_steps)
+    run = Run(
+        cfg,
+        args.out,
+        overwrite=args.overwrite,
+        model_scoring=MODEL_SCORING,
+        branch_from=branch_from,
+        keep_steps=keep_steps,
+    )
     if run.is_main:
         print(run.cfg.to_yaml(), file=sys.stderr)
     summary = run.run()
     if run.is_main:
-        print(json.dumps({k: summary[k] for k in ("status", "steps", "tokens", "n_params", "final_train_loss",
-                                                  "val_loss", "val_bpb", "wall_s")}))
+        print(
+            json.dumps(
+                {
+                    k: summary[k]
+                    for k in (
+                        "status",
+                        "steps",
+                        "tokens",
+                        "n_params",
+                        "final_train_loss",
+                        "val_loss",
+                        "val_bpb",
+                        "wall_s",
+                    )
+                }
+            )
+        )
     return summary
 
 

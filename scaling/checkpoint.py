@@ -72,8 +72,9 @@ def _quiet_read_only(read_only: bool):
 
 
 class Checkpointer:
-    def __init__(self, directory: Path, cfg: CheckpointConfig, *, read_only: bool = False,
-                 keep_steps: tuple[int, ...] = ()):
+    def __init__(
+        self, directory: Path, cfg: CheckpointConfig, *, read_only: bool = False, keep_steps: tuple[int, ...] = ()
+    ):
         """``read_only`` opens another process's run to read it (generate, evaluate, a branch's
         parent): nothing is created, cleaned up or moved there, so a save in flight in a run
         still training is safe. ``keep_steps``: steps that are always saved and never pruned
@@ -85,17 +86,27 @@ class Checkpointer:
         if self.keep_steps:
             policies.append(ocp.checkpoint_managers.CustomSteps(steps=sorted(self.keep_steps)))
         if cfg.keep_best:
-            policies.append(ocp.checkpoint_managers.BestN(
-                get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1, keep_checkpoints_without_metrics=False))
+            policies.append(
+                ocp.checkpoint_managers.BestN(
+                    get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1, keep_checkpoints_without_metrics=False
+                )
+            )
         with _quiet_read_only(read_only):
             options = ocp.CheckpointManagerOptions(
-                create=not read_only, read_only=read_only, cleanup_tmp_directories=not read_only,
+                create=not read_only,
+                read_only=read_only,
+                cleanup_tmp_directories=not read_only,
                 enable_async_checkpointing=cfg.async_save,
                 preservation_policy=ocp.checkpoint_managers.AnyPreservationPolicy(policies),
-                best_fn=(lambda m: m["val_loss"]) if cfg.keep_best else None, best_mode="min",
-                temporary_path_class=_ChecksummedPath)
-            self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers={
-                "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+                best_fn=(lambda m: m["val_loss"]) if cfg.keep_best else None,
+                best_mode="min",
+                temporary_path_class=_ChecksummedPath,
+            )
+            self.manager = ocp.CheckpointManager(
+                self.directory,
+                options=options,
+                item_handlers={"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()},
+            )
         self._last_save_time = time.monotonic()
         self._problems: dict[int, str | None] = {}  # verification result per step, this process
         self._barriers = itertools.count()  # multi-process barrier names must not repeat
@@ -144,9 +155,12 @@ class Checkpointer:
         if self.cfg.keep_best:  # an unevaluated checkpoint never counts as the best
             metrics = {"val_loss": math.inf if meta.get("val_loss") is None else float(meta["val_loss"])}
         self._problems.pop(step, None)
-        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                        meta=ocp.args.JsonSave(meta)),
-                          metrics=metrics, force=True)
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            metrics=metrics,
+            force=True,
+        )
         self._last_save_time = time.monotonic()
 
     def restore_latest(self, abstract_state: Any) -> tuple[Any, dict, int] | None:
@@ -164,18 +178,26 @@ class Checkpointer:
                 continue
             for s, p in sorted(corrupt + uncommitted, reverse=True):
                 if self.read_only:
-                    print(f"warning: checkpoint {s} under {self.directory} is corrupt ({p}); reading "
-                          f"checkpoint {step}", file=sys.stderr)
+                    print(
+                        f"warning: checkpoint {s} under {self.directory} is corrupt ({p}); reading checkpoint {step}",
+                        file=sys.stderr,
+                    )
                 else:
                     self._set_aside(s, p, f"resuming from checkpoint {step}")
             self._check_shapes(step, abstract_state)
             try:
-                out = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+                out = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
+                    ),
+                )
             except ValueError as e:  # intact files, but another tree structure than this run's state
                 msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-                raise UsageError(f"checkpoint {step} under {self.directory} does not fit this run's "
-                                 f"train state ({msg}); use a new --out") from e
+                raise UsageError(
+                    f"checkpoint {step} under {self.directory} does not fit this run's "
+                    f"train state ({msg}); use a new --out"
+                ) from e
             return out["state"], out["meta"], step
         if uncommitted and not corrupt:  # only saves a kill interrupted: as if never started
             if not self.read_only:
@@ -186,7 +208,8 @@ class Checkpointer:
             raise CorruptCheckpoints(
                 f"no checkpoint under {self.directory} can be restored: {len(corrupt)} corrupt, the newest "
                 f"({corrupt[0][0]}) because {corrupt[0][1]} (pass --resume.restart_if_corrupt true to "
-                f"start from scratch)")
+                f"start from scratch)"
+            )
         return None
 
     def restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
@@ -197,12 +220,15 @@ class Checkpointer:
             raise UsageError(f"checkpoint {step} under {self.directory} cannot be restored: {problem}")
         self._check_shapes(step, abstract_state)
         try:
-            out = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+            out = self.manager.restore(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
+            )
         except ValueError as e:
             msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise UsageError(f"checkpoint {step} under {self.directory} does not fit this run's train state "
-                             f"({msg})") from e
+            raise UsageError(
+                f"checkpoint {step} under {self.directory} does not fit this run's train state ({msg})"
+            ) from e
         return out["state"], out["meta"]
 
     def _check_shapes(self, step: int, abstract_state: Any) -> None:
@@ -213,14 +239,18 @@ class Checkpointer:
         if saved.keys() != wanted.keys():
             layouts = _layer_layout(saved), _layer_layout(wanted)
             if None not in layouts and layouts[0] != layouts[1]:
-                raise UsageError(f"cannot restore checkpoint {step} under {self.directory}: it holds {layouts[0]} "
-                                 f"layers, this run's model {layouts[1]} ones; set model.scan_layers "
-                                 f"{str(layouts[0] == 'scanned').lower()} or use a new --out")
+                raise UsageError(
+                    f"cannot restore checkpoint {step} under {self.directory}: it holds {layouts[0]} "
+                    f"layers, this run's model {layouts[1]} ones; set model.scan_layers "
+                    f"{str(layouts[0] == 'scanned').lower()} or use a new --out"
+                )
             return  # another tree structure: orbax's restore names the difference
         for path, shape in wanted.items():
             if saved[path] != shape:
-                raise UsageError(f"cannot restore checkpoint {step} under {self.directory}: it holds {path} as "
-                                 f"{_fmt(saved[path])}, this run's state as {_fmt(shape)}; use a new --out")
+                raise UsageError(
+                    f"cannot restore checkpoint {step} under {self.directory}: it holds {path} as "
+                    f"{_fmt(saved[path])}, this run's state as {_fmt(shape)}; use a new --out"
+                )
 
     def _set_aside(self, step: int, problem: str, then: str) -> None:
         """Move a corrupt step out of orbax's listing (primary process; all processes wait for it)
@@ -237,8 +267,10 @@ class Checkpointer:
                 where = f"moved to {dest}"
             except OSError as e:  # e.g. a read-only run directory opened only to read it
                 where = f"left in place ({e.strerror or e})"
-            print(f"warning: checkpoint {step} under {self.directory} is corrupt ({problem}); {where}; "
-                  f"{then}", file=sys.stderr)
+            print(
+                f"warning: checkpoint {step} under {self.directory} is corrupt ({problem}); {where}; {then}",
+                file=sys.stderr,
+            )
         ocp.multihost.sync_global_processes(f"scaling_checkpoint_set_aside_{step}_{next(self._barriers)}")
         self.manager.reload()
         self._problems.pop(step, None)
@@ -272,8 +304,11 @@ class _ChecksummedPath(ocp.path.atomicity.AtomicRenameTemporaryPath):
 
 def _files(step_dir: Path) -> list[str]:
     """Paths (relative, POSIX) of everything in ``step_dir`` that is not a directory, but the manifest."""
-    return sorted(p.relative_to(step_dir).as_posix() for p in step_dir.rglob("*")
-                  if not p.is_dir() and p.relative_to(step_dir).as_posix() != MANIFEST)
+    return sorted(
+        p.relative_to(step_dir).as_posix()
+        for p in step_dir.rglob("*")
+        if not p.is_dir() and p.relative_to(step_dir).as_posix() != MANIFEST
+    )
 
 
 def _sha256(path: Path, fsync: bool = False) -> str:
@@ -289,8 +324,10 @@ def _sha256(path: Path, fsync: bool = False) -> str:
 def write_manifest(step_dir: Path) -> None:
     """Make every file of a committed step durable, then record their sizes and SHA-256 in
     ``step_dir/MANIFEST`` (written atomically): from then on the step counts as committed."""
-    files = {rel: {"bytes": (step_dir / rel).stat().st_size, "sha256": _sha256(step_dir / rel, fsync=True)}
-             for rel in _files(step_dir)}
+    files = {
+        rel: {"bytes": (step_dir / rel).stat().st_size, "sha256": _sha256(step_dir / rel, fsync=True)}
+        for rel in _files(step_dir)
+    }
     for d in sorted({(step_dir / rel).parent for rel in files}, key=lambda p: -len(p.parts)):
         fsync_dir(d)
     fsync_dir(step_dir)
@@ -313,8 +350,9 @@ def verify_step(step_dir: Path) -> str | None:
         return f"unreadable {MANIFEST} ({type(e).__name__})"
     files = manifest.get("files") if isinstance(manifest, dict) else None
     if not isinstance(files, dict) or not all(
-            isinstance(e, dict) and isinstance(e.get("bytes"), int) and isinstance(e.get("sha256"), str)
-            for e in files.values()):
+        isinstance(e, dict) and isinstance(e.get("bytes"), int) and isinstance(e.get("sha256"), str)
+        for e in files.values()
+    ):
         return f"malformed {MANIFEST}"
     present = set(_files(step_dir))
     for rel, entry in sorted(files.items()):
@@ -335,13 +373,17 @@ def verify_step(step_dir: Path) -> str | None:
 def _shapes_by_path(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
     """``{"params/h_0/attn/kernel": (shape, dtype), ...}`` of a state or its saved metadata
     (dataclass fields and dict keys name a path alike)."""
+
     def name(k) -> str:
         for attr in ("key", "name", "idx"):
             if hasattr(k, attr):
                 return str(getattr(k, attr))
         return str(k)
-    return {"/".join(name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
-            for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+    return {
+        "/".join(name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
 
 
 def _layer_layout(shapes: dict[str, Any]) -> str | None:

@@ -46,12 +46,14 @@ class ModelConfig:
     n_layer: int = _f(4, "number of transformer blocks", ge=1)
     n_head: int = _f(4, "attention heads per block; d_model must be divisible by it", ge=1)
     d_model: int = _f(128, "residual stream width", ge=1)
-    d_ff: int = _f(0, "hidden width of the MLP; 0 means 4*d_model (gelu) or 8/3*d_model rounded up to 64 (swiglu)",
-                      ge=0)
+    d_ff: int = _f(
+        0, "hidden width of the MLP; 0 means 4*d_model (gelu) or 8/3*d_model rounded up to 64 (swiglu)", ge=0
+    )
     seq_len: int = _f(128, "context length in tokens (n_ctx)", ge=1)
     vocab_size: int = _f(0, "tokens the model can emit; 0 takes the tokenizer's n_vocab", ge=0)
-    vocab_multiple: int = _f(64, "pad the embedding table to a multiple of this (padded ids are masked out of the "
-                                 "logits)", ge=1)
+    vocab_multiple: int = _f(
+        64, "pad the embedding table to a multiple of this (padded ids are masked out of the logits)", ge=1
+    )
     position: str = _f("learned", "position encoding: learned | rotary")
     rope_theta: float = _f(10000.0, "rotary base frequency (position=rotary)", gt=0)
     norm: str = _f("layernorm", "layernorm | rmsnorm")
@@ -61,33 +63,48 @@ class ModelConfig:
     mlp: str = _f("gelu", "MLP type: gelu (tanh approximation, GPT-2) | swiglu")
     dropout: float = _f(0.0, "dropout rate on the embeddings and the residual branches", ge=0, lt=1)
     dtype: str = _f("float32", "compute dtype: float32 | bfloat16 (parameters stay float32)")
-    attention: str = _f("auto", "training attention: auto (on a CPU cpu_kernel where it builds and fits, else "
-                                "blocked for seq_len > 64; dot_product otherwise) | cpu_kernel (C++ kernel through "
-                                "XLA's FFI; float32, head size 16/32/64/128) | blocked (cache-sized blocks in XLA, "
-                                "hand-written backward) | dot_product (jax.nn.dot_product_attention)")
+    attention: str = _f(
+        "auto",
+        "training attention: auto (on a CPU cpu_kernel where it builds and fits, else "
+        "blocked for seq_len > 64; dot_product otherwise) | cpu_kernel (C++ kernel through "
+        "XLA's FFI; float32, head size 16/32/64/128) | blocked (cache-sized blocks in XLA, "
+        "hand-written backward) | dot_product (jax.nn.dot_product_attention)",
+    )
     init_std: float = _f(0.02, "std of the normal init; residual projections get init_std/sqrt(2*n_layer)", gt=0)
-    scan_layers: bool = _f(False, "run the blocks under nn.scan (one block traced and compiled whatever the depth, "
-                                  "parameters stacked on a leading layers axis) instead of a Python loop (h_0 .. "
-                                  "h_{n-1}); a checkpoint holds one layout. Off by default: at a sweep's depths the "
-                                  "scan saves little compile time and slows every step, and a sweep compiles each "
-                                  "shape once but trains it for thousands of steps (docs/performance.md)")
+    scan_layers: bool = _f(
+        False,
+        "run the blocks under nn.scan (one block traced and compiled whatever the depth, "
+        "parameters stacked on a leading layers axis) instead of a Python loop (h_0 .. "
+        "h_{n-1}); a checkpoint holds one layout. Off by default: at a sweep's depths the "
+        "scan saves little compile time and slows every step, and a sweep compiles each "
+        "shape once but trains it for thousands of steps (docs/performance.md)",
+    )
 
     def __post_init__(self) -> None:
         _check_fields(self)
-        _check(self.d_model % self.n_head == 0,
-               f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})")
-        _check(self.position in ("learned", "rotary"),
-               f"model.position must be learned or rotary, got {self.position!r}")
+        _check(
+            self.d_model % self.n_head == 0,
+            f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})",
+        )
+        _check(
+            self.position in ("learned", "rotary"), f"model.position must be learned or rotary, got {self.position!r}"
+        )
         _check(self.norm in ("layernorm", "rmsnorm"), f"model.norm must be layernorm or rmsnorm, got {self.norm!r}")
         _check(self.mlp in ("gelu", "swiglu"), f"model.mlp must be gelu or swiglu, got {self.mlp!r}")
         _check(self.dtype in ("float32", "bfloat16"), f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
-        _check(self.attention in ("auto", "cpu_kernel", "blocked", "dot_product"),
-               f"model.attention must be auto, cpu_kernel, blocked or dot_product, got {self.attention!r}")
-        _check(self.attention != "cpu_kernel" or (self.dtype == "float32" and self.head_dim in CPU_KERNEL_HEAD_DIMS),
-               f"model.attention=cpu_kernel needs model.dtype float32 and a head size (d_model / n_head) in "
-               f"{CPU_KERNEL_HEAD_DIMS}, got {self.dtype} and {self.head_dim}")
-        _check(self.position == "learned" or (self.d_model // self.n_head) % 2 == 0,
-               "rotary positions need an even head size (d_model / n_head)")
+        _check(
+            self.attention in ("auto", "cpu_kernel", "blocked", "dot_product"),
+            f"model.attention must be auto, cpu_kernel, blocked or dot_product, got {self.attention!r}",
+        )
+        _check(
+            self.attention != "cpu_kernel" or (self.dtype == "float32" and self.head_dim in CPU_KERNEL_HEAD_DIMS),
+            f"model.attention=cpu_kernel needs model.dtype float32 and a head size (d_model / n_head) in "
+            f"{CPU_KERNEL_HEAD_DIMS}, got {self.dtype} and {self.head_dim}",
+        )
+        _check(
+            self.position == "learned" or (self.d_model // self.n_head) % 2 == 0,
+            "rotary positions need an even head size (d_model / n_head)",
+        )
 
     @property
     def head_dim(self) -> int:
@@ -111,15 +128,23 @@ class ModelConfig:
 class DataConfig:
     """Where tokens come from and how they are split."""
 
-    corpus: str = _f("tinyshakespeare", "a text file, a directory of .txt files, a glob, hf:<dataset name or path>, "
-                                        "or a corpus name under the shared data dir (tinyshakespeare, gutenberg)")
+    corpus: str = _f(
+        "tinyshakespeare",
+        "a text file, a directory of .txt files, a glob, hf:<dataset name or path>, "
+        "or a corpus name under the shared data dir (tinyshakespeare, gutenberg)",
+    )
     tokenizer: str = _f("byte", "byte | gpt2 | bpe:<vocab size> (trained on the training split)")
-    val_fraction: float = _f(0.1, "share held out for validation: of documents, or of tokens (the tail) for a "
-                                 "one-document corpus", gt=0, lt=1)
+    val_fraction: float = _f(
+        0.1,
+        "share held out for validation: of documents, or of tokens (the tail) for a one-document corpus",
+        gt=0,
+        lt=1,
+    )
     hf_text_field: str = _f("text", "record field holding the text (hf: corpora)")
     curriculum: str = _f("", "curriculum pacing: '' (none) | linear | root | step | exp | anti-<pacing>")
-    curriculum_score: str = _f("length", "difficulty score: [seq:|doc:]length | rarity | model:<run dir> "
-                                         "(doc: scores whole documents)")
+    curriculum_score: str = _f(
+        "length", "difficulty score: [seq:|doc:]length | rarity | model:<run dir> (doc: scores whole documents)"
+    )
     curriculum_horizon: float = _f(0.5, "fraction of the run after which competence reaches 1", gt=0, le=1)
     curriculum_c0: float = _f(0.1, "initial competence c0", gt=0, le=1)
 
@@ -136,8 +161,7 @@ class OptimConfig:
     lr: float = _f(1e-3, "peak learning rate", gt=0)
     min_lr_ratio: float = _f(0.1, "final learning rate as a fraction of the peak", ge=0, le=1)
     warmup_steps: int = _f(100, "linear warmup steps (capped at the run's steps)", ge=0)
-    weight_decay: float = _f(0.1, "decoupled weight decay on matrices (not on norms, biases or embeddings)",
-                             ge=0)
+    weight_decay: float = _f(0.1, "decoupled weight decay on matrices (not on norms, biases or embeddings)", ge=0)
     beta1: float = _f(0.9, "Adam beta1", ge=0, lt=1)
     beta2: float = _f(0.95, "Adam beta2", ge=0, lt=1)
     eps: float = _f(1e-8, "Adam epsilon", gt=0)
@@ -156,24 +180,30 @@ class OptimConfig:
 class TrainConfig:
     """The token budget and the loop."""
 
-    tokens: int = _f(2_000_000, "training tokens D; decides the number of steps (tokens // (batch_size*seq_len))",
-                     ge=1)
+    tokens: int = _f(2_000_000, "training tokens D; decides the number of steps (tokens // (batch_size*seq_len))", ge=1)
     batch_size: int = _f(32, "global batch size in sequences", ge=1)
-    microbatches: int = _f(0, "gradient accumulation: split each batch into this many microbatches (0: auto, "
-                              "about 1024 tokens per device each on a CPU, where smaller activations stay in "
-                              "cache; 1 elsewhere)", ge=0)
+    microbatches: int = _f(
+        0,
+        "gradient accumulation: split each batch into this many microbatches (0: auto, "
+        "about 1024 tokens per device each on a CPU, where smaller activations stay in "
+        "cache; 1 elsewhere)",
+        ge=0,
+    )
     seed: int = _f(0, "seed of the initialisation, the data order and dropout (0 to 2**32-1)", ge=0, le=SEED_MAX)
     eval_every: int = _f(250, "evaluate on the validation batches every this many steps (and at the end)", ge=1)
     eval_batches: int = _f(16, "fixed validation batches per evaluation", ge=1)
     log_every: int = _f(10, "write a metrics.jsonl line every this many steps", ge=1)
-    skip_nonfinite: int = _f(0, "skip up to this many steps with a non-finite loss before calling the run diverged",
-                             ge=0)
+    skip_nonfinite: int = _f(
+        0, "skip up to this many steps with a non-finite loss before calling the run diverged", ge=0
+    )
     progress: bool = _f(True, "show a progress bar on stderr")
 
     def __post_init__(self) -> None:
         _check_fields(self)
-        _check(self.microbatches == 0 or self.batch_size % self.microbatches == 0,
-               f"train.batch_size ({self.batch_size}) must be divisible by train.microbatches ({self.microbatches})")
+        _check(
+            self.microbatches == 0 or self.batch_size % self.microbatches == 0,
+            f"train.batch_size ({self.batch_size}) must be divisible by train.microbatches ({self.microbatches})",
+        )
 
 
 @dataclass(frozen=True)
@@ -209,12 +239,14 @@ class CheckpointConfig:
     """Orbax checkpoints under OUT/checkpoints."""
 
     every_steps: int = _f(500, "save every this many steps (0: only by time and at the end)", ge=0)
-    every_seconds: float = _f(0.0, "also save when this many seconds passed since the last save (0: off)",
-                                ge=0)
+    every_seconds: float = _f(0.0, "also save when this many seconds passed since the last save (0: off)", ge=0)
     keep: int = _f(2, "keep the last this many checkpoints", ge=1)
     keep_best: bool = _f(False, "also keep the checkpoint with the best validation loss")
-    async_save: bool = _f(True, "save in a background thread, overlapping training (a run waits for its last "
-                                "save before it reports completion)")
+    async_save: bool = _f(
+        True,
+        "save in a background thread, overlapping training (a run waits for its last "
+        "save before it reports completion)",
+    )
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -275,8 +307,14 @@ class Config:
 # Sections whose change makes an existing checkpoint a different run; within them, fields
 # that are safe to change on resume.
 RESUME_IDENTITY_SECTIONS = ("model", "data", "optim", "train")
-RESUME_SAFE_FIELDS = ("model.attention", "train.eval_every", "train.eval_batches", "train.log_every", "train.progress",
-                      "train.skip_nonfinite")
+RESUME_SAFE_FIELDS = (
+    "model.attention",
+    "train.eval_every",
+    "train.eval_batches",
+    "train.log_every",
+    "train.progress",
+    "train.skip_nonfinite",
+)
 HIDDEN_SECTIONS = ("debug",)
 """Sections settable on the command line but left out of --help."""
 MOVED_FIELDS = {"train.inject_nan_step": "debug.inject_nan_step"}
@@ -328,8 +366,12 @@ def from_dict(d: Any, base: Config | None = None) -> Config:
     """Build a Config from nested mappings, starting from ``base`` (defaults if None)."""
     base = base or Config()
     parsed = parse_sections(d)
-    return Config(**{f.name: dataclasses.replace(getattr(base, f.name), **parsed.get(f.name, {}))
-                     for f in dataclasses.fields(Config)})
+    return Config(
+        **{
+            f.name: dataclasses.replace(getattr(base, f.name), **parsed.get(f.name, {}))
+            for f in dataclasses.fields(Config)
+        }
+    )
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...] | None = None) -> None:
@@ -341,10 +383,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, .
         hidden = f.name in HIDDEN_SECTIONS
         group = parser if hidden else parser.add_argument_group(f.name, (cls.__doc__ or "").strip().splitlines()[0])
         for g in dataclasses.fields(cls):
-            group.add_argument(f"--{f.name}.{g.name}", dest=f"{f.name}.{g.name}", default=None,
-                               metavar=field_type(cls, g.name).__name__.upper(),
-                               help=argparse.SUPPRESS if hidden else
-                               f"{g.metadata.get('help', '')} (default: {g.default!r})")
+            group.add_argument(
+                f"--{f.name}.{g.name}",
+                dest=f"{f.name}.{g.name}",
+                default=None,
+                metavar=field_type(cls, g.name).__name__.upper(),
+                help=argparse.SUPPRESS if hidden else f"{g.metadata.get('help', '')} (default: {g.default!r})",
+            )
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict:
@@ -387,4 +432,3 @@ def resolve(config_file: str | None, overrides: dict) -> Config:
         except UsageError as e:
             raise UsageError(f"config file {config_file}: {e}") from None
     return from_dict(merge(d, overrides))
-

@@ -33,8 +33,9 @@ def parse_curriculum(text: str) -> tuple[str, bool]:
     anti = s.startswith("anti-")
     name = s[5:] if anti else s
     if name not in PACINGS:
-        raise UsageError(f"data.curriculum must be '' (none), one of {', '.join(PACINGS)} or anti-<one of them>, "
-                         f"got {text!r}")
+        raise UsageError(
+            f"data.curriculum must be '' (none), one of {', '.join(PACINGS)} or anti-<one of them>, got {text!r}"
+        )
     return name, anti
 
 

@@ -54,14 +54,21 @@ def reference_identity(run_dir: str | Path) -> dict:
     if step is None:
         raise UsageError(f"curriculum reference {run_dir} has no checkpoint under {run_dir / 'checkpoints'}")
     cfg = config_lib.from_dict(load_yaml(run_dir / "config.yaml"))
-    return {"run_dir": str(run_dir), "config_hash": cfg.identity_hash(), "latest_step": step,
-            "tokenizer": cfg.data.tokenizer, "corpus": cfg.data.corpus, "seq_len": cfg.model.seq_len,
-            "vocab_size": cfg.model.vocab_size}
+    return {
+        "run_dir": str(run_dir),
+        "config_hash": cfg.identity_hash(),
+        "latest_step": step,
+        "tokenizer": cfg.data.tokenizer,
+        "corpus": cfg.data.corpus,
+        "seq_len": cfg.model.seq_len,
+        "vocab_size": cfg.model.vocab_size,
+    }
 
 
 def _host(tree):
-    return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)) if hasattr(a, "addressable_data")
-                        else np.asarray(a), tree)
+    return jax.tree.map(
+        lambda a: np.asarray(a.addressable_data(0)) if hasattr(a, "addressable_data") else np.asarray(a), tree
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -76,35 +83,58 @@ def _row_loss_fn(model_cfg: ModelConfig):
     return f
 
 
-def model_scores(tokens: np.ndarray, seq_len: int, eot: int, n_vocab: int, tokenizer: str, ref_dir: str | Path,
-                 unit: str = "sequence", batch_windows: int = 128, progress: bool = True,
-                 corpus: str | None = None) -> np.ndarray:
+def model_scores(
+    tokens: np.ndarray,
+    seq_len: int,
+    eot: int,
+    n_vocab: int,
+    tokenizer: str,
+    ref_dir: str | Path,
+    unit: str = "sequence",
+    batch_windows: int = 128,
+    progress: bool = True,
+    corpus: str | None = None,
+) -> np.ndarray:
     """Mean next-token loss of the reference run's latest checkpoint on every window."""
     ident = reference_identity(ref_dir)
     if ident["tokenizer"] != tokenizer:
-        raise UsageError(f"curriculum reference {ident['run_dir']} uses tokenizer {ident['tokenizer']!r}, "
-                         f"this run {tokenizer!r}")
+        raise UsageError(
+            f"curriculum reference {ident['run_dir']} uses tokenizer {ident['tokenizer']!r}, this run {tokenizer!r}"
+        )
     if tokenizer.startswith("bpe:") and corpus is not None and ident["corpus"] != corpus:
-        raise UsageError(f"curriculum reference {ident['run_dir']} trained its {tokenizer} tokenizer on corpus "
-                         f"{ident['corpus']!r}, this run on {corpus!r}: the token ids differ")
+        raise UsageError(
+            f"curriculum reference {ident['run_dir']} trained its {tokenizer} tokenizer on corpus "
+            f"{ident['corpus']!r}, this run on {corpus!r}: the token ids differ"
+        )
     if ident["seq_len"] < seq_len:
-        raise UsageError(f"curriculum reference {ident['run_dir']} has model.seq_len {ident['seq_len']}, "
-                         f"shorter than this run's {seq_len}")
+        raise UsageError(
+            f"curriculum reference {ident['run_dir']} has model.seq_len {ident['seq_len']}, "
+            f"shorter than this run's {seq_len}"
+        )
     if ident["vocab_size"] and ident["vocab_size"] < n_vocab:
-        raise UsageError(f"curriculum reference {ident['run_dir']} has model.vocab_size {ident['vocab_size']}, "
-                         f"fewer than the tokenizer's {n_vocab} ids")
+        raise UsageError(
+            f"curriculum reference {ident['run_dir']} has model.vocab_size {ident['vocab_size']}, "
+            f"fewer than the tokenizer's {n_vocab} ids"
+        )
     cfg, params = load_run(ident["run_dir"])
     params = _host(params)
     f = _row_loss_fn(cfg.model)
     n_windows = (len(tokens) - 1) // seq_len
     out = np.empty(n_windows, np.float64)
     offs = np.arange(seq_len + 1)
-    for a in tqdm(range(0, n_windows, batch_windows), disable=not progress, desc="curriculum model scores",
-                  unit="batch", file=sys.stderr, leave=False, mininterval=2.0):
+    for a in tqdm(
+        range(0, n_windows, batch_windows),
+        disable=not progress,
+        desc="curriculum model scores",
+        unit="batch",
+        file=sys.stderr,
+        leave=False,
+        mininterval=2.0,
+    ):
         ids = np.arange(a, a + batch_windows) % n_windows  # the last batch wraps: one compiled shape
         batch = np.asarray(tokens[(ids * seq_len)[:, None] + offs], np.int32)
         k = min(batch_windows, n_windows - a)
-        out[a:a + k] = np.asarray(f(params, batch), np.float64)[:k]
+        out[a : a + k] = np.asarray(f(params, batch), np.float64)[:k]
     if unit == "document":
         docs = documents(tokens, eot)
         start_doc = docs.doc_of(np.arange(n_windows, dtype=np.int64) * seq_len)
@@ -115,9 +145,17 @@ def model_scores(tokens: np.ndarray, seq_len: int, eot: int, n_vocab: int, token
 
 
 def _split_model_scores(splits: TokenSplits, seq_len: int, spec: ScoreSpec, progress: bool) -> np.ndarray:
-    return model_scores(splits.train, seq_len, int(splits.manifest["eot"]), splits.n_vocab,
-                        str(splits.manifest.get("tokenizer")), spec.ref, spec.unit, progress=progress,
-                        corpus=splits.manifest.get("corpus"))
+    return model_scores(
+        splits.train,
+        seq_len,
+        int(splits.manifest["eot"]),
+        splits.n_vocab,
+        str(splits.manifest.get("tokenizer")),
+        spec.ref,
+        spec.unit,
+        progress=progress,
+        corpus=splits.manifest.get("corpus"),
+    )
 
 
 MODEL_SCORING = ModelScoring(identity=reference_identity, scores=_split_model_scores)

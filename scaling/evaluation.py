@@ -38,6 +38,7 @@ MEMORY_FRACTION = 0.5  # of the device's memory that the buffers of one decode o
 
 # ----------------------------------------------------------------------------- the loss
 
+
 def token_nll(model: GPT, params: Any, batch_bt: jax.Array, *, train: bool = False, rng=None) -> jax.Array:
     """Next-token cross-entropy (nats) of each target of windows of seq_len + 1 tokens: (B, T)
     for a (B, T + 1) batch; ``rng`` drives dropout when ``train``."""
@@ -64,6 +65,7 @@ def bits_per_byte(mean_loss_nats: float, n_target_tokens: int, n_bytes: int) -> 
 
 # ----------------------------------------------------------------------------- memory
 
+
 def forward_bytes(cfg: ModelConfig, rows: int, length: int) -> int:
     """A lower bound of the memory a forward pass over ``rows`` sequences of ``length`` tokens
     holds at once: a float32 KV cache of every layer, the logits, one layer's attention scores."""
@@ -84,11 +86,14 @@ def check_memory(cfg: ModelConfig, rows: int, length: int, what: str, lower: str
     """UsageError when :func:`forward_bytes` exceeds MEMORY_FRACTION of the device's memory."""
     need, have = forward_bytes(cfg, rows, length), device_memory_bytes()
     if need > MEMORY_FRACTION * have:
-        raise UsageError(f"{what} ({rows} row(s) of {length} tokens) needs at least {need / 2**30:.3g} GiB, more than "
-                         f"{MEMORY_FRACTION:.0%} of this device's {have / 2**30:.3g} GiB; lower {lower}")
+        raise UsageError(
+            f"{what} ({rows} row(s) of {length} tokens) needs at least {need / 2**30:.3g} GiB, more than "
+            f"{MEMORY_FRACTION:.0%} of this device's {have / 2**30:.3g} GiB; lower {lower}"
+        )
 
 
 # ----------------------------------------------------------------------------- a whole text
+
 
 @dataclass(frozen=True)
 class Evaluation:
@@ -132,8 +137,16 @@ def _window_nll(cfg: ModelConfig, params, windows_bn: jax.Array) -> jax.Array:
     return token_nll(GPT(cfg), params, windows_bn)
 
 
-def evaluate_tokens(cfg: ModelConfig, params, ids: Sequence[int], *, bos: int, byte_lengths: np.ndarray,
-                    stride: int | None = None, batch_size: int = 8) -> Evaluation:
+def evaluate_tokens(
+    cfg: ModelConfig,
+    params,
+    ids: Sequence[int],
+    *,
+    bos: int,
+    byte_lengths: np.ndarray,
+    stride: int | None = None,
+    batch_size: int = 8,
+) -> Evaluation:
     """Loss, perplexity and bits per byte of ``ids`` (``bos`` is prepended, so the first token
     is scored too) over sliding windows of the model's context ``cfg.seq_len``."""
     ids = np.asarray(ids, np.int64)
@@ -147,11 +160,11 @@ def evaluate_tokens(cfg: ModelConfig, params, ids: Sequence[int], *, bos: int, b
     plan = window_plan(len(seq), C, stride)
     check_memory(cfg, min(batch_size, len(plan)), C, "evaluating", "--batch-size")
     n = min(C, len(seq) - 1)
-    windows = np.stack([seq[a: a + n + 1] for a, _ in plan])
+    windows = np.stack([seq[a : a + n + 1] for a, _ in plan])
     mask = np.stack([np.arange(n) >= first for _, first in plan]).astype(np.float64)
     total = 0.0
     for i in range(0, len(plan), batch_size):
-        w, m = windows[i: i + batch_size], mask[i: i + batch_size]
+        w, m = windows[i : i + batch_size], mask[i : i + batch_size]
         pad = batch_size - len(w)
         if pad and len(plan) > batch_size:  # one shape for every batch
             w, m = np.concatenate([w, np.repeat(w[:1], pad, 0)]), np.concatenate([m, np.zeros((pad, n))])
@@ -161,5 +174,13 @@ def evaluate_tokens(cfg: ModelConfig, params, ids: Sequence[int], *, bos: int, b
     assert n_scored == len(ids), (n_scored, len(ids))
     n_bytes = int(np.asarray(byte_lengths)[ids].sum())
     loss = total / n_scored
-    return Evaluation(loss=loss, perplexity=float(np.exp(loss)), bits_per_byte=nats_to_bits_per_byte(total, n_bytes),
-                      tokens=n_scored, bytes=n_bytes, windows=len(plan), context=C, stride=stride)
+    return Evaluation(
+        loss=loss,
+        perplexity=float(np.exp(loss)),
+        bits_per_byte=nats_to_bits_per_byte(total, n_bytes),
+        tokens=n_scored,
+        bytes=n_bytes,
+        windows=len(plan),
+        context=C,
+        stride=stride,
+    )

@@ -24,8 +24,15 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # every integer field fits a signed 
 FLOAT_EXACT_INT = 2**53  # a float from here on may already have rounded the integer it was written as
 
 
-def ranged(default: Any, help: str, *, ge: float | None = None, gt: float | None = None,
-           le: float | None = None, lt: float | None = None) -> Any:
+def ranged(
+    default: Any,
+    help: str,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
     """A dataclass field: its default, its documentation (``metadata["help"]``) and its allowed
     range (checked, with its type and, for floats, finiteness, by :func:`check_fields`)."""
     return field(default=default, metadata={"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt})
@@ -74,8 +81,9 @@ def check_fields(obj: Any, section: str) -> None:
             _check(isinstance(v, str), f"{key} must be a string, got {show(v)}")
             continue
         if typ is int:
-            _check(isinstance(v, numbers.Integral) and not isinstance(v, bool),
-                   f"{key} must be an integer, got {show(v)}")
+            _check(
+                isinstance(v, numbers.Integral) and not isinstance(v, bool), f"{key} must be an integer, got {show(v)}"
+            )
             v = int(v)
             _check(INT64_MIN <= v <= INT64_MAX, f"{key} is out of the 64-bit integer range, got {show(v)}")
         else:
@@ -87,8 +95,12 @@ def check_fields(obj: Any, section: str) -> None:
             _check(math.isfinite(v), f"{key} must be a finite number, got {v}")
         object.__setattr__(obj, f.name, v)
         m = f.metadata
-        ok = ((m.get("ge") is None or v >= m["ge"]) and (m.get("gt") is None or v > m["gt"])
-              and (m.get("le") is None or v <= m["le"]) and (m.get("lt") is None or v < m["lt"]))
+        ok = (
+            (m.get("ge") is None or v >= m["ge"])
+            and (m.get("gt") is None or v > m["gt"])
+            and (m.get("le") is None or v <= m["le"])
+            and (m.get("lt") is None or v < m["lt"])
+        )
         _check(ok, f"{key} must be {_range_text(m)}, got {v}")
 
 
@@ -120,8 +132,10 @@ def _parse_int(value: Any, key: str) -> int:
         if not (math.isfinite(value) and value.is_integer()):
             raise UsageError(bad)
         if abs(value) >= FLOAT_EXACT_INT:
-            raise UsageError(f"--{key}: {value!r} is a float of 2**53 or more, which may have rounded the "
-                             f"integer meant; write the integer out in full")
+            raise UsageError(
+                f"--{key}: {value!r} is a float of 2**53 or more, which may have rounded the "
+                f"integer meant; write the integer out in full"
+            )
         return int(value)
     try:
         d = Decimal(value.strip())  # exact, unlike float(): "12345678901234567891" keeps every digit

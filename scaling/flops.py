@@ -78,5 +78,8 @@ def xla_flops(compiled: Any) -> float:
 
 
 def all_flops_per_token(cfg: ModelConfig) -> dict[str, float]:
-    return {"6nd": flops_per_token_6n(cfg), "kaplan": flops_per_token_kaplan(cfg),
-            "chinchilla": flops_per_token_chinchilla(cfg)}
+    return {
+        "6nd": flops_per_token_6n(cfg),
+        "kaplan": flops_per_token_kaplan(cfg),
+        "chinchilla": flops_per_token_chinchilla(cfg),
+    }

@@ -64,7 +64,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -181,8 +181,10 @@ def hold_directory(directory: str | Path) -> Iterator[None]:
     lock = Path(directory) / LOCK_FILE
     with file_lock(lock, blocking=False) as got:
         if not got:
-            raise LockHeld(f"{directory} is in use by {lock_holder(lock)} (it holds {lock}); wait for it to "
-                           f"finish or use another --out")
+            raise LockHeld(
+                f"{directory} is in use by {lock_holder(lock)} (it holds {lock}); wait for it to "
+                f"finish or use another --out"
+            )
         yield
 
 

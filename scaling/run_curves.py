@@ -43,8 +43,9 @@ def _json_number(v, where: str) -> float:
         raise UsageError(f"{where} is out of the floating-point range") from None
 
 
-def read_curve(metrics: Path, *, loss_key: str = "loss", flops_key: str = "flops",
-               strict: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def read_curve(
+    metrics: Path, *, loss_key: str = "loss", flops_key: str = "flops", strict: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """(flops, loss) of the lines of a run's ``metrics.jsonl`` that have both keys (eval-only
     lines have no training loss).  ``strict``: a line that is not JSON or a value that is not
     a number is a UsageError naming the line; otherwise such lines are skipped (a torn last
@@ -119,8 +120,14 @@ def _positive(rec: dict, key: str, where: str) -> float:
     return float(v)
 
 
-def load_endpoints(sweep_dir, *, n_key: str = "n_params", loss_key: str = "val_loss", flops_key: str = "flops",
-                   summary_flops_key: str = "flops_6nd") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_endpoints(
+    sweep_dir,
+    *,
+    n_key: str = "n_params",
+    loss_key: str = "val_loss",
+    flops_key: str = "flops",
+    summary_flops_key: str = "flops_6nd",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(N, C, loss) arrays of the annealed endpoints under ``sweep_dir`` (module docstring)."""
     runs_dir = _runs_dir(sweep_dir)
     N, C, L = [], [], []
@@ -147,6 +154,8 @@ def load_endpoints(sweep_dir, *, n_key: str = "n_params", loss_key: str = "val_l
             C.append(c)
             L.append(loss)
     if not N:
-        raise UsageError(f"no annealed endpoints under {runs_dir} (runs/<id>/summary.json with {n_key!r}, "
-                         f"{summary_flops_key!r} and {loss_key!r}, or metrics.jsonl lines marked \"endpoint\": true)")
+        raise UsageError(
+            f"no annealed endpoints under {runs_dir} (runs/<id>/summary.json with {n_key!r}, "
+            f'{summary_flops_key!r} and {loss_key!r}, or metrics.jsonl lines marked "endpoint": true)'
+        )
     return np.array(N), np.array(C), np.array(L)

@@ -42,6 +42,7 @@ OUTPUTS = (SUMMARY, CHECKPOINTS, METRICS, CONFIG)
 
 # ----------------------------------------------------------------------------- reading
 
+
 def checkpoints_path(run_dir: str | Path) -> Path:
     return Path(run_dir) / CHECKPOINTS
 
@@ -131,6 +132,7 @@ class _QuietWriteErrors(logging.Filter):
 
 # ----------------------------------------------------------------------------- ownership
 
+
 class RunDirectory:
     """``path`` as the directory of the run of ``cfg`` in this process (``is_main``: process 0,
     the one that holds the lock and writes the files other than checkpoints)."""
@@ -162,8 +164,10 @@ class RunDirectory:
                 raise
             self.write_failed = True
             self.checkpointer_broken |= checkpointer
-            raise UsageError(f"cannot {what} the run in {self.path}: {str(e).splitlines()[0]}; rerun once it is "
-                             f"writable to resume from the last checkpoint") from None
+            raise UsageError(
+                f"cannot {what} the run in {self.path}: {str(e).splitlines()[0]}; rerun once it is "
+                f"writable to resume from the last checkpoint"
+            ) from None
 
     @contextlib.contextmanager
     def quiet_write_errors(self):
@@ -182,26 +186,33 @@ class RunDirectory:
         if not stored.is_file():
             found = [n for n in (METRICS, SUMMARY) if (self.path / n).exists()]
             if found:
-                raise UsageError(f"{self.path} holds {' and '.join(found)} but no {CONFIG} (not a run of this "
-                                 f"config); use another --out, or --overwrite to start over")
+                raise UsageError(
+                    f"{self.path} holds {' and '.join(found)} but no {CONFIG} (not a run of this "
+                    f"config); use another --out, or --overwrite to start over"
+                )
             return
         try:
             old = config_lib.from_dict(load_yaml(stored))
         except UsageError as e:
-            raise UsageError(f"{stored} is not a readable run config ({e}); use another --out, or --overwrite "
-                             f"to start over") from None
+            raise UsageError(
+                f"{stored} is not a readable run config ({e}); use another --out, or --overwrite to start over"
+            ) from None
         if old.identity_hash() != self.cfg.identity_hash() and not self.cfg.resume.allow_config_change:
-            raise UsageError(f"{self.path} holds a run of a different config (model, data, optimizer or budget "
-                             f"changed); use another --out, --overwrite to start over, or "
-                             f"--resume.allow_config_change true")
+            raise UsageError(
+                f"{self.path} holds a run of a different config (model, data, optimizer or budget "
+                f"changed); use another --out, --overwrite to start over, or "
+                f"--resume.allow_config_change true"
+            )
 
     def check_identity(self, meta: dict, step: int) -> None:
         """Refuse checkpoint ``step`` when its metadata names another config."""
         if self.cfg.resume.allow_config_change or meta.get("config_hash") == self.cfg.identity_hash():
             return
-        raise UsageError(f"{self.path} holds checkpoints of a different config (model, data, optimizer or budget "
-                         f"changed; checkpoint {step}); use another --out, --overwrite to start over, or "
-                         f"--resume.allow_config_change true")
+        raise UsageError(
+            f"{self.path} holds checkpoints of a different config (model, data, optimizer or budget "
+            f"changed; checkpoint {step}); use another --out, --overwrite to start over, or "
+            f"--resume.allow_config_change true"
+        )
 
     def start_over(self) -> None:
         """Remove the run's own outputs (process 0; by name: anything else in the directory

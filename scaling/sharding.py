@@ -58,8 +58,10 @@ def mesh_shape(cfg: MeshConfig, n_devices: int) -> dict[str, int]:
                 raise UsageError(f"mesh {sizes} does not divide the {n_devices} devices")
             sizes[k] = n_devices // known
     if math.prod(sizes.values()) != n_devices:
-        raise UsageError(f"mesh data={sizes['data']} fsdp={sizes['fsdp']} model={sizes['model']} "
-                         f"needs {math.prod(sizes.values())} devices, but {n_devices} are available")
+        raise UsageError(
+            f"mesh data={sizes['data']} fsdp={sizes['fsdp']} model={sizes['model']} "
+            f"needs {math.prod(sizes.values())} devices, but {n_devices} are available"
+        )
     return sizes
 
 
@@ -69,13 +71,19 @@ def check_mesh_fits(shape: dict[str, int], model: ModelConfig, batch_size: int, 
     checks = [
         (model.n_head % tp == 0, f"model.n_head ({model.n_head}) is not divisible by mesh.model ({tp})"),
         (model.ff_dim % tp == 0, f"MLP width d_ff ({model.ff_dim}) is not divisible by mesh.model ({tp})"),
-        (model.padded_vocab % tp == 0,
-         f"padded vocabulary ({model.padded_vocab}) is not divisible by mesh.model ({tp}); set model.vocab_multiple"),
-        (model.d_model % shape["fsdp"] == 0,
-         f"model.d_model ({model.d_model}) is not divisible by mesh.fsdp ({shape['fsdp']})"),
-        ((batch_size // max(microbatches, 1)) % dp == 0,
-         f"microbatch size {batch_size // max(microbatches, 1)} (train.batch_size / train.microbatches) is not "
-         f"divisible by the data axes (mesh.data * mesh.fsdp = {dp})"),
+        (
+            model.padded_vocab % tp == 0,
+            f"padded vocabulary ({model.padded_vocab}) is not divisible by mesh.model ({tp}); set model.vocab_multiple",
+        ),
+        (
+            model.d_model % shape["fsdp"] == 0,
+            f"model.d_model ({model.d_model}) is not divisible by mesh.fsdp ({shape['fsdp']})",
+        ),
+        (
+            (batch_size // max(microbatches, 1)) % dp == 0,
+            f"microbatch size {batch_size // max(microbatches, 1)} (train.batch_size / train.microbatches) is not "
+            f"divisible by the data axes (mesh.data * mesh.fsdp = {dp})",
+        ),
     ]
     for ok, msg in checks:
         if not ok:
@@ -121,14 +129,19 @@ def shard_local(fn, in_names: tuple, out_names: tuple):
         return fn
 
     def local(*args):
-        whole = {n for names, a in zip(in_names, args) for n, size in zip(names, a.shape)
-                 if size % math.prod(mesh.shape[ax] for ax in _mesh_axes(n) if ax in mesh.shape)}
+        whole = {
+            n
+            for names, a in zip(in_names, args)
+            for n, size in zip(names, a.shape)
+            if size % math.prod(mesh.shape[ax] for ax in _mesh_axes(n) if ax in mesh.shape)
+        }
 
         def spec(names):
             return nn.logical_to_mesh_axes(tuple(None if n in whole else n for n in names), LOGICAL_AXIS_RULES)
 
-        return jax.shard_map(fn, mesh=mesh, in_specs=tuple(map(spec, in_names)),
-                             out_specs=tuple(map(spec, out_names)), check_vma=False)(*args)
+        return jax.shard_map(
+            fn, mesh=mesh, in_specs=tuple(map(spec, in_names)), out_specs=tuple(map(spec, out_names)), check_vma=False
+        )(*args)
 
     return local
 

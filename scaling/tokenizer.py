@@ -34,8 +34,7 @@ BYTE_PATTERN = r"""[\s\S]{1,1024}"""
 
 def byte_encoding() -> tiktoken.Encoding:
     ranks = {bytes([i]): i for i in range(256)}
-    return tiktoken.Encoding(name="byte", pat_str=BYTE_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={EOT: 256})
+    return tiktoken.Encoding(name="byte", pat_str=BYTE_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 256})
 
 
 def gpt2_encoding() -> tiktoken.Encoding:
@@ -44,8 +43,9 @@ def gpt2_encoding() -> tiktoken.Encoding:
     try:
         return tiktoken.get_encoding("r50k_base")
     except Exception as e:  # a missing cache means tiktoken tried the network
-        raise UsageError(f"gpt2 tokenizer unavailable (set TIKTOKEN_CACHE_DIR to a cache with r50k_base): {e}") \
-            from None
+        raise UsageError(
+            f"gpt2 tokenizer unavailable (set TIKTOKEN_CACHE_DIR to a cache with r50k_base): {e}"
+        ) from None
 
 
 def parse_bpe_vocab(name: str) -> int:
@@ -146,8 +146,9 @@ def save_ranks(ranks: dict[bytes, int], path: Path) -> None:
 
 
 def bpe_encoding(name: str, ranks: dict[bytes, int]) -> tiktoken.Encoding:
-    return tiktoken.Encoding(name=name.replace(":", "-"), pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                             special_tokens={EOT: len(ranks)})
+    return tiktoken.Encoding(
+        name=name.replace(":", "-"), pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: len(ranks)}
+    )
 
 
 def get_tokenizer(name: str, train_texts=None, corpus_key: str = "") -> tiktoken.Encoding:

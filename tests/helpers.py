@@ -26,8 +26,9 @@ def data_path(*parts: str) -> Path:
     return p
 
 
-def run_cli(module: str, *args: str, env: dict | None = None, timeout: float = 600,
-            devices: int | None = None) -> subprocess.CompletedProcess:
+def run_cli(
+    module: str, *args: str, env: dict | None = None, timeout: float = 600, devices: int | None = None
+) -> subprocess.CompletedProcess:
     """Run ``python -m module args`` in a subprocess (optionally with forced host devices, which
     exist on the CPU platform only: such a subprocess runs on the CPU even where a GPU is)."""
     full_env = dict(os.environ)
@@ -35,14 +36,40 @@ def run_cli(module: str, *args: str, env: dict | None = None, timeout: float = 6
         full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
         full_env["JAX_PLATFORMS"] = "cpu"
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
-TINY = ["--model.n_layer", "2", "--model.n_head", "2", "--model.d_model", "32", "--model.seq_len", "32",
-        "--train.batch_size", "8", "--train.tokens", "20480", "--train.eval_every", "40",
-        "--train.eval_batches", "2", "--train.log_every", "5", "--train.progress", "false",
-        "--optim.warmup_steps", "10"]
+TINY = [
+    "--model.n_layer",
+    "2",
+    "--model.n_head",
+    "2",
+    "--model.d_model",
+    "32",
+    "--model.seq_len",
+    "32",
+    "--train.batch_size",
+    "8",
+    "--train.tokens",
+    "20480",
+    "--train.eval_every",
+    "40",
+    "--train.eval_batches",
+    "2",
+    "--train.log_every",
+    "5",
+    "--train.progress",
+    "false",
+    "--optim.warmup_steps",
+    "10",
+]
 """A tiny 80-step run on tiny-shakespeare (the default corpus)."""
 
 

@@ -59,9 +59,14 @@ def run_train_cli(argv: list[str]) -> dict:
             traceback.print_exc(file=err)
             code = 1
     out = Path(argv[argv.index("--out") + 1])
-    return {"code": code, "stderr": err.getvalue().splitlines(), "out_exists": out.exists(),
-            "losses": losses(out) if code == 0 else None,
-            "summary": {k: summary[k] for k in SUMMARY_FIELDS} if code == 0 else None, "cpu_s": _cpu_s() - cpu0}
+    return {
+        "code": code,
+        "stderr": err.getvalue().splitlines(),
+        "out_exists": out.exists(),
+        "losses": losses(out) if code == 0 else None,
+        "summary": {k: summary[k] for k in SUMMARY_FIELDS} if code == 0 else None,
+        "cpu_s": _cpu_s() - cpu0,
+    }
 
 
 def _cpu_s() -> float:
@@ -71,9 +76,12 @@ def _cpu_s() -> float:
 
 def config() -> Config:
     return dataclasses.replace(
-        Config(), model=ModelConfig(n_layer=2, n_head=8, d_model=64, seq_len=32, vocab_size=257),
-        data=DataConfig(tokenizer="byte"), optim=OptimConfig(lr=3e-3, warmup_steps=1),
-        train=TrainConfig(batch_size=16, tokens=16 * 32 * STEPS))
+        Config(),
+        model=ModelConfig(n_layer=2, n_head=8, d_model=64, seq_len=32, vocab_size=257),
+        data=DataConfig(tokenizer="byte"),
+        optim=OptimConfig(lr=3e-3, warmup_steps=1),
+        train=TrainConfig(batch_size=16, tokens=16 * 32 * STEPS),
+    )
 
 
 def spec_str(spec) -> list:
@@ -101,12 +109,19 @@ def main(data: int, fsdp: int, model: int, scan: bool = False) -> dict:
     for (path, leaf), rule in zip(jax.tree_util.tree_leaves_with_path(state.params), rules):
         name = "/".join(str(getattr(k, "key", k)) for k in path)
         expected = jax.sharding.NamedSharding(mesh, rule)
-        params[name] = {"actual": spec_str(leaf.sharding.spec), "rule": spec_str(rule),
-                        "equivalent": leaf.sharding.is_equivalent_to(expected, leaf.ndim)}
+        params[name] = {
+            "actual": spec_str(leaf.sharding.spec),
+            "rule": spec_str(rule),
+            "equivalent": leaf.sharding.is_equivalent_to(expected, leaf.ndim),
+        }
     state_bytes = sh.bytes_per_device((state.params, state.opt_state))
     total = int(sum(np.asarray(x).nbytes for x in jax.tree.leaves((state.params, state.opt_state))))
-    return {"losses": step_losses, "params": params, "state_bytes_max": max(state_bytes.values()),
-            "total_state_bytes": total}
+    return {
+        "losses": step_losses,
+        "params": params,
+        "state_bytes_max": max(state_bytes.values()),
+        "total_state_bytes": total,
+    }
 
 
 if __name__ == "__main__":

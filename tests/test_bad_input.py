@@ -158,8 +158,9 @@ def test_config_yaml_of_the_wrong_shape(capsys, tmp_path, run_out, text, message
 def test_an_override_does_not_hide_a_malformed_section(tmp_path, capsys, run_out):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("model: [1, 2]\n")
-    fails_with_one_line(capsys, train_cli.main, ["--out", run_out, "--config", cfg, *TINY],
-                        "config section model must be a mapping")
+    fails_with_one_line(
+        capsys, train_cli.main, ["--out", run_out, "--config", cfg, *TINY], "config section model must be a mapping"
+    )
 
 
 SPECS = [
@@ -197,8 +198,14 @@ def _paths(tmp: Path) -> dict[str, Path]:
     (tmp / "corpus" / "a.txt").write_text("a readable book\n" * 100)
     if not (tmp / "corpus" / "b.txt").is_symlink():
         (tmp / "corpus" / "b.txt").symlink_to(tmp / "nowhere")
-    return {"corpus": tmp / "corpus", "dir": tmp / "a_dir", "file": tmp / "a_file", "dangling": tmp / "dangling",
-            "under_file": tmp / "a_file" / "sub", "latin1": tmp / "latin1.csv"}
+    return {
+        "corpus": tmp / "corpus",
+        "dir": tmp / "a_dir",
+        "file": tmp / "a_file",
+        "dangling": tmp / "dangling",
+        "under_file": tmp / "a_file" / "sub",
+        "latin1": tmp / "latin1.csv",
+    }
 
 
 FILES = [
@@ -229,8 +236,13 @@ FILES = [
     ("generate", ["--hf-gpt2", "", "--prompt", "x"], "--hf-gpt2 must name a directory"),
     ("generate", ["--prompt", "x"], "one of the arguments --checkpoint --hf-gpt2 is required"),
 ]
-MAINS = {"train": train_cli.main, "sweep": sweep_cli.main, "fit": fit_cli.main, "evaluate": evaluate_cli.main,
-         "generate": generate_cli.main}
+MAINS = {
+    "train": train_cli.main,
+    "sweep": sweep_cli.main,
+    "fit": fit_cli.main,
+    "evaluate": evaluate_cli.main,
+    "generate": generate_cli.main,
+}
 
 
 @pytest.mark.parametrize("cli, args, message", FILES, ids=[f"{c}:{' '.join(a)}" for c, a, _ in FILES])
@@ -269,14 +281,29 @@ def tiny_gpt2(d: Path) -> Path:
     """A one-layer GPT-2 (width 8, context 16, GPT-2's vocabulary) with random weights."""
     d.mkdir(parents=True, exist_ok=True)
     V, C, E = 50257, 16, 8
-    (d / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_layer": 1, "n_head": 2, "n_embd": E,
-                                               "n_positions": C, "vocab_size": V, "n_inner": None}))
+    (d / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "gpt2",
+                "n_layer": 1,
+                "n_head": 2,
+                "n_embd": E,
+                "n_positions": C,
+                "vocab_size": V,
+                "n_inner": None,
+            }
+        )
+    )
     rng = np.random.default_rng(0)
     w = {"wte.weight": rng.normal(0, 0.02, (V, E)), "wpe.weight": rng.normal(0, 0.02, (C, E))}
     for p in ("h.0.ln_1", "h.0.ln_2", "ln_f"):
         w[f"{p}.weight"], w[f"{p}.bias"] = np.ones(E), np.zeros(E)
-    for p, (i, o) in {"h.0.attn.c_attn": (E, 3 * E), "h.0.attn.c_proj": (E, E), "h.0.mlp.c_fc": (E, 4 * E),
-                      "h.0.mlp.c_proj": (4 * E, E)}.items():
+    for p, (i, o) in {
+        "h.0.attn.c_attn": (E, 3 * E),
+        "h.0.attn.c_proj": (E, E),
+        "h.0.mlp.c_fc": (E, 4 * E),
+        "h.0.mlp.c_proj": (4 * E, E),
+    }.items():
         w[f"{p}.weight"], w[f"{p}.bias"] = rng.normal(0, 0.02, (i, o)), np.zeros(o)
     write_safetensors(d / "model.safetensors", w)
     return d
@@ -325,8 +352,12 @@ def test_sampling_parameters_and_lengths_that_cannot_run(capsys, gpt2_dir, args,
 def test_evaluate_batches_that_cannot_fit_in_memory(capsys, tmp_path, gpt2_dir):
     text = tmp_path / "t.txt"
     text.write_text("hello there, general kenobi")
-    fails_with_one_line(capsys, evaluate_cli.main, ["--hf-gpt2", gpt2_dir, "--text", text,
-                                                    "--batch-size", "1000000000000"], "lower --batch-size")
+    fails_with_one_line(
+        capsys,
+        evaluate_cli.main,
+        ["--hf-gpt2", gpt2_dir, "--text", text, "--batch-size", "1000000000000"],
+        "lower --batch-size",
+    )
 
 
 def test_rotary_lengths_are_capped_by_memory_not_only_by_the_context():
@@ -360,11 +391,17 @@ SAFETENSORS = [
     ("negative offset", _header({"wte.weight": {**F32_2, "data_offsets": [-8, 0]}}) + b"\0" * 8, "needs a dtype"),
     ("negative shape", _header({"wte.weight": {**F32_2, "shape": [-1, -2]}}) + b"\0" * 8, "needs a dtype"),
     ("offsets past the data", _header({"wte.weight": F32_2}) + b"\0" * 4, "truncated or corrupt (tensor wte.weight"),
-    ("offsets reversed", _header({"wte.weight": {**F32_2, "data_offsets": [8, 0]}}) + b"\0" * 8,
-     "truncated or corrupt"),
+    (
+        "offsets reversed",
+        _header({"wte.weight": {**F32_2, "data_offsets": [8, 0]}}) + b"\0" * 8,
+        "truncated or corrupt",
+    ),
     ("size mismatch", _header({"wte.weight": {**F32_2, "shape": [3]}}) + b"\0" * 8, "truncated or corrupt"),
-    ("unknown dtype", _header({"wte.weight": {**F32_2, "dtype": "F8_E9M9"}}) + b"\0" * 8,
-     "unsupported dtype 'F8_E9M9'"),
+    (
+        "unknown dtype",
+        _header({"wte.weight": {**F32_2, "dtype": "F8_E9M9"}}) + b"\0" * 8,
+        "unsupported dtype 'F8_E9M9'",
+    ),
 ]
 
 
@@ -450,8 +487,11 @@ def test_each_class_in_a_real_process(tmp_path, run_out):
         ("experiments.train", ["--out", run_out, *TINY, "--train.tokens", "inf"], "--train.tokens expects an integer"),
         ("experiments.train", ["--out", run_out, *TINY, "--config", bad_yaml], "config section model must be"),
         ("experiments.train", ["--out", paths["file"], *TINY], "exists and is not a directory"),
-        ("experiments.generate", ["--hf-gpt2", paths["dir"], "--prompt", "a", "--temperature", "nan"],
-         "--temperature must be a finite number"),
+        (
+            "experiments.generate",
+            ["--hf-gpt2", paths["dir"], "--prompt", "a", "--temperature", "nan"],
+            "--temperature must be a finite number",
+        ),
     ]
     for module, args, message in cases:
         r = run_cli(module, *args, timeout=120)
@@ -462,10 +502,16 @@ def test_each_class_in_a_real_process(tmp_path, run_out):
 
 
 def test_the_config_layer_does_not_import_jax():
-    code = ("import sys, scaling.config, scaling.sweep.spec, analysis.fit; "
-            "sys.exit(any(m in sys.modules for m in ('jax', 'flax', 'optax')))")
-    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                          timeout=120).returncode == 0
+    code = (
+        "import sys, scaling.config, scaling.sweep.spec, analysis.fit; "
+        "sys.exit(any(m in sys.modules for m in ('jax', 'flax', 'optax')))"
+    )
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120
+        ).returncode
+        == 0
+    )
 
 
 # ----------------------------------------------------------------------------- fits that give no valid law
@@ -484,19 +530,40 @@ def _csv(path: Path, loss) -> Path:
 def _strict_json(text: str):
     def refuse(name):
         raise AssertionError(f"non-standard JSON constant {name}")
+
     return json.loads(text, parse_constant=refuse)
 
 
-@pytest.mark.parametrize("kind, loss, reason", [
-    ("loss rising with N", lambda N, rng: 2.0 + 0.1 * math.log(N) + 0.01 * rng.standard_normal(), "alpha = "),
-    ("constant loss", lambda N, rng: 3.0, "the data show no dependence on N"),
-])
+@pytest.mark.parametrize(
+    "kind, loss, reason",
+    [
+        ("loss rising with N", lambda N, rng: 2.0 + 0.1 * math.log(N) + 0.01 * rng.standard_normal(), "alpha = "),
+        ("constant loss", lambda N, rng: 3.0, "the data show no dependence on N"),
+    ],
+)
 @pytest.mark.e2e
 def test_a_fit_to_an_invalid_law_is_written_with_a_degenerate_flag(capsys, tmp_path, kind, loss, reason):
     csv = _csv(tmp_path / "runs.csv", loss)
     out, plots = tmp_path / "fit.json", tmp_path / "plots"
-    rc = fit_cli.main(["--results", str(csv), "--approach", "all", "--bootstrap", "3", "--predict-c", "1e20",
-                       "--holdout-top-c", "2", "--out", str(out), "--plots", str(plots), "--no-progress"])
+    rc = fit_cli.main(
+        [
+            "--results",
+            str(csv),
+            "--approach",
+            "all",
+            "--bootstrap",
+            "3",
+            "--predict-c",
+            "1e20",
+            "--holdout-top-c",
+            "2",
+            "--out",
+            str(out),
+            "--plots",
+            str(plots),
+            "--no-progress",
+        ]
+    )
     report = capsys.readouterr().out
     assert rc == 0
     res = _strict_json(out.read_text())
@@ -522,23 +589,61 @@ def test_degenerate_reasons_by_hand():
 
 # ----------------------------------------------------------------------------- property-based: the config parser
 
-FIELDS = [(f.name, g.name) for f in dataclasses.fields(config_lib.Config)
-          for g in dataclasses.fields(f.default_factory)]
-NASTY = ["inf", "-inf", "nan", "NaN", "1e30", "-1", "0", "-0", "1e-400", "2.5", "0x10", " 7 ", "1_000", "",
-         "12345678901234567890", "9" * 30, "1e999999999", "true", "no", "null", "~", "[1]", "{a: 1}", "rotary",
-         "\x00", "é", "4294967296", "9223372036854775808", "-9223372036854775809"]
+FIELDS = [
+    (f.name, g.name) for f in dataclasses.fields(config_lib.Config) for g in dataclasses.fields(f.default_factory)
+]
+NASTY = [
+    "inf",
+    "-inf",
+    "nan",
+    "NaN",
+    "1e30",
+    "-1",
+    "0",
+    "-0",
+    "1e-400",
+    "2.5",
+    "0x10",
+    " 7 ",
+    "1_000",
+    "",
+    "12345678901234567890",
+    "9" * 30,
+    "1e999999999",
+    "true",
+    "no",
+    "null",
+    "~",
+    "[1]",
+    "{a: 1}",
+    "rotary",
+    "\x00",
+    "é",
+    "4294967296",
+    "9223372036854775808",
+    "-9223372036854775809",
+]
 SCALARS = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(10**40), max_value=10**40),
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**40), max_value=10**40),
     # no subnormals: a library built with -ffast-math may have switched them off in this process
     st.floats(allow_nan=True, allow_infinity=True, allow_subnormal=False),
-    st.sampled_from(NASTY), st.text(max_size=12),
+    st.sampled_from(NASTY),
+    st.text(max_size=12),
 )
-VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                      st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-                      max_leaves=8)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=8,
+)
 SECTION_NAMES = st.one_of(st.sampled_from(sorted({s for s, _ in FIELDS})), st.text(max_size=6), st.integers())
-PROPERTY = settings(max_examples=200, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+PROPERTY = settings(
+    max_examples=200,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 
 
 def _valid(cfg: config_lib.Config) -> None:
@@ -568,9 +673,19 @@ def test_random_overrides_give_a_valid_config_or_a_usage_error(pairs):
 
 
 @PROPERTY
-@given(st.dictionaries(SECTION_NAMES, st.one_of(
-    st.dictionaries(st.one_of(st.sampled_from([n for _, n in FIELDS]), st.text(max_size=6)), VALUES, max_size=4),
-    VALUES), max_size=4), st.dictionaries(st.sampled_from(FIELDS), st.sampled_from(NASTY), max_size=2))
+@given(
+    st.dictionaries(
+        SECTION_NAMES,
+        st.one_of(
+            st.dictionaries(
+                st.one_of(st.sampled_from([n for _, n in FIELDS]), st.text(max_size=6)), VALUES, max_size=4
+            ),
+            VALUES,
+        ),
+        max_size=4,
+    ),
+    st.dictionaries(st.sampled_from(FIELDS), st.sampled_from(NASTY), max_size=2),
+)
 def test_random_yaml_documents_give_a_valid_config_or_a_usage_error(tmp_path_factory, doc, flat_overrides):
     path = tmp_path_factory.mktemp("yaml", numbered=True) / "c.yaml"
     path.write_text(yaml.safe_dump(doc, allow_unicode=True))

@@ -83,6 +83,7 @@ def test_rerunning_a_finished_run_reports_the_same_summary(reference, tmp_path):
     # wall time counts the first process's time up to its last checkpoint plus the rerun's
     from scaling.checkpoint import Checkpointer
     from scaling.config import CheckpointConfig
+
     ckpt = Checkpointer(out / "checkpoints", CheckpointConfig())
     before = ckpt.read_meta(80)["wall_s"]
     ckpt.close()
@@ -101,8 +102,9 @@ def test_changed_config_is_refused_but_safe_fields_may_change(reference, tmp_pat
     assert (out / "metrics.jsonl").read_text() == before
     summary = train_cli.main(["--out", str(out), *TINY, *CKPT, "--train.eval_every", "20"])
     assert summary["status"] == "completed"
-    summary = train_cli.main(["--out", str(out), *TINY, *CKPT, "--optim.lr", "3e-3",
-                              "--resume.allow_config_change", "true"])
+    summary = train_cli.main(
+        ["--out", str(out), *TINY, *CKPT, "--optim.lr", "3e-3", "--resume.allow_config_change", "true"]
+    )
     assert summary["status"] == "completed"
 
 
@@ -120,8 +122,9 @@ def test_nan_ends_the_run_as_diverged_with_a_restorable_checkpoint(tmp_path, cap
 
 
 def test_skip_nonfinite_skips_the_bad_step(tmp_path, capsys):
-    summary = train_cli.main(["--out", str(tmp_path / "run"), *TINY, "--debug.inject_nan_step", "45",
-                              "--train.skip_nonfinite", "1"])
+    summary = train_cli.main(
+        ["--out", str(tmp_path / "run"), *TINY, "--debug.inject_nan_step", "45", "--train.skip_nonfinite", "1"]
+    )
     assert summary["status"] == "completed" and "update skipped" in capsys.readouterr().err
 
 

@@ -13,8 +13,9 @@ from tests.helpers import TINY, run_cli
 
 def test_cosine_twin_has_the_runs_config_but_the_schedule(tmp_path):
     run = tmp_path / "sweep" / "runs" / "r0"
-    train_cli.main(["--out", str(run), *TINY, "--train.tokens", "10240", "--optim.schedule", "wsd",
-                    "--optim.min_lr_ratio", "0"])
+    train_cli.main(
+        ["--out", str(run), *TINY, "--train.tokens", "10240", "--optim.schedule", "wsd", "--optim.min_lr_ratio", "0"]
+    )
     rows = cosine_check.main(["--sweep", str(tmp_path / "sweep"), "--runs", "r0"])
     twin = read_config(tmp_path / "sweep" / "cosine_check" / "r0")
     wsd = read_config(run)

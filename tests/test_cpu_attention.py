@@ -35,12 +35,15 @@ def _value_and_grads(fn, q, k, v, do):
 
 
 @needs_compiler
-@pytest.mark.parametrize("b,t,h,d", [(2, 256, 4, 32), (2, 100, 3, 16), (2, 77, 2, 64), (1, 33, 2, 128),
-                                     (3, 1, 2, 32), (1, 40, 1, 16)])
+@pytest.mark.parametrize(
+    "b,t,h,d", [(2, 256, 4, 32), (2, 100, 3, 16), (2, 77, 2, 64), (1, 33, 2, 128), (3, 1, 2, 32), (1, 40, 1, 16)]
+)
 def test_kernel_equals_masked_softmax_values_and_gradients(b, t, h, d):
     assert cpu_attention.unavailable() is None
-    q, k, v, do = (jax.random.normal(key, (b, t, h, d)) * s
-                   for key, s in zip(jax.random.split(jax.random.key(t * d), 4), (3.0, 3.0, 1.0, 1.0)))
+    q, k, v, do = (
+        jax.random.normal(key, (b, t, h, d)) * s
+        for key, s in zip(jax.random.split(jax.random.key(t * d), 4), (3.0, 3.0, 1.0, 1.0))
+    )
     got = jax.jit(lambda *a: _value_and_grads(cpu_attention.causal_attention, *a))(q, k, v, do)
     want = jax.jit(lambda *a: _value_and_grads(_reference, *a))(q, k, v, do)
     for name, g, w in zip(("out", "dq", "dk", "dv"), got, want):
@@ -63,8 +66,14 @@ def test_loading_the_kernel_keeps_subnormal_numbers_for_the_rest_of_the_process(
         assert tiny / 2 > 0 and np.float32(np.finfo(np.float32).tiny) / np.float32(2) > 0
         print("ok")
     """)
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 
@@ -102,8 +111,7 @@ def test_kernel_on_sharded_meshes_matches_one_device():
         print("ok")
     """)
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 

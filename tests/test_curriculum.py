@@ -29,8 +29,18 @@ from scaling.model import GPT
 from scaling.train import cross_entropy, load_run
 from tests.helpers import REPO, TINY
 
-CURRIC = ["--data.curriculum", "root", "--data.curriculum_score", "rarity", "--data.curriculum_horizon", "1.0",
-          "--checkpoint.every_steps", "20", "--checkpoint.keep", "10"]
+CURRIC = [
+    "--data.curriculum",
+    "root",
+    "--data.curriculum_score",
+    "rarity",
+    "--data.curriculum_horizon",
+    "1.0",
+    "--checkpoint.every_steps",
+    "20",
+    "--checkpoint.keep",
+    "10",
+]
 
 
 def _corpus(tmp_path, n=14, seed=0):
@@ -46,10 +56,11 @@ def _corpus(tmp_path, n=14, seed=0):
 
 
 def _cfg(corpus, curriculum="linear", score="rarity", seq_len=16, batch=8, tokens=16 * 8 * 50, seed=3, **data):
-    return Config(model=ModelConfig(n_layer=1, n_head=1, d_model=16, seq_len=seq_len, vocab_size=257),
-                  data=DataConfig(corpus=str(corpus), tokenizer="byte", curriculum=curriculum,
-                                  curriculum_score=score, **data),
-                  train=TrainConfig(tokens=tokens, batch_size=batch, seed=seed, progress=False))
+    return Config(
+        model=ModelConfig(n_layer=1, n_head=1, d_model=16, seq_len=seq_len, vocab_size=257),
+        data=DataConfig(corpus=str(corpus), tokenizer="byte", curriculum=curriculum, curriculum_score=score, **data),
+        train=TrainConfig(tokens=tokens, batch_size=batch, seed=seed, progress=False),
+    )
 
 
 # ----------------------------------------------------------------------------- pacing
@@ -62,7 +73,7 @@ def test_pacing_functions_equal_the_formulas_and_are_monotone_from_c0_to_1():
         t = rng.uniform(0, 2 * T, 50)
         np.testing.assert_allclose(cu.linear_pacing(t, T, c0), np.minimum(1, t * (1 - c0) / T + c0), rtol=1e-12)
         for p in (2, 3):
-            want = np.minimum(1, (t * (1 - c0 ** p) / T + c0 ** p) ** (1 / p))
+            want = np.minimum(1, (t * (1 - c0**p) / T + c0**p) ** (1 / p))
             np.testing.assert_allclose(cu.root_pacing(t, T, c0, p), want, rtol=1e-12)
         assert cu.root_pacing(t, T, c0)[0] == cu.root_pacing(t, T, c0, 2)[0]  # p = 2 by default
         for f in (cu.linear_pacing, cu.root_pacing, cu.step_pacing, cu.exp_pacing):
@@ -92,8 +103,11 @@ def test_config_values_are_validated(tmp_path, capsys):
             cu.parse_score(bad)
     cu.check_config(DataConfig(curriculum="anti-step", curriculum_score="doc:rarity"))
     # bad values end the CLI with one line and exit code 2, before any compute
-    for args in (["--data.curriculum", "cosine"], ["--data.curriculum_score", "perplexity"],
-                 ["--data.curriculum_score", f"model:{tmp_path / 'nope'}"]):
+    for args in (
+        ["--data.curriculum", "cosine"],
+        ["--data.curriculum_score", "perplexity"],
+        ["--data.curriculum_score", f"model:{tmp_path / 'nope'}"],
+    ):
         with pytest.raises(SystemExit) as e:
             train_cli.main(["--out", str(tmp_path / "run"), *TINY, "--data.curriculum", "linear", *args])
         err = capsys.readouterr().err.strip().splitlines()
@@ -220,8 +234,9 @@ def test_full_competence_draws_from_the_plain_loaders_distribution(small):
     # the uniform draw used below competence 1, at full competence, is uniform too
     draws = np.concatenate([sampler.draw(s, n) for s in range(2000)])
     assert stats.chisquare(np.bincount(draws, minlength=n)).pvalue > 1e-3
-    table = np.stack([np.bincount(draws // 10, minlength=n // 10 + 1),
-                      np.bincount(plain_ids // 10, minlength=n // 10 + 1)])
+    table = np.stack(
+        [np.bincount(draws // 10, minlength=n // 10 + 1), np.bincount(plain_ids // 10, minlength=n // 10 + 1)]
+    )
     assert stats.chi2_contingency(table[:, table.sum(axis=0) > 0]).pvalue > 1e-3
     # below competence 1: uniform over the eligible prefix
     k = n // 3
@@ -290,7 +305,7 @@ def test_model_scores_are_the_reference_checkpoints_losses(reference, tmp_path):
     cfg, params = load_run(reference)
     model = GPT(cfg.model)
     for w in (0, n_w // 2, n_w - 1):
-        batch = np.asarray(splits.train[w * 32: w * 32 + 33], np.int32)[None]
+        batch = np.asarray(splits.train[w * 32 : w * 32 + 33], np.int32)[None]
         assert scores[w] == pytest.approx(float(jax.device_get(cross_entropy(model, params, batch))), rel=1e-5)
     doc = difficulty.compute_scores(splits, 32, cu.parse_score(f"doc:model:{reference}"), progress=False)
     start_doc = cu.documents(splits.train, splits.manifest["eot"]).doc_of(np.arange(n_w) * 32)
@@ -311,10 +326,28 @@ def test_arm_differences_with_seed_and_batch_bootstraps():
         for seed in (0, 1, 2):
             base = 3.0 - n / 1e4 + rng.normal(0, 0.01)
             for arm, shift in (("none", 0.0), ("linear", -0.02), ("anti", 0.05)):
-                rows.append({"run_id": f"{n}-{seed}-{arm}", "arm": arm, "n_params": n, "tokens": 5000,
-                             "seed": seed, "val_loss": base + shift + rng.normal(0, 0.003), "status": "completed"})
-    rows.append({"run_id": "x", "arm": "linear", "n_params": 3000, "tokens": 5000, "seed": 0, "val_loss": 9.0,
-                 "status": "diverged"})
+                rows.append(
+                    {
+                        "run_id": f"{n}-{seed}-{arm}",
+                        "arm": arm,
+                        "n_params": n,
+                        "tokens": 5000,
+                        "seed": seed,
+                        "val_loss": base + shift + rng.normal(0, 0.003),
+                        "status": "completed",
+                    }
+                )
+    rows.append(
+        {
+            "run_id": "x",
+            "arm": "linear",
+            "n_params": 3000,
+            "tokens": 5000,
+            "seed": 0,
+            "val_loss": 9.0,
+            "status": "diverged",
+        }
+    )
     df = pd.DataFrame(rows)
     t = arms.arm_differences(df, n_boot=4000)
     assert list(t["arm"]) == ["anti", "linear"] * 2 and set(t["resampled"]) == {"seeds"}
@@ -351,11 +384,21 @@ def test_arm_differences_cli_reevaluates_validation_batches(reference, tmp_path,
     rows = []
     for arm in ("none", "root"):
         (runs / f"r-{arm}").symlink_to(reference, target_is_directory=True)
-        rows.append({"run_id": f"r-{arm}", "arm": arm, "n_params": summary["n_params"], "tokens": summary["tokens"],
-                     "seed": 0, "val_loss": summary["val_loss"], "status": "completed"})
+        rows.append(
+            {
+                "run_id": f"r-{arm}",
+                "arm": arm,
+                "n_params": summary["n_params"],
+                "tokens": summary["tokens"],
+                "seed": 0,
+                "val_loss": summary["val_loss"],
+                "status": "completed",
+            }
+        )
     pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
-    table = arms.main(["--results", str(tmp_path / "results.csv"), "--out", str(tmp_path / "d.json"),
-                     "--bootstrap", "200"])
+    table = arms.main(
+        ["--results", str(tmp_path / "results.csv"), "--out", str(tmp_path / "d.json"), "--bootstrap", "200"]
+    )
     out = capsys.readouterr().out
     assert "root" in out and "batches" in out
     assert table.iloc[0]["diff"] == 0.0 and table.iloc[0]["lo"] == 0.0 == table.iloc[0]["hi"]

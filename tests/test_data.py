@@ -64,7 +64,7 @@ def test_batches_are_a_pure_function_of_seed_and_step():
     assert x.shape == (8, 33) and x.dtype == np.int32
     # windows are consecutive tokens of the training split
     start = a.window_starts(5)[0]
-    np.testing.assert_array_equal(x[0], np.asarray(splits.train[start:start + 33]))
+    np.testing.assert_array_equal(x[0], np.asarray(splits.train[start : start + 33]))
 
 
 def test_an_epoch_visits_every_window_once_at_one_shift():

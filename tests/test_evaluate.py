@@ -44,7 +44,7 @@ def _naive_max_context_nll(ids_with_bos: list[int]) -> np.ndarray:
     rows, pos = [], []
     for j in range(1, len(x)):
         a = max(0, j - C)
-        rows.append(np.pad(x[a: a + C], (0, max(0, C - len(x[a: a + C])))))
+        rows.append(np.pad(x[a : a + C], (0, max(0, C - len(x[a : a + C])))))
         pos.append(j - 1 - a)
     logits = GPT(CFG).apply({"params": PARAMS}, jnp.asarray(np.stack(rows), jnp.int32))
     logp = np.asarray(jax.nn.log_softmax(logits, -1))
@@ -70,7 +70,7 @@ def test_non_overlapping_windows_equal_the_training_loss():
     ids = np.random.default_rng(1).integers(0, 49, 3 * 16).tolist()
     ev = evaluation.evaluate_tokens(CFG, PARAMS, ids, bos=49, byte_lengths=BYTES, stride=16)
     seq = np.asarray([49] + ids)
-    windows = np.stack([seq[a: a + 17] for a in (0, 16, 32)])
+    windows = np.stack([seq[a : a + 17] for a in (0, 16, 32)])
     ref = float(cross_entropy(GPT(CFG), PARAMS, jnp.asarray(windows)))
     assert ev.windows == 3 and ev.loss == pytest.approx(ref, rel=1e-5)
 
@@ -84,6 +84,7 @@ def test_text_shorter_than_the_context_is_one_window():
 
 # ----------------------------------------------------------------------------- the CLI
 
+
 @pytest.fixture(scope="module")
 def run_dir():
     return tiny_run_dir()
@@ -91,6 +92,7 @@ def run_dir():
 
 def _cli(capsys, *args):
     from experiments import evaluate as cli
+
     capsys.readouterr()
     try:
         out = cli.main(list(map(str, args)))
@@ -117,13 +119,16 @@ def test_cli_on_a_trained_run(run_dir, tmp_path, capsys):
     assert rc == 0 and out32["windows"] == math.ceil(3000 / 32) and out32["tokens"] == 3000
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--text", "MISSING"), "text file not found"),
-    (("--text", "EMPTY"), "text file is empty"),
-    (("--text", "OK", "--stride", "0"), "--stride must be in [1, 32]"),
-    (("--text", "OK", "--stride", "33"), "--stride must be in [1, 32]"),
-    (("--text", "OK", "--batch-size", "0"), "--batch-size must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--text", "MISSING"), "text file not found"),
+        (("--text", "EMPTY"), "text file is empty"),
+        (("--text", "OK", "--stride", "0"), "--stride must be in [1, 32]"),
+        (("--text", "OK", "--stride", "33"), "--stride must be in [1, 32]"),
+        (("--text", "OK", "--batch-size", "0"), "--batch-size must be >= 1"),
+    ],
+)
 def test_cli_bad_input_exit_2(run_dir, tmp_path, capsys, args, message):
     (tmp_path / "EMPTY").write_text("")
     (tmp_path / "OK").write_text("hello there")

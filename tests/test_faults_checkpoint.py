@@ -36,7 +36,7 @@ def _flip(step_dir):
     f = _data_file(step_dir)
     data = bytearray(f.read_bytes())
     mid = len(data) // 2
-    data[mid:mid + 256] = bytes(b ^ 0xFF for b in data[mid:mid + 256])
+    data[mid : mid + 256] = bytes(b ^ 0xFF for b in data[mid : mid + 256])
     f.write_bytes(bytes(data))
 
 
@@ -55,7 +55,8 @@ def _warnings(err):
 
 @pytest.mark.parametrize("fault", [_flip, _truncate, _delete], ids=["flipped", "truncated", "deleted"])
 def test_corrupt_latest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_previous(
-        reference, tmp_path, capsys, fault):
+    reference, tmp_path, capsys, fault
+):
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     fault(out / "checkpoints" / "80")
@@ -168,13 +169,14 @@ def test_data_and_manifest_are_fsynced_before_the_step_counts_as_committed(tmp_p
     ck.close()
     step_dir = tmp_path / "ck" / "7"
     files = json.loads((step_dir / MANIFEST).read_text())["files"]
-    assert files and set(files) == {str(p.relative_to(step_dir)) for p in step_dir.rglob("*")
-                                    if p.is_file() and p.name != MANIFEST}
+    assert files and set(files) == {
+        str(p.relative_to(step_dir)) for p in step_dir.rglob("*") if p.is_file() and p.name != MANIFEST
+    }
     manifest_at = max(i for i, p in enumerate(synced) if os.path.basename(p).startswith(f".{MANIFEST}."))
     before = set(synced[:manifest_at])
     assert {str(step_dir / rel) for rel in files} <= before  # every data file, before the manifest
     assert {str(step_dir), str(step_dir / "state"), str(tmp_path / "ck")} <= before  # and the directories
-    assert str(step_dir) in synced[manifest_at + 1:]  # the manifest's rename into place
+    assert str(step_dir) in synced[manifest_at + 1 :]  # the manifest's rename into place
 
 
 def test_an_intact_checkpoint_of_another_state_tree_is_refused_not_moved(tmp_path):
@@ -197,8 +199,7 @@ def test_a_checkpoint_of_other_shapes_is_refused_even_when_config_changes_are_al
         train_cli.main(["--out", str(out), *TINY, *CKPT, "--model.d_ff", "96", "--resume.allow_config_change", "true"])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(("error", "warning"))]
     assert e.value.code == 2
-    assert len(err) == 1 and "checkpoint 80" in err[0] and "float32[128]" in err[0] \
-        and "float32[96]" in err[0], err
+    assert len(err) == 1 and "checkpoint 80" in err[0] and "float32[128]" in err[0] and "float32[96]" in err[0], err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == before
 
 
@@ -208,8 +209,9 @@ def test_a_checkpoint_of_the_other_layer_layout_is_refused_with_the_field_to_set
     out = tmp_path / "run"
     shutil.copytree(reference, out)
     with pytest.raises(SystemExit) as e:
-        train_cli.main(["--out", str(out), *TINY, *CKPT, "--model.scan_layers", "true",
-                        "--resume.allow_config_change", "true"])
+        train_cli.main(
+            ["--out", str(out), *TINY, *CKPT, "--model.scan_layers", "true", "--resume.allow_config_change", "true"]
+        )
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith(("error", "warning"))]
     assert e.value.code == 2
     assert len(err) == 1 and "looped layers" in err[0] and "model.scan_layers false" in err[0], err

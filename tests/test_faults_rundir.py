@@ -30,8 +30,17 @@ from scaling.train import load_run
 from tests.helpers import REPO, TINY, run_cli
 
 # 40 steps, checkpoints every 10, evaluations every 20
-SHORT = [*TINY, "--train.tokens", "10240", "--train.eval_every", "20", "--checkpoint.every_steps", "10",
-         "--checkpoint.keep", "10"]
+SHORT = [
+    *TINY,
+    "--train.tokens",
+    "10240",
+    "--train.eval_every",
+    "20",
+    "--checkpoint.every_steps",
+    "10",
+    "--checkpoint.keep",
+    "10",
+]
 
 
 def _metrics(out: Path) -> list[dict]:
@@ -40,8 +49,9 @@ def _metrics(out: Path) -> list[dict]:
 
 def _files(out: Path) -> dict[str, bytes]:
     """Every file under ``out`` but the lock, by relative path, with its bytes."""
-    return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*")
-            if p.is_file() and p.name != run_io.LOCK_FILE}
+    return {
+        str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file() and p.name != run_io.LOCK_FILE
+    }
 
 
 def _refused(argv: list[str], capsys) -> str:
@@ -64,8 +74,7 @@ def reference(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("kept", [("config.yaml", "metrics.jsonl", "summary.json"), ("metrics.jsonl",)])
-def test_another_config_into_a_directory_without_checkpoints_is_refused_untouched(reference, tmp_path, capsys,
-                                                                                  kept):
+def test_another_config_into_a_directory_without_checkpoints_is_refused_untouched(reference, tmp_path, capsys, kept):
     """Checkpoints deleted (or never written): the directory's own config.yaml still tells the
     run apart; outputs without a config.yaml are not taken over either."""
     out = tmp_path / "run"
@@ -136,10 +145,14 @@ def contended(tmp_path_factory) -> dict:
     """A CLI run that diverges (NaN injected at step 30), and a second in-process run on the
     same --out started while the first holds the directory."""
     out = tmp_path_factory.mktemp("two") / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "experiments.train", "--out", str(out), *SHORT,
-                             "--debug.inject_nan_step", "30"],
-                            cwd=REPO, env=dict(os.environ, XLA_FLAGS=""), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "experiments.train", "--out", str(out), *SHORT, "--debug.inject_nan_step", "30"],
+        cwd=REPO,
+        env=dict(os.environ, XLA_FLAGS=""),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     holder = f"pid {proc.pid} on "
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and holder not in run_io.lock_holder(out / ".lock"):
@@ -149,8 +162,14 @@ def contended(tmp_path_factory) -> dict:
     with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as second:
         train_cli.main(["--out", str(out), *SHORT])
     _, stderr = proc.communicate(timeout=300)
-    return {"out": out, "pid": proc.pid, "rc": proc.returncode, "stderr": stderr,
-            "second_code": second.value.code, "second_err": err.getvalue()}
+    return {
+        "out": out,
+        "pid": proc.pid,
+        "rc": proc.returncode,
+        "stderr": stderr,
+        "second_code": second.value.code,
+        "second_err": err.getvalue(),
+    }
 
 
 def test_a_second_process_on_one_directory_exits_2_naming_the_holder(contended):
@@ -171,8 +190,7 @@ def test_a_diverged_run_exits_3(contended):
 # ------------------------------------------------------------------ an unwritable directory mid-run
 
 
-def test_unwritable_checkpoints_mid_run_end_in_one_line_and_the_rerun_resumes(reference, tmp_path, capfd,
-                                                                              monkeypatch):
+def test_unwritable_checkpoints_mid_run_end_in_one_line_and_the_rerun_resumes(reference, tmp_path, capfd, monkeypatch):
     """Simulates the checkpoints directory ceasing to take writes at step 20 (after the save at
     step 10 is on disk). The tests run as root, where chmod does not stop writes, so the
     directory is moved aside and a file put in its place: the next save meets the OSError
@@ -222,8 +240,7 @@ def _foreign_run(out: Path, run_id: str, cfg) -> None:
     d.mkdir(parents=True)
     (d / "config.yaml").write_text(cfg.to_yaml())
     (d / "plan.json").write_text(json.dumps({"index": 0, "run_id": run_id, "budget": None, "seed": 0}))
-    (d / "summary.json").write_text(json.dumps({"n_params": 5, "tokens": 1536, "val_loss": 9.0,
-                                                "status": "completed"}))
+    (d / "summary.json").write_text(json.dumps({"n_params": 5, "tokens": 1536, "val_loss": 9.0, "status": "completed"}))
 
 
 def _mode(p: Path) -> int:
@@ -253,8 +270,15 @@ def test_a_foreign_run_in_a_sweep_directory_is_left_out_and_named(tmp_path, umas
     assert len(named) == 1 and "L4-d64-D1.0e6-s0" in named[0], r.stdout
     # everything the sweep and its run wrote has the umask's mode, as config.yaml (0640 here)
     run_dir = out / "runs" / plan.runs[0].run_id
-    for p in (out / "plan.json", out / "results.csv", out / "sweep_log.jsonl", run_dir / "config.yaml",
-              run_dir / "metrics.jsonl", run_dir / "summary.json", run_dir / "plan.json"):
+    for p in (
+        out / "plan.json",
+        out / "results.csv",
+        out / "sweep_log.jsonl",
+        run_dir / "config.yaml",
+        run_dir / "metrics.jsonl",
+        run_dir / "summary.json",
+        run_dir / "plan.json",
+    ):
         assert _mode(p) == umask_027 == _mode(run_dir / "config.yaml"), p
 
 

@@ -51,7 +51,9 @@ def write_sweep_csv(path: Path, *, seed=0, n_budgets=5, n_sizes=7, arms=("base",
                 loss = laws.law_loss(N, D, E, *TRUE_P[1:]) * math.exp(0.01 * rng.standard_normal())
                 rows.append(dict(arm=arm, budget=C, n_params=N, tokens=D, val_loss=loss, status="completed"))
         for i in range(diverged):
-            rows.append(dict(arm=arm, budget=1e18, n_params=1e7 * (i + 1), tokens=1e9, val_loss="nan", status="diverged"))
+            rows.append(
+                dict(arm=arm, budget=1e18, n_params=1e7 * (i + 1), tokens=1e9, val_loss="nan", status="diverged")
+            )
     lines = ["run_id,arm,n_params,n_params_nonembed,tokens,flops_6nd,flops_chinchilla,budget,val_loss,status"]
     for i, r in enumerate(rows):
         lines.append(
@@ -71,7 +73,12 @@ def write_curves(root: Path, sizes=np.logspace(6, 8, 9)) -> Path:
         flops = 6 * N * np.logspace(6, 10, 40)
         lines = []
         for step, fl in enumerate(flops):
-            rec = {"step": step, "tokens": fl / (6 * N), "flops": fl, "loss": float(laws.law_loss(N, fl / (6 * N), *TRUE_P))}
+            rec = {
+                "step": step,
+                "tokens": fl / (6 * N),
+                "flops": fl,
+                "loss": float(laws.law_loss(N, fl / (6 * N), *TRUE_P)),
+            }
             if step % 10 == 0:
                 rec["val_loss"] = rec["loss"]
             lines.append(json.dumps(rec))
@@ -81,8 +88,14 @@ def write_curves(root: Path, sizes=np.logspace(6, 8, 9)) -> Path:
     return root
 
 
-FITTERS = {"fit_approach3": approach3, "fit_approach2": approach2, "fit_approach1": approach1,
-           "bootstrap_approach3": bootstrap, "holdout_top_c": holdout, "lbfgs_batch": lbfgs}  # where each is looked up
+FITTERS = {
+    "fit_approach3": approach3,
+    "fit_approach2": approach2,
+    "fit_approach1": approach1,
+    "bootstrap_approach3": bootstrap,
+    "holdout_top_c": holdout,
+    "lbfgs_batch": lbfgs,
+}  # where each is looked up
 
 
 def run_cli(args, **kw):
@@ -99,8 +112,23 @@ def test_chinchilla_epoch_rerun_from_the_cli(tmp_path):
     csv = chinchilla_csv_or_skip()
     out = tmp_path / "fit.json"
     p = run_cli(
-        ["--results", str(csv), "--n-col", "Model Size", "--c-col", "Training FLOP", "--loss-col", "loss",
-         "--drop-top-loss", "5", "--out", str(out), "--predict-c", "5.76e23", "--no-progress"],
+        [
+            "--results",
+            str(csv),
+            "--n-col",
+            "Model Size",
+            "--c-col",
+            "Training FLOP",
+            "--loss-col",
+            "loss",
+            "--drop-top-loss",
+            "5",
+            "--out",
+            str(out),
+            "--predict-c",
+            "5.76e23",
+            "--no-progress",
+        ],
         timeout=300,
     )
     assert p.returncode == 0, p.stderr
@@ -131,8 +159,25 @@ def sweep_run(tmp_path_factory):
     curves = write_curves(tmp / "sweep")
     out, plots = tmp / "out" / "fit.json", tmp / "plots"
     rc = fitcli.main(
-        ["--results", str(csv), "--approach", "all", "--curves", str(curves), "--bootstrap", "20",
-         "--holdout-top-c", "4", "--predict-c", "1e20", "--out", str(out), "--plots", str(plots), "--no-progress"]
+        [
+            "--results",
+            str(csv),
+            "--approach",
+            "all",
+            "--curves",
+            str(curves),
+            "--bootstrap",
+            "20",
+            "--holdout-top-c",
+            "4",
+            "--predict-c",
+            "1e20",
+            "--out",
+            str(out),
+            "--plots",
+            str(plots),
+            "--no-progress",
+        ]
     )
     assert rc == 0
     return csv, json.loads(out.read_text()), plots
@@ -225,7 +270,9 @@ def test_json_to_stdout_without_out(tmp_path, capsys):
 def test_c_column_gives_d(tmp_path):
     """With a FLOPs column and no tokens column, D = C / (6N)."""
     csv = tmp_path / "runs.csv"
-    csv.write_text("N,C,loss\n" + "\n".join(f"{n},{c},{l}" for n, c, l in [(1e6, 6e12, 3.5), (2e6, 6e12, 3.4), (4e6, 6e12, 3.45)]))
+    csv.write_text(
+        "N,C,loss\n" + "\n".join(f"{n},{c},{l}" for n, c, l in [(1e6, 6e12, 3.5), (2e6, 6e12, 3.4), (4e6, 6e12, 3.45)])
+    )
     runs = fitcli.load_runs(csv, n_col="N", d_col="tokens", c_col="C", loss_col="loss")
     np.testing.assert_allclose(runs.D, [1e6, 5e5, 2.5e5])
     np.testing.assert_allclose(runs.C, 6e12)
@@ -282,23 +329,63 @@ BAD = [
     # (name, args builder, expected message fragment)
     ("missing file", lambda f, t: ["--results", str(t / "nope.csv")], "results file not found"),
     ("empty file", lambda f, t: ["--results", str(f["empty"])], "cannot read"),
-    ("missing loss column", lambda f, t: ["--results", str(f["good"]), "--loss-col", "nope"], "missing column(s) 'nope' (--loss-col)"),
-    ("missing N column", lambda f, t: ["--results", str(f["good"]), "--n-col", "size"], "missing column(s) 'size' (--n-col)"),
+    (
+        "missing loss column",
+        lambda f, t: ["--results", str(f["good"]), "--loss-col", "nope"],
+        "missing column(s) 'nope' (--loss-col)",
+    ),
+    (
+        "missing N column",
+        lambda f, t: ["--results", str(f["good"]), "--n-col", "size"],
+        "missing column(s) 'size' (--n-col)",
+    ),
     ("missing D and C", lambda f, t: ["--results", str(f["good"]), "--d-col", "D"], "pass --d-col or --c-col"),
     ("missing C column", lambda f, t: ["--results", str(f["good"]), "--c-col", "flops"], "'flops' (--c-col) not in"),
-    ("non-positive loss", lambda f, t: ["--results", str(f["nonpositive"])], "non-positive loss value(s) in column 'val_loss'"),
+    (
+        "non-positive loss",
+        lambda f, t: ["--results", str(f["nonpositive"])],
+        "non-positive loss value(s) in column 'val_loss'",
+    ),
     ("non-numeric loss", lambda f, t: ["--results", str(f["nonnumeric"])], "non-numeric value(s) (first: 'abc')"),
-    ("fewer points than parameters", lambda f, t: ["--results", str(f["few"])], "4 runs is fewer than the 5 parameters"),
-    ("holdout leaves too few", lambda f, t: ["--results", str(f["good"]), "--holdout-top-c", "9"], "leaves 3 of 12 runs"),
-    ("approach 1 without curves", lambda f, t: ["--results", str(f["good"]), "--approach", "1"], "--approach 1 needs --curves"),
-    ("approach 1 empty curves dir", lambda f, t: ["--results", str(f["good"]), "--approach", "1", "--curves", str(t)], "at least 2 runs"),
-    ("approach 2 without budgets", lambda f, t: ["--results", str(f["few"]), "--approach", "2", "--budget-col", "none"], "approach 2 needs at least 2 IsoFLOP budgets"),
+    (
+        "fewer points than parameters",
+        lambda f, t: ["--results", str(f["few"])],
+        "4 runs is fewer than the 5 parameters",
+    ),
+    (
+        "holdout leaves too few",
+        lambda f, t: ["--results", str(f["good"]), "--holdout-top-c", "9"],
+        "leaves 3 of 12 runs",
+    ),
+    (
+        "approach 1 without curves",
+        lambda f, t: ["--results", str(f["good"]), "--approach", "1"],
+        "--approach 1 needs --curves",
+    ),
+    (
+        "approach 1 empty curves dir",
+        lambda f, t: ["--results", str(f["good"]), "--approach", "1", "--curves", str(t)],
+        "at least 2 runs",
+    ),
+    (
+        "approach 2 without budgets",
+        lambda f, t: ["--results", str(f["few"]), "--approach", "2", "--budget-col", "none"],
+        "approach 2 needs at least 2 IsoFLOP budgets",
+    ),
     ("bad ci", lambda f, t: ["--results", str(f["good"]), "--bootstrap", "5", "--ci", "1.5"], "--ci must be in (0, 1)"),
     ("negative bootstrap", lambda f, t: ["--results", str(f["good"]), "--bootstrap", "-1"], "--bootstrap must be >= 0"),
     ("drop everything", lambda f, t: ["--results", str(f["good"]), "--drop-top-loss", "12"], "would drop all 12 runs"),
     ("bad predict", lambda f, t: ["--results", str(f["good"]), "--predict-c", "-1"], "--predict-c must be a positive"),
-    ("missing group column", lambda f, t: ["--results", str(f["good"]), "--group-col", "nope"], "'nope' (--group-col) not in"),
-    ("bootstrap without approach 3", lambda f, t: ["--results", str(f["good"]), "--approach", "2", "--bootstrap", "5"], "use approach 3"),
+    (
+        "missing group column",
+        lambda f, t: ["--results", str(f["good"]), "--group-col", "nope"],
+        "'nope' (--group-col) not in",
+    ),
+    (
+        "bootstrap without approach 3",
+        lambda f, t: ["--results", str(f["good"]), "--approach", "2", "--bootstrap", "5"],
+        "use approach 3",
+    ),
 ]
 
 
@@ -312,7 +399,14 @@ def test_bad_input_exits_2_before_any_fitting(name, build, message, tmp_path, ca
     def no_compute(*a, **k):
         raise AssertionError("fitting started before the input was validated")
 
-    for fn in ("fit_approach3", "fit_approach2", "fit_approach1", "bootstrap_approach3", "holdout_top_c", "lbfgs_batch"):
+    for fn in (
+        "fit_approach3",
+        "fit_approach2",
+        "fit_approach1",
+        "bootstrap_approach3",
+        "holdout_top_c",
+        "lbfgs_batch",
+    ):
         monkeypatch.setattr(FITTERS[fn], fn, no_compute)
     with pytest.raises(SystemExit) as e:
         fitcli.main([*build(files, tmp_path), "--out", str(out), "--plots", str(plots), "--no-progress"])
@@ -326,7 +420,9 @@ def test_bad_input_exits_2_before_any_fitting(name, build, message, tmp_path, ca
 
 def test_bad_input_subprocess_exit_code(tmp_path):
     csv = tmp_path / "runs.csv"
-    csv.write_text("n_params,tokens,val_loss\n1e6,1e9,3.0\n2e6,1e9,0\n3e6,1e9,2.9\n4e6,1e9,2.8\n5e6,1e9,2.7\n6e6,1e9,2.6\n")
+    csv.write_text(
+        "n_params,tokens,val_loss\n1e6,1e9,3.0\n2e6,1e9,0\n3e6,1e9,2.9\n4e6,1e9,2.8\n5e6,1e9,2.7\n6e6,1e9,2.6\n"
+    )
     p = run_cli(["--results", str(csv)], timeout=120)
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "non-positive loss" in p.stderr
@@ -344,7 +440,9 @@ def test_notebook_executes(tmp_path, monkeypatch):
     monkeypatch.setenv("SCALING_FIT_BOOTSTRAP", "10")
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
     nb = nbformat.read(REPO / "analysis" / "chinchilla.ipynb", as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
+    )
     client.execute()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "approach 3" in text and "alpha =" in text and "approach 2 (IsoFLOP, 4 budgets)" in text
@@ -386,9 +484,24 @@ def diagnosed(tmp_path_factory):
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = fitcli.main(["--results", str(csv), "--approach", "all", "--approach1-from", "endpoints",
-                          "--bootstrap", "30", "--diagnostics", "--baseline-loss", repr(baseline),
-                          "--out", str(out), "--no-progress"])
+        rc = fitcli.main(
+            [
+                "--results",
+                str(csv),
+                "--approach",
+                "all",
+                "--approach1-from",
+                "endpoints",
+                "--bootstrap",
+                "30",
+                "--diagnostics",
+                "--baseline-loss",
+                repr(baseline),
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
     assert rc == 0
     return runs, baseline, json.loads(out.read_text()), buf.getvalue()
 
@@ -439,12 +552,29 @@ def write_endpoint_runs(root: Path) -> Path:
     for i, N in enumerate(np.logspace(math.log10(3.5e4), math.log10(3.5e5), 6)):
         run = root / "runs" / f"size{i}"
         run.mkdir(parents=True)
-        (run / "summary.json").write_text(json.dumps({"n_params": N, "status": "completed", "annealed": False,
-                                                      "flops_6nd": float(budgets[-1]), "val_loss": 9.0}))
+        (run / "summary.json").write_text(
+            json.dumps(
+                {
+                    "n_params": N,
+                    "status": "completed",
+                    "annealed": False,
+                    "flops_6nd": float(budgets[-1]),
+                    "val_loss": 9.0,
+                }
+            )
+        )
         lines = [json.dumps({"step": 1, "flops": float(budgets[0]) / 2, "loss": 9.0, "val_loss": 9.0})]
         for C in budgets:
-            lines.append(json.dumps({"step": 2, "flops": float(C), "val_loss": float(laws.law_loss(N, C / (6 * N), *EPOCH)),
-                                     "endpoint": True}))
+            lines.append(
+                json.dumps(
+                    {
+                        "step": 2,
+                        "flops": float(C),
+                        "val_loss": float(laws.law_loss(N, C / (6 * N), *EPOCH)),
+                        "endpoint": True,
+                    }
+                )
+            )
         (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     return root
 
@@ -455,9 +585,15 @@ def test_load_endpoints_reads_final_points_and_marked_cooldowns(tmp_path):
     root = tmp_path / "sweep"
     for name, summary, metrics in [
         ("a", {"n_params": 1e5, "flops_6nd": 6e12, "val_loss": 2.5, "status": "completed"}, None),
-        ("b", {"n_params": 2e5, "flops_6nd": 6e12, "val_loss": 2.4, "status": "completed"},
-         [{"flops": 1e12, "val_loss": 2.9, "endpoint": True}, {"flops": 2e12, "loss": 2.7},
-          {"flops": 3e12, "val_loss": 2.6, "endpoint": True}]),
+        (
+            "b",
+            {"n_params": 2e5, "flops_6nd": 6e12, "val_loss": 2.4, "status": "completed"},
+            [
+                {"flops": 1e12, "val_loss": 2.9, "endpoint": True},
+                {"flops": 2e12, "loss": 2.7},
+                {"flops": 3e12, "val_loss": 2.6, "endpoint": True},
+            ],
+        ),
         ("c", {"n_params": 3e5, "flops_6nd": 6e12, "val_loss": 3.3, "status": "completed", "annealed": False}, None),
         ("d", {"n_params": 4e5, "flops_6nd": 6e12, "val_loss": 2.0, "status": "diverged"}, None),
     ]:
@@ -479,8 +615,26 @@ def test_approach1_from_endpoint_runs_cli(tmp_path, capsys):
     root = write_endpoint_runs(tmp_path / "sweep")
     csv = write_shared_sizes_csv(tmp_path / "results.csv")
     out, plots = tmp_path / "fit.json", tmp_path / "plots"
-    assert fitcli.main(["--results", str(csv), "--approach", "1", "--approach1-from", "endpoints", "--curves",
-                        str(root), "--out", str(out), "--plots", str(plots), "--no-progress"]) == 0
+    assert (
+        fitcli.main(
+            [
+                "--results",
+                str(csv),
+                "--approach",
+                "1",
+                "--approach1-from",
+                "endpoints",
+                "--curves",
+                str(root),
+                "--out",
+                str(out),
+                "--plots",
+                str(plots),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     a1 = json.loads(out.read_text())["approach1"]
     assert a1["n_runs"] == 6 and a1["n_endpoints"] == 24  # the stable-phase runs' own ends are left out
     assert a1["a"] == pytest.approx(fit_approach1_endpoints(*load_endpoints(root))["a"], rel=1e-12)
@@ -490,8 +644,16 @@ def test_approach1_from_endpoint_runs_cli(tmp_path, capsys):
 
 BAD_CHECKS = [
     ("diagnostics without bootstrap", ["--diagnostics"], "--diagnostics needs --bootstrap"),
-    ("baseline without diagnostics", ["--bootstrap", "5", "--baseline-loss", "2.0"], "--baseline-loss is used by --diagnostics"),
-    ("negative baseline", ["--bootstrap", "5", "--diagnostics", "--baseline-loss", "-1"], "--baseline-loss must be a positive"),
+    (
+        "baseline without diagnostics",
+        ["--bootstrap", "5", "--baseline-loss", "2.0"],
+        "--baseline-loss is used by --diagnostics",
+    ),
+    (
+        "negative baseline",
+        ["--bootstrap", "5", "--diagnostics", "--baseline-loss", "-1"],
+        "--baseline-loss must be a positive",
+    ),
     ("missing alt column", ["--bootstrap", "5", "--diagnostics", "--alt-n-col", "nope"], "missing column(s) 'nope'"),
     ("endpoints without shared sizes", ["--approach", "1", "--approach1-from", "endpoints"], "at least 3 model sizes"),
 ]

@@ -19,8 +19,7 @@ from scaling.model import GPT, stack_layers
 from tests.helpers import tiny_run_dir
 
 # One batch shape everywhere, so the compiled loops are shared between tests.
-PROMPT_SETS = [[[1, 2, 3], [4, 5, 6, 7, 8, 9], [10]],
-               [[7, 7, 7, 7], [33], [2, 40, 41, 42, 43]]]
+PROMPT_SETS = [[[1, 2, 3], [4, 5, 6, 7, 8, 9], [10]], [[7, 7, 7, 7], [33], [2, 40, 41, 42, 43]]]
 
 
 def random_model(**kw):
@@ -49,12 +48,13 @@ def test_cached_greedy_equals_uncached_token_for_token_and_logits_within_1e5(kin
                 assert a.sequence(i) == b.sequence(i), (kind, i, k)
                 # every position decided after the prefill: the logits it was chosen from
                 lo = min(map(len, prompts))
-                diff = np.abs(a.logits[i, lo: a.lengths[i], :cfg.vocab_size]
-                              - b.logits[i, lo: b.lengths[i], :cfg.vocab_size])
+                diff = np.abs(
+                    a.logits[i, lo : a.lengths[i], : cfg.vocab_size] - b.logits[i, lo : b.lengths[i], : cfg.vocab_size]
+                )
                 assert diff.max() <= 1e-5, (kind, i, k, diff.max())
                 # greedy: each generated token is the argmax of its logits
                 new = a.new_tokens(i)
-                np.testing.assert_array_equal(new, a.logits[i, len(p): a.lengths[i]].argmax(-1))
+                np.testing.assert_array_equal(new, a.logits[i, len(p) : a.lengths[i]].argmax(-1))
     # a long rotary sequence did run past the trained context
     assert kind == "learned" or a.lengths.max() > cfg.seq_len
 
@@ -80,7 +80,7 @@ def test_uncached_logits_equal_a_plain_forward_pass():
     ref = np.asarray(GPT(cfg).apply({"params": params}, jnp.asarray(out.tokens)))  # causal: padding is harmless
     for i, p in enumerate(prompts):
         n = out.lengths[i]
-        np.testing.assert_allclose(out.logits[i, len(p): n], ref[i, len(p) - 1: n - 1], atol=1e-5)
+        np.testing.assert_allclose(out.logits[i, len(p) : n], ref[i, len(p) - 1 : n - 1], atol=1e-5)
 
 
 def test_generation_stops_at_end_of_text_per_row():
@@ -108,8 +108,7 @@ def _nucleus(logits_v: np.ndarray, temperature: float, p: float) -> set[int]:
     return set(order[:n].tolist())
 
 
-@pytest.mark.parametrize("sampling", [gen.Sampling(temperature=1.0, top_k=3),
-                                      gen.Sampling(temperature=0.8, top_p=0.6)])
+@pytest.mark.parametrize("sampling", [gen.Sampling(temperature=1.0, top_k=3), gen.Sampling(temperature=0.8, top_p=0.6)])
 def test_sampled_tokens_stay_in_the_top_k_and_in_the_nucleus(sampling):
     cfg, params = LEARNED
     prompts = PROMPT_SETS[1]
@@ -118,7 +117,7 @@ def test_sampled_tokens_stay_in_the_top_k_and_in_the_nucleus(sampling):
         out = gen.generate(cfg, params, prompts, 30, sampling=sampling, seed=seed, return_logits=True)
         for i, p in enumerate(prompts):
             for pos in range(len(p), out.lengths[i]):
-                logits = out.logits[i, pos, :cfg.vocab_size].astype(np.float64)
+                logits = out.logits[i, pos, : cfg.vocab_size].astype(np.float64)
                 tok = int(out.tokens[i, pos])
                 if sampling.top_k:
                     assert tok in set(np.argsort(-logits)[: sampling.top_k].tolist()), (seed, i, pos)
@@ -178,7 +177,7 @@ def _reference_beam(fwd, vocab, prompt, width, n_new):
 
 def test_beam_search_equals_a_reference_beam_search_cached_or_not():
     cfg, params = LEARNED
-    fwd = jax.jit(lambda ids: jax.nn.log_softmax(GPT(cfg).apply({"params": params}, ids)[..., :cfg.vocab_size]))
+    fwd = jax.jit(lambda ids: jax.nn.log_softmax(GPT(cfg).apply({"params": params}, ids)[..., : cfg.vocab_size]))
     for prompts in PROMPT_SETS:
         b4 = gen.beam_search(cfg, params, prompts, 8, width=4, length_penalty=0.0)
         b4u = gen.beam_search(cfg, params, prompts, 8, width=4, length_penalty=0.0, use_cache=False)
@@ -196,8 +195,9 @@ def test_beam_width_1_equals_greedy_and_width_4_is_at_least_as_likely():
     (the reference search above agrees), so the comparison with greedy runs on 30 other prompts."""
     cfg, params = LEARNED
     rng = np.random.default_rng(0)
-    batches = [PROMPT_SETS[0]] + [[rng.integers(0, 50, rng.integers(1, 8)).tolist() for _ in range(3)]
-                                  for _ in range(9)]
+    batches = [PROMPT_SETS[0]] + [
+        [rng.integers(0, 50, rng.integers(1, 8)).tolist() for _ in range(3)] for _ in range(9)
+    ]
     better = 0
     for prompts in batches:
         greedy = gen.generate(cfg, params, prompts, 12)
@@ -241,6 +241,7 @@ def test_learned_positions_refuse_requests_past_the_context():
 
 # ----------------------------------------------------------------------------- the CLI on a trained run
 
+
 @pytest.fixture(scope="module")
 def run_dir():
     return tiny_run_dir()
@@ -248,6 +249,7 @@ def run_dir():
 
 def _cli(capsys, *args):
     from experiments import generate as cli
+
     capsys.readouterr()
     try:
         cli.main(list(map(str, args)))
@@ -257,8 +259,17 @@ def _cli(capsys, *args):
 
 
 def test_cli_on_a_trained_run_cache_and_no_cache_agree(run_dir, capsys):
-    args = ("--checkpoint", run_dir, "--prompt", "ROMEO:", "--prompt", "First Citizen", "--max-new-tokens", "16",
-            "--json")
+    args = (
+        "--checkpoint",
+        run_dir,
+        "--prompt",
+        "ROMEO:",
+        "--prompt",
+        "First Citizen",
+        "--max-new-tokens",
+        "16",
+        "--json",
+    )
     rc, a = _cli(capsys, *args)
     assert rc == 0, a.err
     rc, b = _cli(capsys, *args, "--no-cache")
@@ -272,13 +283,16 @@ def test_cli_on_a_trained_run_cache_and_no_cache_agree(run_dir, capsys):
     assert rc == 0 and "log-probability" in bm.out
 
 
-@pytest.mark.parametrize("extra, message", [
-    (("--max-new-tokens", "40"), "exceed the model's context of 32"),
-    (("--beam", "2", "--top-k", "5"), "--beam cannot be combined"),
-    (("--greedy", "--temperature", "0.5"), "--greedy cannot be combined"),
-    (("--top-p", "1.5"), "--top-p must be in"),
-    (("--max-new-tokens", "0"), "--max-new-tokens must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--max-new-tokens", "40"), "exceed the model's context of 32"),
+        (("--beam", "2", "--top-k", "5"), "--beam cannot be combined"),
+        (("--greedy", "--temperature", "0.5"), "--greedy cannot be combined"),
+        (("--top-p", "1.5"), "--top-p must be in"),
+        (("--max-new-tokens", "0"), "--max-new-tokens must be >= 1"),
+    ],
+)
 def test_cli_bad_input_is_one_line_and_exit_2(run_dir, capsys, extra, message):
     rc, r = _cli(capsys, "--checkpoint", run_dir, "--prompt", "ROMEO:", *extra)
     last = r.err.strip().splitlines()[-1]

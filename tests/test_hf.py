@@ -70,9 +70,15 @@ def test_30_greedy_tokens_identical_to_transformers_generate(tied):
     ours_uncached = inference.generate(loaded.cfg, loaded.params, prompts, 30, eot=loaded.eot, use_cache=False)
     for i, ids in enumerate(prompts):
         with torch.no_grad():
-            out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                 max_new_tokens=30, min_new_tokens=30, do_sample=False, pad_token_id=loaded.eot)
-        ref = out[0, len(ids):].tolist()
+            out = model.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=30,
+                min_new_tokens=30,
+                do_sample=False,
+                pad_token_id=loaded.eot,
+            )
+        ref = out[0, len(ids) :].tolist()
         assert len(ref) == 30
         assert ours.new_tokens(i) == ref, i
         assert ours_uncached.new_tokens(i) == ref, i
@@ -143,8 +149,13 @@ def test_generate_cli_with_hf_gpt2(tied, capsys):
     recs = cli.main(["--hf-gpt2", str(path), "--prompt", PROMPTS[1], "--max-new-tokens", "12", "--json"])
     ids = inference.load_gpt2(path).encode(PROMPTS[1])
     with torch.no_grad():
-        ref = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=12, do_sample=False, pad_token_id=50256)[0, len(ids):].tolist()
+        ref = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=12,
+            do_sample=False,
+            pad_token_id=50256,
+        )[0, len(ids) :].tolist()
     assert recs[0]["tokens"] == ref
     assert json.loads(capsys.readouterr().out.splitlines()[0])["tokens"] == ref
 
@@ -160,6 +171,7 @@ def _set_config(**kw):
         c = json.loads((d / "config.json").read_text())
         c.update(kw)
         (d / "config.json").write_text(json.dumps(c))
+
     return edit
 
 
@@ -169,17 +181,20 @@ def _truncate(d):
     p.write_bytes(data[: len(data) // 2])
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: (d / "config.json").unlink(), "no config.json"),
-    (lambda d: (d / "model.safetensors").unlink(), "no model.safetensors"),
-    (_truncate, "truncated or corrupt"),
-    (lambda d: (d / "model.safetensors").write_bytes(b"\xff" * 16), "not a readable safetensors file"),
-    (_set_config(n_embd=48), "has shape"),
-    (_set_config(n_layer=3), "lacks tensor 'h.2.ln_1.weight'"),
-    (_set_config(activation_function="relu"), "activation_function 'relu'"),
-    (_set_config(model_type="llama"), "expected 'gpt2'"),
-    (_set_config(vocab_size=1000), "smaller than the gpt2 tokenizer"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda d: (d / "config.json").unlink(), "no config.json"),
+        (lambda d: (d / "model.safetensors").unlink(), "no model.safetensors"),
+        (_truncate, "truncated or corrupt"),
+        (lambda d: (d / "model.safetensors").write_bytes(b"\xff" * 16), "not a readable safetensors file"),
+        (_set_config(n_embd=48), "has shape"),
+        (_set_config(n_layer=3), "lacks tensor 'h.2.ln_1.weight'"),
+        (_set_config(activation_function="relu"), "activation_function 'relu'"),
+        (_set_config(model_type="llama"), "expected 'gpt2'"),
+        (_set_config(vocab_size=1000), "smaller than the gpt2 tokenizer"),
+    ],
+)
 def test_bad_checkpoints_are_clear_errors_and_exit_2(tied, tmp_path, capsys, edit, message):
     from experiments import generate as cli
 

@@ -64,9 +64,11 @@ def planted(tmp_path_factory) -> tuple[Path, Path]:
     """A library whose constructor writes a marker file when loaded, and that marker's path."""
     d = tmp_path_factory.mktemp("planted")
     src, lib, marker = d / "planted.cc", d / "planted.so", d / "constructor-ran"
-    src.write_text('#include <cstdio>\n__attribute__((constructor)) static void planted() {\n'
-                   f'  if (std::FILE *f = std::fopen("{marker}", "w")) '
-                   '{ std::fputs("ran", f); std::fclose(f); }\n}\n')
+    src.write_text(
+        "#include <cstdio>\n__attribute__((constructor)) static void planted() {\n"
+        f'  if (std::FILE *f = std::fopen("{marker}", "w")) '
+        '{ std::fputs("ran", f); std::fclose(f); }\n}\n'
+    )
     subprocess.run([cpu_attention.compiler(), "-shared", "-fPIC", str(src), "-o", str(lib)], check=True)
     # the marker is what loading it leaves behind
     subprocess.run([sys.executable, "-c", "import ctypes, sys; ctypes.CDLL(sys.argv[1])", str(lib)], check=True)
@@ -102,8 +104,9 @@ def _plant(data: bytes, digest_line: str | None, mode: int = 0o700) -> Path:
 
 
 def _verified(target: Path, built: Built) -> bool:
-    return (target.read_bytes() == built.library
-            and kernel_cache.hash_path(target).read_text().split()[0] == kernel_cache.sha256_file(target))
+    return target.read_bytes() == built.library and kernel_cache.hash_path(target).read_text().split()[
+        0
+    ] == kernel_cache.sha256_file(target)
 
 
 def _copying_build(monkeypatch, built: Built, data: bytes | None = None) -> list[Path]:
@@ -120,8 +123,14 @@ def _copying_build(monkeypatch, built: Built, data: bytes | None = None) -> list
 
 
 def _run(code: str, **env) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, **env),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env=dict(os.environ, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.parametrize("hash_file", ["none", "of the real library"])
@@ -142,8 +151,10 @@ def test_a_truncated_library_is_rebuilt_not_loaded(built, cache):
     target = _plant(built.library[: len(built.library) // 2], built.digest_line)
     whole = target.parent.parent / "whole.so"
     whole.write_bytes(built.library)
-    copy_build = ("import shutil\nfrom scaling.model import cpu_attention\n"  # the compiler's work is tested elsewhere
-                  f"cpu_attention._build = lambda cxx, out: shutil.copyfile({str(whole)!r}, out)\n")
+    copy_build = (
+        "import shutil\nfrom scaling.model import cpu_attention\n"  # the compiler's work is tested elsewhere
+        f"cpu_attention._build = lambda cxx, out: shutil.copyfile({str(whole)!r}, out)\n"
+    )
     proc = _run(copy_build + KERNEL_CHECK)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0 and out.strip() == "ok", err[-3000:]
@@ -183,9 +194,10 @@ def test_a_library_that_never_loads_falls_back_with_one_line(monkeypatch, capsys
         data, expected = b"\x7fELF but not really" * 100, "loading causal_attention_cpu-"
     else:
         src = tmp_path / "empty.cc"
-        src.write_text("extern \"C\" int unrelated() { return 0; }\n")
-        subprocess.run([cpu_attention.compiler(), "-shared", "-fPIC", str(src), "-o", str(tmp_path / "e.so")],
-                       check=True)
+        src.write_text('extern "C" int unrelated() { return 0; }\n')
+        subprocess.run(
+            [cpu_attention.compiler(), "-shared", "-fPIC", str(src), "-o", str(tmp_path / "e.so")], check=True
+        )
         data, expected = (tmp_path / "e.so").read_bytes(), "lacks the symbols ScalingCausalAttentionFwd"
     builds = _copying_build(monkeypatch, built, data)
     reason = cpu_attention.unavailable()
@@ -211,8 +223,9 @@ def test_two_first_builds_at_once_both_load_one_verified_library(cache, tmp_path
     assert calls.read_text().count("run") == 1
     [library] = (cache / "kernels").glob("*.so")
     assert kernel_cache.hash_path(library).read_text().split()[0] == kernel_cache.sha256_file(library)
-    assert sorted(p.name for p in library.parent.iterdir()) == \
-        sorted([library.name, library.name + ".sha256", library.name + ".lock"])
+    assert sorted(p.name for p in library.parent.iterdir()) == sorted(
+        [library.name, library.name + ".sha256", library.name + ".lock"]
+    )
 
 
 @pytest.mark.e2e
@@ -220,9 +233,17 @@ def test_training_with_a_planted_library_rebuilds_and_never_runs_it(built, plant
     lib, marker = planted
     target = _plant(lib.read_bytes(), built.digest_line)
     out = tmp_path / "run"
-    proc = run_cli("experiments.train", "--out", out, *TINY, "--train.tokens", "2560", "--model.attention", "auto",
-                   env={"SCALING_CACHE_DIR": str(cache),
-                        "SCALING_COMPILE_CACHE": str(SESSION_CACHE / "jax-compile")})
+    proc = run_cli(
+        "experiments.train",
+        "--out",
+        out,
+        *TINY,
+        "--train.tokens",
+        "2560",
+        "--model.attention",
+        "auto",
+        env={"SCALING_CACHE_DIR": str(cache), "SCALING_COMPILE_CACHE": str(SESSION_CACHE / "jax-compile")},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not marker.exists()
     assert "unavailable" not in proc.stderr and "does not match the SHA-256" in proc.stderr
@@ -236,8 +257,15 @@ def test_an_explicit_cpu_kernel_with_an_unsafe_cache_is_refused_by_the_cli(cache
     kernels.mkdir(parents=True)
     kernels.chmod(0o777)
     out = tmp_path / "run"
-    proc = run_cli("experiments.train", "--out", out, *TINY, "--model.attention", "cpu_kernel",
-                   env={"SCALING_CACHE_DIR": str(cache)})
+    proc = run_cli(
+        "experiments.train",
+        "--out",
+        out,
+        *TINY,
+        "--model.attention",
+        "cpu_kernel",
+        env={"SCALING_CACHE_DIR": str(cache)},
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "writable by group or others" in lines[0], proc.stderr[-3000:]

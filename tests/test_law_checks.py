@@ -19,10 +19,19 @@ from scaling.laws.checks import Check, Thresholds
 EPOCH = (1.8172, 477.8, 2143.4, 0.3473, 0.3672)  # Besiroglu et al.'s Huber-sum grid fit (E, A, B, alpha, beta)
 STARTS = laws.hoffmann_grid()[::10]  # 450 of the 4,500 starts: enough on these well-posed designs
 NAMES = [
-    "regime.below_baseline", "regime.diminishing_returns",
-    "non_degenerate.E_lower", "non_degenerate.alpha", "non_degenerate.beta", "non_degenerate.a_width",
-    "stable.huber_delta", "stable.n_count", "agreement.a_overlap", "agreement.a_delta",
-    "extrapolation.mean_error", "extrapolation.worst_error", "extrapolation.n_opt_ratio",
+    "regime.below_baseline",
+    "regime.diminishing_returns",
+    "non_degenerate.E_lower",
+    "non_degenerate.alpha",
+    "non_degenerate.beta",
+    "non_degenerate.a_width",
+    "stable.huber_delta",
+    "stable.n_count",
+    "agreement.a_overlap",
+    "agreement.a_delta",
+    "extrapolation.mean_error",
+    "extrapolation.worst_error",
+    "extrapolation.n_opt_ratio",
 ]
 
 
@@ -54,8 +63,19 @@ def good():
     fit = laws.fit_approach3(N, D, L, starts=STARTS)
     boot = laws.bootstrap_approach3(N, D, L, fit, 50, seed=0)
     embed = 0.05 * N.min()  # a small embedding share: the non-embedding count moves a little
-    v = law_checks.diagnose(N, D, L, fit=fit, ci=boot.ci(), C=C, budgets=C, baseline=1.02 * L.max(),
-                            alt_N=N - embed, n_resamples=100, starts=STARTS)
+    v = law_checks.diagnose(
+        N,
+        D,
+        L,
+        fit=fit,
+        ci=boot.ci(),
+        C=C,
+        budgets=C,
+        baseline=1.02 * L.max(),
+        alt_N=N - embed,
+        n_resamples=100,
+        starts=STARTS,
+    )
     return N, D, L, C, fit, boot, v
 
 
@@ -281,8 +301,9 @@ def test_verdict_names_every_failing_and_unevaluated_check(good):
     assert not w.passed
     assert w.failed == ("non_degenerate.E_lower",)
     assert w.not_evaluated == ("regime.below_baseline", "regime.diminishing_returns")
-    assert w.message == ("FAIL: 1 failed: non_degenerate.E_lower; 2 not evaluated: "
-                         "regime.below_baseline, regime.diminishing_returns")
+    assert w.message == (
+        "FAIL: 1 failed: non_degenerate.E_lower; 2 not evaluated: regime.below_baseline, regime.diminishing_returns"
+    )
     assert not law_checks.verdict([]).passed
     with pytest.raises(ValueError, match="duplicate"):
         law_checks.verdict([*bad, *bad])

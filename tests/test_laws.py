@@ -83,7 +83,10 @@ def test_batched_objective_matches_scalar_reference_and_finite_differences():
         assert f[i] == pytest.approx(laws.objective(theta[i], N, D, L, 1e-3, weights=w[i]), rel=1e-10)
         h = 1e-6
         fd = [
-            (laws.objective(theta[i] + h * e, N, D, L, 1e-3, w[i]) - laws.objective(theta[i] - h * e, N, D, L, 1e-3, w[i]))
+            (
+                laws.objective(theta[i] + h * e, N, D, L, 1e-3, w[i])
+                - laws.objective(theta[i] - h * e, N, D, L, 1e-3, w[i])
+            )
             / (2 * h)
             for e in np.eye(5)
         ]

@@ -40,18 +40,33 @@ MAX_LINES = 400
 JAX = ("jax", "jaxlib", "flax", "optax", "orbax")
 
 LAYERS = {
-    "scaling.errors": 0, "scaling.paths": 0,
-    "scaling.fields": 1, "scaling.config": 1, "scaling.curriculum_config": 1, "scaling.io": 1,
-    "scaling.tokenizer": 2, "scaling.flops": 2, "scaling.sharding": 2, "scaling.laws": 2, "scaling.schedule": 2,
+    "scaling.errors": 0,
+    "scaling.paths": 0,
+    "scaling.fields": 1,
+    "scaling.config": 1,
+    "scaling.curriculum_config": 1,
+    "scaling.io": 1,
+    "scaling.tokenizer": 2,
+    "scaling.flops": 2,
+    "scaling.sharding": 2,
+    "scaling.laws": 2,
+    "scaling.schedule": 2,
     "scaling.model": 3,
     "scaling.data": 4,
-    "scaling.evaluation": 5, "scaling.run_dir": 5, "scaling.run_curves": 5, "scaling.checkpoint": 5,
+    "scaling.evaluation": 5,
+    "scaling.run_dir": 5,
+    "scaling.run_curves": 5,
+    "scaling.checkpoint": 5,
     "scaling.compile_cache": 5,
     "scaling.train": 6,
-    "scaling.inference": 7, "scaling.difficulty": 7,
+    "scaling.inference": 7,
+    "scaling.difficulty": 7,
     "scaling.sweep": 8,
-    "experiments": 9, "analysis": 9, "benchmarks": 9,
+    "experiments": 9,
+    "analysis": 9,
+    "benchmarks": 9,
 }
+
 
 def module_files() -> dict[str, Path]:
     """Every project module by dotted name (a package by its ``__init__``)."""
@@ -89,7 +104,7 @@ def _absolute(importer: str, level: int, module: str | None) -> str:
     is_package = MODULES[importer].name == "__init__.py"
     base = importer.split(".")
     base = base if is_package else base[:-1]
-    base = base[:len(base) - (level - 1)]
+    base = base[: len(base) - (level - 1)]
     return ".".join(base + ([module] if module else []))
 
 
@@ -107,8 +122,12 @@ def imports_of(name: str) -> Iterator[tuple[str, int]]:
         elif isinstance(node, ast.Call):
             f = node.func
             fname = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
-            if fname in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant) \
-                    and isinstance(node.args[0].value, str):
+            if (
+                fname in ("import_module", "__import__")
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)
+            ):
                 yield node.args[0].value, node.lineno
 
 
@@ -234,7 +253,8 @@ def test_no_import_cycle_among_project_modules():
     graph = project_graph()
     cycles = [c for c in strongly_connected(graph) if len(c) > 1]
     assert not cycles, "modules that import each other (strongly connected components):\n" + "\n".join(
-        " ".join(c) for c in cycles)
+        " ".join(c) for c in cycles
+    )
 
 
 def _laws_modules() -> list[str]:
@@ -255,11 +275,19 @@ def test_laws_load_no_jax():
 
 
 def test_importing_the_config_and_building_one_loads_nothing_above_it():
-    code = ("import sys, scaling.config; scaling.config.Config(); "
-            "print(' '.join(m for m in sys.modules if m.split('.')[0] in ('scaling', 'jax', 'flax', 'optax', "
-            "'orbax', 'numpy')))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={"PYTHONPATH": str(REPO), "PATH": ""})
+    code = (
+        "import sys, scaling.config; scaling.config.Config(); "
+        "print(' '.join(m for m in sys.modules if m.split('.')[0] in ('scaling', 'jax', 'flax', 'optax', "
+        "'orbax', 'numpy')))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONPATH": str(REPO), "PATH": ""},
+    )
     assert proc.returncode == 0, proc.stderr
     loaded = proc.stdout.split()
     assert [m for m in loaded if not m.startswith("scaling")] == []
@@ -267,8 +295,11 @@ def test_importing_the_config_and_building_one_loads_nothing_above_it():
 
 
 def _over() -> list[str]:
-    return sorted(f"{p.relative_to(REPO)} ({n})" for m, p in MODULES.items()
-                  if m.startswith("scaling") and (n := len(p.read_text().splitlines())) > MAX_LINES)
+    return sorted(
+        f"{p.relative_to(REPO)} ({n})"
+        for m, p in MODULES.items()
+        if m.startswith("scaling") and (n := len(p.read_text().splitlines())) > MAX_LINES
+    )
 
 
 def test_no_module_of_the_library_is_over_max_lines():

@@ -49,7 +49,7 @@ def parabola_scan(n: float, lr_opt: float, lrs: list[float]) -> list[tuple[int, 
 @pytest.mark.parametrize("sizes", [[1e4, 3e4, 1e5, 3e5], [2e4, 5e5]])
 def test_rule_fit_recovers_c_and_gamma_from_parabolas_with_known_optima(sizes):
     c, gamma, n_ref = 6e-3, 0.37, 5e4
-    lrs = [1e-4 * 2 ** k for k in range(12)]  # 1e-4 .. 0.2, not centred on any optimum
+    lrs = [1e-4 * 2**k for k in range(12)]  # 1e-4 .. 0.2, not centred on any optimum
     points = [p for n in sizes for p in parabola_scan(n, c * (n / n_ref) ** -gamma, lrs)]
     rule = pilot.fit_rule(points, "total")
     assert rule.gamma == pytest.approx(gamma, abs=1e-9)
@@ -82,8 +82,13 @@ def test_optimum_in_range_detection():
 
 
 @settings(max_examples=200, deadline=None)
-@given(n=st.integers(1, 10**9), shortest=st.integers(1, 10**6), tps=st.integers(1, 10**6),
-       k=st.floats(0.01, 100), f=st.floats(0.001, 1))
+@given(
+    n=st.integers(1, 10**9),
+    shortest=st.integers(1, 10**6),
+    tps=st.integers(1, 10**6),
+    k=st.floats(0.01, 100),
+    f=st.floats(0.001, 1),
+)
 def test_warmup_rule_is_n_tokens_capped_at_a_fraction_of_the_shortest_run(n, shortest, tps, k, f):
     w = hparams.warmup_steps(n, shortest, tps, PerSizeSpec(k, f))
     assert 0 <= w <= f * shortest + 1e-6  # capped
@@ -91,8 +96,11 @@ def test_warmup_rule_is_n_tokens_capped_at_a_fraction_of_the_shortest_run(n, sho
 
 
 def test_every_run_of_a_size_gets_one_warmup_and_a_width_scaled_init(tmp_path):
-    spec = spec_of(tmp_path, GRID.replace("[2048, 4096]", "[20480, 81920, 40960]")
-                   + "per_size: {warmup_tokens_per_param: 0.1, init_scale: 0.5}\n")
+    spec = spec_of(
+        tmp_path,
+        GRID.replace("[2048, 4096]", "[20480, 81920, 40960]")
+        + "per_size: {warmup_tokens_per_param: 0.1, init_scale: 0.5}\n",
+    )
     plan = sweep.make_plan(spec, {}, load_data=False)
     for d in (16, 32):
         runs = [r for r in plan.runs if r.cfg.model.d_model == d]
@@ -126,30 +134,39 @@ def test_make_plan_applies_the_rule(tmp_path):
     assert [r.cfg.optim.lr for r in plan.runs] == [rule.lr(r.n_params_nonembed) for r in plan.runs]
     assert [r.run_id for r in plan.runs] == [r.run_id for r in provisional.runs]
     applied = hparams.with_applied(rule, scanned, plan.runs).applied
-    assert [(a.shape, a.n_params) for a in applied] == [("L1-d16-h1", plan.runs[0].n_params_nonembed),
-                                                        ("L2-d32-h2", plan.runs[1].n_params_nonembed)]
+    assert [(a.shape, a.n_params) for a in applied] == [
+        ("L1-d16-h1", plan.runs[0].n_params_nonembed),
+        ("L2-d32-h2", plan.runs[1].n_params_nonembed),
+    ]
 
     scan = pilot.plan_scan(scanned, {}, provisional, load_data=False)  # the design's smallest and largest size
-    assert [(r.cfg.model.d_model, r.cfg.optim.lr) for r in scan.runs] == [(16, 1e-3), (16, 1e-2), (32, 1e-3),
-                                                                          (32, 1e-2)]
+    assert [(r.cfg.model.d_model, r.cfg.optim.lr) for r in scan.runs] == [
+        (16, 1e-3),
+        (16, 1e-2),
+        (32, 1e-3),
+        (32, 1e-2),
+    ]
     assert all(r.run_id.endswith(("-lr0.001", "-lr0.01")) for r in scan.runs) and not scan.spec.fit
 
 
 # ------------------------------------------------------------------ bad specs
 
 
-@pytest.mark.parametrize("text, message", [
-    ("lr_scan: {lrs: [1e-3, 2e-3]}", "needs lrs"),
-    ("lr_scan: {lrs: [1e-3], flops: 1e9}", "2 or more distinct"),
-    ("lr_scan: {lrs: [1e-3, 1e-3], flops: 1e9}", "2 or more distinct"),
-    ("lr_scan: {lrs: [1e-3, -2], flops: 1e9}", "positive number"),
-    ("lr_scan: {lrs: [1e-3, 2e-3], flops: 1e9, models: 1}", "2 or more sizes"),
-    ("lr_scan: {lrs: [1e-3, 2e-3], flops: 1e9, model: 2}", "unknown key 'model'"),
-    ("lr_scan: {lrs: [1e-3, 2e-3], flops: 1e3}", "lr_scan.flops 1000 is too small"),
-    ("lr_scan: {lrs: [1e-3, 2e-3], flops: 1e9}\nlr_rule: {c: 1e-3, gamma: 0, n_ref: 1e4}", "not both"),
-    ("lr_rule: {c: 1e-3, gamma: 0.1}", "needs c, gamma and n_ref"),
-    ("per_size: {warmup_max_fraction: 2}", "at most 1"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("lr_scan: {lrs: [1e-3, 2e-3]}", "needs lrs"),
+        ("lr_scan: {lrs: [1e-3], flops: 1e9}", "2 or more distinct"),
+        ("lr_scan: {lrs: [1e-3, 1e-3], flops: 1e9}", "2 or more distinct"),
+        ("lr_scan: {lrs: [1e-3, -2], flops: 1e9}", "positive number"),
+        ("lr_scan: {lrs: [1e-3, 2e-3], flops: 1e9, models: 1}", "2 or more sizes"),
+        ("lr_scan: {lrs: [1e-3, 2e-3], flops: 1e9, model: 2}", "unknown key 'model'"),
+        ("lr_scan: {lrs: [1e-3, 2e-3], flops: 1e3}", "lr_scan.flops 1000 is too small"),
+        ("lr_scan: {lrs: [1e-3, 2e-3], flops: 1e9}\nlr_rule: {c: 1e-3, gamma: 0, n_ref: 1e4}", "not both"),
+        ("lr_rule: {c: 1e-3, gamma: 0.1}", "needs c, gamma and n_ref"),
+        ("per_size: {warmup_max_fraction: 2}", "at most 1"),
+    ],
+)
 def test_bad_lr_scan_specs_exit_2_with_one_line(tmp_path, capsys, monkeypatch, text, message):
     monkeypatch.setenv("SCALING_COMPILE_CACHE", "off")
     data_path("tinyshakespeare", "input.txt")
@@ -193,13 +210,14 @@ def test_a_finished_shard_waits_for_the_other_shards_scan_runs(tmp_path):
 
 
 @pytest.mark.slow  # six compiles (a compiled step per shape and rate)
-def test_tiny_sweep_with_a_scan_writes_the_scan_the_rule_and_main_runs_with_fitted_lrs(tmp_path, monkeypatch,
-                                                                                        capsys):
+def test_tiny_sweep_with_a_scan_writes_the_scan_the_rule_and_main_runs_with_fitted_lrs(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SCALING_COMPILE_CACHE", "off")
     data_path("tinyshakespeare", "input.txt")
     p = tmp_path / "spec.yaml"
-    p.write_text(BASE + "grid: {models: [{n_layer: 1, d_model: 16}, {n_layer: 1, d_model: 32}], tokens: [1024]}\n"
-                 "fit: false\nlr_scan: {lrs: [3e-3, 3e-2], flops: 3e8}\nper_size: {init_scale: 1}\n")
+    p.write_text(
+        BASE + "grid: {models: [{n_layer: 1, d_model: 16}, {n_layer: 1, d_model: 32}], tokens: [1024]}\n"
+        "fit: false\nlr_scan: {lrs: [3e-3, 3e-2], flops: 3e8}\nper_size: {init_scale: 1}\n"
+    )
     out = tmp_path / "out"
     res = sweep_cli.main(["--config", str(p), "--out", str(out)])
     text = capsys.readouterr().out
@@ -231,8 +249,11 @@ def test_tiny_sweep_with_a_scan_writes_the_scan_the_rule_and_main_runs_with_fitt
 def test_a_scanned_size_warms_up_as_its_main_runs_do(tmp_path):
     """The scan's runs are shorter than the main runs; each still gets its size's main warmup
     (the rate is scanned under the schedule the main runs will have)."""
-    spec = spec_of(tmp_path, GRID.replace("[2048, 4096]", "[20480, 81920]")
-                   + "per_size: {warmup_tokens_per_param: 0.1}\nlr_scan: {lrs: [1e-3, 1e-2], flops: 1e8}\n")
+    spec = spec_of(
+        tmp_path,
+        GRID.replace("[2048, 4096]", "[20480, 81920]")
+        + "per_size: {warmup_tokens_per_param: 0.1}\nlr_scan: {lrs: [1e-3, 1e-2], flops: 1e8}\n",
+    )
     main = sweep.make_plan(spec, {}, load_data=False)
     scan = pilot.plan_scan(spec, {}, main, load_data=False)
     want = {r.cfg.model.d_model: r.cfg.optim.warmup_steps for r in main.runs}

@@ -30,8 +30,13 @@ from scaling.model import cpu_attention
 from tests.helpers import data_path, run_cli
 from tests.mesh_worker import losses as metrics_losses
 
-MESHES = {"data2-model4": (2, 1, 4), "data2-fsdp2-model2": (2, 2, 2), "fsdp8": (1, 8, 1), "model8": (1, 1, 8),
-          "data8": (8, 1, 1)}
+MESHES = {
+    "data2-model4": (2, 1, 4),
+    "data2-fsdp2-model2": (2, 2, 2),
+    "fsdp8": (1, 8, 1),
+    "model8": (1, 1, 8),
+    "data8": (8, 1, 1),
+}
 ATTENTIONS = ("cpu_kernel", "blocked", "dot_product", "auto")  # auto last: it reuses what its kernel compiled
 HEAD_SIZES = (8, 16, 32)
 D_MODEL, STEPS, BATCH, SEQ = 64, 3, 8, 128  # seq 128: the blocked kernel takes two query blocks
@@ -39,11 +44,36 @@ XLA_FLAGS = "--xla_force_host_platform_device_count={} --xla_backend_optimizatio
 
 
 def base_args(attention: str, head_size: int) -> list[str]:
-    return ["--data.corpus", str(data_path("tinyshakespeare", "input.txt")), "--data.tokenizer", "byte",
-            "--model.n_layer", "1", "--model.d_model", str(D_MODEL), "--model.n_head", str(D_MODEL // head_size),
-            "--model.seq_len", str(SEQ), "--model.attention", attention, "--train.batch_size", str(BATCH),
-            "--train.tokens", str(STEPS * BATCH * SEQ), "--train.log_every", "1", "--train.eval_batches", "1",
-            "--train.progress", "false", "--optim.lr", "3e-3", "--optim.warmup_steps", "1"]
+    return [
+        "--data.corpus",
+        str(data_path("tinyshakespeare", "input.txt")),
+        "--data.tokenizer",
+        "byte",
+        "--model.n_layer",
+        "1",
+        "--model.d_model",
+        str(D_MODEL),
+        "--model.n_head",
+        str(D_MODEL // head_size),
+        "--model.seq_len",
+        str(SEQ),
+        "--model.attention",
+        attention,
+        "--train.batch_size",
+        str(BATCH),
+        "--train.tokens",
+        str(STEPS * BATCH * SEQ),
+        "--train.log_every",
+        "1",
+        "--train.eval_batches",
+        "1",
+        "--train.progress",
+        "false",
+        "--optim.lr",
+        "3e-3",
+        "--optim.warmup_steps",
+        "1",
+    ]
 
 
 def mesh_args(mesh: str) -> list[str]:
@@ -80,16 +110,19 @@ def in_default_run(mesh: str, attention: str, head_size: int) -> bool:
     return head_size == next((h for h in (16, 8, 32) if _shape_refusal(mesh, attention, h) is None), None)
 
 
-COMBINATIONS = [pytest.param(m, a, hd, marks=() if in_default_run(m, a, hd) else pytest.mark.slow)
-                for m, a, hd in itertools.product(MESHES, ATTENTIONS, HEAD_SIZES)]
+COMBINATIONS = [
+    pytest.param(m, a, hd, marks=() if in_default_run(m, a, hd) else pytest.mark.slow)
+    for m, a, hd in itertools.product(MESHES, ATTENTIONS, HEAD_SIZES)
+]
 
 
 def _run_worker(runs: list[dict], path, devices: int) -> dict:
     if not runs:
         return {}
     path.write_text(json.dumps(runs))
-    proc = run_cli("tests.mesh_worker", "cli", path, devices=devices,
-                   env={"XLA_FLAGS": XLA_FLAGS.format(devices)}, timeout=900)
+    proc = run_cli(
+        "tests.mesh_worker", "cli", path, devices=devices, env={"XLA_FLAGS": XLA_FLAGS.format(devices)}, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -145,8 +178,10 @@ def matrix(request, tmp_path_factory) -> tuple[dict, dict]:
 
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
         one = pool.submit(_run_worker, [spec(k, []) for k in refs], tmp / "one.json", 1)
-        eight = [pool.submit(_run_worker, [spec(k, mesh_args(k[0])) for k in g], tmp / f"eight-{i}.json", 8)
-                 for i, g in enumerate(_split(combos, 2))]
+        eight = [
+            pool.submit(_run_worker, [spec(k, mesh_args(k[0])) for k in g], tmp / f"eight-{i}.json", 8)
+            for i, g in enumerate(_split(combos, 2))
+        ]
         by_name = {**one.result(), **{k: v for f in eight for k, v in f.result().items()}}
     return {k: by_name[_name(k)] for k in refs}, {k: by_name[_name(k)] for k in combos}
 
@@ -179,8 +214,9 @@ def test_mesh_gives_the_one_device_losses_or_is_refused_up_front(matrix, mesh, a
     assert split == one_device if fsdp * model == 1 else split < one_device
 
 
-@pytest.mark.parametrize("head_size", [16, pytest.param(8, marks=pytest.mark.slow),
-                                       pytest.param(32, marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "head_size", [16, pytest.param(8, marks=pytest.mark.slow), pytest.param(32, marks=pytest.mark.slow)]
+)
 def test_the_attention_kernels_agree_on_one_device(matrix, head_size):
     runs = [_reference(matrix, a, head_size)["losses"] for a in ATTENTIONS if refusal(None, a, head_size) is None]
     assert len(runs) >= 3
@@ -191,16 +227,24 @@ def test_the_attention_kernels_agree_on_one_device(matrix, head_size):
 def test_tensor_parallel_cli_run_matches_one_device(matrix, tmp_path):
     """A command-line run of its own on (data 2, model 4) with 4 heads of 16 (on a CPU with a
     compiler: the C++ kernel under shard_map): its init once failed on the batch-1 sample."""
-    r = run_cli("experiments.train", "--out", tmp_path / "tp", *base_args("auto", 16), *mesh_args("data2-model4"),
-                devices=8, env={"XLA_FLAGS": XLA_FLAGS.format(8)})
+    r = run_cli(
+        "experiments.train",
+        "--out",
+        tmp_path / "tp",
+        *base_args("auto", 16),
+        *mesh_args("data2-model4"),
+        devices=8,
+        env={"XLA_FLAGS": XLA_FLAGS.format(8)},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     np.testing.assert_allclose(metrics_losses(tmp_path / "tp"), _reference(matrix, "auto", 16)["losses"], rtol=1e-4)
 
 
 @pytest.mark.parametrize("attention,head_size,mesh", [("cpu_kernel", 8, "data2-model4"), ("auto", 32, "model8")])
 def test_cli_refusal_is_one_line_and_exit_2(tmp_path, attention, head_size, mesh):
-    r = run_cli("experiments.train", "--out", tmp_path / "run", *base_args(attention, head_size), *mesh_args(mesh),
-                devices=8)
+    r = run_cli(
+        "experiments.train", "--out", tmp_path / "run", *base_args(attention, head_size), *mesh_args(mesh), devices=8
+    )
     assert r.returncode == 2, r.stderr[-3000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and refusal(mesh, attention, head_size) in lines[0]
@@ -219,12 +263,22 @@ def test_two_processes_of_four_devices_match_one_device(matrix, tmp_path):
     dist = ["--dist.coordinator", f"127.0.0.1:{_free_port()}", "--dist.num_processes", "2"]
     argv = ["--out", tmp_path / "multi", *base_args("auto", 16), "--mesh.data", "-1", "--mesh.model", "4", *dist]
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        procs = [pool.submit(run_cli, "experiments.train", *argv, "--dist.process_id", str(i), devices=4,
-                             env={"XLA_FLAGS": XLA_FLAGS.format(4)}, timeout=600) for i in range(2)]
+        procs = [
+            pool.submit(
+                run_cli,
+                "experiments.train",
+                *argv,
+                "--dist.process_id",
+                str(i),
+                devices=4,
+                env={"XLA_FLAGS": XLA_FLAGS.format(4)},
+                timeout=600,
+            )
+            for i in range(2)
+        ]
         for p in procs:
             assert p.result().returncode == 0, p.result().stderr[-3000:]
-    np.testing.assert_allclose(metrics_losses(tmp_path / "multi"), _reference(matrix, "auto", 16)["losses"],
-                               rtol=1e-4)
+    np.testing.assert_allclose(metrics_losses(tmp_path / "multi"), _reference(matrix, "auto", 16)["losses"], rtol=1e-4)
     summary = json.loads((tmp_path / "multi" / "summary.json").read_text())
     assert summary["n_processes"] == 2 and summary["n_devices"] == 8
     assert summary["mesh"] == {"data": 2, "fsdp": 1, "model": 4}

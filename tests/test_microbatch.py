@@ -50,6 +50,7 @@ def test_microbatch_i_takes_every_mth_row_and_its_own_dropout_key():
 
     params, rng = jnp.ones((3,)), jax.random.key(7)
     loss, _ = microbatch.loss_and_grads(noisy, params, batch.astype(jnp.float32), rng, 4)
-    want = np.mean([float(noisy(params, jnp.asarray(split[i], jnp.float32), jax.random.fold_in(rng, i)))
-                    for i in range(4)])
+    want = np.mean(
+        [float(noisy(params, jnp.asarray(split[i], jnp.float32), jax.random.fold_in(rng, i))) for i in range(4)]
+    )
     assert float(loss) == pytest.approx(want, rel=1e-6)

@@ -28,8 +28,21 @@ LAW = (1.2, 60.0, 80.0, 0.35, 0.30)  # E, A, B, alpha, beta
 BUDGETS = (1e12, 3e12, 1e13)
 SIZES = np.geomspace(2e4, 1.6e6, 9)
 TPS = 4096  # tokens per step
-COLS = ["run_id", "n_layer", "d_model", "n_head", "n_params", "tokens", "steps", "val_loss", "status", "budget",
-        "parent", "stable_steps", "lr"]
+COLS = [
+    "run_id",
+    "n_layer",
+    "d_model",
+    "n_head",
+    "n_params",
+    "tokens",
+    "steps",
+    "val_loss",
+    "status",
+    "budget",
+    "parent",
+    "stable_steps",
+    "lr",
+]
 FIT_PLOTS = ("isoflop", "optimal_n", "residuals", "frontier", "pred_vs_obs")
 RUN_PLOTS = ("training_curves", "loss_vs_n", "lr_scan")
 
@@ -70,18 +83,37 @@ def _design():
         near = SIZES[np.argsort(np.abs(np.log(SIZES / n_opt)))[:5]]
         for n in sorted(near):
             d = c / (6 * n)
-            runs.append({"n": float(n), "budget": c, "steps": max(2, round(d / TPS)),
-                         "val": float(law_loss(n, d, *LAW) * (1 + 0.002 * rng.standard_normal()))})
+            runs.append(
+                {
+                    "n": float(n),
+                    "budget": c,
+                    "steps": max(2, round(d / TPS)),
+                    "val": float(law_loss(n, d, *LAW) * (1 + 0.002 * rng.standard_normal())),
+                }
+            )
     rows = []
     for n in sorted({r["n"] for r in runs}):
         mine = sorted((r for r in runs if r["n"] == n), key=lambda r: -r["steps"])
         parent = f"N{n:.0f}_{mine[0]['budget']:.0e}"
         for i, r in enumerate(mine):
             rid = f"N{n:.0f}_{r['budget']:.0e}"
-            rows.append({"run_id": rid, "n_layer": 2, "d_model": int(n) // 1000, "n_head": 2, "n_params": int(n),
-                         "tokens": r["steps"] * TPS, "steps": r["steps"], "val_loss": r["val"], "status": "completed",
-                         "budget": r["budget"], "parent": "" if i == 0 else parent,
-                         "stable_steps": "" if i == 0 else int(0.8 * r["steps"]), "lr": 0.002})
+            rows.append(
+                {
+                    "run_id": rid,
+                    "n_layer": 2,
+                    "d_model": int(n) // 1000,
+                    "n_head": 2,
+                    "n_params": int(n),
+                    "tokens": r["steps"] * TPS,
+                    "steps": r["steps"],
+                    "val_loss": r["val"],
+                    "status": "completed",
+                    "budget": r["budget"],
+                    "parent": "" if i == 0 else parent,
+                    "stable_steps": "" if i == 0 else int(0.8 * r["steps"]),
+                    "lr": 0.002,
+                }
+            )
     return rows
 
 
@@ -93,14 +125,38 @@ def _lr_scan(out):
         lrs = [lr_opt * f for f in (0.25, 0.5, 1, 2, 4)]
         losses = [3.0 - 0.3 * k + 0.05 * math.log(lr / lr_opt) ** 2 for lr in lrs]
         for lr, lo in zip(lrs, losses):
-            rows.append({"run_id": f"s{k}_lr{lr:.2e}", "n_layer": 2, "d_model": 32 * (k + 1), "n_head": 2,
-                         "n_params": int(n), "val_loss": lo, "status": "completed", "lr": lr})
-        optima.append({"n_params": int(n), "shape": f"L2-d{32 * (k + 1)}-h2", "lr_opt": lr_opt, "lrs": lrs,
-                       "losses": losses, "in_range": True})
+            rows.append(
+                {
+                    "run_id": f"s{k}_lr{lr:.2e}",
+                    "n_layer": 2,
+                    "d_model": 32 * (k + 1),
+                    "n_head": 2,
+                    "n_params": int(n),
+                    "val_loss": lo,
+                    "status": "completed",
+                    "lr": lr,
+                }
+            )
+        optima.append(
+            {
+                "n_params": int(n),
+                "shape": f"L2-d{32 * (k + 1)}-h2",
+                "lr_opt": lr_opt,
+                "lrs": lrs,
+                "losses": losses,
+                "in_range": True,
+            }
+        )
     _write_csv(out / "lr_scan" / "results.csv", rows)
-    rule = {"c": 0.02, "gamma": 0.3, "formula": "lr = c * (N / n_ref)^-gamma", "n_ref": 1e5, "count": "total",
-            "optima": optima, "applied": [{"n_params": int(n), "shape": "", "lr": 0.02 * (n / 1e5) ** -0.3}
-                                          for n in SIZES[::2]]}
+    rule = {
+        "c": 0.02,
+        "gamma": 0.3,
+        "formula": "lr = c * (N / n_ref)^-gamma",
+        "n_ref": 1e5,
+        "count": "total",
+        "optima": optima,
+        "applied": [{"n_params": int(n), "shape": "", "lr": 0.02 * (n / 1e5) ** -0.3} for n in SIZES[::2]],
+    }
     (out / "lr_rule.json").write_text(json.dumps(rule))
 
 
@@ -119,8 +175,9 @@ def synthetic(tmp_path_factory):
             _metrics(run / "metrics.jsonl", n, r["steps"])
         else:
             start = 1.03 * law_loss(n, r["stable_steps"] * TPS, *LAW)
-            _metrics(run / "metrics.jsonl", n, r["steps"], first=r["stable_steps"], start_loss=start,
-                     end_loss=r["val_loss"])
+            _metrics(
+                run / "metrics.jsonl", n, r["steps"], first=r["stable_steps"], start_loss=start, end_loss=r["val_loss"]
+            )
     _lr_scan(out)
     plan = sweep.make_plan(sweep.load_spec(SMOKE), {}, load_data=False)
     runs = sweep.load_sweep_runs(plan, out)
@@ -218,8 +275,13 @@ def test_residuals_mark_the_extrapolation_diagnostics_budget(synthetic):
     """Without a hold-out fit, the residual plot takes the held-out budget and its law from the
     extrapolation diagnostic's details."""
     _, _, runs, fit = synthetic
-    verdict = Verdict(tuple(checks.check_extrapolation(runs.N, runs.D, runs.L, runs.C, budgets=runs.budget,
-                                                       starts=fit.fit.law.ranked_starts[:64])))
+    verdict = Verdict(
+        tuple(
+            checks.check_extrapolation(
+                runs.N, runs.D, runs.L, runs.C, budgets=runs.budget, starts=fit.fit.law.ranked_starts[:64]
+            )
+        )
+    )
     result = dataclasses.replace(fit.fit, holdout=None, diagnostics=verdict)
     held, what = held_out(runs, result)
     top = runs.budget == max(BUDGETS)
@@ -241,12 +303,16 @@ def test_branches_fork_from_their_parent(synthetic, parents_in_table):
     shown = rows if parents_in_table else branches
     fig = run_plots.training_curves(shown, out / "runs", unit="nats/byte")
     drawn = {r["run_id"] for r in shown} | {r["parent"] for r in shown if r["parent"]}
-    h = run_plots.half_window(run_plots.read_metrics(out / "runs" / rid / "metrics.jsonl")["step"].size
-                              for rid in drawn)
+    h = run_plots.half_window(
+        run_plots.read_metrics(out / "runs" / rid / "metrics.jsonl")["step"].size for rid in drawn
+    )
     assert branches and f"and {len(branches)} cooldown branches" in fig.axes[0].get_title()
     # each branch line starts on its parent's (smoothed) curve at its stable_steps
-    starts = {(round(float(line.get_xdata()[0])), float(line.get_ydata()[0])) for line in fig.axes[0].lines
-              if len(line.get_xdata()) > 1}
+    starts = {
+        (round(float(line.get_xdata()[0])), float(line.get_ydata()[0]))
+        for line in fig.axes[0].lines
+        if len(line.get_xdata()) > 1
+    }
     for b in branches:
         pc = run_plots.read_metrics(out / "runs" / b["parent"] / "metrics.jsonl")
         x0 = round(float(np.interp(float(b["stable_steps"]), pc["step"], pc["tokens"])))

@@ -20,11 +20,11 @@ MESHES = ["1,4,2", "2,2,2", "1,8,1", "8,1,1", "2,2,2,scan"]
 
 # Megatron layout by hand: (parameter suffix) -> PartitionSpec as (data, fsdp, model) names.
 MEGATRON = {
-    "attn/qkv_kernel": ["fsdp", None, "model", None],   # columns (heads) split
-    "attn/out_kernel": ["model", None, "fsdp"],         # rows (heads) split
-    "mlp/fc/kernel": ["fsdp", "model"],                 # columns split
-    "mlp/proj/kernel": ["model", "fsdp"],               # rows split
-    "wte/embedding": ["model", "fsdp"],                 # vocabulary split
+    "attn/qkv_kernel": ["fsdp", None, "model", None],  # columns (heads) split
+    "attn/out_kernel": ["model", None, "fsdp"],  # rows (heads) split
+    "mlp/fc/kernel": ["fsdp", "model"],  # columns split
+    "mlp/proj/kernel": ["model", "fsdp"],  # rows split
+    "wte/embedding": ["model", "fsdp"],  # vocabulary split
     "ln_1/scale": [None],
 }
 

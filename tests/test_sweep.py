@@ -81,20 +81,28 @@ def test_sizing_rule_rounds_width_to_whole_heads_and_can_match_nonembedding_coun
     n_layer, d_model, n_head = sweep.shape_for(2e6, rule, model)
     assert d_model % 32 == 0 and n_head == d_model // 32
     assert d_model == 32 * max(1, round(40 * n_layer / 32))
-    nonembed = {L: hand_count(L, 32 * max(1, round(40 * L / 32)), 64, 320)
-                - (320 + 64) * 32 * max(1, round(40 * L / 32)) for L in range(1, 65)}
+    nonembed = {
+        L: hand_count(L, 32 * max(1, round(40 * L / 32)), 64, 320) - (320 + 64) * 32 * max(1, round(40 * L / 32))
+        for L in range(1, 65)
+    }
     assert n_layer == min(nonembed, key=lambda L: abs(math.log(nonembed[L] / 2e6)))
 
 
 def test_isoflop_plan_by_hand(tmp_path):
-    spec = sweep.load_spec(write_spec(tmp_path, BASE + """
+    spec = sweep.load_spec(
+        write_spec(
+            tmp_path,
+            BASE
+            + """
 sizing: {aspect: 16, head_dim: 16}
 isoflop:
   budgets: [5e9, {flops: 1e10, models: [{n_layer: 2, d_model: 32}, 1e5, 3e5, 1e6]}]
   models: [1e4, "40K", 1e5]
   min_steps: 20
 seeds: [0, 3]
-"""))
+""",
+        )
+    )
     plan = sweep.make_plan(spec, {})
     per_step = 8 * 32
     ids = [r.run_id for r in plan.runs]
@@ -119,7 +127,11 @@ seeds: [0, 3]
 
 
 def test_grid_with_arms_seeds_and_tags(tmp_path):
-    spec = sweep.load_spec(write_spec(tmp_path, BASE + """
+    spec = sweep.load_spec(
+        write_spec(
+            tmp_path,
+            BASE
+            + """
 grid:
   models: [{n_layer: 1, d_model: 32, n_head: 4}, {n_layer: 2, d_model: 32}]
   tokens: [2048, 5000]
@@ -131,7 +143,9 @@ arms:
     tags: {pacing: linear}
 tags: {project: demo}
 fit: false
-"""))
+""",
+        )
+    )
     plan = sweep.make_plan(spec, {"optim": {"lr": "0.003"}})
     assert len(plan.runs) == 2 * 2 * 2
     assert {r.tokens for r in plan.runs} == {2048, 5120}  # 5000 -> nearest whole batch of 256
@@ -146,21 +160,24 @@ fit: false
     assert [r.index for r in plan.shard(1, 3)] == [1, 4, 7]
 
 
-@pytest.mark.parametrize("text, message", [
-    ("grid: {models: [1e4], tokens: [1e4]}\nisoflop: {budgets: [1e9], models: [1e4]}", "exactly one design"),
-    ("colour: red\ngrid: {models: [1e4], tokens: [1e4]}", "unknown key 'colour'"),
-    ("grid: {models: [{n_layer: 2}], tokens: [1e4]}", "needs n_layer and d_model"),
-    ("grid: {models: [abc], tokens: [1e4]}", "expected a number"),
-    ("grid: {models: [1e4, 1.1e4], tokens: [1e4, 2e4, 3e4]}", "give the same run"),
-    ("grid: {models: [1e4, 4e4, 1e5], tokens: [1e1]}", "less than one batch"),
-    ("isoflop: {budgets: [1e9, 1e9], models: [1e4]}", "repeated budget"),
-    ("isoflop: {budgets: [1e9]}", "has no models"),
-    ("grid: {models: [1e4], tokens: [1e4]}", "too few runs to fit"),
-    ("grid: {models: [1e4, 4e4], tokens: [1e4, 2e4]}", "too few runs to fit"),  # approach 1 needs 3 sizes
-    ("grid: {models: [{n_layer: 2, d_model: 30}], tokens: [1e4]}\nfit: false", "multiple of sizing.head_dim"),
-    ("grid: {models: [{n_layer: 2, d_model: 30, n_head: 4}], tokens: [1e4]}\nfit: false", "divisible"),
-    ("grid: {models: [1e4, 4e4], tokens: [1e4, 2e4]}\narms: [{name: a-b}]", "plain word"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("grid: {models: [1e4], tokens: [1e4]}\nisoflop: {budgets: [1e9], models: [1e4]}", "exactly one design"),
+        ("colour: red\ngrid: {models: [1e4], tokens: [1e4]}", "unknown key 'colour'"),
+        ("grid: {models: [{n_layer: 2}], tokens: [1e4]}", "needs n_layer and d_model"),
+        ("grid: {models: [abc], tokens: [1e4]}", "expected a number"),
+        ("grid: {models: [1e4, 1.1e4], tokens: [1e4, 2e4, 3e4]}", "give the same run"),
+        ("grid: {models: [1e4, 4e4, 1e5], tokens: [1e1]}", "less than one batch"),
+        ("isoflop: {budgets: [1e9, 1e9], models: [1e4]}", "repeated budget"),
+        ("isoflop: {budgets: [1e9]}", "has no models"),
+        ("grid: {models: [1e4], tokens: [1e4]}", "too few runs to fit"),
+        ("grid: {models: [1e4, 4e4], tokens: [1e4, 2e4]}", "too few runs to fit"),  # approach 1 needs 3 sizes
+        ("grid: {models: [{n_layer: 2, d_model: 30}], tokens: [1e4]}\nfit: false", "multiple of sizing.head_dim"),
+        ("grid: {models: [{n_layer: 2, d_model: 30, n_head: 4}], tokens: [1e4]}\nfit: false", "divisible"),
+        ("grid: {models: [1e4, 4e4], tokens: [1e4, 2e4]}\narms: [{name: a-b}]", "plain word"),
+    ],
+)
 def test_bad_specs_are_usage_errors(tmp_path, text, message):
     with pytest.raises(UsageError, match=message):
         sweep.make_plan(sweep.load_spec(write_spec(tmp_path, BASE + text)), {})
@@ -179,8 +196,7 @@ def test_the_plan_supports_approach_1_by_the_rule_the_fit_applies():
 
 
 def test_design_fields_cannot_be_overridden(tmp_path):
-    spec = sweep.load_spec(write_spec(tmp_path, BASE + "grid: {models: [1e4, 4e4], tokens: [1e4, 2e4]}\n"
-                                                        "seeds: [0]\n"))
+    spec = sweep.load_spec(write_spec(tmp_path, BASE + "grid: {models: [1e4, 4e4], tokens: [1e4, 2e4]}\nseeds: [0]\n"))
     for sec, name in (("model", "d_model"), ("train", "tokens"), ("train", "seed")):
         with pytest.raises(UsageError, match=f"--{sec}.{name} is set by the sweep design"):
             sweep.make_plan(spec, {sec: {name: "64"}})
@@ -209,16 +225,18 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(tmp_path, capsys, n
     (out / "results.csv").write_text("precious\n")
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     bad_mesh = ["--config", str(good), "--out", str(out), "--mesh.data", "3"]
-    assert "config file not found" in _cli_exit(["--config", str(tmp_path / "missing.yaml"), "--out", str(out)],
-                                                capsys)
+    assert "config file not found" in _cli_exit(["--config", str(tmp_path / "missing.yaml"), "--out", str(out)], capsys)
     assert "mesh" in _cli_exit(bad_mesh, capsys)
     assert "--shard" in _cli_exit(["--config", str(good), "--out", str(out), "--shard", "2/2"], capsys)
-    assert "train.batch_size" in _cli_exit(["--config", str(good), "--out", str(out), "--train.batch_size", "0"],
-                                           capsys)
-    assert "corpus not found" in _cli_exit(["--config", str(good), "--out", str(out),
-                                            "--data.corpus", str(tmp_path / "nope.txt")], capsys)
-    assert "set by the sweep design" in _cli_exit(["--config", str(good), "--out", str(out),
-                                                   "--model.n_layer", "3"], capsys)
+    assert "train.batch_size" in _cli_exit(
+        ["--config", str(good), "--out", str(out), "--train.batch_size", "0"], capsys
+    )
+    assert "corpus not found" in _cli_exit(
+        ["--config", str(good), "--out", str(out), "--data.corpus", str(tmp_path / "nope.txt")], capsys
+    )
+    assert "set by the sweep design" in _cli_exit(
+        ["--config", str(good), "--out", str(out), "--model.n_layer", "3"], capsys
+    )
     msg = _cli_exit(["--config", str(good), "--out", str(out)], capsys)
     assert "different config" in msg and "optim.lr" in msg
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
@@ -241,8 +259,11 @@ def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys, no_compile
 
 
 def test_calibration_estimates_every_run(tmp_path):
-    spec = write_spec(tmp_path, BASE + "grid: {models: [{n_layer: 1, d_model: 16}, {n_layer: 1, d_model: 32}], "
-                                       "tokens: [2048, 20480]}\nfit: false\n")
+    spec = write_spec(
+        tmp_path,
+        BASE + "grid: {models: [{n_layer: 1, d_model: 16}, {n_layer: 1, d_model: 32}], "
+        "tokens: [2048, 20480]}\nfit: false\n",
+    )
     plan = sweep.make_plan(sweep.load_spec(spec), {})
     calib = sweep.calibrate(plan.runs, target_s=0.2, max_steps=5)
     assert [p["run_id"].split("-D")[0] for p in calib.points] == ["L1-d16", "L1-d32"]  # smallest, largest
@@ -280,14 +301,43 @@ def test_diverged_runs_are_kept_unless_retried_from_their_last_good_checkpoint(t
 def _fake_run(out: Path, run_id: str, index: int, status="completed", arm=None, loss=3.0, summary=True):
     d = out / "runs" / run_id
     d.mkdir(parents=True)
-    (d / "plan.json").write_text(json.dumps({"index": index, "run_id": run_id, "budget": 1e9, "seed": 0,
-                                             "arm": arm, "target_n": None, "tags": {"pacing": "x"} if arm else {}}))
+    (d / "plan.json").write_text(
+        json.dumps(
+            {
+                "index": index,
+                "run_id": run_id,
+                "budget": 1e9,
+                "seed": 0,
+                "arm": arm,
+                "target_n": None,
+                "tags": {"pacing": "x"} if arm else {},
+            }
+        )
+    )
     if summary:
-        (d / "summary.json").write_text(json.dumps({
-            "n_params": 1000 * (index + 1), "n_params_nonembed": 900, "tokens": 4096, "steps": 16,
-            "flops_6nd": 6.0 * 1000 * (index + 1) * 4096, "flops_kaplan": 1.0, "flops_chinchilla": 2.0,
-            "flops_xla": 3.0, "final_train_loss": loss + 0.1, "val_loss": loss, "val_bpb": loss / math.log(2),
-            "status": status, "wall_s": 1.5, "n_layer": 1, "d_model": 16, "n_head": 1, "seq_len": 32}))
+        (d / "summary.json").write_text(
+            json.dumps(
+                {
+                    "n_params": 1000 * (index + 1),
+                    "n_params_nonembed": 900,
+                    "tokens": 4096,
+                    "steps": 16,
+                    "flops_6nd": 6.0 * 1000 * (index + 1) * 4096,
+                    "flops_kaplan": 1.0,
+                    "flops_chinchilla": 2.0,
+                    "flops_xla": 3.0,
+                    "final_train_loss": loss + 0.1,
+                    "val_loss": loss,
+                    "val_bpb": loss / math.log(2),
+                    "status": status,
+                    "wall_s": 1.5,
+                    "n_layer": 1,
+                    "d_model": 16,
+                    "n_head": 1,
+                    "seq_len": 32,
+                }
+            )
+        )
 
 
 def test_results_table_is_rebuilt_from_every_summary(tmp_path):
@@ -301,7 +351,7 @@ def test_results_table_is_rebuilt_from_every_summary(tmp_path):
         table = list(csv.DictReader(f))
     assert [r["run_id"] for r in table] == ["c", "b", "a"] == [r["run_id"] for r in rows]  # plan order
     cols = list(table[0])
-    assert cols[:len(sweep.RESULT_COLUMNS)] == list(sweep.RESULT_COLUMNS) and cols[-2:] == ["arm", "pacing"]
+    assert cols[: len(sweep.RESULT_COLUMNS)] == list(sweep.RESULT_COLUMNS) and cols[-2:] == ["arm", "pacing"]
     assert float(table[0]["val_loss"]) == 1 / 3  # full precision
     assert table[2]["status"] == "diverged" and table[2]["val_loss"] == "nan"
     assert table[0]["budget"] == "1000000000.0" and table[0]["arm"] == "x" and table[0]["pacing"] == "x"
@@ -313,8 +363,13 @@ def test_results_table_is_rebuilt_from_every_summary(tmp_path):
 
 def _popen(args, log):
     env = dict(os.environ, XLA_FLAGS="")
-    return subprocess.Popen([sys.executable, "-m", "experiments.sweep", *map(str, args)], cwd=REPO, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "experiments.sweep", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def _rows(out: Path) -> dict[str, dict]:
@@ -344,10 +399,26 @@ def _assert_same_results(out: Path, ref: Path, rel: float = 1e-6):
 def reference_sweep(tmp_path_factory):
     data_path("tinyshakespeare", "input.txt")
     out = tmp_path_factory.mktemp("ref") / "sweep"
-    p = subprocess.run([sys.executable, "-m", "experiments.sweep", "--config", str(SMOKE), "--out", str(out),
-                        "--train.progress", "false", "--jobs", "2"], cwd=REPO, capture_output=True, text=True,
-                       timeout=600,
-                       env=dict(os.environ, XLA_FLAGS=""))
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.sweep",
+            "--config",
+            str(SMOKE),
+            "--out",
+            str(out),
+            "--train.progress",
+            "false",
+            "--jobs",
+            "2",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, XLA_FLAGS=""),
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     return out, p.stdout
 
@@ -371,8 +442,13 @@ def test_smoke_sweep_writes_results_fit_and_plots(reference_sweep):
         assert (out / "plots" / f"{name}.png").stat().st_size > 1000
     # rerunning the finished sweep trains nothing and keeps every file
     mtime = (out / "fit.json").stat().st_mtime_ns
-    r2 = subprocess.run([sys.executable, "-m", "experiments.sweep", "--config", str(SMOKE), "--out", str(out),
-                         *QUIET], cwd=REPO, capture_output=True, text=True, timeout=300)
+    r2 = subprocess.run(
+        [sys.executable, "-m", "experiments.sweep", "--config", str(SMOKE), "--out", str(out), *QUIET],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r2.returncode == 0 and "trained 0 run(s), kept 6" in r2.stdout
     assert (out / "fit.json").stat().st_mtime_ns == mtime
     assert [e["event"] for e in sweep.read_log(out)].count("start") == len(plan.runs)
@@ -404,8 +480,9 @@ def test_smoke_sweep_sigkilled_three_times_then_resumed_equals_an_unbroken_sweep
                 os.kill(proc.pid, signal.SIGKILL)
                 kills += 1
             proc.wait()
-        snapshots.append({d.name: (_ckpt_steps(d) or [0])[-1] for d in (out / "runs").iterdir()
-                          if not (d / "summary.json").exists()})
+        snapshots.append(
+            {d.name: (_ckpt_steps(d) or [0])[-1] for d in (out / "runs").iterdir() if not (d / "summary.json").exists()}
+        )
     assert kills == n_kills, f"the sweep finished before kill {kills + 1} {why}"
     with open(tmp_path / "final.log", "w") as log:
         proc = _popen(["--config", SMOKE, "--out", out, *QUIET], log)
@@ -469,8 +546,9 @@ def test_compile_ahead_queues_each_shape_once_in_run_order_for_the_runs_to_find(
     sweep._compile_ahead(plan.runs, trainers, pool)
     shapes = list(dict.fromkeys(r.shape for r in plan.runs))
     assert len(pool.tasks) == len(shapes) == 3 and not trainers  # nothing built on this thread
-    assert [args[1].model for _, args in pool.tasks] == [next(r.cfg.model for r in plan.runs if r.shape == s)
-                                                         for s in shapes]
+    assert [args[1].model for _, args in pool.tasks] == [
+        next(r.cfg.model for r in plan.runs if r.shape == s) for s in shapes
+    ]
     fn, args = pool.tasks[0]
     fn(*args)  # the first shape's task, run here
     (built,) = trainers.values()

@@ -40,8 +40,18 @@ def write_results(path: Path, *, law=LAW, noise=NOISE, seed=0, top_factor=1.0) -
     multiplies the largest budget's losses."""
     rng = np.random.default_rng(seed)
     grid = np.logspace(4.0, 6.5, 26)
-    cols = ["run_id", "n_params", "n_params_nonembed", "tokens", "flops_6nd", "flops_chinchilla", "val_loss",
-            "status", "budget", "seed"]
+    cols = [
+        "run_id",
+        "n_params",
+        "n_params_nonembed",
+        "tokens",
+        "flops_6nd",
+        "flops_chinchilla",
+        "val_loss",
+        "status",
+        "budget",
+        "seed",
+    ]
     lines = [",".join(cols)]
     for C in BUDGETS:
         n_opt = laws.compute_optimal(C, *law)[0]
@@ -51,9 +61,11 @@ def write_results(path: Path, *, law=LAW, noise=NOISE, seed=0, top_factor=1.0) -
                 D = C / (6 * N)
                 loss = laws.law_loss(N, D, *law) * math.exp(noise * rng.standard_normal())
                 loss *= top_factor if C == BUDGETS[-1] else 1.0
-                fc = 6 * N * D * (1 + 2e3 / N ** 0.5)
-                lines.append(f"r{len(lines)},{N:.0f},{N - EMBED:.0f},{D:.0f},{6 * N * D:.6g},{fc:.6g},"
-                             f"{loss:.8f},completed,{C:.6g},{s}")
+                fc = 6 * N * D * (1 + 2e3 / N**0.5)
+                lines.append(
+                    f"r{len(lines)},{N:.0f},{N - EMBED:.0f},{D:.0f},{6 * N * D:.6g},{fc:.6g},"
+                    f"{loss:.8f},completed,{C:.6g},{s}"
+                )
     lines.append(f"r{len(lines)},5e4,4.8e4,1e6,3e11,3.3e11,nan,diverged,{BUDGETS[0]:.6g},0")
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -92,8 +104,14 @@ def fitted(tmp_path_factory):
     out.mkdir()
     write_results(out / "results.csv")
     output = sweep.fit_sweep(plan, out, options=FAST)
-    fit = sweep.SweepFit(output=output, name="synth", spec="synth.yaml", results=str(out / "results.csv"),
-                         results_sha256="x", n_planned=0)
+    fit = sweep.SweepFit(
+        output=output,
+        name="synth",
+        spec="synth.yaml",
+        results=str(out / "results.csv"),
+        results_sha256="x",
+        n_planned=0,
+    )
     return plan, out, output, json.loads(json.dumps(fit.to_dict(), allow_nan=False)), sweep.fit_report(fit)
 
 
@@ -180,8 +198,9 @@ def test_fit_count_nonembed_from_the_spec(tmp_path):
     opts = dataclasses.replace(FAST, bootstrap=0)  # no intervals: no diagnostics (a FAIL verdict)
     output = sweep.fit_sweep(plan, out, options=opts, baselines={})
     d = output.to_dict()
-    assert d["n_count"] == "nonembed" and d["alt_count"]["count"] == "total" and d["input"]["n_col"] == \
-        "n_params_nonembed"
+    assert (
+        d["n_count"] == "nonembed" and d["alt_count"]["count"] == "total" and d["input"]["n_col"] == "n_params_nonembed"
+    )
     runs = sweep.load_sweep_runs(plan, out)
     total = sweep.load_sweep_runs(plan, out, n_col="n_params")
     assert np.array_equal(runs.N, total.N - EMBED) and "diagnostics" not in d
@@ -244,8 +263,9 @@ def test_baseline_equals_an_independent_count_on_the_same_tokens(tmp_path):
     got = sweep_baseline.count_baseline(splits, seq_len, batch, n_batches)
     starts = Batches(splits, seq_len, batch, seed=0).val_window_ids(n_batches) * seq_len
     assert starts[0] == 0  # the first window starts the split: its first target's context is padded
-    ref, n = _independent_trigram_nll(splits.train, splits.val, starts, seq_len, splits.n_vocab,
-                                      int(splits.manifest["eot"]))
+    ref, n = _independent_trigram_nll(
+        splits.train, splits.val, starts, seq_len, splits.n_vocab, int(splits.manifest["eot"])
+    )
     assert got["tokens"] == n == n_batches * batch * seq_len
     assert got["trigram"] == pytest.approx(ref, rel=1e-12)
     assert got["unigram"] > got["bigram"] > got["trigram"]
@@ -278,8 +298,9 @@ def test_sweep_baseline_is_cached_and_in_bits_per_byte_for_val_bpb(tmp_path):
 def test_fit_cli_holdout_on_a_sweep_results_table(tmp_path, capsys):
     csv = write_results(tmp_path / "results.csv")
     out = tmp_path / "fit.json"
-    rc = fitcli.main(["--results", str(csv), "--approach", "3", "--holdout-top-c", "3", "--out", str(out),
-                      "--no-progress"])
+    rc = fitcli.main(
+        ["--results", str(csv), "--approach", "3", "--holdout-top-c", "3", "--out", str(out), "--no-progress"]
+    )
     assert rc == 0
     d = json.loads(out.read_text())
     runs = fitcli.load_runs(csv)

@@ -28,8 +28,20 @@ def test_tiny_run_end_to_end(tmp_path):
     summary = train_cli.main(["--out", str(out), *TINY])
     assert summary["status"] == "completed" and summary["steps"] == 80
     saved = json.loads((out / "summary.json").read_text())
-    for key in ("n_params", "n_params_nonembed", "tokens", "flops_6nd", "flops_kaplan", "flops_chinchilla",
-                "flops_xla", "final_train_loss", "val_loss", "val_bpb", "wall_s", "status"):
+    for key in (
+        "n_params",
+        "n_params_nonembed",
+        "tokens",
+        "flops_6nd",
+        "flops_kaplan",
+        "flops_chinchilla",
+        "flops_xla",
+        "final_train_loss",
+        "val_loss",
+        "val_bpb",
+        "wall_s",
+        "status",
+    ):
         assert saved[key] is not None, key
     assert saved["tokens"] == 80 * 8 * 32
     assert saved["flops_6nd"] == 6 * saved["n_params"] * saved["tokens"]
@@ -58,12 +70,14 @@ def test_lr_schedule_warmup_then_cosine_to_ten_percent_at_the_end():
 
 
 def test_weight_decay_only_on_matrices():
-    cfg = dataclasses.replace(Config(), model=ModelConfig(n_layer=1, d_model=16, n_head=2, vocab_size=40,
-                                                          tie_embeddings=False))
+    cfg = dataclasses.replace(
+        Config(), model=ModelConfig(n_layer=1, d_model=16, n_head=2, vocab_size=40, tie_embeddings=False)
+    )
     trainer = Trainer(cfg, make_mesh({"data": 1, "fsdp": 1, "model": 1}), 10)
     mask = decay_mask(trainer.abstract_state.params)
-    flat = {"/".join(str(getattr(k, "key", k)) for k in path): v
-            for path, v in jax.tree_util.tree_leaves_with_path(mask)}
+    flat = {
+        "/".join(str(getattr(k, "key", k)) for k in path): v for path, v in jax.tree_util.tree_leaves_with_path(mask)
+    }
     assert flat["h_0/attn/qkv_kernel"] is False  # noqa: E712  (named *_kernel, not 'kernel')
     decayed = {k for k, v in flat.items() if v}
     assert decayed == {"h_0/mlp/fc/kernel", "h_0/mlp/proj/kernel", "lm_head/kernel"}
@@ -89,17 +103,19 @@ def test_auto_microbatches_keep_about_1024_tokens_per_device_on_a_cpu():
     from scaling.train import resolve_microbatches
 
     def auto(batch, seq, shards, backend="cpu", m=0):
-        cfg = dataclasses.replace(Config(), model=ModelConfig(seq_len=seq),
-                                  train=TrainConfig(batch_size=batch, microbatches=m))
+        cfg = dataclasses.replace(
+            Config(), model=ModelConfig(seq_len=seq), train=TrainConfig(batch_size=batch, microbatches=m)
+        )
         return resolve_microbatches(cfg, shards, backend)
-    assert auto(16, 256, 1) == 4          # 4 rows x 256 tokens each
-    assert auto(16, 256, 2) == 2          # 8 rows per device -> 2 x 4
+
+    assert auto(16, 256, 1) == 4  # 4 rows x 256 tokens each
+    assert auto(16, 256, 2) == 2  # 8 rows per device -> 2 x 4
     assert auto(12, 256, 1) == 3
-    assert auto(6, 256, 1) == 1           # 6 rows: no split leaves >= 4 rows
-    assert auto(8, 64, 1) == 1            # 8 x 64 tokens is under 1024 already
-    assert auto(64, 64, 1) == 4           # 16 rows x 64 tokens each
+    assert auto(6, 256, 1) == 1  # 6 rows: no split leaves >= 4 rows
+    assert auto(8, 64, 1) == 1  # 8 x 64 tokens is under 1024 already
+    assert auto(64, 64, 1) == 4  # 16 rows x 64 tokens each
     assert auto(16, 256, 1, backend="gpu") == 1
-    assert auto(16, 256, 1, m=2) == 2     # an explicit value is kept
+    assert auto(16, 256, 1, m=2) == 2  # an explicit value is kept
 
 
 def test_runs_of_one_shape_share_the_compiled_step_and_train_as_if_compiled_alone():
@@ -111,8 +127,13 @@ def test_runs_of_one_shape_share_the_compiled_step_and_train_as_if_compiled_alon
     optim = OptimConfig(lr=1e-2, warmup_steps=3)
 
     def cfg(seed, nan_step=-1):
-        return dataclasses.replace(Config(), model=model, optim=optim, train=TrainConfig(batch_size=4, seed=seed),
-                                   debug=DebugConfig(inject_nan_step=nan_step))
+        return dataclasses.replace(
+            Config(),
+            model=model,
+            optim=optim,
+            train=TrainConfig(batch_size=4, seed=seed),
+            debug=DebugConfig(inject_nan_step=nan_step),
+        )
 
     def train(t, n):
         state, out = t.init_state(), []
@@ -147,8 +168,9 @@ def test_runs_differing_in_lr_and_warmup_share_the_compiled_step():
     batch = jax.random.randint(jax.random.key(0), (4, 9), 0, 64)
 
     def cfg(lr, warmup):
-        return dataclasses.replace(Config(), model=model, optim=OptimConfig(lr=lr, warmup_steps=warmup),
-                                   train=TrainConfig(batch_size=4))
+        return dataclasses.replace(
+            Config(), model=model, optim=OptimConfig(lr=lr, warmup_steps=warmup), train=TrainConfig(batch_size=4)
+        )
 
     def train(t, n):
         state, out = t.init_state(), []
@@ -172,12 +194,16 @@ def test_runs_differing_in_lr_and_warmup_share_the_compiled_step():
 def test_loss_is_cross_entropy_by_hand():
     cfg = ModelConfig(n_layer=1, d_model=16, n_head=2, vocab_size=30, seq_len=6)
     from scaling.model import GPT
+
     model = GPT(cfg)
     batch = jax.random.randint(jax.random.key(1), (3, 7), 0, 30)
     params = model.init(jax.random.key(0), batch[:, :-1])["params"]
     logits = np.asarray(model.apply({"params": params}, batch[:, :-1]), np.float64)
-    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) \
+    logp = (
+        logits
+        - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True))
         - logits.max(-1, keepdims=True)
+    )
     ref = -np.take_along_axis(logp, np.asarray(batch[:, 1:])[..., None], -1).mean()
     assert float(cross_entropy(model, jax.tree.map(jnp.asarray, params), batch)) == pytest.approx(ref, rel=1e-5)
 
@@ -223,9 +249,11 @@ def test_empty_corpus_exits_2(tmp_path, capsys):
 
 
 def test_mesh_errors_on_eight_devices_exit_2_in_a_real_process(tmp_path):
-    cases = [(["--mesh.data", "3"], "needs 3 devices, but 8 are available"),
-             (["--mesh.data", "8", "--train.batch_size", "12"], "not divisible by the data axes"),
-             (["--mesh.data", "1", "--mesh.model", "8", "--model.n_head", "2"], "n_head (2) is not divisible")]
+    cases = [
+        (["--mesh.data", "3"], "needs 3 devices, but 8 are available"),
+        (["--mesh.data", "8", "--train.batch_size", "12"], "not divisible by the data axes"),
+        (["--mesh.data", "1", "--mesh.model", "8", "--model.n_head", "2"], "n_head (2) is not divisible"),
+    ]
     for args, message in cases:
         r = run_cli("experiments.train", "--out", tmp_path / "run", *TINY, *args, devices=8)
         assert r.returncode == 2, r.stderr
@@ -246,15 +274,18 @@ def test_compile_ahead_builds_each_program_once_and_trains_as_compiled_in_line()
     ahead, inline = _tiny_trainer(), _tiny_trainer()
     builds = collections.Counter()
     for name in ("_build_step", "_build_init", "_build_eval", "_build_xla_flops", "_lower_step"):
+
         def counted(f=getattr(ahead, name), name=name):
             builds[(name, threading.get_ident())] += 1
             return f()
+
         setattr(ahead, name, counted)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         for f in [ahead.compile_ahead(pool), ahead.compile_ahead(pool)]:
             f.result()
-    assert sorted(n for n, _ in builds) == sorted(["_build_step", "_build_init", "_build_eval",
-                                                   "_build_xla_flops", "_lower_step"])
+    assert sorted(n for n, _ in builds) == sorted(
+        ["_build_step", "_build_init", "_build_eval", "_build_xla_flops", "_lower_step"]
+    )
     assert all(c == 1 and tid != threading.get_ident() for (_, tid), c in builds.items())
     assert ahead.step_compiled and not inline.step_compiled
     batch = jax.random.randint(jax.random.key(0), (4, 9), 0, 64)
@@ -264,8 +295,9 @@ def test_compile_ahead_builds_each_program_once_and_trains_as_compiled_in_line()
         for _ in range(3):
             state, m = t.train_step(state, batch)
             losses.append(float(m["loss"]))
-        outs.append((losses, float(t.eval_step(state.params, batch)), t.xla_flops_per_step(),
-                     jax.tree.leaves(state.params)))
+        outs.append(
+            (losses, float(t.eval_step(state.params, batch)), t.xla_flops_per_step(), jax.tree.leaves(state.params))
+        )
     assert outs[0][:3] == outs[1][:3]
     for x, y in zip(outs[0][3], outs[1][3]):
         np.testing.assert_array_equal(x, y)
@@ -277,6 +309,7 @@ def test_a_failed_background_build_raises_where_the_program_is_asked_for():
 
     def broken():
         raise RuntimeError("evaluation does not compile")
+
     t._build_eval = broken
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         t.compile_ahead(pool).result()  # the worker goes on to the programs after it
@@ -300,8 +333,9 @@ def test_debug_hooks_are_outside_the_identity_and_help_but_settable(tmp_path):
 
     p = train_cli.parser()
     assert "inject_nan_step" not in p.format_help() and "debug" not in p.format_help()
-    cfg = config_lib.resolve(None, config_lib.overrides_from_args(
-        p.parse_args(["--out", "x", "--debug.inject_nan_step", "7"])))
+    cfg = config_lib.resolve(
+        None, config_lib.overrides_from_args(p.parse_args(["--out", "x", "--debug.inject_nan_step", "7"]))
+    )
     assert cfg.debug.inject_nan_step == 7 and cfg.identity_hash() == Config().identity_hash()
     # a config.yaml holding the field under its former section reads into the debug section
     old = tmp_path / "config.yaml"

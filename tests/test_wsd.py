@@ -36,8 +36,13 @@ def _lrs(cfg: OptimConfig, total: int, steps) -> np.ndarray:
 
 
 @settings(max_examples=40, deadline=None)
-@given(t1=st.integers(1, 3000), extra=st.integers(1, 3000), warmup=st.integers(0, 50),
-       fraction=st.floats(0.01, 1.0), shape=st.sampled_from(["linear", "1-sqrt"]))
+@given(
+    t1=st.integers(1, 3000),
+    extra=st.integers(1, 3000),
+    warmup=st.integers(0, 50),
+    fraction=st.floats(0.01, 1.0),
+    shape=st.sampled_from(["linear", "1-sqrt"]),
+)
 def test_wsd_runs_agree_bitwise_before_the_shorter_runs_decay(t1, extra, warmup, fraction, shape):
     cfg = OptimConfig(lr=3e-3, warmup_steps=warmup, schedule="wsd", decay_fraction=fraction, decay_shape=shape)
     t2 = t1 + extra
@@ -54,8 +59,7 @@ def test_wsd_runs_agree_bitwise_before_the_shorter_runs_decay(t1, extra, warmup,
 
 @pytest.mark.parametrize("shape", ["linear", "1-sqrt"])
 def test_wsd_warms_up_holds_the_peak_then_decays_to_the_floor(shape):
-    cfg = OptimConfig(lr=2.0, min_lr_ratio=0.1, warmup_steps=4, schedule="wsd", decay_fraction=0.25,
-                      decay_shape=shape)
+    cfg = OptimConfig(lr=2.0, min_lr_ratio=0.1, warmup_steps=4, schedule="wsd", decay_fraction=0.25, decay_shape=shape)
     total = 40
     lr = _lrs(cfg, total, np.arange(total))
     np.testing.assert_allclose(lr[:4], 2.0 * np.arange(1, 5) / 5, rtol=1e-6)
@@ -80,8 +84,7 @@ def test_wsd_decays_to_zero_and_cosine_is_unchanged():
 
 
 def test_wsd_fields_are_checked_and_enter_the_identity_only_for_wsd():
-    for bad in ({"schedule": "step"}, {"decay_shape": "cosine"}, {"decay_fraction": 0.0},
-                {"decay_fraction": 1.5}):
+    for bad in ({"schedule": "step"}, {"decay_shape": "cosine"}, {"decay_fraction": 0.0}, {"decay_fraction": 1.5}):
         with pytest.raises(UsageError, match="optim"):
             OptimConfig(**bad)
     from scaling.config import Config
@@ -148,8 +151,16 @@ def test_a_branch_equals_the_run_trained_from_scratch_bitwise(family, tmp_path):
 @pytest.mark.slow
 def test_a_branch_killed_mid_cooldown_resumes_to_the_unbroken_run(family, tmp_path):
     out = tmp_path / "branch"
-    args = [sys.executable, "-m", "experiments.train", "--out", str(out), *SHORT,
-            "--branch-from", f"{family / 'parent'}@64"]
+    args = [
+        sys.executable,
+        "-m",
+        "experiments.train",
+        "--out",
+        str(out),
+        *SHORT,
+        "--branch-from",
+        f"{family / 'parent'}@64",
+    ]
     env = dict(os.environ, XLA_FLAGS="")
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -176,16 +187,19 @@ def test_a_branch_killed_mid_cooldown_resumes_to_the_unbroken_run(family, tmp_pa
     assert [x["step"] for x in _metrics(out)] == [x["step"] for x in _metrics(family / "scratch") if x["step"] > 64]
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--branch-from", "nowhere"], "PARENT_RUN_DIR@STEP"),
-    (["--branch-from", "{tmp}/missing@64"], "no run directory"),
-    (["--branch-from", "{parent}@60"], "no checkpoint at step 60"),
-    (["--branch-from", "{parent}@72"], "after this run's decay start"),
-    (["--branch-from", "{parent}@64", "--optim.lr", "2e-3"], "optim.lr"),
-    (["--branch-from", "{parent}@64", "--optim.schedule", "cosine"], "optim.schedule wsd"),
-    (["--keep-steps", "5,x"], "--keep-steps"),
-    (["--keep-steps", "500"], "keep_steps"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--branch-from", "nowhere"], "PARENT_RUN_DIR@STEP"),
+        (["--branch-from", "{tmp}/missing@64"], "no run directory"),
+        (["--branch-from", "{parent}@60"], "no checkpoint at step 60"),
+        (["--branch-from", "{parent}@72"], "after this run's decay start"),
+        (["--branch-from", "{parent}@64", "--optim.lr", "2e-3"], "optim.lr"),
+        (["--branch-from", "{parent}@64", "--optim.schedule", "cosine"], "optim.schedule wsd"),
+        (["--keep-steps", "5,x"], "--keep-steps"),
+        (["--keep-steps", "500"], "keep_steps"),
+    ],
+)
 def test_bad_branch_input_exits_2_with_one_line(family, tmp_path, capsys, flags, message):
     flags = [f.format(tmp=tmp_path, parent=family / "parent") for f in flags]
     out = tmp_path / "branch"
@@ -199,8 +213,9 @@ def test_bad_branch_input_exits_2_with_one_line(family, tmp_path, capsys, flags,
 def test_a_branch_after_the_parents_decay_start_is_refused(family, tmp_path, capsys):
     """The parent's own decay start bounds the branch point too (the parent here is 80 steps)."""
     with pytest.raises(SystemExit):
-        train_cli.main(["--out", str(tmp_path / "b"), *WSD, "--train.tokens", "30720",
-                        "--branch-from", f"{family / 'scratch'}@80"])
+        train_cli.main(
+            ["--out", str(tmp_path / "b"), *WSD, "--train.tokens", "30720", "--branch-from", f"{family / 'scratch'}@80"]
+        )
     assert "after the parent's decay start" in capsys.readouterr().err
 
 
@@ -230,8 +245,14 @@ def _spec(tmp_path, extra: str = "", base: str = WSD_SPEC):
 def test_a_wsd_plan_groups_families_parent_first(tmp_path):
     plan = sweep.make_plan(_spec(tmp_path), {})
     runs = {r.run_id: r for r in plan.runs}
-    assert [r.run_id for r in plan.runs] == ["L1-d16-D1.0e4-s0", "L1-d16-D2.6e3-s0", "L1-d16-D5.1e3-s0",
-                                             "L2-d16-D1.0e4-s0", "L2-d16-D2.6e3-s0", "L2-d16-D5.1e3-s0"]
+    assert [r.run_id for r in plan.runs] == [
+        "L1-d16-D1.0e4-s0",
+        "L1-d16-D2.6e3-s0",
+        "L1-d16-D5.1e3-s0",
+        "L2-d16-D1.0e4-s0",
+        "L2-d16-D2.6e3-s0",
+        "L2-d16-D5.1e3-s0",
+    ]
     parent = runs["L1-d16-D1.0e4-s0"]
     assert parent.parent is None and parent.keep_steps == (8, 16) and parent.train_steps == 40
     short = runs["L1-d16-D2.6e3-s0"]
@@ -268,11 +289,13 @@ fit: false
     plan = sweep.make_plan(_spec(tmp_path, base=iso), {})
     assert all(r.tokens >= 2 * r.n_params for r in plan.runs)
     assert any("min_tokens_per_param" in d for d in plan.dropped)
-    for extra, message in [("noise: {seeds: [0], models: 1, budgets: 1}\nseeds: [0]\n", "sweep's seeds"),
-                           ("noise: {seeds: [1], models: 3, budgets: 1}\n", "noise.models is 3"),
-                           ("noise: {seeds: [1], models: 1}\n", "needs budgets"),
-                           ("noise: {seeds: [-1], models: 1, budgets: 1}\n", "non-negative"),
-                           ("cooldown_branches: maybe\n", "cooldown_branches")]:
+    for extra, message in [
+        ("noise: {seeds: [0], models: 1, budgets: 1}\nseeds: [0]\n", "sweep's seeds"),
+        ("noise: {seeds: [1], models: 3, budgets: 1}\n", "noise.models is 3"),
+        ("noise: {seeds: [1], models: 1}\n", "needs budgets"),
+        ("noise: {seeds: [-1], models: 1, budgets: 1}\n", "non-negative"),
+        ("cooldown_branches: maybe\n", "cooldown_branches"),
+    ]:
         with pytest.raises(UsageError, match=message):
             sweep.make_plan(_spec(tmp_path, extra), {})
 
@@ -298,15 +321,18 @@ def test_a_wsd_sweep_trains_branches_that_equal_runs_from_scratch(wsd_sweeps):
     rows, ref = _rows(wsd_sweeps / "branched"), _rows(wsd_sweeps / "scratch")
     assert rows.keys() == ref.keys() and len(rows) == 6
     header = list(next(iter(rows.values())))
-    assert header[header.index("target_n") + 1:][:4] == ["parent", "stable_steps", "lr", "warmup_steps"]
+    assert header[header.index("target_n") + 1 :][:4] == ["parent", "stable_steps", "lr", "warmup_steps"]
     for run_id, row in rows.items():
         assert row["status"] == "completed" and row["lr"] == "0.001" and row["warmup_steps"] == "2"
         assert row["val_loss"] == ref[run_id]["val_loss"]  # the same floats, to the last digit
         assert ref[run_id]["parent"] == "" and ref[run_id]["stable_steps"] == ""
     assert (rows["L1-d16-D2.6e3-s0"]["parent"], rows["L1-d16-D2.6e3-s0"]["stable_steps"]) == ("L1-d16-D1.0e4-s0", "8")
     assert rows["L2-d16-D1.0e4-s0"]["parent"] == ""
-    for a, b in zip(_params(wsd_sweeps / "branched" / "runs" / "L2-d16-D5.1e3-s0"),
-                    _params(wsd_sweeps / "scratch" / "runs" / "L2-d16-D5.1e3-s0"), strict=True):
+    for a, b in zip(
+        _params(wsd_sweeps / "branched" / "runs" / "L2-d16-D5.1e3-s0"),
+        _params(wsd_sweeps / "scratch" / "runs" / "L2-d16-D5.1e3-s0"),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a, b)
 
 
@@ -320,8 +346,11 @@ def test_a_branch_without_its_parents_checkpoint_is_reported_not_retrained(wsd_s
     plan = sweep.make_plan(_spec(tmp_path), {})
     res = sweep.execute(plan, out, progress=False, echo=lambda *a: None)
     assert res.trained == ["L1-d16-D5.1e3-s0"]
-    assert len(res.blocked) == 1 and res.blocked[0].startswith("L1-d16-D2.6e3-s0:") and "no checkpoint at step 8" \
-        in res.blocked[0]
+    assert (
+        len(res.blocked) == 1
+        and res.blocked[0].startswith("L1-d16-D2.6e3-s0:")
+        and "no checkpoint at step 8" in res.blocked[0]
+    )
     assert res.pending == ["L1-d16-D2.6e3-s0"] and not (out / "runs" / "L1-d16-D2.6e3-s0" / "summary.json").exists()
 
 

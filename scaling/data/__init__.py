@@ -11,5 +11,4 @@ from scaling.data.batches import Batches
 from scaling.data.corpus import NAMED_CORPORA, Document, corpus_documents, val_doc_indices
 from scaling.data.tokens import TokenSplits, load_tokens
 
-__all__ = ["NAMED_CORPORA", "Batches", "Document", "TokenSplits", "corpus_documents", "load_tokens",
-           "val_doc_indices"]
+__all__ = ["NAMED_CORPORA", "Batches", "Document", "TokenSplits", "corpus_documents", "load_tokens", "val_doc_indices"]

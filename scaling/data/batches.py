@@ -32,12 +32,16 @@ class Batches:
         self.max_offset = seq_len - 1 if n - 1 >= 2 * seq_len else 0
         self.n_windows = (n - 1 - self.max_offset) // seq_len
         if self.n_windows < 1:
-            raise UsageError(f"the training split ({len(splits.train)} tokens) is shorter than one sequence "
-                             f"of model.seq_len + 1 = {seq_len + 1} tokens")
+            raise UsageError(
+                f"the training split ({len(splits.train)} tokens) is shorter than one sequence "
+                f"of model.seq_len + 1 = {seq_len + 1} tokens"
+            )
         self.n_val_windows = (len(splits.val) - 1) // seq_len
         if self.n_val_windows < 1:
-            raise UsageError(f"the validation split ({len(splits.val)} tokens) is shorter than one sequence "
-                             f"of model.seq_len + 1 = {seq_len + 1} tokens")
+            raise UsageError(
+                f"the validation split ({len(splits.val)} tokens) is shorter than one sequence "
+                f"of model.seq_len + 1 = {seq_len + 1} tokens"
+            )
         self.sampler = sampler  # optional: (step, sample_ids) -> window ids (curriculum)
         lengths = np.asarray(tok.token_byte_lengths(splits.encoding), dtype=np.int64)
         self._byte_len = lengths
@@ -91,4 +95,3 @@ class Batches:
 
     def epochs(self, tokens: int) -> float:
         return tokens / (self.n_windows * self.seq_len)
-

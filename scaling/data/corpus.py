@@ -44,8 +44,9 @@ def _hf_documents(spec: str, field: str) -> list[Document]:
         else:
             ds = datasets.load_dataset(target)
     except Exception as e:
-        raise UsageError(f"cannot load dataset {target!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
-            from None
+        raise UsageError(
+            f"cannot load dataset {target!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
     if isinstance(ds, datasets.DatasetDict):
         ds = ds["train"] if "train" in ds else next(iter(ds.values()))
     if field not in ds.column_names:

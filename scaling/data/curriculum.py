@@ -86,10 +86,33 @@ from scaling.errors import UsageError
 from scaling.io import atomic_write_bytes
 from scaling.paths import cache_dir
 
-__all__ = ["PACINGS", "PACING_FUNCTIONS", "SCORE_KINDS", "UNITS", "CompetenceSampler", "Documents", "ModelScoring",
-           "ScoreSpec", "check_config", "compute_scores", "difficulty_order", "documents", "empirical_cdf",
-           "exp_pacing", "length_scores", "linear_pacing", "load_scores", "make_sampler", "parse_curriculum",
-           "parse_score", "rarity_scores", "root_pacing", "scores_path", "step_pacing", "token_counts"]
+__all__ = [
+    "PACINGS",
+    "PACING_FUNCTIONS",
+    "SCORE_KINDS",
+    "UNITS",
+    "CompetenceSampler",
+    "Documents",
+    "ModelScoring",
+    "ScoreSpec",
+    "check_config",
+    "compute_scores",
+    "difficulty_order",
+    "documents",
+    "empirical_cdf",
+    "exp_pacing",
+    "length_scores",
+    "linear_pacing",
+    "load_scores",
+    "make_sampler",
+    "parse_curriculum",
+    "parse_score",
+    "rarity_scores",
+    "root_pacing",
+    "scores_path",
+    "step_pacing",
+    "token_counts",
+]
 
 STEP_STAGES = 4  # stages of the baby-steps schedule
 ROOT_POWER = 2  # p of root pacing
@@ -119,7 +142,7 @@ def linear_pacing(t, T: float, c0: float):
 def root_pacing(t, T: float, c0: float, p: float = ROOT_POWER):
     """``min(1, (t (1 - c0^p) / T + c0^p)^(1/p))``."""
     t_ = np.asarray(t, dtype=np.float64)
-    return _pace(t, T, c0, (t_ * (1 - c0 ** p) / T + c0 ** p) ** (1.0 / p))
+    return _pace(t, T, c0, (t_ * (1 - c0**p) / T + c0**p) ** (1.0 / p))
 
 
 def step_pacing(t, T: float, c0: float, n_stages: int = STEP_STAGES):
@@ -134,8 +157,12 @@ def exp_pacing(t, T: float, c0: float):
     return _pace(t, T, c0, c0 ** (1.0 - t_ / T))
 
 
-PACING_FUNCTIONS: dict[str, Callable] = {"linear": linear_pacing, "root": root_pacing, "step": step_pacing,
-                                         "exp": exp_pacing}
+PACING_FUNCTIONS: dict[str, Callable] = {
+    "linear": linear_pacing,
+    "root": root_pacing,
+    "step": step_pacing,
+    "exp": exp_pacing,
+}
 
 
 # ----------------------------------------------------------------------------- documents and window sums
@@ -181,7 +208,7 @@ class Documents:
 
 def documents(tokens: np.ndarray, eot: int) -> Documents:
     n = len(tokens)
-    pos = [np.flatnonzero(np.asarray(tokens[a:a + _CHUNK_TOKENS]) == eot) + a for a in range(0, n, _CHUNK_TOKENS)]
+    pos = [np.flatnonzero(np.asarray(tokens[a : a + _CHUNK_TOKENS]) == eot) + a for a in range(0, n, _CHUNK_TOKENS)]
     eot_pos = np.concatenate(pos).astype(np.int64) if pos else np.zeros(0, np.int64)
     trailing = len(eot_pos) == 0 or eot_pos[-1] < n - 1
     starts = np.concatenate([[0], eot_pos + 1])
@@ -210,7 +237,7 @@ def length_scores(tokens: np.ndarray, seq_len: int, eot: int, unit: str = "seque
 def token_counts(tokens: np.ndarray, n_vocab: int) -> np.ndarray:
     counts = np.zeros(n_vocab, np.int64)
     for a in range(0, len(tokens), _CHUNK_TOKENS):
-        counts += np.bincount(np.asarray(tokens[a:a + _CHUNK_TOKENS]), minlength=n_vocab)[:n_vocab]
+        counts += np.bincount(np.asarray(tokens[a : a + _CHUNK_TOKENS]), minlength=n_vocab)[:n_vocab]
     return counts
 
 
@@ -226,8 +253,9 @@ def rarity_scores(tokens: np.ndarray, seq_len: int, n_vocab: int, eot: int, unit
     per_doc = np.zeros(docs.n_docs, np.float64)
     for a in range(0, len(tokens), _CHUNK_TOKENS):
         e = min(len(tokens), a + _CHUNK_TOKENS)
-        per_doc += np.bincount(docs.doc_ids(tokens, a, e, eot), weights=cost[np.asarray(tokens[a:e])],
-                               minlength=docs.n_docs)
+        per_doc += np.bincount(
+            docs.doc_ids(tokens, a, e, eot), weights=cost[np.asarray(tokens[a:e])], minlength=docs.n_docs
+        )
     return _per_doc_to_windows(per_doc, docs, n_windows, seq_len)
 
 
@@ -247,13 +275,16 @@ class ModelScoring:
 
 def _model_scoring(spec: ScoreSpec, model_scoring: ModelScoring | None) -> ModelScoring:
     if model_scoring is None:
-        raise UsageError(f"data.curriculum_score {spec.describe()} needs a reference model's scores, which this "
-                         "caller cannot compute")
+        raise UsageError(
+            f"data.curriculum_score {spec.describe()} needs a reference model's scores, which this "
+            "caller cannot compute"
+        )
     return model_scoring
 
 
-def compute_scores(splits: TokenSplits, seq_len: int, spec: ScoreSpec, progress: bool = True,
-                   model_scoring: ModelScoring | None = None) -> np.ndarray:
+def compute_scores(
+    splits: TokenSplits, seq_len: int, spec: ScoreSpec, progress: bool = True, model_scoring: ModelScoring | None = None
+) -> np.ndarray:
     """Difficulty score (higher = harder) of every training window; no cache."""
     eot = int(splits.manifest["eot"])
     if spec.kind == "length":
@@ -272,14 +303,18 @@ def _token_key(splits: TokenSplits) -> str:
 
 def scores_path(splits: TokenSplits, seq_len: int, spec: ScoreSpec, model_scoring: ModelScoring | None = None) -> Path:
     ident = _model_scoring(spec, model_scoring).identity(spec.ref) if spec.kind == "model" else None
-    key = json.dumps([_CACHE_VERSION, _token_key(splits), splits.manifest, spec.kind, spec.unit, seq_len, ident],
-                     sort_keys=True, default=str)
+    key = json.dumps(
+        [_CACHE_VERSION, _token_key(splits), splits.manifest, spec.kind, spec.unit, seq_len, ident],
+        sort_keys=True,
+        default=str,
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return cache_dir() / "curriculum" / f"{spec.kind}-{spec.unit}-L{seq_len}-{digest}.npy"
 
 
-def load_scores(splits: TokenSplits, seq_len: int, spec: ScoreSpec, progress: bool = True,
-                model_scoring: ModelScoring | None = None) -> np.ndarray:
+def load_scores(
+    splits: TokenSplits, seq_len: int, spec: ScoreSpec, progress: bool = True, model_scoring: ModelScoring | None = None
+) -> np.ndarray:
     """The cached scores of every training window (computed and cached the first time)."""
     path = scores_path(splits, seq_len, spec, model_scoring)
     n_windows = (len(splits.train) - 1) // seq_len
@@ -321,8 +356,9 @@ def empirical_cdf(scores: np.ndarray, tie_seed: int = 0) -> np.ndarray:
 class CompetenceSampler:
     """``sampler(step, sample_ids) -> window ids`` for :class:`scaling.data.Batches`."""
 
-    def __init__(self, order: np.ndarray, pacing: Callable, horizon_steps: float, c0: float, seed: int,
-                 batch_size: int):
+    def __init__(
+        self, order: np.ndarray, pacing: Callable, horizon_steps: float, c0: float, seed: int, batch_size: int
+    ):
         self.order = np.asarray(order, np.int64)  # easiest first (hardest first for anti-)
         self.n = len(self.order)
         self.cdf = np.empty(self.n, np.float64)
@@ -365,8 +401,9 @@ class CompetenceSampler:
         return self.batch(int(step))[np.asarray(sample_ids, np.int64) - int(step) * self.batch_size]
 
 
-def make_sampler(cfg, splits: TokenSplits, total_steps: int, progress: bool | None = None,
-                 model_scoring: ModelScoring | None = None) -> CompetenceSampler:
+def make_sampler(
+    cfg, splits: TokenSplits, total_steps: int, progress: bool | None = None, model_scoring: ModelScoring | None = None
+) -> CompetenceSampler:
     """The competence sampler of a run config (``cfg.data.curriculum`` set) over ``total_steps``
     steps. Prints one line describing it on stderr (and a progress bar while scoring with a
     model when ``cfg.train.progress``) unless ``progress`` is False."""
@@ -375,17 +412,28 @@ def make_sampler(cfg, splits: TokenSplits, total_steps: int, progress: bool | No
     spec = parse_score(cfg.data.curriculum_score)
     seq_len = cfg.model.seq_len
     if (len(splits.train) - 1) // seq_len < 1:
-        raise UsageError(f"the training split ({len(splits.train)} tokens) is shorter than one sequence "
-                         f"of model.seq_len + 1 = {seq_len + 1} tokens")
-    scores = load_scores(splits, seq_len, spec, progress=cfg.train.progress if progress is None else progress,
-                         model_scoring=model_scoring)
+        raise UsageError(
+            f"the training split ({len(splits.train)} tokens) is shorter than one sequence "
+            f"of model.seq_len + 1 = {seq_len + 1} tokens"
+        )
+    scores = load_scores(
+        splits,
+        seq_len,
+        spec,
+        progress=cfg.train.progress if progress is None else progress,
+        model_scoring=model_scoring,
+    )
     order = difficulty_order(scores, cfg.train.seed)
     if anti:
         order = order[::-1]
     horizon = cfg.data.curriculum_horizon * total_steps
     if progress is not False:
         const = " (constant: windows enter in a random order)" if np.ptp(scores) == 0 else ""
-        print(f"curriculum: {cfg.data.curriculum} pacing on {spec.describe()}{const}, c0 {cfg.data.curriculum_c0:g}, "
-              f"full competence at step {horizon:g} of {total_steps}; {len(scores)} windows", file=sys.stderr)
-    return CompetenceSampler(order, PACING_FUNCTIONS[pacing_name], horizon, cfg.data.curriculum_c0,
-                             cfg.train.seed, cfg.train.batch_size)
+        print(
+            f"curriculum: {cfg.data.curriculum} pacing on {spec.describe()}{const}, c0 {cfg.data.curriculum_c0:g}, "
+            f"full competence at step {horizon:g} of {total_steps}; {len(scores)} windows",
+            file=sys.stderr,
+        )
+    return CompetenceSampler(
+        order, PACING_FUNCTIONS[pacing_name], horizon, cfg.data.curriculum_c0, cfg.train.seed, cfg.train.batch_size
+    )

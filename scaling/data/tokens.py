@@ -97,7 +97,7 @@ def load_tokens(cfg: DataConfig) -> TokenSplits:
 
 def _write_cache(out: Path, enc, texts, train_texts, val_texts, val_idx, single, cfg, docs) -> None:
     eot = tok.eot_id(enc)
-    dtype = np.uint16 if enc.n_vocab <= 2 ** 16 else np.uint32
+    dtype = np.uint16 if enc.n_vocab <= 2**16 else np.uint32
     if single:
         all_ids = _encode_docs(enc, texts, eot, dtype)
         n_val = max(1, int(len(all_ids) * cfg.val_fraction))
@@ -110,10 +110,17 @@ def _write_cache(out: Path, enc, texts, train_texts, val_texts, val_idx, single,
     train_ids.tofile(tmp / "train.bin")
     val_ids.tofile(tmp / "val.bin")
     manifest = {
-        "corpus": cfg.corpus, "tokenizer": cfg.tokenizer, "n_vocab": enc.n_vocab, "eot": eot,
-        "dtype": np.dtype(dtype).name, "n_train_tokens": int(len(train_ids)), "n_val_tokens": int(len(val_ids)),
-        "n_documents": len(texts), "val_documents": [docs[i].name for i in val_idx],
-        "split": "tail" if single else "documents", "val_fraction": cfg.val_fraction,
+        "corpus": cfg.corpus,
+        "tokenizer": cfg.tokenizer,
+        "n_vocab": enc.n_vocab,
+        "eot": eot,
+        "dtype": np.dtype(dtype).name,
+        "n_train_tokens": int(len(train_ids)),
+        "n_val_tokens": int(len(val_ids)),
+        "n_documents": len(texts),
+        "val_documents": [docs[i].name for i in val_idx],
+        "split": "tail" if single else "documents",
+        "val_fraction": cfg.val_fraction,
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
     try:

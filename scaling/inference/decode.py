@@ -82,6 +82,7 @@ GREEDY = Sampling(greedy=True)
 
 # ----------------------------------------------------------------------------- logits -> tokens
 
+
 def filter_logits(logits_bv: jax.Array, sampling: Sampling) -> jax.Array:
     """Temperature, then top-k, then top-p: the logits with every excluded token at -inf."""
     x = logits_bv.astype(jnp.float32) / max(sampling.temperature, 1e-6)
@@ -109,11 +110,14 @@ def choose(logits_bv: jax.Array, sampling: Sampling, key: jax.Array) -> jax.Arra
 
 # ----------------------------------------------------------------------------- buffers
 
+
 def buffer_length(cfg: ModelConfig, total: int) -> int:
     """Length of the token buffer and KV cache for sequences of up to ``total`` tokens."""
     if cfg.position == "learned" and total > cfg.seq_len:
-        raise UsageError(f"prompt plus new tokens ({total}) exceed the model's context of {cfg.seq_len} tokens "
-                         f"(learned positions); shorten the prompt or lower --max-new-tokens")
+        raise UsageError(
+            f"prompt plus new tokens ({total}) exceed the model's context of {cfg.seq_len} tokens "
+            f"(learned positions); shorten the prompt or lower --max-new-tokens"
+        )
     t = -(-total // 128) * 128
     return min(t, cfg.seq_len) if total <= cfg.seq_len else t
 
@@ -170,6 +174,7 @@ def _next_logits(cfg: ModelConfig, params, cache, buf_bT: jax.Array, pos: jax.Ar
 
 # ----------------------------------------------------------------------------- sampling / greedy
 
+
 @dataclass(frozen=True)
 class Sequences:
     """tokens: (B, T) prompt then generated ids; lengths: tokens used per row (the
@@ -184,7 +189,7 @@ class Sequences:
         return self.lengths - self.prompt_lengths
 
     def new_tokens(self, i: int) -> list[int]:
-        return self.tokens[i, self.prompt_lengths[i]: self.lengths[i]].tolist()
+        return self.tokens[i, self.prompt_lengths[i] : self.lengths[i]].tolist()
 
     def sequence(self, i: int) -> list[int]:
         return self.tokens[i, : self.lengths[i]].tolist()
@@ -204,8 +209,21 @@ def _prefill_jit(cfg, params, buf_bT, n, use_cache):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sampling", "return_logits"))
-def _decode_loop(cfg: ModelConfig, params, buf_bT, plen_b, start, logits_bv, cache, max_new, eot, key, *,
-                 sampling: Sampling, return_logits: bool):
+def _decode_loop(
+    cfg: ModelConfig,
+    params,
+    buf_bT,
+    plen_b,
+    start,
+    logits_bv,
+    cache,
+    max_new,
+    eot,
+    key,
+    *,
+    sampling: Sampling,
+    return_logits: bool,
+):
     b, T = buf_bT.shape
     all_logits = jnp.zeros((b, T, logits_bv.shape[-1]), jnp.float32) if return_logits else None
 
@@ -233,24 +251,46 @@ def _decode_loop(cfg: ModelConfig, params, buf_bT, plen_b, start, logits_bv, cac
     return buf, length, rec
 
 
-def generate(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
-             sampling: Sampling = GREEDY, seed: int = 0, eot: int | None = None, use_cache: bool = True,
-             return_logits: bool = False) -> Generation:
+def generate(
+    cfg: ModelConfig,
+    params,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    sampling: Sampling = GREEDY,
+    seed: int = 0,
+    eot: int | None = None,
+    use_cache: bool = True,
+    return_logits: bool = False,
+) -> Generation:
     """Continue each prompt (a list of token ids) by up to ``max_new_tokens`` tokens, stopping a
     row at ``eot`` (None: never). Batched over prompts; prompts may differ in length."""
     if not 0 <= seed <= SEED_MAX:
         raise UsageError(f"--seed must be in [0, {SEED_MAX}], got {seed}")
     buf, plen, n = _layout(cfg, prompts, max_new_tokens)
     logits, cache = _prefill_jit(cfg, params, buf, jnp.int32(n), use_cache)
-    out, length, rec = _decode_loop(cfg, params, buf, plen, jnp.int32(n), logits, cache,
-                                    jnp.int32(max_new_tokens), jnp.int32(-1 if eot is None else eot),
-                                    jax.random.key(seed), sampling=sampling, return_logits=return_logits)
+    out, length, rec = _decode_loop(
+        cfg,
+        params,
+        buf,
+        plen,
+        jnp.int32(n),
+        logits,
+        cache,
+        jnp.int32(max_new_tokens),
+        jnp.int32(-1 if eot is None else eot),
+        jax.random.key(seed),
+        sampling=sampling,
+        return_logits=return_logits,
+    )
     out, length, plen = jax.device_get((out, length, plen))
-    return Generation(np.asarray(out), np.asarray(length), np.asarray(plen),
-                      None if rec is None else np.asarray(jax.device_get(rec)))
+    return Generation(
+        np.asarray(out), np.asarray(length), np.asarray(plen), None if rec is None else np.asarray(jax.device_get(rec))
+    )
 
 
 # ----------------------------------------------------------------------------- beam search
+
 
 @dataclass(frozen=True)
 class BeamResult(Sequences):
@@ -267,8 +307,7 @@ def _lp(n, alpha):
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "width"))
-def _beam_loop(cfg: ModelConfig, params, buf_bT, plen_b, start, logits_bv, cache, max_new, eot, alpha, *,
-               width: int):
+def _beam_loop(cfg: ModelConfig, params, buf_bT, plen_b, start, logits_bv, cache, max_new, eot, alpha, *, width: int):
     b, T = buf_bT.shape
     W = width
     V = logits_bv.shape[-1]
@@ -336,9 +375,17 @@ def _beam_loop(cfg: ModelConfig, params, buf_bT, plen_b, start, logits_bv, cache
     return pick(fin_buf), plen_b + pick(fin_len), pick(fin_raw), pick(fin_norm)
 
 
-def beam_search(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_new_tokens: int, *,
-                width: int, length_penalty: float = 1.0, eot: int | None = None,
-                use_cache: bool = True) -> BeamResult:
+def beam_search(
+    cfg: ModelConfig,
+    params,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    width: int,
+    length_penalty: float = 1.0,
+    eot: int | None = None,
+    use_cache: bool = True,
+) -> BeamResult:
     """Beam search of ``width`` beams per prompt (see the module docstring)."""
     if width < 1:
         raise UsageError(f"--beam must be >= 1, got {width}")
@@ -346,13 +393,25 @@ def beam_search(cfg: ModelConfig, params, prompts: Sequence[Sequence[int]], max_
         raise UsageError(f"--length-penalty must be a finite number >= 0, got {length_penalty}")
     buf, plen, n = _layout(cfg, prompts, max_new_tokens, width)
     logits, cache = _prefill_jit(cfg, params, buf, jnp.int32(n), use_cache)
-    out = _beam_loop(cfg, params, buf, plen, jnp.int32(n), logits, cache, jnp.int32(max_new_tokens),
-                     jnp.int32(-1 if eot is None else eot), jnp.float32(length_penalty), width=width)
+    out = _beam_loop(
+        cfg,
+        params,
+        buf,
+        plen,
+        jnp.int32(n),
+        logits,
+        cache,
+        jnp.int32(max_new_tokens),
+        jnp.int32(-1 if eot is None else eot),
+        jnp.float32(length_penalty),
+        width=width,
+    )
     tokens, lengths, raw, norm = (np.asarray(x) for x in jax.device_get(out))
     return BeamResult(tokens, lengths, np.asarray(plen), raw, norm)
 
 
 # ----------------------------------------------------------------------------- scoring
+
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _nll_jit(cfg: ModelConfig, params, ids_bT: jax.Array) -> jax.Array:
@@ -365,4 +424,4 @@ def sequence_logprob(cfg: ModelConfig, params, prompt: Sequence[int], continuati
     buf = np.zeros((1, buffer_length(cfg, len(ids))), np.int32)
     buf[0, : len(ids)] = ids
     nll = np.asarray(_nll_jit(cfg, params, jnp.asarray(buf)))[0]  # nll[j]: -log p(ids[j + 1] | ids[:j + 1])
-    return float(-nll[len(prompt) - 1: len(ids) - 1].sum())
+    return float(-nll[len(prompt) - 1 : len(ids) - 1].sum())

@@ -41,8 +41,15 @@ from scaling.config import ModelConfig
 from scaling.errors import UsageError, read_input_text
 from scaling.model import GPT
 
-_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32,
-           "U8": np.uint8, "BOOL": np.bool_}
+_DTYPES = {
+    "F32": np.float32,
+    "F16": np.float16,
+    "F64": np.float64,
+    "I64": np.int64,
+    "I32": np.int32,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
+}
 _BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of older checkpoints
 
 
@@ -52,8 +59,11 @@ def _bad(path: Path, why: str) -> UsageError:
 
 def _uints(v: Any, n: int | None = None) -> bool:
     """A JSON list of non-negative integers (of length n when given)."""
-    return (isinstance(v, list) and (n is None or len(v) == n)
-            and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v))
+    return (
+        isinstance(v, list)
+        and (n is None or len(v) == n)
+        and all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in v)
+    )
 
 
 def read_safetensors(path: Path) -> dict[str, np.ndarray]:
@@ -84,10 +94,17 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if not (isinstance(info, dict) and isinstance(info.get("dtype"), str) and _uints(info.get("shape"))
-                and _uints(info.get("data_offsets"), 2)):
-            raise _bad(path, f"tensor {str(name)[:40]!r} needs a dtype name, and a shape and two data_offsets "
-                             f"of non-negative integers")
+        if not (
+            isinstance(info, dict)
+            and isinstance(info.get("dtype"), str)
+            and _uints(info.get("shape"))
+            and _uints(info.get("data_offsets"), 2)
+        ):
+            raise _bad(
+                path,
+                f"tensor {str(name)[:40]!r} needs a dtype name, and a shape and two data_offsets "
+                f"of non-negative integers",
+            )
         dt, shape, (lo, hi) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
         if dt == "BF16":
             np_dt = np.dtype(ml_dtypes.bfloat16)
@@ -97,8 +114,10 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
             raise UsageError(f"{path}: tensor {name} has unsupported dtype {dt[:20]!r}")
         count = math.prod(shape)
         if not lo <= hi <= len(data) or hi - lo != np_dt.itemsize * count:
-            raise UsageError(f"{path} is truncated or corrupt (tensor {name}: bytes [{lo}, {hi}) of {len(data)}, "
-                             f"{count} x {np_dt.itemsize} expected)")
+            raise UsageError(
+                f"{path} is truncated or corrupt (tensor {name}: bytes [{lo}, {hi}) of {len(data)}, "
+                f"{count} x {np_dt.itemsize} expected)"
+            )
         out[name] = np.frombuffer(data, dtype=np_dt, count=count, offset=lo).reshape(shape)
     return out
 
@@ -126,8 +145,11 @@ def _get(hf: dict, key: str, typ: type, default: Any = None) -> Any:
         if default is None:
             raise UsageError(f"config.json lacks {key}")
         return default
-    ok = (isinstance(v, bool) if typ is bool else
-          not isinstance(v, bool) and isinstance(v, int if typ is int else (int, float)))
+    ok = (
+        isinstance(v, bool)
+        if typ is bool
+        else not isinstance(v, bool) and isinstance(v, int if typ is int else (int, float))
+    )
     if not ok:
         raise UsageError(f"config.json: {key} must be {typ.__name__}, got {str(v)[:40]!r}")
     return typ(v)
@@ -137,8 +159,9 @@ def model_config(hf: dict, n_vocab_tokenizer: int = 50257) -> ModelConfig:
     """The ModelConfig equivalent to a GPT-2 ``config.json`` (refusing options it lacks)."""
     act = hf.get("activation_function", "gelu_new")
     if act not in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-        raise UsageError(f"config.json: activation_function {str(act)[:40]!r} is not supported "
-                         f"(only the tanh GELU, gelu_new)")
+        raise UsageError(
+            f"config.json: activation_function {str(act)[:40]!r} is not supported (only the tanh GELU, gelu_new)"
+        )
     for flag in ("scale_attn_by_inverse_layer_idx", "add_cross_attention"):
         if hf.get(flag):
             raise UsageError(f"config.json: {flag}=true is not supported")
@@ -146,15 +169,26 @@ def model_config(hf: dict, n_vocab_tokenizer: int = 50257) -> ModelConfig:
         raise UsageError("config.json: scale_attn_weights=false is not supported")
     vocab = _get(hf, "vocab_size", int, 50257)
     if vocab < n_vocab_tokenizer:
-        raise UsageError(f"config.json: vocab_size {vocab} is smaller than the gpt2 tokenizer's "
-                         f"{n_vocab_tokenizer} ids")
+        raise UsageError(
+            f"config.json: vocab_size {vocab} is smaller than the gpt2 tokenizer's {n_vocab_tokenizer} ids"
+        )
     try:
-        return ModelConfig(n_layer=_get(hf, "n_layer", int), n_head=_get(hf, "n_head", int),
-                           d_model=_get(hf, "n_embd", int), d_ff=_get(hf, "n_inner", int, 0),
-                           seq_len=_get(hf, "n_positions", int), vocab_size=vocab, vocab_multiple=1,
-                           position="learned", norm="layernorm",
-                           norm_eps=_get(hf, "layer_norm_epsilon", float, 1e-5), bias=True,
-                           tie_embeddings=_get(hf, "tie_word_embeddings", bool, True), mlp="gelu", dropout=0.0)
+        return ModelConfig(
+            n_layer=_get(hf, "n_layer", int),
+            n_head=_get(hf, "n_head", int),
+            d_model=_get(hf, "n_embd", int),
+            d_ff=_get(hf, "n_inner", int, 0),
+            seq_len=_get(hf, "n_positions", int),
+            vocab_size=vocab,
+            vocab_multiple=1,
+            position="learned",
+            norm="layernorm",
+            norm_eps=_get(hf, "layer_norm_epsilon", float, 1e-5),
+            bias=True,
+            tie_embeddings=_get(hf, "tie_word_embeddings", bool, True),
+            mlp="gelu",
+            dropout=0.0,
+        )
     except UsageError as e:
         if str(e).startswith("config.json"):
             raise
@@ -224,10 +258,14 @@ def convert(cfg: ModelConfig, w: dict[str, np.ndarray]) -> dict[str, Any]:
                 "out_bias": get(f"{p}.attn.c_proj.bias", (d,)),
             },
             "mlp": {
-                "fc": {"kernel": get(f"{p}.mlp.c_fc.weight", (d, cfg.ff_dim)),
-                       "bias": get(f"{p}.mlp.c_fc.bias", (cfg.ff_dim,))},
-                "proj": {"kernel": get(f"{p}.mlp.c_proj.weight", (cfg.ff_dim, d)),
-                         "bias": get(f"{p}.mlp.c_proj.bias", (d,))},
+                "fc": {
+                    "kernel": get(f"{p}.mlp.c_fc.weight", (d, cfg.ff_dim)),
+                    "bias": get(f"{p}.mlp.c_fc.bias", (cfg.ff_dim,)),
+                },
+                "proj": {
+                    "kernel": get(f"{p}.mlp.c_proj.weight", (cfg.ff_dim, d)),
+                    "bias": get(f"{p}.mlp.c_proj.bias", (d,)),
+                },
             },
         }
     params["ln_f"] = ln("ln_f")
@@ -244,8 +282,9 @@ def convert(cfg: ModelConfig, w: dict[str, np.ndarray]) -> dict[str, Any]:
 def check_tree(cfg: ModelConfig, params: dict) -> None:
     """The converted tree has exactly the Flax model's parameters and shapes."""
     expected = jax.eval_shape(lambda: GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 1), jnp.int32)))
-    exp = {jax.tree_util.keystr(k): v.shape
-           for k, v in jax.tree_util.tree_leaves_with_path(nn.unbox(expected["params"]))}
+    exp = {
+        jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(nn.unbox(expected["params"]))
+    }
     got = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(params)}
     if exp != got:
         diff = sorted(set(exp.items()) ^ set(got.items()))

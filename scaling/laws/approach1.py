@@ -48,8 +48,15 @@ from scaling.errors import UsageError
 from scaling.laws.law import exponent_reasons, power_law_fit
 from scaling.laws.record import JsonRecord
 
-__all__ = ["EnvelopePoint", "Envelope", "EndpointEnvelope", "fit_approach1", "annealed_curves",
-           "fit_approach1_endpoints", "REFINES"]
+__all__ = [
+    "EnvelopePoint",
+    "Envelope",
+    "EndpointEnvelope",
+    "fit_approach1",
+    "annealed_curves",
+    "fit_approach1_endpoints",
+    "REFINES",
+]
 
 REFINES = ("parabola", "none")
 
@@ -87,9 +94,16 @@ class Envelope(JsonRecord):
         return bool(self.degenerate_reasons)
 
     def to_dict(self) -> dict:
-        return {"a": self.a, "b": self.b, "k_n": self.k_n, "k_d": self.k_d, "n_runs": self.n_runs,
-                "envelope": [p.to_dict() for p in self.points], "degenerate": self.degenerate,
-                "degenerate_reasons": list(self.degenerate_reasons)}
+        return {
+            "a": self.a,
+            "b": self.b,
+            "k_n": self.k_n,
+            "k_d": self.k_d,
+            "n_runs": self.n_runs,
+            "envelope": [p.to_dict() for p in self.points],
+            "degenerate": self.degenerate,
+            "degenerate_reasons": list(self.degenerate_reasons),
+        }
 
 
 @dataclass(frozen=True)
@@ -113,10 +127,19 @@ class EndpointEnvelope(JsonRecord):
         return float(min(cs)), float(max(cs))
 
     def to_dict(self) -> dict:
-        return {"a": self.a, "b": self.b, "k_n": self.k_n, "k_d": self.k_d, "n_runs": self.n_runs,
-                "envelope": [p.to_dict() for p in self.points], "input": "annealed endpoints",
-                "refine": self.refine, "n_endpoints": self.n_endpoints, "c_range": list(self.c_range),
-                "grid_fraction": self.grid_fraction}
+        return {
+            "a": self.a,
+            "b": self.b,
+            "k_n": self.k_n,
+            "k_d": self.k_d,
+            "n_runs": self.n_runs,
+            "envelope": [p.to_dict() for p in self.points],
+            "input": "annealed endpoints",
+            "refine": self.refine,
+            "n_endpoints": self.n_endpoints,
+            "c_range": list(self.c_range),
+            "grid_fraction": self.grid_fraction,
+        }
 
 
 def fit_approach1(
@@ -173,10 +196,18 @@ def fit_approach1(
     l_env = lg[best, np.arange(lg.shape[1])]
     k_n, a = power_law_fit(c_env, n_env)
     k_d, b = power_law_fit(c_env, c_env / (6 * n_env))
-    points = tuple(EnvelopePoint(C=float(c), N_opt=float(nn), L_min=float(ll))
-                   for c, nn, ll in zip(c_env, n_env, l_env))
-    return Envelope(a=a, b=b, k_n=k_n, k_d=k_d, n_runs=len(runs), points=points,
-                    degenerate_reasons=tuple(exponent_reasons(a, "approach 1")))
+    points = tuple(
+        EnvelopePoint(C=float(c), N_opt=float(nn), L_min=float(ll)) for c, nn, ll in zip(c_env, n_env, l_env)
+    )
+    return Envelope(
+        a=a,
+        b=b,
+        k_n=k_n,
+        k_d=k_d,
+        n_runs=len(runs),
+        points=points,
+        degenerate_reasons=tuple(exponent_reasons(a, "approach 1")),
+    )
 
 
 def _endpoints(N, C, L):
@@ -201,8 +232,10 @@ def endpoints_problem(N, C, *, min_sizes: int = MIN_SIZES, min_endpoints: int = 
     N, C = (np.asarray(v, dtype=np.float64).ravel() for v in (N, C))
     usable = sum(np.unique(C[N == n]).size >= min_endpoints for n in np.unique(N))
     if usable < min_sizes:
-        return (f"approach 1 on annealed endpoints needs at least {min_sizes} model sizes with {min_endpoints} "
-                f"or more endpoints (different C) each, found {usable}")
+        return (
+            f"approach 1 on annealed endpoints needs at least {min_sizes} model sizes with {min_endpoints} "
+            f"or more endpoints (different C) each, found {usable}"
+        )
     return None
 
 
@@ -270,9 +303,17 @@ def fit_approach1_endpoints(N, C, L, *, n_grid: int = 200, refine: str = "parabo
     k_n, a = power_law_fit(c_env, n_env)
     k_d, b = power_law_fit(c_env, c_env / (6 * n_env))
     points = tuple(EnvelopePoint(C=float(c), N_opt=float(n), L_min=float(l)) for c, n, l in zip(c_env, n_env, l_env))
-    return EndpointEnvelope(a=a, b=b, k_n=k_n, k_d=k_d, n_runs=int(sizes.size), points=points, refine=refine,
-                            n_endpoints=int(sum(c[1].size for c in curves)),
-                            grid_fraction=float(c_env.size / n_grid))
+    return EndpointEnvelope(
+        a=a,
+        b=b,
+        k_n=k_n,
+        k_d=k_d,
+        n_runs=int(sizes.size),
+        points=points,
+        refine=refine,
+        n_endpoints=int(sum(c[1].size for c in curves)),
+        grid_fraction=float(c_env.size / n_grid),
+    )
 
 
 def _vertex(x3, y3) -> tuple[float, float]:

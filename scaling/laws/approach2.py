@@ -84,8 +84,9 @@ def isoflop_groups(C, budgets=None, rtol: float = 0.1):
     return labels, values
 
 
-def approach2_problem(N, C, budgets=None, rtol: float = 0.1, *, min_budgets: int = 2,
-                      min_sizes: int = MIN_SIZES) -> str | None:
+def approach2_problem(
+    N, C, budgets=None, rtol: float = 0.1, *, min_budgets: int = 2, min_sizes: int = MIN_SIZES
+) -> str | None:
     """Why approach 2 cannot run on these runs (too few budgets with enough sizes), found
     without fitting; None when it can."""
     labels, values = isoflop_groups(C, budgets, rtol)
@@ -115,8 +116,14 @@ class IsoFlopMinimum(JsonRecord):
         return float(self.C / (6 * self.N_opt))
 
     def to_dict(self) -> dict:
-        return {"C": self.C, "N_opt": self.N_opt, "D_opt": self.D_opt, "L_min": self.L_min, "n_runs": self.n_runs,
-                "parabola": list(self.parabola)}
+        return {
+            "C": self.C,
+            "N_opt": self.N_opt,
+            "D_opt": self.D_opt,
+            "L_min": self.L_min,
+            "n_runs": self.n_runs,
+            "parabola": list(self.parabola),
+        }
 
 
 @dataclass(frozen=True)
@@ -189,8 +196,15 @@ def fit_approach2(N, L, C, *, budgets=None, rtol: float = 0.1, min_runs: int = M
         if not lnj.min() <= x <= lnj.max():
             skipped.append(SkippedBudget(float(cb), "minimum outside the sampled N range"))
             continue
-        minima.append(IsoFlopMinimum(C=float(cb), N_opt=math.exp(x), L_min=float(p0 + p1 * x + p2 * x * x),
-                                     n_runs=int(sel.sum()), parabola=(float(p2), float(p1), float(p0))))
+        minima.append(
+            IsoFlopMinimum(
+                C=float(cb),
+                N_opt=math.exp(x),
+                L_min=float(p0 + p1 * x + p2 * x * x),
+                n_runs=int(sel.sum()),
+                parabola=(float(p2), float(p1), float(p0)),
+            )
+        )
     if len(minima) < 2:
         raise UsageError(
             f"approach 2 needs at least 2 IsoFLOP budgets with a loss minimum, found {len(minima)} "
@@ -199,9 +213,17 @@ def fit_approach2(N, L, C, *, budgets=None, rtol: float = 0.1, min_runs: int = M
     cs = [m.C for m in minima]
     k_n, a = power_law_fit(cs, [m.N_opt for m in minima])
     k_d, b = power_law_fit(cs, [m.D_opt for m in minima])
-    return IsoFlopFit(a=a, b=b, k_n=k_n, k_d=k_d, budgets_given=budgets is not None, budget_tol=float(rtol),
-                      minima=tuple(minima), skipped=tuple(skipped),
-                      degenerate_reasons=tuple(exponent_reasons(a, "approach 2")))
+    return IsoFlopFit(
+        a=a,
+        b=b,
+        k_n=k_n,
+        k_d=k_d,
+        budgets_given=budgets is not None,
+        budget_tol=float(rtol),
+        minima=tuple(minima),
+        skipped=tuple(skipped),
+        degenerate_reasons=tuple(exponent_reasons(a, "approach 2")),
+    )
 
 
 @dataclass(frozen=True)

@@ -145,10 +145,7 @@ def hoffmann_grid():
     alphas = np.arange(0.0, 2.01, 0.5)
     es = np.arange(-1.0, 1.01, 0.5)
     abs_ = np.arange(0.0, 25.01, 5.0)
-    rows = [
-        (a, b, e, al, be)
-        for al, be, e, a, b in itertools.product(alphas, alphas, es, abs_, abs_)
-    ]
+    rows = [(a, b, e, al, be) for al, be, e, a, b in itertools.product(alphas, alphas, es, abs_, abs_)]
     return np.array(rows, dtype=np.float64)
 
 
@@ -282,5 +279,3 @@ def fit_approach3(
         delta=float(delta),
         ranked_starts=x0[np.argsort(f, kind="stable")],
     )
-
-

@@ -124,8 +124,16 @@ def _check(name: str, what: str, value: float, relation: str, threshold, details
     value = float(value)
     ok = bool(math.isfinite(value) and _RELATIONS[relation](value, threshold))
     thr = f"[{threshold[0]:g}, {threshold[1]:g}]" if relation == "in" else f"{threshold:g}"
-    return Check(name, ok, value, threshold, relation, f"{what} = {value:.4g} {relation} {thr}: "
-                 + ("pass" if ok else "FAIL"), True, details or {})
+    return Check(
+        name,
+        ok,
+        value,
+        threshold,
+        relation,
+        f"{what} = {value:.4g} {relation} {thr}: " + ("pass" if ok else "FAIL"),
+        True,
+        details or {},
+    )
 
 
 def _not_evaluated(name: str, relation: str, threshold, why: str) -> Check:
@@ -144,9 +152,20 @@ def check_regime(N, D, L, *, baseline: float | None, thresholds: Thresholds = Th
         out.append(_not_evaluated("regime.below_baseline", "<", None, "no count-model baseline loss given"))
     else:
         worst = int(np.argmax(L))
-        out.append(_check("regime.below_baseline", "highest run loss", L[worst], "<", float(baseline),
-                          {"n_runs": int(L.size), "n_at_or_above": int(np.sum(L >= baseline)),
-                           "worst_run": {"N": float(N[worst]), "D": float(D[worst])}}))
+        out.append(
+            _check(
+                "regime.below_baseline",
+                "highest run loss",
+                L[worst],
+                "<",
+                float(baseline),
+                {
+                    "n_runs": int(L.size),
+                    "n_at_or_above": int(np.sum(L >= baseline)),
+                    "worst_run": {"N": float(N[worst]), "D": float(D[worst])},
+                },
+            )
+        )
     increases, per_size = [], []
     for n in np.unique(N):
         sel = N == n
@@ -159,67 +178,132 @@ def check_regime(N, D, L, *, baseline: float | None, thresholds: Thresholds = Th
         increases.append(inc)
         per_size.append({"N": float(n), "gains_per_doubling": gains.tolist(), "max_increase": float(inc.max())})
     if not increases:
-        out.append(_not_evaluated("regime.diminishing_returns", "<=", thresholds.gain_tol,
-                                  "no model size has 3 or more token counts"))
+        out.append(
+            _not_evaluated(
+                "regime.diminishing_returns", "<=", thresholds.gain_tol, "no model size has 3 or more token counts"
+            )
+        )
     else:
         allinc = np.concatenate(increases)
-        out.append(_check("regime.diminishing_returns", "largest increase of the gain per doubling of D (nats)",
-                          allinc.max(), "<=", thresholds.gain_tol,
-                          {"n_sizes": len(per_size), "n_increases_above_tol": int(np.sum(allinc > thresholds.gain_tol)),
-                           "sizes": per_size}))
+        out.append(
+            _check(
+                "regime.diminishing_returns",
+                "largest increase of the gain per doubling of D (nats)",
+                allinc.max(),
+                "<=",
+                thresholds.gain_tol,
+                {
+                    "n_sizes": len(per_size),
+                    "n_increases_above_tol": int(np.sum(allinc > thresholds.gain_tol)),
+                    "sizes": per_size,
+                },
+            )
+        )
     return out
 
 
-def check_non_degenerate(E_interval, alpha: float, beta: float, a_interval,
-                         thresholds: Thresholds = Thresholds()) -> list[Check]:
+def check_non_degenerate(
+    E_interval, alpha: float, beta: float, a_interval, thresholds: Thresholds = Thresholds()
+) -> list[Check]:
     """E's interval above e_min, alpha and beta in the exponent range, a's interval narrow."""
     lo_e, hi_e = (float(v) for v in E_interval)
     lo_a, hi_a = (float(v) for v in a_interval)
     rng = tuple(thresholds.exponent_range)
     return [
-        _check("non_degenerate.E_lower", "lower end of E's interval", lo_e, ">", thresholds.e_min,
-               {"E_interval": [lo_e, hi_e]}),
+        _check(
+            "non_degenerate.E_lower",
+            "lower end of E's interval",
+            lo_e,
+            ">",
+            thresholds.e_min,
+            {"E_interval": [lo_e, hi_e]},
+        ),
         _check("non_degenerate.alpha", "alpha", alpha, "in", rng),
         _check("non_degenerate.beta", "beta", beta, "in", rng),
-        _check("non_degenerate.a_width", "width of a's interval", hi_a - lo_a, "<", thresholds.a_width_max,
-               {"a_interval": [lo_a, hi_a]}),
+        _check(
+            "non_degenerate.a_width",
+            "width of a's interval",
+            hi_a - lo_a,
+            "<",
+            thresholds.a_width_max,
+            {"a_interval": [lo_a, hi_a]},
+        ),
     ]
 
 
-def check_stability(a_by_delta: Mapping[float, float], a_counts: Sequence[float] | None = None,
-                    thresholds: Thresholds = Thresholds()) -> list[Check]:
+def check_stability(
+    a_by_delta: Mapping[float, float], a_counts: Sequence[float] | None = None, thresholds: Thresholds = Thresholds()
+) -> list[Check]:
     """``stable.huber_delta``: max - min of a over the Huber deltas; ``stable.n_count``:
     |a| difference between two fits with different parameter counts (when given)."""
     vals = np.array(list(a_by_delta.values()), dtype=np.float64)
     details = {"a_by_delta": {f"{d:g}": float(v) for d, v in a_by_delta.items()}}
-    out = [_check("stable.huber_delta", "range of a across Huber deltas", np.ptp(vals), "<=",
-                  thresholds.delta_shift_max, details)]
+    out = [
+        _check(
+            "stable.huber_delta",
+            "range of a across Huber deltas",
+            np.ptp(vals),
+            "<=",
+            thresholds.delta_shift_max,
+            details,
+        )
+    ]
     if a_counts is None:
-        out.append(_not_evaluated("stable.n_count", "<=", thresholds.count_shift_max,
-                                  "no fit with a second parameter count given"))
+        out.append(
+            _not_evaluated(
+                "stable.n_count", "<=", thresholds.count_shift_max, "no fit with a second parameter count given"
+            )
+        )
     else:
         a1, a2 = (float(v) for v in a_counts)
-        out.append(_check("stable.n_count", "|a| difference between the two parameter counts", abs(a1 - a2), "<=",
-                          thresholds.count_shift_max, {"a": [a1, a2]}))
+        out.append(
+            _check(
+                "stable.n_count",
+                "|a| difference between the two parameter counts",
+                abs(a1 - a2),
+                "<=",
+                thresholds.count_shift_max,
+                {"a": [a1, a2]},
+            )
+        )
     return out
 
 
-def check_agreement(a2: float, a2_interval, a3: float, a3_interval,
-                    thresholds: Thresholds = Thresholds()) -> list[Check]:
+def check_agreement(
+    a2: float, a2_interval, a3: float, a3_interval, thresholds: Thresholds = Thresholds()
+) -> list[Check]:
     """Approach 2's and 3's intervals for a overlap (overlap length >= 0); |a2 - a3| small."""
     lo2, hi2 = (float(v) for v in a2_interval)
     lo3, hi3 = (float(v) for v in a3_interval)
-    details = {"approach2": {"a": float(a2), "interval": [lo2, hi2]},
-               "approach3": {"a": float(a3), "interval": [lo3, hi3]}}
+    details = {
+        "approach2": {"a": float(a2), "interval": [lo2, hi2]},
+        "approach3": {"a": float(a3), "interval": [lo3, hi3]},
+    }
     return [
-        _check("agreement.a_overlap", "overlap of the intervals for a (negative: a gap)",
-               min(hi2, hi3) - max(lo2, lo3), ">=", 0.0, details),
+        _check(
+            "agreement.a_overlap",
+            "overlap of the intervals for a (negative: a gap)",
+            min(hi2, hi3) - max(lo2, lo3),
+            ">=",
+            0.0,
+            details,
+        ),
         _check("agreement.a_delta", "|a2 - a3|", abs(float(a2) - float(a3)), "<=", thresholds.agreement_max, details),
     ]
 
 
-def check_extrapolation(N, D, L, C=None, *, budgets=None, rtol: float = 0.1, delta: float = DEFAULT_DELTA,
-                        starts=None, thresholds: Thresholds = Thresholds()) -> list[Check]:
+def check_extrapolation(
+    N,
+    D,
+    L,
+    C=None,
+    *,
+    budgets=None,
+    rtol: float = 0.1,
+    delta: float = DEFAULT_DELTA,
+    starts=None,
+    thresholds: Thresholds = Thresholds(),
+) -> list[Check]:
     """Fit approach 3 without the largest budget's runs and predict them (module docstring)."""
     N, D, L = (np.asarray(v, dtype=np.float64).ravel() for v in (N, D, L))
     C = 6.0 * N * D if C is None else np.asarray(C, dtype=np.float64).ravel()
@@ -228,19 +312,28 @@ def check_extrapolation(N, D, L, C=None, *, budgets=None, rtol: float = 0.1, del
     thr = (thresholds.mean_error_max, thresholds.worst_error_max, thresholds.n_opt_ratio_max)
     labels, values = isoflop_groups(C, budgets, rtol)
     if values.size < 2:
-        return [_not_evaluated(n, r, t, f"{values.size} IsoFLOP budget(s): nothing to hold out")
-                for n, r, t in zip(names, rels, thr)]
+        return [
+            _not_evaluated(n, r, t, f"{values.size} IsoFLOP budget(s): nothing to hold out")
+            for n, r, t in zip(names, rels, thr)
+        ]
     top = values.size - 1
     held = labels == top
     kept = ~held & ((labels >= 0) | (C < C[held].min()))  # runs outside the budgets count when below the top
     if kept.sum() < N_PARAMS + 1:
-        return [_not_evaluated(n, r, t, f"only {int(kept.sum())} runs below the largest budget")
-                for n, r, t in zip(names, rels, thr)]
+        return [
+            _not_evaluated(n, r, t, f"only {int(kept.sum())} runs below the largest budget")
+            for n, r, t in zip(names, rels, thr)
+        ]
     fit = approach3.fit_approach3(N[kept], D[kept], L[kept], delta=delta, starts=starts)
     rel = (fit.predict(N[held], D[held]) - L[held]) / L[held]
     c_top = float(values[top])
-    details = {"budget": c_top, "n_held_out": int(held.sum()), "n_fitted": int(kept.sum()),
-               "rel_errors": rel.tolist(), "fit": {k: getattr(fit, k) for k in PARAM_NAMES}}
+    details = {
+        "budget": c_top,
+        "n_held_out": int(held.sum()),
+        "n_fitted": int(kept.sum()),
+        "rel_errors": rel.tolist(),
+        "fit": {k: getattr(fit, k) for k in PARAM_NAMES},
+    }
     out = [
         _check(names[0], "mean |relative error| on the held-out budget", np.mean(np.abs(rel)), "<=", thr[0], details),
         _check(names[1], "worst |relative error| on the held-out budget", np.max(np.abs(rel)), "<=", thr[1], details),
@@ -261,13 +354,22 @@ def check_extrapolation(N, D, L, C=None, *, budgets=None, rtol: float = 0.1, del
     vertex = math.exp(-p1 / (2 * p2))
     predicted = float(fit.optimal(c_top)[0])
     ratio = max(predicted / vertex, vertex / predicted)
-    out.append(_check(names[2], "N_opt predicted / IsoFLOP vertex (or its inverse)", ratio, "<=", thr[2],
-                      {"budget": c_top, "N_opt_predicted": predicted, "N_opt_vertex": vertex}))
+    out.append(
+        _check(
+            names[2],
+            "N_opt predicted / IsoFLOP vertex (or its inverse)",
+            ratio,
+            "<=",
+            thr[2],
+            {"budget": c_top, "N_opt_predicted": predicted, "N_opt_vertex": vertex},
+        )
+    )
     return out
 
 
-def a_across_deltas(N, D, L, deltas: Sequence[float] = Thresholds.deltas, *, starts=None,
-                    known: Mapping[float, float] | None = None) -> dict[float, float]:
+def a_across_deltas(
+    N, D, L, deltas: Sequence[float] = Thresholds.deltas, *, starts=None, known: Mapping[float, float] | None = None
+) -> dict[float, float]:
     """Approach 3's a refitted at each Huber delta (``known``: a already fitted at some deltas)."""
     known = dict(known or {})
     return {d: known[d] if d in known else approach3.fit_approach3(N, D, L, delta=d, starts=starts).a for d in deltas}
@@ -306,8 +408,13 @@ class Verdict:
         return "FAIL: " + "; ".join(parts or ["no diagnostics"])
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "verdict": self.message, "failed": list(self.failed),
-                "not_evaluated": list(self.not_evaluated), "checks": [c.to_dict() for c in self.checks]}
+        return {
+            "passed": self.passed,
+            "verdict": self.message,
+            "failed": list(self.failed),
+            "not_evaluated": list(self.not_evaluated),
+            "checks": [c.to_dict() for c in self.checks],
+        }
 
 
 def verdict(checks: Sequence[Check]) -> Verdict:
@@ -319,10 +426,25 @@ def verdict(checks: Sequence[Check]) -> Verdict:
 
 
 def diagnose(
-    N, D, L, *, fit: LawFit, ci: Mapping[str, Sequence[float]], C=None, budgets=None, rtol: float = 0.1,
-    baseline: float | None = None, alt_N=None, alt_fit: LawFit | None = None, approach2: IsoFlopFit | None = None,
+    N,
+    D,
+    L,
+    *,
+    fit: LawFit,
+    ci: Mapping[str, Sequence[float]],
+    C=None,
+    budgets=None,
+    rtol: float = 0.1,
+    baseline: float | None = None,
+    alt_N=None,
+    alt_fit: LawFit | None = None,
+    approach2: IsoFlopFit | None = None,
     approach2_a_interval=None,
-    n_resamples: int = 200, seed: int = 0, level: float = 0.95, starts=None, thresholds: Thresholds = Thresholds(),
+    n_resamples: int = 200,
+    seed: int = 0,
+    level: float = 0.95,
+    starts=None,
+    thresholds: Thresholds = Thresholds(),
 ) -> Verdict:
     """Every check on runs (N, D, L) and their approach-3 ``fit`` with its bootstrap
     intervals ``ci`` ({"E": [lo, hi], "a": [lo, hi], ...}, as :meth:`Bootstrap.ci`).
@@ -351,13 +473,17 @@ def diagnose(
         if approach2 is None:
             approach2 = fit_approach2(N, L, C, budgets=budgets, rtol=rtol)
         if approach2_a_interval is None:
-            approach2_a_interval = bootstrap_approach2(N, L, C, approach2, n_resamples, budgets=budgets, rtol=rtol,
-                                                       seed=seed, level=level).interval("a")
+            approach2_a_interval = bootstrap_approach2(
+                N, L, C, approach2, n_resamples, budgets=budgets, rtol=rtol, seed=seed, level=level
+            ).interval("a")
     except UsageError as e:  # approach 2 impossible on this design: the agreement is not evaluated
-        checks += [_not_evaluated("agreement.a_overlap", ">=", 0.0, str(e)),
-                   _not_evaluated("agreement.a_delta", "<=", thresholds.agreement_max, str(e))]
+        checks += [
+            _not_evaluated("agreement.a_overlap", ">=", 0.0, str(e)),
+            _not_evaluated("agreement.a_delta", "<=", thresholds.agreement_max, str(e)),
+        ]
     else:
         checks += check_agreement(approach2.a, approach2_a_interval, fit.a, ci["a"], thresholds)
-    checks += check_extrapolation(N, D, L, C, budgets=budgets, rtol=rtol, delta=fit.delta, starts=starts,
-                                  thresholds=thresholds)
+    checks += check_extrapolation(
+        N, D, L, C, budgets=budgets, rtol=rtol, delta=fit.delta, starts=starts, thresholds=thresholds
+    )
     return verdict(checks)

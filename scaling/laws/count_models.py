@@ -113,8 +113,9 @@ def token_probs(
     return p
 
 
-def cross_entropy(train, heldout, order: int, *, vocab_size: int, smoothing: str = "absolute",
-                  k: float = 1.0, discount: float = 0.75) -> float:
+def cross_entropy(
+    train, heldout, order: int, *, vocab_size: int, smoothing: str = "absolute", k: float = 1.0, discount: float = 0.75
+) -> float:
     """Mean negative log likelihood (nats per token) of ``heldout`` under the order-n count
     model of ``train`` (scored positions and smoothing: module docstring)."""
     p = token_probs(train, heldout, order, vocab_size=vocab_size, smoothing=smoothing, k=k, discount=discount)

@@ -19,8 +19,15 @@ from scaling.laws.result import FitOutput, FitResult, Prediction
 from scaling.laws.runs import Runs
 from scaling.laws.support import FIT_CLI
 
-__all__ = ["FitOptions", "attempt", "validate", "fit_runs", "fit_table", "approach1_from_curves",
-           "approach1_from_endpoints"]
+__all__ = [
+    "FitOptions",
+    "attempt",
+    "validate",
+    "fit_runs",
+    "fit_table",
+    "approach1_from_curves",
+    "approach1_from_endpoints",
+]
 
 T = TypeVar("T")
 
@@ -84,8 +91,17 @@ def fit_runs(runs: Runs, opts: FitOptions, *, skip: Mapping[str, NotRun] | None 
     if "3" in opts.approaches:
         law = approach3.fit_approach3(runs.N, runs.D, runs.L, delta=opts.delta)
         if opts.bootstrap:
-            boot = bootstrap.bootstrap_approach3(runs.N, runs.D, runs.L, law, opts.bootstrap, seed=opts.seed,
-                                                 level=opts.ci, starts=opts.boot_starts, progress=opts.progress)
+            boot = bootstrap.bootstrap_approach3(
+                runs.N,
+                runs.D,
+                runs.L,
+                law,
+                opts.bootstrap,
+                seed=opts.seed,
+                level=opts.ci,
+                starts=opts.boot_starts,
+                progress=opts.progress,
+            )
         preds = tuple(Prediction.at(law, c, boot) for c in opts.predict_c)
         if opts.holdout_top_c:
             hold = holdout.holdout_top_c(runs.N, runs.D, runs.L, opts.holdout_top_c, C=runs.C, delta=opts.delta)
@@ -93,24 +109,54 @@ def fit_runs(runs: Runs, opts: FitOptions, *, skip: Mapping[str, NotRun] | None 
     if "2" in opts.approaches:
         a2 = skip.get("2") or attempt(
             lambda: approach2.fit_approach2(runs.N, runs.L, runs.C, budgets=runs.budget, rtol=opts.budget_tol),
-            optional=opts.approach2_optional)
+            optional=opts.approach2_optional,
+        )
         if opts.bootstrap and isinstance(a2, approach2.IsoFlopFit):  # no residuals on some designs: a note
-            a2_ci = attempt(lambda: approach2.bootstrap_approach2(
-                runs.N, runs.L, runs.C, a2, opts.bootstrap, budgets=runs.budget, rtol=opts.budget_tol,
-                seed=opts.seed, level=opts.ci), optional=True)
+            a2_ci = attempt(
+                lambda: approach2.bootstrap_approach2(
+                    runs.N,
+                    runs.L,
+                    runs.C,
+                    a2,
+                    opts.bootstrap,
+                    budgets=runs.budget,
+                    rtol=opts.budget_tol,
+                    seed=opts.seed,
+                    level=opts.ci,
+                ),
+                optional=True,
+            )
     verdict = None
     if opts.diagnostics:
         if boot is None:
             raise UsageError("diagnostics need approach 3's bootstrap intervals")
         a2_boot = a2_ci if isinstance(a2_ci, Approach2Bootstrap) else None
         verdict = checks.diagnose(
-            runs.N, runs.D, runs.L, fit=law, ci=boot.ci(), C=runs.C, budgets=runs.budget, rtol=opts.budget_tol,
-            baseline=opts.baseline_loss, alt_N=alt_N, approach2=a2 if a2_boot is not None else None,
+            runs.N,
+            runs.D,
+            runs.L,
+            fit=law,
+            ci=boot.ci(),
+            C=runs.C,
+            budgets=runs.budget,
+            rtol=opts.budget_tol,
+            baseline=opts.baseline_loss,
+            alt_N=alt_N,
+            approach2=a2 if a2_boot is not None else None,
             approach2_a_interval=None if a2_boot is None else a2_boot.interval("a"),
-            n_resamples=opts.bootstrap, seed=opts.seed, level=opts.ci,
+            n_resamples=opts.bootstrap,
+            seed=opts.seed,
+            level=opts.ci,
         )
-    return FitResult(approach3=law, bootstrap=boot, predictions=preds, holdout=hold, approach2=a2,
-                     approach2_ci=a2_ci, diagnostics=verdict)
+    return FitResult(
+        approach3=law,
+        bootstrap=boot,
+        predictions=preds,
+        holdout=hold,
+        approach2=a2,
+        approach2_ci=a2_ci,
+        diagnostics=verdict,
+    )
 
 
 Approach1 = Envelope | EndpointEnvelope | NotRun
@@ -123,8 +169,9 @@ def approach1_from_curves(curves, *, optional: bool) -> Approach1:
     return attempt(lambda: approach1.fit_approach1(curves), optional=optional)
 
 
-def approach1_from_endpoints(sources: Mapping[str | None, tuple], *, required: bool,
-                             group_col: str | None = None) -> dict[str | None, Approach1]:
+def approach1_from_endpoints(
+    sources: Mapping[str | None, tuple], *, required: bool, group_col: str | None = None
+) -> dict[str | None, Approach1]:
     """Approach 1 on annealed endpoints ``{group or None: (N, C, L)}``.  A design it cannot
     use is a UsageError (naming the group) when approach 1 is ``required``, else a note."""
     out: dict[str | None, Approach1] = {}
@@ -138,8 +185,16 @@ def approach1_from_endpoints(sources: Mapping[str | None, tuple], *, required: b
     return out
 
 
-def fit_table(runs: Runs, opts: FitOptions, *, skips, group_col: str | None = None, alt_N=None,
-              approach1: Mapping[str | None, Approach1] | None = None, input: Mapping | None = None) -> FitOutput:
+def fit_table(
+    runs: Runs,
+    opts: FitOptions,
+    *,
+    skips,
+    group_col: str | None = None,
+    alt_N=None,
+    approach1: Mapping[str | None, Approach1] | None = None,
+    input: Mapping | None = None,
+) -> FitOutput:
     """Every requested fit of a validated table: one :class:`FitResult`, or one per value of
     ``group_col`` (``skips``: :func:`validate`'s notes, per group when grouped).  ``approach1``:
     approach 1's results fitted beforehand, per group value or (key None) over all runs."""

@@ -31,8 +31,14 @@ class HeldOutRun(JsonRecord):
         return (self.predicted - self.observed) / self.observed
 
     def to_dict(self) -> dict:
-        return {"N": self.N, "D": self.D, "C": self.C, "observed": self.observed, "predicted": self.predicted,
-                "rel_error": self.rel_error}
+        return {
+            "N": self.N,
+            "D": self.D,
+            "C": self.C,
+            "observed": self.observed,
+            "predicted": self.predicted,
+            "rel_error": self.rel_error,
+        }
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,12 @@ class Holdout(JsonRecord):
         return float(np.mean(np.abs([r.rel_error for r in self.runs])))
 
     def to_dict(self) -> dict:
-        return {"k": self.k, "fit": self.fit.to_dict(), "runs": [r.to_dict() for r in self.runs],
-                "mean_abs_rel_error": self.mean_abs_rel_error}
+        return {
+            "k": self.k,
+            "fit": self.fit.to_dict(),
+            "runs": [r.to_dict() for r in self.runs],
+            "mean_abs_rel_error": self.mean_abs_rel_error,
+        }
 
 
 def holdout_top_c(N, D, L, k: int, *, C=None, delta: float = DEFAULT_DELTA, starts=None) -> Holdout:
@@ -61,9 +71,7 @@ def holdout_top_c(N, D, L, k: int, *, C=None, delta: float = DEFAULT_DELTA, star
     if k < 1:
         raise UsageError(f"--holdout-top-c needs K >= 1, got {k}")
     if N.size - k < N_PARAMS:
-        raise UsageError(
-            f"holding out {k} of {N.size} runs leaves {N.size - k}, fewer than the {N_PARAMS} parameters"
-        )
+        raise UsageError(f"holding out {k} of {N.size} runs leaves {N.size - k}, fewer than the {N_PARAMS} parameters")
     order = np.argsort(-C, kind="stable")
     held, kept = order[:k], order[k:]
     fit = approach3.fit_approach3(N[kept], D[kept], L[kept], delta=delta, starts=starts)

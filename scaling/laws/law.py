@@ -92,8 +92,10 @@ def degenerate_reasons(params, N, D, L) -> tuple[str, ...]:
     with np.errstate(over="ignore", under="ignore"):
         for term, coef, x, e, name in (("A/N^alpha", A, N, alpha, "N"), ("B/D^beta", B, D, beta, "D")):
             if e > 0 and float(np.max(coef * np.asarray(x, dtype=np.float64) ** -e)) < floor:
-                reasons.append(f"{term} is below {DEGENERATE_REL:g} of the smallest loss at every run: the "
-                               f"data show no dependence on {name}")
+                reasons.append(
+                    f"{term} is below {DEGENERATE_REL:g} of the smallest loss at every run: the "
+                    f"data show no dependence on {name}"
+                )
     return tuple(reasons)
 
 
@@ -136,7 +138,5 @@ def as_runs(N, D, L, *, what="runs"):
                 f"(first: {a[nonpos][0]:g}); the law needs N, D, loss > 0"
             )
     if n < N_PARAMS:
-        raise UsageError(
-            f"{n} {what} is fewer than the {N_PARAMS} parameters of L = E + A/N^alpha + B/D^beta"
-        )
+        raise UsageError(f"{n} {what} is fewer than the {N_PARAMS} parameters of L = E + A/N^alpha + B/D^beta")
     return arrs[0], arrs[1], arrs[2]

@@ -13,6 +13,7 @@ import numpy as np
 
 __all__ = ["BatchResult", "lbfgs_batch"]
 
+
 @dataclass(frozen=True)
 class BatchResult:
     """Outcome of :func:`lbfgs_batch`: one row per start."""
@@ -177,4 +178,3 @@ def lbfgs_batch(
     if rows.size:
         finish(np.ones(rows.size, dtype=bool), 2)
     return BatchResult(x=x_out, f=f_out, nit=nit_out, status=status_out, n_evals=n_evals)
-

@@ -23,14 +23,18 @@ def _g(x, fmt: str = ".6g") -> str:
 def _degenerate(what: str, fit) -> list[str]:
     if not fit.degenerate:
         return []
-    return [f"  DEGENERATE {what}: not a valid scaling law ({'; '.join(fit.degenerate_reasons)}); "
-            "its exponents and predictions are not to be trusted"]
+    return [
+        f"  DEGENERATE {what}: not a valid scaling law ({'; '.join(fit.degenerate_reasons)}); "
+        "its exponents and predictions are not to be trusted"
+    ]
 
 
 def _approach3(result: FitResult) -> list[str]:
     law, boot = result.law, result.bootstrap
-    lines = [f"approach 3 (Huber delta {law.delta:g}, {law.n_points} runs, {law.n_starts} starts, "
-             f"{law.n_starts_at_best} reached the best; objective {law.loss:.6g})"]
+    lines = [
+        f"approach 3 (Huber delta {law.delta:g}, {law.n_points} runs, {law.n_starts} starts, "
+        f"{law.n_starts_at_best} reached the best; objective {law.loss:.6g})"
+    ]
     ci = boot.ci() if boot is not None else {}
     for k in PARAM_NAMES + DERIVED_NAMES:
         iv = f"  [{_g(ci[k][0])}, {_g(ci[k][1])}]" if k in ci else ""
@@ -39,15 +43,18 @@ def _approach3(result: FitResult) -> list[str]:
         lines.append(f"  ({boot.level:.0%} percentile intervals, {boot.n_resamples} resamples)")
     lines += _degenerate("fit (approach 3)", law)
     for p in result.predictions:
-        lines.append(f"predict C={p.C:.4g}: N_opt={_g(p.N_opt, '.4g')}  D_opt={_g(p.D_opt, '.4g')}  "
-                     f"loss={_g(p.loss, '.5g')}")
+        lines.append(
+            f"predict C={p.C:.4g}: N_opt={_g(p.N_opt, '.4g')}  D_opt={_g(p.D_opt, '.4g')}  loss={_g(p.loss, '.5g')}"
+        )
     h = result.holdout
     if h is not None:
         lines.append(f"hold-out of the {h.k} largest-compute runs (fit on the rest):")
         lines.append(f"  {'C':>10} {'N':>10} {'D':>10} {'observed':>9} {'predicted':>9} {'rel.err':>8}")
         for r in h.runs:
-            lines.append(f"  {r.C:10.4g} {r.N:10.4g} {r.D:10.4g} {r.observed:9.5g} "
-                         f"{_g(r.predicted, '9.5g')} {_g(r.rel_error, '+8.4f')}")
+            lines.append(
+                f"  {r.C:10.4g} {r.N:10.4g} {r.D:10.4g} {r.observed:9.5g} "
+                f"{_g(r.predicted, '9.5g')} {_g(r.rel_error, '+8.4f')}"
+            )
         worst = max((abs(r.rel_error) for r in h.runs), default=float("nan"))
         lines.append(f"  mean |rel. error| = {_g(h.mean_abs_rel_error, '.4f')}, worst = {_g(worst, '.4f')}")
         lines += _degenerate("hold-out fit", h.fit)
@@ -60,8 +67,10 @@ def _extras(result: FitResult) -> list[str]:
     ci2 = result.approach2_ci
     if isinstance(ci2, Approach2Bootstrap):
         (lo, hi), (blo, bhi) = ci2.interval("a"), ci2.interval("b")
-        lines.append(f"  approach 2 {ci2.level:.0%} intervals ({ci2.a.size + ci2.n_failed} residual "
-                     f"resamples): a [{lo:.4f}, {hi:.4f}], b [{blo:.4f}, {bhi:.4f}]")
+        lines.append(
+            f"  approach 2 {ci2.level:.0%} intervals ({ci2.a.size + ci2.n_failed} residual "
+            f"resamples): a [{lo:.4f}, {hi:.4f}], b [{blo:.4f}, {bhi:.4f}]"
+        )
         for j, c in enumerate(ci2.budgets):
             nlo, nhi = ci2.n_opt_interval(j)
             lines.append(f"    C={c:.4g}: N_opt in [{nlo:.4g}, {nhi:.4g}]")
@@ -70,8 +79,10 @@ def _extras(result: FitResult) -> list[str]:
     a1 = result.approach1
     if isinstance(a1, EndpointEnvelope):
         lo, hi = a1.c_range
-        lines.append(f"  (approach 1 on {a1.n_endpoints} annealed endpoints of {a1.n_runs} sizes; optimum "
-                     f"bracketed for C in [{lo:.4g}, {hi:.4g}], {a1.grid_fraction:.0%} of the grid)")
+        lines.append(
+            f"  (approach 1 on {a1.n_endpoints} annealed endpoints of {a1.n_runs} sizes; optimum "
+            f"bracketed for C in [{lo:.4g}, {hi:.4g}], {a1.grid_fraction:.0%} of the grid)"
+        )
     lines += _sweep_extras(result)
     if result.diagnostics is not None:
         lines += extrapolation_lines(result.diagnostics)
@@ -86,16 +97,19 @@ def _sweep_extras(result: FitResult) -> list[str]:
     """The parameter counts' fits, the noise, the count-model baseline and the compute counts."""
     lines = []
     if result.n_count is not None:
-        lines.append(f"N is {COUNT_COLUMNS.get(result.n_count, result.n_count)} ({result.n_count} parameters); "
-                     "C = 6 N D")
+        lines.append(
+            f"N is {COUNT_COLUMNS.get(result.n_count, result.n_count)} ({result.n_count} parameters); C = 6 N D"
+        )
     alt = result.alt_count
     if alt is not None:
         if isinstance(alt.fit, LawFit):
             f = alt.fit
             main = result.law.a if result.law is not None else float("nan")
-            lines.append(f"  with N = {alt.n_col} ({alt.count}): E = {_g(f.E, '.4g')}, alpha = {_g(f.alpha, '.4f')}, "
-                         f"beta = {_g(f.beta, '.4f')}, a = {_g(f.a, '.4f')} (a = {_g(main, '.4f')} with "
-                         f"{result.n_count})")
+            lines.append(
+                f"  with N = {alt.n_col} ({alt.count}): E = {_g(f.E, '.4g')}, alpha = {_g(f.alpha, '.4f')}, "
+                f"beta = {_g(f.beta, '.4f')}, a = {_g(f.a, '.4f')} (a = {_g(main, '.4f')} with "
+                f"{result.n_count})"
+            )
         else:
             lines.append(f"  with N = {alt.n_col} ({alt.count}): not fitted: {alt.fit.reason}")
     nz = result.noise
@@ -105,13 +119,17 @@ def _sweep_extras(result: FitResult) -> list[str]:
             lines.append(f"noise: no (N, D) point has two seeds, sigma not measured; the law's residual RMS = {rms}")
         else:
             ratio = "" if nz.residual_rms is None else f" (ratio {nz.residual_rms / nz.sigma:.2f})"
-            lines.append(f"noise: seed-to-seed sigma = {_g(nz.sigma, '.4g')} from {nz.n_pairs} repeated point(s); "
-                         f"the law's residual RMS = {rms}{ratio}")
+            lines.append(
+                f"noise: seed-to-seed sigma = {_g(nz.sigma, '.4g')} from {nz.n_pairs} repeated point(s); "
+                f"the law's residual RMS = {rms}{ratio}"
+            )
     b = result.baseline
     if isinstance(b, Baseline):
         comp = "" if b.regime_loss is None else f"; the regime check compares with {b.regime_loss:.4f}"
-        lines.append(f"count-model baseline ({b.split}, {b.tokens:,} tokens, {b.units}): unigram {b.unigram:.4f}, "
-                     f"bigram {b.bigram:.4f}, trigram {b.trigram:.4f}{comp}")
+        lines.append(
+            f"count-model baseline ({b.split}, {b.tokens:,} tokens, {b.units}): unigram {b.unigram:.4f}, "
+            f"bigram {b.bigram:.4f}, trigram {b.trigram:.4f}{comp}"
+        )
     elif isinstance(b, NotRun):
         lines.append(f"count-model baseline: {b.reason}")
     if result.compute:
@@ -131,13 +149,17 @@ def extrapolation_lines(v: Verdict) -> list[str]:
     if not mean.evaluated:
         return [f"held-out budget extrapolation not evaluated: {mean.message.removeprefix('not evaluated: ')}"]
     d = mean.details
-    lines = [f"held-out budget extrapolation (approach 3 on the {d['n_fitted']} runs below C = {d['budget']:.4g}, "
-             f"predicting its {d['n_held_out']} runs): mean |rel. error| = {mean.value:.2%}, "
-             f"worst = {worst.value:.2%}"]
+    lines = [
+        f"held-out budget extrapolation (approach 3 on the {d['n_fitted']} runs below C = {d['budget']:.4g}, "
+        f"predicting its {d['n_held_out']} runs): mean |rel. error| = {mean.value:.2%}, "
+        f"worst = {worst.value:.2%}"
+    ]
     if ratio is not None and ratio.evaluated:
         r = ratio.details
-        lines.append(f"  N_opt at that budget: predicted {r['N_opt_predicted']:.4g}, IsoFLOP vertex "
-                     f"{r['N_opt_vertex']:.4g} (ratio {ratio.value:.3f})")
+        lines.append(
+            f"  N_opt at that budget: predicted {r['N_opt_predicted']:.4g}, IsoFLOP vertex "
+            f"{r['N_opt_vertex']:.4g} (ratio {ratio.value:.3f})"
+        )
     elif ratio is not None:
         lines.append(f"  N_opt ratio {ratio.message}")
     return lines

@@ -104,8 +104,15 @@ class Baseline(JsonRecord):
     regime_loss: float | None = None
 
     def to_dict(self) -> dict:
-        return {"unigram": self.unigram, "bigram": self.bigram, "trigram": self.trigram, "split": self.split,
-                "tokens": self.tokens, "units": self.units, "regime_loss": self.regime_loss}
+        return {
+            "unigram": self.unigram,
+            "bigram": self.bigram,
+            "trigram": self.trigram,
+            "split": self.split,
+            "tokens": self.tokens,
+            "units": self.units,
+            "regime_loss": self.regime_loss,
+        }
 
 
 @dataclass(frozen=True)
@@ -172,8 +179,13 @@ class ComputeRow(JsonRecord):
         return self.flops_chinchilla / self.flops_6nd
 
     def to_dict(self) -> dict:
-        return {"N": self.N, "n_runs": self.n_runs, "flops_6nd": self.flops_6nd,
-                "flops_chinchilla": self.flops_chinchilla, "ratio": self.ratio}
+        return {
+            "N": self.N,
+            "n_runs": self.n_runs,
+            "flops_6nd": self.flops_6nd,
+            "flops_chinchilla": self.flops_chinchilla,
+            "ratio": self.ratio,
+        }
 
 
 @dataclass(frozen=True)

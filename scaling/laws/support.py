@@ -43,17 +43,19 @@ class Requirements:
                 return f"{n} runs is fewer than the {N_PARAMS} parameters of L = E + A/N^alpha + B/D^beta"
             return None
         if n < self.approach3_runs or n_sizes < 2 or n_tokens < 2:
-            return (f"{n} completed runs; approach 3 needs at least {self.approach3_runs} (more than the law's "
-                    f"{N_PARAMS} parameters) over 2+ sizes and 2+ token counts")
+            return (
+                f"{n} completed runs; approach 3 needs at least {self.approach3_runs} (more than the law's "
+                f"{N_PARAMS} parameters) over 2+ sizes and 2+ token counts"
+            )
         return None
 
     def approach2(self, N, C, budgets=None, rtol: float = 0.1) -> str | None:
-        return approach2_problem(N, C, budgets, rtol, min_budgets=self.approach2_budgets,
-                                 min_sizes=self.approach2_sizes)
+        return approach2_problem(
+            N, C, budgets, rtol, min_budgets=self.approach2_budgets, min_sizes=self.approach2_sizes
+        )
 
     def approach1(self, N, C) -> str | None:
-        return approach1.endpoints_problem(N, C, min_sizes=self.approach1_sizes,
-                                           min_endpoints=self.approach1_endpoints)
+        return approach1.endpoints_problem(N, C, min_sizes=self.approach1_sizes, min_endpoints=self.approach1_endpoints)
 
     def supported(self, N, D, C, budgets=None, rtol: float = 0.1) -> tuple[str, ...]:
         """The approaches these runs support, in the order '3', '2', '1'."""
@@ -63,9 +65,11 @@ class Requirements:
     def describe(self) -> str:
         """What each approach needs, in words (the message that refuses a design)."""
         spread = " over 2+ sizes and 2+ token counts" if self.approach3_spread else ""
-        return (f"approach 3 needs {self.approach3_runs} runs{spread}, approach 2 {self.approach2_budgets} "
-                f"IsoFLOP budgets of {self.approach2_sizes}+ sizes, approach 1 (annealed endpoints) "
-                f"{self.approach1_sizes}+ sizes with {self.approach1_endpoints}+ token counts each")
+        return (
+            f"approach 3 needs {self.approach3_runs} runs{spread}, approach 2 {self.approach2_budgets} "
+            f"IsoFLOP budgets of {self.approach2_sizes}+ sizes, approach 1 (annealed endpoints) "
+            f"{self.approach1_sizes}+ sizes with {self.approach1_endpoints}+ token counts each"
+        )
 
 
 FIT_CLI = Requirements()

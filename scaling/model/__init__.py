@@ -3,20 +3,33 @@
 cache, :mod:`.kernel_cache`; the source is ``kernels/causal_attention_cpu.cc``)."""
 
 from scaling.model.gpt import (
-                               GPT,
-                               MLP,
-                               Attention,
-                               Block,
-                               Cache,
-                               attention_kernel,
-                               check_attention,
-                               constrain_residual,
-                               init_cache,
-                               rotary,
-                               stack_layers,
-                               training_attention,
-                               unstack_layers,
+    GPT,
+    MLP,
+    Attention,
+    Block,
+    Cache,
+    attention_kernel,
+    check_attention,
+    constrain_residual,
+    init_cache,
+    rotary,
+    stack_layers,
+    training_attention,
+    unstack_layers,
 )
 
-__all__ = ["GPT", "MLP", "Attention", "Block", "Cache", "attention_kernel", "check_attention", "constrain_residual",
-           "init_cache", "rotary", "stack_layers", "training_attention", "unstack_layers"]
+__all__ = [
+    "GPT",
+    "MLP",
+    "Attention",
+    "Block",
+    "Cache",
+    "attention_kernel",
+    "check_attention",
+    "constrain_residual",
+    "init_cache",
+    "rotary",
+    "stack_layers",
+    "training_attention",
+    "unstack_layers",
+]

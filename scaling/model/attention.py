@@ -32,8 +32,7 @@ NEG_INF = -1e9
 ATTN_BLOCK = 64  # query block of the blocked attention (blocks above the diagonal are skipped)
 
 
-def causal_attention(q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array,
-                     q_pos_bt: jax.Array) -> jax.Array:
+def causal_attention(q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array, q_pos_bt: jax.Array) -> jax.Array:
     """Softmax attention where the query at absolute position p sees keys at positions <= p.
 
     Keys are at absolute positions 0..S-1 (a fresh sequence or a cache); ``q_pos_bt`` are the
@@ -41,8 +40,7 @@ def causal_attention(q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array,
     """
     hd = q_bthd.shape[-1]
     s = k_bshd.shape[1]
-    scores_bhts = jnp.einsum("bthd,bshd->bhts", q_bthd, k_bshd,
-                             preferred_element_type=jnp.float32) / math.sqrt(hd)
+    scores_bhts = jnp.einsum("bthd,bshd->bhts", q_bthd, k_bshd, preferred_element_type=jnp.float32) / math.sqrt(hd)
     mask_bts = jnp.arange(s)[None, None, :] <= q_pos_bt[:, :, None]
     scores_bhts = jnp.where(mask_bts[:, None], scores_bhts, NEG_INF)
     probs_bhts = jax.nn.softmax(scores_bhts, axis=-1).astype(v_bshd.dtype)
@@ -73,8 +71,9 @@ def _forward(q_chtd, k_chtd, v_chtd, block):
         max_chq = jnp.max(s_chqs, axis=-1)
         p_chqs = jnp.exp(s_chqs - max_chq[..., None])
         sum_chq = jnp.sum(p_chqs, axis=-1)
-        o_chqd = jnp.einsum("chqs,chsd->chqd", p_chqs.astype(v_chtd.dtype), v_chtd[:, :, :end],
-                            preferred_element_type=jnp.float32)
+        o_chqd = jnp.einsum(
+            "chqs,chsd->chqd", p_chqs.astype(v_chtd.dtype), v_chtd[:, :, :end], preferred_element_type=jnp.float32
+        )
         outs.append((o_chqd / sum_chq[..., None]).astype(v_chtd.dtype))
         lses.append(max_chq + jnp.log(sum_chq))
     return jnp.concatenate(outs, axis=2), jnp.concatenate(lses, axis=2)
@@ -89,8 +88,10 @@ def _backward(q_chtd, k_chtd, v_chtd, o_chtd, lse_cht, do_chtd, block):
         q_chqd, do_chqd = q_chtd[:, :, start:end], do_chtd[:, :, start:end]
         s_chqs = _scores(q_chqd, k_chtd, start, end)
         p_chqs = jnp.exp(s_chqs - lse_cht[:, :, start:end, None])
-        dv = dv + pad(jnp.einsum("chqs,chqd->chsd", p_chqs.astype(do_chqd.dtype), do_chqd,
-                                 preferred_element_type=jnp.float32), end)
+        dv = dv + pad(
+            jnp.einsum("chqs,chqd->chsd", p_chqs.astype(do_chqd.dtype), do_chqd, preferred_element_type=jnp.float32),
+            end,
+        )
         dp_chqs = jnp.einsum("chqd,chsd->chqs", do_chqd, v_chtd[:, :, :end], preferred_element_type=jnp.float32)
         ds_chqs = (p_chqs * (dp_chqs - delta_cht[:, :, start:end, None])).astype(q_chtd.dtype)
         dq.append(jnp.einsum("chqs,chsd->chqd", ds_chqs, k_chtd[:, :, :end], preferred_element_type=jnp.float32))
@@ -112,6 +113,7 @@ def _chunked_fwd(q_ncthd, k_ncthd, v_ncthd, block):
     def body(x):
         o_chtd, lse_cht = _forward(*_heads_major(*x), block)
         return jnp.swapaxes(o_chtd, 1, 2), lse_cht
+
     o, lse = jax.lax.map(body, (q_ncthd, k_ncthd, v_ncthd))
     return o, (q_ncthd, k_ncthd, v_ncthd, o, lse)
 
@@ -122,6 +124,7 @@ def _chunked_bwd(block, res, do_ncthd):
     def body(x):
         q, k, v, o, lse, do = x
         return _heads_major(*_backward(*_heads_major(q, k, v, o), lse, *_heads_major(do), block))
+
     dq, dk, dv = jax.lax.map(body, (q, k, v, o, lse, do_ncthd))
     return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
@@ -129,8 +132,9 @@ def _chunked_bwd(block, res, do_ncthd):
 _chunked.defvjp(_chunked_fwd, _chunked_bwd)
 
 
-def blocked_causal_attention(q_bthd: jax.Array, k_bthd: jax.Array, v_bthd: jax.Array,
-                             block: int = ATTN_BLOCK, chunk: int = 1) -> jax.Array:
+def blocked_causal_attention(
+    q_bthd: jax.Array, k_bthd: jax.Array, v_bthd: jax.Array, block: int = ATTN_BLOCK, chunk: int = 1
+) -> jax.Array:
     """Causal self-attention of fresh sequences, ``chunk`` sequences at a time.
 
     ``chunk`` should be the number of batch shards (then every device takes one of its own

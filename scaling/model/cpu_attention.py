@@ -39,8 +39,15 @@ SOURCE = Path(__file__).parent / "kernels" / "causal_attention_cpu.cc"
 # on the link line, GCC and Clang link crtfastmath.o, whose constructor sets flush-to-zero and
 # denormals-are-zero for the whole process once the library loads, and numpy and scipy code
 # running later in the process (a sweep's fit) would silently lose subnormal numbers.
-FAST_MATH = ("-fno-math-errno", "-fno-signed-zeros", "-fno-trapping-math", "-fassociative-math",
-             "-freciprocal-math", "-ffinite-math-only", "-fcx-limited-range")
+FAST_MATH = (
+    "-fno-math-errno",
+    "-fno-signed-zeros",
+    "-fno-trapping-math",
+    "-fassociative-math",
+    "-freciprocal-math",
+    "-ffinite-math-only",
+    "-fcx-limited-range",
+)
 FLAGS = ("-O3", "-march=native", *FAST_MATH, "-fPIC", "-shared", "-std=c++17")
 _TARGETS = {"fwd": "scaling_causal_attention_fwd", "bwd": "scaling_causal_attention_bwd"}
 _SYMBOLS = {"fwd": "ScalingCausalAttentionFwd", "bwd": "ScalingCausalAttentionBwd"}
@@ -67,8 +74,14 @@ def _cpu_flags() -> str:
 def library_path(compiler: str) -> Path:
     """Where the built library for this source, compiler, flags, jaxlib and CPU lives."""
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), compiler.encode(), " ".join(FLAGS).encode(), jax.ffi.include_dir().encode(),
-                 jax.lib.__version__.encode(), _cpu_flags().encode()):
+    for part in (
+        SOURCE.read_bytes(),
+        compiler.encode(),
+        " ".join(FLAGS).encode(),
+        jax.ffi.include_dir().encode(),
+        jax.lib.__version__.encode(),
+        _cpu_flags().encode(),
+    ):
         h.update(part)
     return paths.cache_dir() / "kernels" / f"causal_attention_cpu-{h.hexdigest()[:16]}.so"
 
@@ -112,7 +125,8 @@ def _forward_local(q_bthd, k_bthd, v_bthd):
 def _backward_local(q_bthd, k_bthd, v_bthd, o_bthd, lse_bht, do_bthd):
     grad = jax.ShapeDtypeStruct(q_bthd.shape, jnp.float32)
     return jax.ffi.ffi_call(_TARGETS["bwd"], (grad, grad, grad), vmap_method="sequential")(
-        q_bthd, k_bthd, v_bthd, o_bthd, lse_bht, do_bthd)
+        q_bthd, k_bthd, v_bthd, o_bthd, lse_bht, do_bthd
+    )
 
 
 _BTHD = ("act_batch", "act_seq", "act_heads", None)
@@ -145,6 +159,8 @@ def causal_attention(q_bthd: jax.Array, k_bthd: jax.Array, v_bthd: jax.Array) ->
     if reason is not None:
         raise RuntimeError(f"the CPU attention kernel is unavailable: {reason}")
     if not supports(q_bthd.shape[-1], q_bthd.dtype):
-        raise ValueError(f"the CPU attention kernel takes float32 with head_dim in {HEAD_DIMS}, "
-                         f"got {q_bthd.dtype} with head_dim {q_bthd.shape[-1]}")
+        raise ValueError(
+            f"the CPU attention kernel takes float32 with head_dim in {HEAD_DIMS}, "
+            f"got {q_bthd.dtype} with head_dim {q_bthd.shape[-1]}"
+        )
     return _attention(q_bthd, k_bthd, v_bthd)

@@ -52,8 +52,14 @@ def constrain_residual(x_btd: jax.Array) -> jax.Array:
 
 def _norm(cfg: ModelConfig, name: str) -> nn.Module:
     if cfg.norm == "layernorm":
-        return nn.LayerNorm(epsilon=cfg.norm_eps, use_bias=cfg.bias, dtype=jnp.float32,
-                            scale_init=_ones(("norm",)), bias_init=_zeros(("norm",)), name=name)
+        return nn.LayerNorm(
+            epsilon=cfg.norm_eps,
+            use_bias=cfg.bias,
+            dtype=jnp.float32,
+            scale_init=_ones(("norm",)),
+            bias_init=_zeros(("norm",)),
+            name=name,
+        )
     return nn.RMSNorm(epsilon=cfg.norm_eps, dtype=jnp.float32, scale_init=_ones(("norm",)), name=name)
 
 
@@ -96,9 +102,11 @@ def _note_fallback(reason: str) -> None:
 def attention_kernel(kind: str):
     """The causal self-attention of fresh (b, t, h, d) sequences behind a resolved
     ``model.attention`` (the blocked kernel takes one sequence per batch shard at a time)."""
-    return {"cpu_kernel": cpu_attention.causal_attention,
-            "blocked": lambda q, k, v: attn_lib.blocked_causal_attention(q, k, v, chunk=logical_axis_size("act_batch")),
-            "dot_product": attn_lib.dot_product_attention}[kind]
+    return {
+        "cpu_kernel": cpu_attention.causal_attention,
+        "blocked": lambda q, k, v: attn_lib.blocked_causal_attention(q, k, v, chunk=logical_axis_size("act_batch")),
+        "dot_product": attn_lib.dot_product_attention,
+    }[kind]
 
 
 def check_attention(cfg: ModelConfig) -> None:
@@ -119,14 +127,22 @@ class Attention(nn.Module):
     def __call__(self, x_btd, positions_bt, *, train: bool, cache=None, cache_index=None):
         cfg = self.cfg
         dt = jnp.dtype(cfg.dtype)
-        w_d3hk = self.param("qkv_kernel", _init(cfg.init_std, ("embed", "qkv", "heads", "head_dim")),
-                            (cfg.d_model, 3, cfg.n_head, cfg.head_dim)).astype(dt)
-        b_3hk = (self.param("qkv_bias", _zeros(("qkv", "heads", "head_dim")), (3, cfg.n_head, cfg.head_dim)).astype(dt)
-                 if cfg.bias else None)
+        w_d3hk = self.param(
+            "qkv_kernel",
+            _init(cfg.init_std, ("embed", "qkv", "heads", "head_dim")),
+            (cfg.d_model, 3, cfg.n_head, cfg.head_dim),
+        ).astype(dt)
+        b_3hk = (
+            self.param("qkv_bias", _zeros(("qkv", "heads", "head_dim")), (3, cfg.n_head, cfg.head_dim)).astype(dt)
+            if cfg.bias
+            else None
+        )
         # q, k and v: three (b, t, h, d) dots of the one stacked kernel (one stacked dot sliced
         # afterwards would make the backward pass stitch dq, dk, dv back together).
-        q, k, v = (jnp.einsum("btd,dhk->bthk", x_btd.astype(dt), w_d3hk[:, i])
-                   + (0 if b_3hk is None else b_3hk[i]) for i in range(3))
+        q, k, v = (
+            jnp.einsum("btd,dhk->bthk", x_btd.astype(dt), w_d3hk[:, i]) + (0 if b_3hk is None else b_3hk[i])
+            for i in range(3)
+        )
         if cfg.position == "rotary":
             positions = positions_bt[:, :, None]
             q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
@@ -145,9 +161,11 @@ class Attention(nn.Module):
             v_bshd = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, cache_index, 0, 0))
             new_cache = (k_bshd, v_bshd)
             y = attn_lib.causal_attention(q, k_bshd, v_bshd, positions_bt)
-        w_hkd = self.param("out_kernel", _init(cfg.init_std / math.sqrt(2 * cfg.n_layer),
-                                               ("heads", "head_dim", "embed")),
-                           (cfg.n_head, cfg.head_dim, cfg.d_model))
+        w_hkd = self.param(
+            "out_kernel",
+            _init(cfg.init_std / math.sqrt(2 * cfg.n_layer), ("heads", "head_dim", "embed")),
+            (cfg.n_head, cfg.head_dim, cfg.d_model),
+        )
         y_btd = jnp.einsum("bthk,hkd->btd", y.astype(dt), w_hkd.astype(dt))
         if cfg.bias:
             y_btd = y_btd + self.param("out_bias", _zeros(("embed",)), (cfg.d_model,)).astype(dt)
@@ -164,8 +182,14 @@ class MLP(nn.Module):
         dt = jnp.dtype(cfg.dtype)
 
         def dense(features, names, std, name):
-            return nn.Dense(features, use_bias=cfg.bias, dtype=dt, kernel_init=_init(std, names),
-                            bias_init=_zeros(names[-1:]), name=name)
+            return nn.Dense(
+                features,
+                use_bias=cfg.bias,
+                dtype=dt,
+                kernel_init=_init(std, names),
+                bias_init=_zeros(names[-1:]),
+                name=name,
+            )
 
         if cfg.mlp == "gelu":
             h_btf = jax.nn.gelu(dense(cfg.ff_dim, ("embed", "mlp"), cfg.init_std, "fc")(x_btd), approximate=True)
@@ -188,8 +212,9 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x_btd, cache, positions_bt, cache_index):
         h_btd = _norm(self.cfg, "ln_1")(x_btd)
-        a_btd, new_cache = Attention(self.cfg, name="attn")(h_btd, positions_bt, train=self.train,
-                                                            cache=cache, cache_index=cache_index)
+        a_btd, new_cache = Attention(self.cfg, name="attn")(
+            h_btd, positions_bt, train=self.train, cache=cache, cache_index=cache_index
+        )
         x_btd = x_btd + a_btd
         x_btd = x_btd + MLP(self.cfg, name="mlp")(_norm(self.cfg, "ln_2")(x_btd), train=self.train)
         return constrain_residual(x_btd), new_cache
@@ -203,12 +228,18 @@ def _layers(cfg: ModelConfig, train: bool, x_btd, cache: Cache | None, positions
         new_cache: Cache = []
         for i in range(cfg.n_layer):
             x_btd, layer_cache = Block(cfg, train, name=f"h_{i}")(
-                x_btd, None if cache is None else cache[i], positions_bt, cache_index)
+                x_btd, None if cache is None else cache[i], positions_bt, cache_index
+            )
             new_cache.append(layer_cache)
         return x_btd, new_cache
-    scanned = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                      in_axes=(0, nn.broadcast, nn.broadcast), length=cfg.n_layer,
-                      metadata_params={nn.PARTITION_NAME: LAYERS_AXIS})
+    scanned = nn.scan(
+        Block,
+        variable_axes={"params": 0},
+        split_rngs={"params": True, "dropout": True},
+        in_axes=(0, nn.broadcast, nn.broadcast),
+        length=cfg.n_layer,
+        metadata_params={nn.PARTITION_NAME: LAYERS_AXIS},
+    )
     stacked = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *cache)
     x_btd, stacked = scanned(cfg, train, name="h")(x_btd, stacked, positions_bt, cache_index)
     if cache is None:
@@ -237,18 +268,24 @@ class GPT(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, tokens_bt: jax.Array, *, train: bool = False,
-                 cache: Cache | None = None, cache_index: jax.Array | int | None = None):
+    def __call__(
+        self,
+        tokens_bt: jax.Array,
+        *,
+        train: bool = False,
+        cache: Cache | None = None,
+        cache_index: jax.Array | int | None = None,
+    ):
         cfg = self.cfg
         b, t = tokens_bt.shape
         start = 0 if cache is None else cache_index
         positions_bt = jnp.broadcast_to(start + jnp.arange(t), (b, t))
-        wte = nn.Embed(cfg.padded_vocab, cfg.d_model, embedding_init=_init(cfg.init_std, ("vocab", "embed")),
-                       name="wte")
+        wte = nn.Embed(
+            cfg.padded_vocab, cfg.d_model, embedding_init=_init(cfg.init_std, ("vocab", "embed")), name="wte"
+        )
         x_btd = wte(tokens_bt).astype(jnp.float32)
         if cfg.position == "learned":
-            wpe = self.param("wpe", _init(cfg.init_std, ("position", "embed")),
-                             (cfg.seq_len, cfg.d_model), jnp.float32)
+            wpe = self.param("wpe", _init(cfg.init_std, ("position", "embed")), (cfg.seq_len, cfg.d_model), jnp.float32)
             x_btd = x_btd + jax.lax.dynamic_slice_in_dim(wpe, start, t)[None]  # positions start..start+t-1
         x_btd = nn.Dropout(cfg.dropout)(x_btd, deterministic=not train)
         x_btd = constrain_residual(x_btd)
@@ -257,8 +294,13 @@ class GPT(nn.Module):
         if cfg.tie_embeddings:
             logits_btv = wte.attend(x_btd.astype(jnp.dtype(cfg.dtype)))
         else:
-            logits_btv = nn.Dense(cfg.padded_vocab, use_bias=False, dtype=jnp.dtype(cfg.dtype),
-                                  kernel_init=_init(cfg.init_std, ("embed", "vocab")), name="lm_head")(x_btd)
+            logits_btv = nn.Dense(
+                cfg.padded_vocab,
+                use_bias=False,
+                dtype=jnp.dtype(cfg.dtype),
+                kernel_init=_init(cfg.init_std, ("embed", "vocab")),
+                name="lm_head",
+            )(x_btd)
         logits_btv = logits_btv.astype(jnp.float32)
         if cfg.padded_vocab != cfg.vocab_size:
             logits_btv = jnp.where(jnp.arange(cfg.padded_vocab) < cfg.vocab_size, logits_btv, NEG_INF)

@@ -61,11 +61,15 @@ def private_dir(path: Path) -> Path:
     if not stat.S_ISDIR(st.st_mode):
         raise KernelCacheError(f"the kernel cache path {path} is not a directory")
     if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
-        raise KernelCacheError(f"the kernel cache directory {path} is owned by uid {st.st_uid}, not by this "
-                               f"user (uid {os.geteuid()}); not loading libraries from it")
+        raise KernelCacheError(
+            f"the kernel cache directory {path} is owned by uid {st.st_uid}, not by this "
+            f"user (uid {os.geteuid()}); not loading libraries from it"
+        )
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise KernelCacheError(f"the kernel cache directory {path} is writable by group or others "
-                               f"(mode {stat.S_IMODE(st.st_mode):04o}); not loading libraries from it (chmod 700 it)")
+        raise KernelCacheError(
+            f"the kernel cache directory {path} is writable by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}); not loading libraries from it (chmod 700 it)"
+        )
     return path
 
 

@@ -119,26 +119,85 @@ shard that finishes last (when every planned run has a summary) writes fit.json 
 
 from scaling.sweep.parse import parse_number  # noqa: I001
 from scaling.sweep.spec import Arm, Budget, ModelSpec, Sizing, Spec, load_spec
-from scaling.sweep.results import (RESULT_COLUMNS, VOLATILE_COLUMNS, check_outputs, collect_rows, ignored_runs,
-                                   log_event, read_log, rebuild_results, results_csv_text)
+from scaling.sweep.results import (
+    RESULT_COLUMNS,
+    VOLATILE_COLUMNS,
+    check_outputs,
+    collect_rows,
+    ignored_runs,
+    log_event,
+    read_log,
+    rebuild_results,
+    results_csv_text,
+)
 from scaling.sweep.plan import Plan, PlannedRun, count, fit_support, format_tokens, make_plan, parse_shard, shape_for
 from scaling.sweep.show import format_duration, format_plan, shard_wall
 from scaling.sweep.calibrate import Calibration, calibrate, fit_seconds, shape_key
 from scaling.sweep.diagnose import SweepFitOptions
-from scaling.sweep.fit import (Plotter, SweepFit, _results_digest, finalize, fit_report, fit_sweep, load_sweep_runs,
-                               verdict_lines)
+from scaling.sweep.fit import (
+    Plotter,
+    SweepFit,
+    _results_digest,
+    finalize,
+    fit_report,
+    fit_sweep,
+    load_sweep_runs,
+    verdict_lines,
+)
 from scaling.sweep.execute import SweepResult, _compile_ahead, execute
 from scaling.sweep.hparams import LrApplied, LrOptimum, LrRule
 from scaling.sweep.pilot import fit_rule, plan_scan, read_rule, record_rule, rule_report
 
 __all__ = [  # with the two private names tests and benchmarks reach through the package
-    "_compile_ahead", "_results_digest", "Arm", "Budget", "Calibration", "LrApplied", "LrOptimum", "LrRule",
-    "ModelSpec", "Plan", "PlannedRun", "fit_rule", "plan_scan", "read_rule", "record_rule", "rule_report",
-    "Plotter", "RESULT_COLUMNS", "Sizing", "Spec",
+    "_compile_ahead",
+    "_results_digest",
+    "Arm",
+    "Budget",
+    "Calibration",
+    "LrApplied",
+    "LrOptimum",
+    "LrRule",
+    "ModelSpec",
+    "Plan",
+    "PlannedRun",
+    "fit_rule",
+    "plan_scan",
+    "read_rule",
+    "record_rule",
+    "rule_report",
+    "Plotter",
+    "RESULT_COLUMNS",
+    "Sizing",
+    "Spec",
     "SweepFitOptions",
-    "SweepFit", "SweepResult", "VOLATILE_COLUMNS", "calibrate", "check_outputs", "collect_rows", "count", "execute",
-    "finalize", "fit_report", "fit_seconds", "fit_support", "fit_sweep", "format_duration", "format_plan",
+    "SweepFit",
+    "SweepResult",
+    "VOLATILE_COLUMNS",
+    "calibrate",
+    "check_outputs",
+    "collect_rows",
+    "count",
+    "execute",
+    "finalize",
+    "fit_report",
+    "fit_seconds",
+    "fit_support",
+    "fit_sweep",
+    "format_duration",
+    "format_plan",
     "format_tokens",
-    "ignored_runs", "load_spec", "load_sweep_runs", "log_event", "make_plan", "parse_number", "parse_shard",
-    "read_log", "rebuild_results", "results_csv_text", "shape_for", "shape_key", "shard_wall", "verdict_lines",
+    "ignored_runs",
+    "load_spec",
+    "load_sweep_runs",
+    "log_event",
+    "make_plan",
+    "parse_number",
+    "parse_shard",
+    "read_log",
+    "rebuild_results",
+    "results_csv_text",
+    "shape_for",
+    "shape_key",
+    "shard_wall",
+    "verdict_lines",
 ]

@@ -63,16 +63,23 @@ def count_baseline(splits: TokenSplits, seq_len: int, batch_size: int, eval_batc
     batches = Batches(splits, seq_len, batch_size, seed=0)
     starts = batches.val_window_ids(eval_batches) * seq_len
     eot = int(splits.manifest["eot"])
-    out = {name: val_targets_nll(splits.train, splits.val, starts, seq_len, n, vocab_size=splits.n_vocab, eot=eot)
-           for name, n in ORDERS.items()}
+    out = {
+        name: val_targets_nll(splits.train, splits.val, starts, seq_len, n, vocab_size=splits.n_vocab, eot=eot)
+        for name, n in ORDERS.items()
+    }
     out["tokens"] = int(starts.size * seq_len)
     out["bytes"] = int(batches.val_target_bytes(eval_batches))
     return out
 
 
 def _key(splits: TokenSplits, cfg: Config) -> str:
-    parts = {"manifest": splits.manifest, "seq_len": cfg.model.seq_len, "batch_size": cfg.train.batch_size,
-             "eval_batches": cfg.train.eval_batches, **SMOOTHING}
+    parts = {
+        "manifest": splits.manifest,
+        "seq_len": cfg.model.seq_len,
+        "batch_size": cfg.train.batch_size,
+        "eval_batches": cfg.train.eval_batches,
+        **SMOOTHING,
+    }
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
@@ -90,18 +97,30 @@ def _cached(out: Path, cfg: Config) -> dict:
     if isinstance(cache.get(key), dict):
         return cache[key]
     value = count_baseline(splits, cfg.model.seq_len, cfg.train.batch_size, cfg.train.eval_batches)
-    value.update(corpus=cfg.data.corpus, tokenizer=cfg.data.tokenizer, seq_len=cfg.model.seq_len,
-                 batch_size=cfg.train.batch_size, eval_batches=cfg.train.eval_batches)
+    value.update(
+        corpus=cfg.data.corpus,
+        tokenizer=cfg.data.tokenizer,
+        seq_len=cfg.model.seq_len,
+        batch_size=cfg.train.batch_size,
+        eval_batches=cfg.train.eval_batches,
+    )
     cache[key] = value
     atomic_write_text(path, json.dumps(cache, indent=1) + "\n")
     return value
 
 
 def _baseline(value: dict, loss_col: str) -> Baseline:
-    regime = {"val_loss": value["trigram"],
-              "val_bpb": value["trigram"] * value["tokens"] / (math.log(2) * value["bytes"])}.get(loss_col)
-    return Baseline(unigram=value["unigram"], bigram=value["bigram"], trigram=value["trigram"],
-                    tokens=int(value["tokens"]), regime_loss=regime)
+    regime = {
+        "val_loss": value["trigram"],
+        "val_bpb": value["trigram"] * value["tokens"] / (math.log(2) * value["bytes"]),
+    }.get(loss_col)
+    return Baseline(
+        unigram=value["unigram"],
+        bigram=value["bigram"],
+        trigram=value["trigram"],
+        tokens=int(value["tokens"]),
+        regime_loss=regime,
+    )
 
 
 def sweep_baselines(plan: Plan, out: Path) -> dict[str | None, Baseline | NotRun]:
@@ -114,8 +133,10 @@ def sweep_baselines(plan: Plan, out: Path) -> dict[str | None, Baseline | NotRun
     for arm, cfgs in groups.items():
         keys = {(c.data, c.model.seq_len, c.train.batch_size, c.train.eval_batches) for c in cfgs}
         if len(keys) > 1:
-            result[arm] = NotRun("the runs are evaluated on different validation tokens (data, seq_len, "
-                                 "batch_size or eval_batches differ): no one baseline")
+            result[arm] = NotRun(
+                "the runs are evaluated on different validation tokens (data, seq_len, "
+                "batch_size or eval_batches differ): no one baseline"
+            )
             continue
         try:
             result[arm] = _baseline(_cached(out, cfgs[0]), plan.spec.fit_loss)

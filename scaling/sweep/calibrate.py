@@ -49,19 +49,27 @@ class Calibration:
 
         n_eval = count(c.train.eval_every)
         n_ckpt = (count(c.checkpoint.every_steps) if c.checkpoint.every_steps else 1) + len(r.keep_steps)
-        return (compiles * self._interp(f, "compile_s") + steps * self._interp(f, "step_s")
-                + n_eval * c.train.eval_batches * self._interp(f, "eval_s")
-                + n_ckpt * self._interp(f, "ckpt_s") + self.fixed_s)
+        return (
+            compiles * self._interp(f, "compile_s")
+            + steps * self._interp(f, "step_s")
+            + n_eval * c.train.eval_batches * self._interp(f, "eval_s")
+            + n_ckpt * self._interp(f, "ckpt_s")
+            + self.fixed_s
+        )
 
     def describe(self) -> str:
-        parts = [f"{p['run_id']}: {p['step_s'] * 1e3:.1f} ms/step ({p['flops_per_step'] / p['step_s'] / 1e9:.2f} "
-                 f"GFLOP/s), compile {p['compile_s']:.1f}s, eval {p['eval_s'] * 1e3:.1f} ms/batch, "
-                 f"checkpoint {p['ckpt_s']:.2f}s" for p in self.points]
+        parts = [
+            f"{p['run_id']}: {p['step_s'] * 1e3:.1f} ms/step ({p['flops_per_step'] / p['step_s'] / 1e9:.2f} "
+            f"GFLOP/s), compile {p['compile_s']:.1f}s, eval {p['eval_s'] * 1e3:.1f} ms/batch, "
+            f"checkpoint {p['ckpt_s']:.2f}s"
+            for p in self.points
+        ]
         return "calibration on this machine (" + "; ".join(parts) + ")"
 
 
-def calibrate(runs: tuple[PlannedRun, ...] | list[PlannedRun], *, target_s: float = 1.0,
-              max_steps: int = 20) -> Calibration:
+def calibrate(
+    runs: tuple[PlannedRun, ...] | list[PlannedRun], *, target_s: float = 1.0, max_steps: int = 20
+) -> Calibration:
     """Time real train steps of the smallest and the largest planned shape (by FLOPs per step)
     in this process: compile, a few steps, an evaluation batch and a checkpoint save (into a
     temporary directory). Random tokens; nothing of the sweep is written."""
@@ -108,8 +116,17 @@ def calibrate(runs: tuple[PlannedRun, ...] | list[PlannedRun], *, target_s: floa
             ck.wait()
             ckpt_s = time.perf_counter() - t0
             ck.close()
-        points.append({"run_id": r.run_id, "flops_per_step": r.flops_per_step, "step_s": step_s,
-                       "eval_s": eval_s, "compile_s": compile_s, "ckpt_s": ckpt_s, "steps_timed": n})
+        points.append(
+            {
+                "run_id": r.run_id,
+                "flops_per_step": r.flops_per_step,
+                "step_s": step_s,
+                "eval_s": eval_s,
+                "compile_s": compile_s,
+                "ckpt_s": ckpt_s,
+                "steps_timed": n,
+            }
+        )
     return Calibration(points=tuple(points))
 
 
@@ -117,6 +134,7 @@ def shape_key(r: PlannedRun) -> tuple:
     """Runs with equal keys share compiled functions when one process trains them (the mesh
     aside, ``train.Trainer.program_key``)."""
     from scaling.train import shape_fields
+
     return (*shape_fields(r.cfg), r.cfg.mesh)
 
 

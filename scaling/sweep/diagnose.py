@@ -61,26 +61,42 @@ def other_count(count: str) -> str:
 def compute_rows(N, flops_6nd, flops_chinchilla) -> tuple[ComputeRow, ...]:
     """Per model size (ascending): its runs' compute by 6ND and by Chinchilla's Appendix F count."""
     N, f6, fc = (np.asarray(v, dtype=np.float64).ravel() for v in (N, flops_6nd, flops_chinchilla))
-    return tuple(ComputeRow(N=float(n), n_runs=int(np.sum(N == n)), flops_6nd=float(f6[N == n].sum()),
-                            flops_chinchilla=float(fc[N == n].sum())) for n in np.unique(N))
+    return tuple(
+        ComputeRow(
+            N=float(n),
+            n_runs=int(np.sum(N == n)),
+            flops_6nd=float(f6[N == n].sum()),
+            flops_chinchilla=float(fc[N == n].sum()),
+        )
+        for n in np.unique(N)
+    )
 
 
 def _approach3(runs: Runs, opts: SweepFitOptions):
     why = SWEEP.approach3(runs.N, runs.D)
     if why is not None:
         return NotRun(why), None
-    law = attempt(lambda: approach3.fit_approach3(runs.N, runs.D, runs.L, delta=opts.delta, starts=opts.starts),
-                  optional=True)
+    law = attempt(
+        lambda: approach3.fit_approach3(runs.N, runs.D, runs.L, delta=opts.delta, starts=opts.starts), optional=True
+    )
     if not isinstance(law, LawFit) or not opts.bootstrap:
         return law, None
-    boot = bootstrap.bootstrap_approach3(runs.N, runs.D, runs.L, law, opts.bootstrap, seed=opts.seed,
-                                         level=opts.level, starts=opts.boot_starts)
+    boot = bootstrap.bootstrap_approach3(
+        runs.N, runs.D, runs.L, law, opts.bootstrap, seed=opts.seed, level=opts.level, starts=opts.boot_starts
+    )
     return law, boot
 
 
-def fit_group(runs: Runs, *, isoflop: bool, n_count: str = "total", alt_N=None,
-              baseline: Baseline | NotRun | None = None, compute: tuple[ComputeRow, ...] = (),
-              opts: SweepFitOptions = DEFAULT_OPTIONS) -> FitResult:
+def fit_group(
+    runs: Runs,
+    *,
+    isoflop: bool,
+    n_count: str = "total",
+    alt_N=None,
+    baseline: Baseline | NotRun | None = None,
+    compute: tuple[ComputeRow, ...] = (),
+    opts: SweepFitOptions = DEFAULT_OPTIONS,
+) -> FitResult:
     """Every fit and check of one group of runs (the module docstring); an approach the runs
     cannot support is a not-run note, never an error.  ``alt_N``: the other parameter count per
     run (for :class:`AltCount` and the stability check); ``baseline``: the count models of the
@@ -90,30 +106,63 @@ def fit_group(runs: Runs, *, isoflop: bool, n_count: str = "total", alt_N=None,
     if isoflop:
         a2 = attempt(lambda: approach2.fit_approach2(runs.N, runs.L, runs.C, budgets=runs.budget), optional=True)
         if isinstance(a2, IsoFlopFit) and opts.approach2_bootstrap:
-            a2_ci = attempt(lambda: approach2.bootstrap_approach2(
-                runs.N, runs.L, runs.C, a2, opts.approach2_bootstrap, budgets=runs.budget, seed=opts.seed,
-                level=opts.level), optional=True)
+            a2_ci = attempt(
+                lambda: approach2.bootstrap_approach2(
+                    runs.N,
+                    runs.L,
+                    runs.C,
+                    a2,
+                    opts.approach2_bootstrap,
+                    budgets=runs.budget,
+                    seed=opts.seed,
+                    level=opts.level,
+                ),
+                optional=True,
+            )
     why = SWEEP.approach1(runs.N, runs.C)
-    a1 = NotRun(why) if why is not None else attempt(
-        lambda: approach1.fit_approach1_endpoints(runs.N, runs.C, runs.L), optional=True)
+    a1 = (
+        NotRun(why)
+        if why is not None
+        else attempt(lambda: approach1.fit_approach1_endpoints(runs.N, runs.C, runs.L), optional=True)
+    )
     alt = None
     if alt_N is not None and isinstance(law, LawFit):
-        alt_fit = attempt(lambda: approach3.fit_approach3(alt_N, runs.D, runs.L, delta=opts.delta,
-                                                          starts=opts.starts), optional=True)
+        alt_fit = attempt(
+            lambda: approach3.fit_approach3(alt_N, runs.D, runs.L, delta=opts.delta, starts=opts.starts), optional=True
+        )
         other = other_count(n_count)
         alt = AltCount(count=other, n_col=COUNT_COLUMNS[other], fit=alt_fit)
     verdict = None
     if isinstance(law, LawFit) and boot is not None:
         a2_boot = a2_ci if isinstance(a2_ci, Approach2Bootstrap) else None
         verdict = checks.diagnose(
-            runs.N, runs.D, runs.L, fit=law, ci=boot.ci(), C=runs.C, budgets=runs.budget,
+            runs.N,
+            runs.D,
+            runs.L,
+            fit=law,
+            ci=boot.ci(),
+            C=runs.C,
+            budgets=runs.budget,
             baseline=baseline.regime_loss if isinstance(baseline, Baseline) else None,
             alt_fit=alt.fit if alt is not None and isinstance(alt.fit, LawFit) else None,
             approach2=a2 if a2_boot is not None else None,
             approach2_a_interval=None if a2_boot is None else a2_boot.interval("a"),
-            n_resamples=opts.approach2_bootstrap, seed=opts.seed, level=opts.level, starts=opts.starts,
+            n_resamples=opts.approach2_bootstrap,
+            seed=opts.seed,
+            level=opts.level,
+            starts=opts.starts,
         )
     noise = Noise.from_runs(runs.N, runs.D, runs.L, law.predict(runs.N, runs.D) if isinstance(law, LawFit) else None)
-    return FitResult(approach3=law, bootstrap=boot, approach2=a2, approach2_ci=a2_ci, approach1=a1,
-                     diagnostics=verdict, baseline=baseline, noise=noise, n_count=n_count, alt_count=alt,
-                     compute=compute)
+    return FitResult(
+        approach3=law,
+        bootstrap=boot,
+        approach2=a2,
+        approach2_ci=a2_ci,
+        approach1=a1,
+        diagnostics=verdict,
+        baseline=baseline,
+        noise=noise,
+        n_count=n_count,
+        alt_count=alt,
+        compute=compute,
+    )

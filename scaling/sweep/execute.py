@@ -43,9 +43,19 @@ def _run_state(run_dir: Path) -> str | None:
     return run_status(run_dir)
 
 
-def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_diverged: bool = False,
-            progress: bool | None = None, echo=print, trainers: dict | None = None,
-            after_run=None, plot: Plotter | None = None, compile_ahead: bool = True) -> SweepResult:
+def execute(
+    plan: Plan,
+    out: Path,
+    *,
+    shard: tuple[int, int] = (0, 1),
+    retry_diverged: bool = False,
+    progress: bool | None = None,
+    echo=print,
+    trainers: dict | None = None,
+    after_run=None,
+    plot: Plotter | None = None,
+    compile_ahead: bool = True,
+) -> SweepResult:
     """Train this shard's runs one after another (resuming), rebuilding results.csv after each;
     when every planned run has finished, fit (and plot with ``plot``: :func:`finalize`).
     ``echo`` prints progress lines. Runs of one shape share compiled functions through
@@ -66,8 +76,12 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
     res = SweepResult()
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "plan.json", json.dumps({"spec": plan.spec.path, "name": plan.spec.name,
-                                                         "runs": [r.to_json() for r in plan.runs]}, indent=1))
+        atomic_write_text(
+            out / "plan.json",
+            json.dumps(
+                {"spec": plan.spec.path, "name": plan.spec.name, "runs": [r.to_json() for r in plan.runs]}, indent=1
+            ),
+        )
         rebuild_results(out, plan)
 
     def finished(r: PlannedRun) -> bool:
@@ -76,16 +90,26 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
 
     done_flops = sum(r.train_flops for r in mine if finished(r))
     n_done = sum(finished(r) for r in mine)
-    bar = tqdm(total=sum(r.train_flops for r in mine), initial=done_flops, unit="FLOP", unit_scale=True,
-               desc=f"sweep {plan.spec.name}", position=0, leave=True, dynamic_ncols=True, file=sys.stderr,
-               disable=not (progress and is_main), smoothing=0.0,
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} FLOPs "
-                          "[{elapsed}<{remaining}{postfix}]")
+    bar = tqdm(
+        total=sum(r.train_flops for r in mine),
+        initial=done_flops,
+        unit="FLOP",
+        unit_scale=True,
+        desc=f"sweep {plan.spec.name}",
+        position=0,
+        leave=True,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        disable=not (progress and is_main),
+        smoothing=0.0,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} FLOPs [{elapsed}<{remaining}{postfix}]",
+    )
     bar.set_postfix_str(f"runs {n_done}/{len(mine)}")
     trainers = {} if trainers is None else trainers  # one Trainer per shape, shared by its runs
     # one compile thread per 4 cores (an XLA compile keeps more than one busy), at least 1
-    ahead = concurrent.futures.ThreadPoolExecutor(max(1, (os.cpu_count() or 1) // 4),
-                                                  thread_name_prefix="compile-ahead")
+    ahead = concurrent.futures.ThreadPoolExecutor(
+        max(1, (os.cpu_count() or 1) // 4), thread_name_prefix="compile-ahead"
+    )
     try:
         if compile_ahead:
             _compile_ahead([r for r in mine if not finished(r)], trainers, ahead)
@@ -96,8 +120,14 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
                 continue
             branch = None if r.parent is None else (out / "runs" / r.parent, r.stable_steps)
             try:  # the Run holds the run directory's lock (process 0) until it ends
-                run = Run(r.cfg, run_dir, trainers=trainers, model_scoring=MODEL_SCORING, branch_from=branch,
-                          keep_steps=r.keep_steps)
+                run = Run(
+                    r.cfg,
+                    run_dir,
+                    trainers=trainers,
+                    model_scoring=MODEL_SCORING,
+                    branch_from=branch,
+                    keep_steps=r.keep_steps,
+                )
             except LockHeld:
                 if not single:  # the other processes would wait for this one in the collectives
                     raise
@@ -108,8 +138,9 @@ def execute(plan: Plan, out: Path, *, shard: tuple[int, int] = (0, 1), retry_div
                 if branch is None or not single:
                     raise
                 res.blocked.append(f"{r.run_id}: {e}")
-                bar.write(f"[{r.index}] {r.run_id}: cooldown branch not started, its parent's checkpoint cannot "
-                          f"be read ({e})")
+                bar.write(
+                    f"[{r.index}] {r.run_id}: cooldown branch not started, its parent's checkpoint cannot be read ({e})"
+                )
                 continue
             with run:
                 if finished(r):  # finished by another process meanwhile
@@ -173,14 +204,23 @@ def _train_one(plan: Plan, r: PlannedRun, run, out: Path, is_main: bool, bar) ->
     start = ckpts[-1] if ckpts else (r.stable_steps or 0)
     if is_main:
         log_event(out, event="start", run_id=r.run_id, start_step=start, steps=r.steps, parent=r.parent)
-        what = (f"resuming at step {start}" if ckpts else f"branching from {r.parent} at step {start}" if r.parent
-                else "starting")
-        bar.write(f"[{r.index}] {r.run_id}: {what} (N={r.n_params:,}, D={r.tokens:,}, C={r.flops['6nd']:.3g}, "
-                  f"{r.steps} steps)")
+        what = (
+            f"resuming at step {start}"
+            if ckpts
+            else f"branching from {r.parent} at step {start}"
+            if r.parent
+            else "starting"
+        )
+        bar.write(
+            f"[{r.index}] {r.run_id}: {what} (N={r.n_params:,}, D={r.tokens:,}, C={r.flops['6nd']:.3g}, "
+            f"{r.steps} steps)"
+        )
     summary = run.run()
     if is_main:
         log_event(out, event="end", run_id=r.run_id, status=summary["status"], steps_done=summary.get("steps_done"))
         vl = summary.get("val_loss")
-        bar.write(f"[{r.index}] {r.run_id}: {summary['status']}, val_loss "
-                  f"{'-' if vl is None else format(vl, '.4f')}, {format_duration(summary['wall_s'])}")
+        bar.write(
+            f"[{r.index}] {r.run_id}: {summary['status']}, val_loss "
+            f"{'-' if vl is None else format(vl, '.4f')}, {format_duration(summary['wall_s'])}"
+        )
     return summary

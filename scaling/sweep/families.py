@@ -61,7 +61,14 @@ def assign_families(runs: list, enabled: bool = True) -> list:
         ordered = [parent] + sorted((r for r in members if r is not parent), key=lambda r: (r.steps, r.index))
         for r in ordered:
             point = points.get(r.run_id)
-            out.append(dataclasses.replace(
-                r, index=len(out), family=fam, keep_steps=keep if r is parent else (),
-                parent=parent.run_id if point is not None else None, stable_steps=point))
+            out.append(
+                dataclasses.replace(
+                    r,
+                    index=len(out),
+                    family=fam,
+                    keep_steps=keep if r is parent else (),
+                    parent=parent.run_id if point is not None else None,
+                    stable_steps=point,
+                )
+            )
     return out

@@ -46,8 +46,14 @@ class SweepFit(JsonRecord):
     plots_error: str | None = None
 
     def to_dict(self) -> dict:
-        sweep = {"name": self.name, "spec": self.spec, "results": self.results, "results_sha256": self.results_sha256,
-                 "n_planned": self.n_planned, "ignored": list(self.ignored)}
+        sweep = {
+            "name": self.name,
+            "spec": self.spec,
+            "results": self.results,
+            "results_sha256": self.results_sha256,
+            "n_planned": self.n_planned,
+            "ignored": list(self.ignored),
+        }
         if self.plots is not None:
             sweep["plots"] = list(self.plots)
         if self.plots_error is not None:
@@ -67,9 +73,15 @@ def load_sweep_runs(plan: Plan, out: Path, *, n_col: str | None = None, c_col: s
     """The completed runs of the sweep's results.csv as the fit reads them (UsageError when none):
     N is the spec's ``fit.count`` (``n_col`` another column), C = 6 N D (``c_col``: a FLOPs column)."""
     isoflop = plan.spec.design == "isoflop"
-    return load_runs(Path(out) / "results.csv", n_col=n_col or _count_col(plan), d_col="tokens", c_col=c_col,
-                     loss_col=plan.spec.fit_loss, budget_col="budget" if isoflop else None,
-                     group_col="arm" if plan.has_arms else None)
+    return load_runs(
+        Path(out) / "results.csv",
+        n_col=n_col or _count_col(plan),
+        d_col="tokens",
+        c_col=c_col,
+        loss_col=plan.spec.fit_loss,
+        budget_col="budget" if isoflop else None,
+        group_col="arm" if plan.has_arms else None,
+    )
 
 
 def finalize(plan: Plan, out: Path, *, plot: Plotter | None = None, echo=print, force: bool = False) -> SweepFit | None:
@@ -85,8 +97,15 @@ def finalize(plan: Plan, out: Path, *, plot: Plotter | None = None, echo=print, 
         if not force and old and old.get("sweep", {}).get("results_sha256") == digest:
             return None
         output = fit_sweep(plan, out)
-        fit = SweepFit(output=output, name=plan.spec.name, spec=plan.spec.path, results=str(out / "results.csv"),
-                       results_sha256=digest, n_planned=len(plan.runs), ignored=tuple(ignored_runs(out, plan)))
+        fit = SweepFit(
+            output=output,
+            name=plan.spec.name,
+            spec=plan.spec.path,
+            results=str(out / "results.csv"),
+            results_sha256=digest,
+            n_planned=len(plan.runs),
+            ignored=tuple(ignored_runs(out, plan)),
+        )
         if plot is not None:
             try:
                 paths = plot(plan, out, output)
@@ -111,8 +130,13 @@ def _optional_runs(plan: Plan, out: Path, runs: Runs, **cols) -> Runs | None:
     return other if _same_rows(runs, other) else None
 
 
-def fit_sweep(plan: Plan, out: Path, *, options: SweepFitOptions | None = None,
-              baselines: Mapping[str | None, Baseline | NotRun] | None = None) -> FitOutput:
+def fit_sweep(
+    plan: Plan,
+    out: Path,
+    *,
+    options: SweepFitOptions | None = None,
+    baselines: Mapping[str | None, Baseline | NotRun] | None = None,
+) -> FitOutput:
     """Fit the completed runs of results.csv (per arm when the sweep has arms) as
     :func:`scaling.sweep.diagnose.fit_group` does; never raises for too few points: the reasons
     are not-run notes (``error`` when no approach ran).  ``options``: the fit's sizes (default:
@@ -133,18 +157,36 @@ def fit_sweep(plan: Plan, out: Path, *, options: SweepFitOptions | None = None,
     f6 = _optional_runs(plan, out, runs, c_col="flops_6nd")
     fc = _optional_runs(plan, out, runs, c_col="flops_chinchilla")
     isoflop = plan.spec.design == "isoflop"
-    inp = {"results": str(out / "results.csv"), "n_col": _count_col(plan), "d_col": "tokens",
-           "loss_col": plan.spec.fit_loss, "n_runs": len(runs), "approach1": APPROACH1_INPUT,
-           "bootstrap": {"approach3": options.bootstrap, "approach3_starts": options.boot_starts,
-                         "approach2": options.approach2_bootstrap}}
+    inp = {
+        "results": str(out / "results.csv"),
+        "n_col": _count_col(plan),
+        "d_col": "tokens",
+        "loss_col": plan.spec.fit_loss,
+        "n_runs": len(runs),
+        "approach1": APPROACH1_INPUT,
+        "bootstrap": {
+            "approach3": options.bootstrap,
+            "approach3_starts": options.boot_starts,
+            "approach2": options.approach2_bootstrap,
+        },
+    }
 
     def group(sel, key):
         part = runs if sel is None else runs.subset(sel)
-        compute = () if f6 is None or fc is None else compute_rows(
-            part.N, f6.C if sel is None else f6.C[sel], fc.C if sel is None else fc.C[sel])
-        return fit_group(part, isoflop=isoflop, n_count=count,
-                         alt_N=None if alt is None else (alt.N if sel is None else alt.N[sel]),
-                         baseline=baselines.get(key), compute=compute, opts=options)
+        compute = (
+            ()
+            if f6 is None or fc is None
+            else compute_rows(part.N, f6.C if sel is None else f6.C[sel], fc.C if sel is None else fc.C[sel])
+        )
+        return fit_group(
+            part,
+            isoflop=isoflop,
+            n_count=count,
+            alt_N=None if alt is None else (alt.N if sel is None else alt.N[sel]),
+            baseline=baselines.get(key),
+            compute=compute,
+            opts=options,
+        )
 
     if plan.has_arms:
         groups = {arm: group(runs.group == arm, arm) for arm in sorted(set(runs.group.tolist()))}
@@ -152,8 +194,9 @@ def fit_sweep(plan: Plan, out: Path, *, options: SweepFitOptions | None = None,
     else:
         output = FitOutput(fit=group(None, None), input=inp)
     if not output.ran:
-        output = dataclasses.replace(output, error="too few completed runs to fit any scaling law "
-                                                   "(see the not_run notes)")
+        output = dataclasses.replace(
+            output, error="too few completed runs to fit any scaling law (see the not_run notes)"
+        )
     return output
 
 

@@ -50,8 +50,14 @@ class LrOptimum:
     in_range: bool  # False: the best rate is at an end of the scanned range (the optimum may lie beyond)
 
     def to_dict(self) -> dict:
-        return {"n_params": self.n_params, "shape": self.shape, "lr_opt": self.lr_opt, "lrs": list(self.lrs),
-                "losses": list(self.losses), "in_range": self.in_range}
+        return {
+            "n_params": self.n_params,
+            "shape": self.shape,
+            "lr_opt": self.lr_opt,
+            "lrs": list(self.lrs),
+            "losses": list(self.losses),
+            "in_range": self.in_range,
+        }
 
 
 @dataclass(frozen=True)
@@ -87,18 +93,36 @@ class LrRule:
         return tuple(o for o in self.optima if not o.in_range)
 
     def to_dict(self) -> dict:
-        return {"c": self.c, "gamma": self.gamma, "formula": FORMULA, "n_ref": self.n_ref, "count": self.count,
-                "optima": [o.to_dict() for o in self.optima], "applied": [a.to_dict() for a in self.applied]}
+        return {
+            "c": self.c,
+            "gamma": self.gamma,
+            "formula": FORMULA,
+            "n_ref": self.n_ref,
+            "count": self.count,
+            "optima": [o.to_dict() for o in self.optima],
+            "applied": [a.to_dict() for a in self.applied],
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> LrRule:
-        return cls(c=float(d["c"]), gamma=float(d["gamma"]), n_ref=float(d["n_ref"]), count=str(d["count"]),
-                   optima=tuple(LrOptimum(int(o["n_params"]), str(o["shape"]), float(o["lr_opt"]),
-                                          tuple(map(float, o["lrs"])),
-                                          tuple(None if x is None else float(x) for x in o["losses"]),
-                                          bool(o["in_range"])) for o in d.get("optima", ())),
-                   applied=tuple(LrApplied(int(a["n_params"]), str(a["shape"]), float(a["lr"]))
-                                 for a in d.get("applied", ())))
+        return cls(
+            c=float(d["c"]),
+            gamma=float(d["gamma"]),
+            n_ref=float(d["n_ref"]),
+            count=str(d["count"]),
+            optima=tuple(
+                LrOptimum(
+                    int(o["n_params"]),
+                    str(o["shape"]),
+                    float(o["lr_opt"]),
+                    tuple(map(float, o["lrs"])),
+                    tuple(None if x is None else float(x) for x in o["losses"]),
+                    bool(o["in_range"]),
+                )
+                for o in d.get("optima", ())
+            ),
+            applied=tuple(LrApplied(int(a["n_params"]), str(a["shape"]), float(a["lr"])) for a in d.get("applied", ())),
+        )
 
 
 class SizedRun(Protocol):
@@ -151,8 +175,9 @@ def init_std(d_model: int, per_size: PerSizeSpec) -> float | None:
     return float(f"{per_size.init_scale / math.sqrt(d_model):.4g}")
 
 
-def size_settings(spec: Spec, runs: list[SizedRun] | tuple[SizedRun, ...],
-                  rule: LrRule | None) -> dict[str, SizeSettings]:
+def size_settings(
+    spec: Spec, runs: list[SizedRun] | tuple[SizedRun, ...], rule: LrRule | None
+) -> dict[str, SizeSettings]:
     """The settings of every size (by shape) of ``runs``: lr from ``rule``, warmup and init from
     the spec's ``per_size`` (the module docstring's rules)."""
     out: dict[str, SizeSettings] = {}
@@ -164,9 +189,11 @@ def size_settings(spec: Spec, runs: list[SizedRun] | tuple[SizedRun, ...],
         if spec.per_size is not None:
             r0 = rs[0]
             tps = r0.cfg.train.batch_size * r0.cfg.model.seq_len
-            s = dataclasses.replace(s, warmup_steps=fixed.get(shape) or warmup_steps(n, min(r.steps for r in rs), tps,
-                                                                                      spec.per_size),
-                                    init_std=init_std(r0.cfg.model.d_model, spec.per_size))
+            s = dataclasses.replace(
+                s,
+                warmup_steps=fixed.get(shape) or warmup_steps(n, min(r.steps for r in rs), tps, spec.per_size),
+                init_std=init_std(r0.cfg.model.d_model, spec.per_size),
+            )
         out[shape] = s
     return out
 
@@ -200,17 +227,24 @@ def describe(spec: Spec, runs: list[SizedRun] | tuple[SizedRun, ...], rule: LrRu
     settings = sorted(size_settings(spec, runs, rule).values(), key=lambda s: s.n)
     if rule is not None:
         src = "fitted to the pilot scan" if rule.optima else "given by the spec"
-        lines.append(f"  learning rate {FORMULA} with c={rule.c:.4g}, gamma={rule.gamma:.4g}, n_ref={rule.n_ref:.4g} "
-                     f"(N = {what}; {src}): " + ", ".join(f"{s.shape} {s.lr:.4g}" for s in settings))
+        lines.append(
+            f"  learning rate {FORMULA} with c={rule.c:.4g}, gamma={rule.gamma:.4g}, n_ref={rule.n_ref:.4g} "
+            f"(N = {what}; {src}): " + ", ".join(f"{s.shape} {s.lr:.4g}" for s in settings)
+        )
     elif spec.lr_scan is not None:
-        lines.append(f"  learning rate: lr from the scan ({FORMULA} fitted to the lr_scan runs, N = {what}); "
-                     f"the lr in these configs ({runs[0].cfg.optim.lr:g}) is provisional")
+        lines.append(
+            f"  learning rate: lr from the scan ({FORMULA} fitted to the lr_scan runs, N = {what}); "
+            f"the lr in these configs ({runs[0].cfg.optim.lr:g}) is provisional"
+        )
     if spec.per_size is not None:
         ps = spec.per_size
-        lines.append(f"  warmup per size: min({ps.warmup_tokens_per_param:g} N tokens, {ps.warmup_max_fraction:g} "
-                     f"of the size's shortest run) in steps: "
-                     + ", ".join(f"{s.shape} {s.warmup_steps}" for s in settings))
+        lines.append(
+            f"  warmup per size: min({ps.warmup_tokens_per_param:g} N tokens, {ps.warmup_max_fraction:g} "
+            f"of the size's shortest run) in steps: " + ", ".join(f"{s.shape} {s.warmup_steps}" for s in settings)
+        )
         if ps.init_scale is not None:
-            lines.append(f"  init std per size: {ps.init_scale:g} / sqrt(d_model): "
-                         + ", ".join(f"{s.shape} {s.init_std:.4g}" for s in settings))
+            lines.append(
+                f"  init std per size: {ps.init_scale:g} / sqrt(d_model): "
+                + ", ".join(f"{s.shape} {s.init_std:.4g}" for s in settings)
+            )
     return lines

@@ -30,9 +30,13 @@ class NoiseSpec:
         for key, want, have in (("models", self.models, len(sizes)), ("budgets", self.budgets, len(points))):
             if want > have:
                 raise spec_error(where, f"noise.{key} is {want}, but the design has only {have}")
-        small, low = set(sizes[:self.models]), set(points[:self.budgets])
-        return [dict(r, seed=s) for s in self.seeds for r in runs
-                if r["seed"] == seeds[0] and r["counts"]["n_params"] in small and r["point"] in low]
+        small, low = set(sizes[: self.models]), set(points[: self.budgets])
+        return [
+            dict(r, seed=s)
+            for s in self.seeds
+            for r in runs
+            if r["seed"] == seeds[0] and r["counts"]["n_params"] in small and r["point"] in low
+        ]
 
 
 def parse_noise(value: Any, where: str, seeds: tuple[int, ...] | None) -> NoiseSpec:
@@ -48,5 +52,8 @@ def parse_noise(value: Any, where: str, seeds: tuple[int, ...] | None) -> NoiseS
         raise spec_error(where, "seeds has a repeated seed")
     if seeds is not None and set(extra) & set(seeds):
         raise spec_error(where, f"seed {sorted(set(extra) & set(seeds))[0]} is one of the sweep's seeds already")
-    return NoiseSpec(seeds=tuple(extra), models=positive_int(m["models"], f"{where}.models"),
-                     budgets=positive_int(m["budgets"], f"{where}.budgets"))
+    return NoiseSpec(
+        seeds=tuple(extra),
+        models=positive_int(m["models"], f"{where}.models"),
+        budgets=positive_int(m["budgets"], f"{where}.budgets"),
+    )

@@ -24,8 +24,9 @@ def parse_number(value: Any, where: str, *, positive: bool = True) -> float:
         try:
             x = float(value)
         except OverflowError:
-            raise spec_error(where, f"expected a number in the floating-point range, got an integer of "
-                                    f"{value.bit_length()} bits") from None
+            raise spec_error(
+                where, f"expected a number in the floating-point range, got an integer of {value.bit_length()} bits"
+            ) from None
     elif isinstance(value, str):
         s = value.strip().replace("_", "").replace(",", "")
         mult = 1.0

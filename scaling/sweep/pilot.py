@@ -42,8 +42,21 @@ from scaling.sweep.plan import Plan, make_plan
 from scaling.sweep.results import check_outputs, collect_rows, read_json, rebuild_results
 from scaling.sweep.spec import Arm, Budget, ModelSpec, Spec
 
-__all__ = ["SCAN_DIR", "RULE_FILE", "fit_rule", "lr_arm_name", "optimum", "plan_scan", "read_rule", "run",
-           "record_rule", "rule_report", "scan_rule", "scan_spec", "write_rule"]
+__all__ = [
+    "SCAN_DIR",
+    "RULE_FILE",
+    "fit_rule",
+    "lr_arm_name",
+    "optimum",
+    "plan_scan",
+    "read_rule",
+    "run",
+    "record_rule",
+    "rule_report",
+    "scan_rule",
+    "scan_spec",
+    "write_rule",
+]
 
 SCAN_DIR = "lr_scan"
 RULE_FILE = "lr_rule.json"
@@ -69,8 +82,10 @@ def _scanned_models(spec: Spec, main: Plan) -> tuple[ModelSpec, ...]:
     ranked = sorted(sizes, key=lambda k: (sizes[k], k))
     picks = sorted({round(i * (len(ranked) - 1) / (scan.n_models - 1)) for i in range(scan.n_models)})
     if len(picks) < 2:
-        raise UsageError(f"sweep spec {spec.path}: lr_scan needs 2 or more sizes, but the design has "
-                         f"{len(ranked)}; list lr_scan.models")
+        raise UsageError(
+            f"sweep spec {spec.path}: lr_scan needs 2 or more sizes, but the design has "
+            f"{len(ranked)}; list lr_scan.models"
+        )
     return tuple(ModelSpec(n_layer=ranked[i][0], d_model=ranked[i][1], n_head=ranked[i][2]) for i in picks)
 
 
@@ -84,18 +99,32 @@ def scan_spec(spec: Spec, main: Plan) -> Spec:
         raise ValueError(f"sweep spec {spec.path} has no lr_scan")
     arms = tuple(Arm(lr_arm_name(lr), {"optim": {"lr": lr}}) for lr in scan.lrs)
     return dataclasses.replace(
-        spec, name=f"{spec.name}.{SCAN_DIR}", description=f"learning-rate scan of sweep {spec.name}",
-        design="isoflop", models=(), tokens=(), budgets=(Budget(scan.flops, _scanned_models(spec, main)),),
-        min_steps=1, seeds=None if spec.seeds is None else spec.seeds[:1], arms=arms, fit=False,
-        lr_scan=None, lr_rule=None, noise=None, min_tokens_per_param=0.0,
-        warmups=tuple((hparams.shape_of(r.cfg), r.cfg.optim.warmup_steps) for r in main.runs) if spec.per_size else ())
+        spec,
+        name=f"{spec.name}.{SCAN_DIR}",
+        description=f"learning-rate scan of sweep {spec.name}",
+        design="isoflop",
+        models=(),
+        tokens=(),
+        budgets=(Budget(scan.flops, _scanned_models(spec, main)),),
+        min_steps=1,
+        seeds=None if spec.seeds is None else spec.seeds[:1],
+        arms=arms,
+        fit=False,
+        lr_scan=None,
+        lr_rule=None,
+        noise=None,
+        min_tokens_per_param=0.0,
+        warmups=tuple((hparams.shape_of(r.cfg), r.cfg.optim.warmup_steps) for r in main.runs) if spec.per_size else (),
+    )
 
 
 def plan_scan(spec: Spec, overrides: dict | None, main: Plan, *, load_data: bool = True) -> Plan:
     """The scan's plan (``main``: the sweep's plan, whose sizes are scanned)."""
     sub = scan_spec(spec, main)
-    too_small = (f"sweep spec {spec.path}: lr_scan.flops {sub.budgets[0].flops:g} is too small for a scanned size "
-                 f"(a run of less than one step); raise it")
+    too_small = (
+        f"sweep spec {spec.path}: lr_scan.flops {sub.budgets[0].flops:g} is too small for a scanned size "
+        f"(a run of less than one step); raise it"
+    )
     try:
         plan = make_plan(sub, overrides, load_data=load_data)
     except UsageError as e:
@@ -116,15 +145,17 @@ def optimum(lrs: list[float], losses: list[float | None]) -> tuple[float, bool]:
     order = np.argsort(lrs)
     lr_sorted = np.asarray(lrs, dtype=np.float64)[order]
     x = np.log(lr_sorted)
-    y = np.array([np.inf if v is None or not math.isfinite(v) else v for v in np.asarray(losses, dtype=object)[order]],
-                 dtype=np.float64)
+    y = np.array(
+        [np.inf if v is None or not math.isfinite(v) else v for v in np.asarray(losses, dtype=object)[order]],
+        dtype=np.float64,
+    )
     if not np.isfinite(y).any():
         raise UsageError("every run of a scanned size diverged; lower lr_scan.lrs")
     i = int(np.argmin(y))
     in_range = 0 < i < len(x) - 1
     if not in_range or not (np.isfinite(y[i - 1]) and np.isfinite(y[i + 1])):
         return float(lr_sorted[i]), in_range
-    a, b, _ = np.polyfit(x[i - 1:i + 2], y[i - 1:i + 2], 2)
+    a, b, _ = np.polyfit(x[i - 1 : i + 2], y[i - 1 : i + 2], 2)
     if a <= 0:
         return float(lr_sorted[i]), in_range
     return float(np.exp(np.clip(-b / (2 * a), x[i - 1], x[i + 1]))), in_range
@@ -135,8 +166,7 @@ def fit_rule(points: list[tuple[int, str, float, float | None]], count: str = "t
     optima = []
     for shape in dict.fromkeys(p[1] for p in points):
         ps = sorted((p for p in points if p[1] == shape), key=lambda p: p[2])
-        lrs, losses = [p[2] for p in ps], [None if p[3] is None or not math.isfinite(p[3]) else float(p[3])
-                                           for p in ps]
+        lrs, losses = [p[2] for p in ps], [None if p[3] is None or not math.isfinite(p[3]) else float(p[3]) for p in ps]
         lr_opt, in_range = optimum(lrs, losses)
         optima.append(LrOptimum(int(ps[0][0]), shape, lr_opt, tuple(lrs), tuple(losses), in_range))
     optima.sort(key=lambda o: o.n_params)
@@ -160,8 +190,14 @@ def scan_rule(spec: Spec, scan: Plan, scan_out: Path) -> LrRule | None:
     for rid, r in by_id.items():
         row = rows[rid]
         loss = row.get(spec.fit_loss) if row.get("status") == "completed" else None
-        points.append((hparams.count_of(r, spec.sizing.count), hparams.shape_of(r.cfg), r.cfg.optim.lr,
-                       None if loss is None else float(loss)))
+        points.append(
+            (
+                hparams.count_of(r, spec.sizing.count),
+                hparams.shape_of(r.cfg),
+                r.cfg.optim.lr,
+                None if loss is None else float(loss),
+            )
+        )
     return fit_rule(points, spec.sizing.count)
 
 
@@ -181,17 +217,23 @@ def write_rule(out: Path, rule: LrRule) -> bool:
 
 def rule_report(rule: LrRule) -> str:
     """The fitted rule and each size's scan, with a loud warning for an optimum at an end of its scan."""
-    lines = [f"learning-rate rule: {hparams.FORMULA}, c = {rule.c:.4g}, gamma = {rule.gamma:.4g}, "
-             f"n_ref = {rule.n_ref:.4g} (N = {rule.count} parameters)"]
+    lines = [
+        f"learning-rate rule: {hparams.FORMULA}, c = {rule.c:.4g}, gamma = {rule.gamma:.4g}, "
+        f"n_ref = {rule.n_ref:.4g} (N = {rule.count} parameters)"
+    ]
     for o in rule.optima:
         losses = " ".join(f"{lr:g}:{'-' if v is None else format(v, '.4f')}" for lr, v in zip(o.lrs, o.losses))
-        lines.append(f"  {o.shape} (N={o.n_params:,}): lr_opt {o.lr_opt:.4g}"
-                     f"{'' if o.in_range else ' (NOT IN RANGE)'}; lr:loss {losses}")
+        lines.append(
+            f"  {o.shape} (N={o.n_params:,}): lr_opt {o.lr_opt:.4g}"
+            f"{'' if o.in_range else ' (NOT IN RANGE)'}; lr:loss {losses}"
+        )
     for o in rule.out_of_range:
         end = "smallest" if o.lr_opt <= min(o.lrs) else "largest"
-        lines.append(f"WARNING: the best learning rate of {o.shape} (N={o.n_params:,}) is the {end} one scanned "
-                     f"({o.lr_opt:g}): its optimum may lie outside lr_scan.lrs [{min(o.lrs):g}, {max(o.lrs):g}]; "
-                     f"widen the scan")
+        lines.append(
+            f"WARNING: the best learning rate of {o.shape} (N={o.n_params:,}) is the {end} one scanned "
+            f"({o.lr_opt:g}): its optimum may lie outside lr_scan.lrs [{min(o.lrs):g}, {max(o.lrs):g}]; "
+            f"widen the scan"
+        )
     if rule.applied:
         lines.append("  applied: " + ", ".join(f"{a.shape} {a.lr:.4g}" for a in rule.applied))
     return "\n".join(lines)
@@ -200,9 +242,20 @@ def rule_report(rule: LrRule) -> str:
 # ----------------------------------------------------------------------------- the whole sweep
 
 
-def run(spec: Spec, overrides: dict | None, main: Plan, out: Path, *, shard: tuple[int, int] = (0, 1),
-        retry_diverged: bool = False, progress: bool | None = None, echo=print, plot: Plotter | None = None,
-        poll_s: float = 10.0, trainers: dict | None = None) -> tuple[Plan, SweepResult]:
+def run(
+    spec: Spec,
+    overrides: dict | None,
+    main: Plan,
+    out: Path,
+    *,
+    shard: tuple[int, int] = (0, 1),
+    retry_diverged: bool = False,
+    progress: bool | None = None,
+    echo=print,
+    plot: Plotter | None = None,
+    poll_s: float = 10.0,
+    trainers: dict | None = None,
+) -> tuple[Plan, SweepResult]:
     """The sweep of a spec with ``lr_scan``: scan, fit, then the main plan (``main``, made
     without a rule, gives the sizes to scan); returns the main plan made with the rule and
     its :class:`SweepResult`. Resumable: finished scan runs are kept, and the rule is refitted
@@ -219,16 +272,25 @@ def run(spec: Spec, overrides: dict | None, main: Plan, out: Path, *, shard: tup
     if rule is not None:  # a finished scan: the main plan's outputs are checked before any compute
         check_outputs(make_plan(spec, overrides, lr_rule=rule), out)
     if rule is None or retry_diverged:
-        execute(scan, scan_out, shard=shard, retry_diverged=retry_diverged, progress=progress, echo=echo,
-                trainers=trainers)
+        execute(
+            scan, scan_out, shard=shard, retry_diverged=retry_diverged, progress=progress, echo=echo, trainers=trainers
+        )
         rule = _wait_for_scan(spec, scan, scan_out, echo, poll_s)
     if is_main:
         rebuild_results(scan_out, scan)
     plan = make_plan(spec, overrides, lr_rule=rule)
     check_outputs(plan, out)
     plan = record_rule(plan, out, echo if is_main else None)
-    result = execute(plan, out, shard=shard, retry_diverged=retry_diverged, progress=progress, echo=echo,
-                     trainers=trainers, plot=plot)
+    result = execute(
+        plan,
+        out,
+        shard=shard,
+        retry_diverged=retry_diverged,
+        progress=progress,
+        echo=echo,
+        trainers=trainers,
+        plot=plot,
+    )
     return plan, result
 
 
@@ -254,7 +316,9 @@ def _wait_for_scan(spec: Spec, scan: Plan, scan_out: Path, echo, poll_s: float) 
             return rule
         pending = [r.run_id for r in scan.runs if not (scan_out / "runs" / r.run_id / "summary.json").is_file()]
         if pending != waiting:
-            echo(f"waiting for {len(pending)} scan run(s) of other shards before the learning-rate fit: "
-                 f"{', '.join(pending)} (checking every {poll_s:g}s)")
+            echo(
+                f"waiting for {len(pending)} scan run(s) of other shards before the learning-rate fit: "
+                f"{', '.join(pending)} (checking every {poll_s:g}s)"
+            )
             waiting = pending
         time.sleep(poll_s)

@@ -95,14 +95,32 @@ class PlannedRun:
 
     def to_json(self) -> dict:
         m = self.cfg.model
-        return {"index": self.index, "run_id": self.run_id, "n_layer": m.n_layer, "d_model": m.d_model,
-                "n_head": m.n_head, "seq_len": m.seq_len, "batch_size": self.cfg.train.batch_size,
-                "n_params": self.n_params, "n_params_nonembed": self.n_params_nonembed, "tokens": self.tokens,
-                "steps": self.steps, "flops_6nd": self.flops["6nd"], "flops_kaplan": self.flops["kaplan"],
-                "flops_chinchilla": self.flops["chinchilla"], "budget": self.budget, "seed": self.seed,
-                "arm": self.arm, "target_n": self.target, "tags": self.tags,
-                "config_hash": self.cfg.identity_hash(), "family": self.family, "parent": self.parent,
-                "stable_steps": self.stable_steps, "keep_steps": list(self.keep_steps)}
+        return {
+            "index": self.index,
+            "run_id": self.run_id,
+            "n_layer": m.n_layer,
+            "d_model": m.d_model,
+            "n_head": m.n_head,
+            "seq_len": m.seq_len,
+            "batch_size": self.cfg.train.batch_size,
+            "n_params": self.n_params,
+            "n_params_nonembed": self.n_params_nonembed,
+            "tokens": self.tokens,
+            "steps": self.steps,
+            "flops_6nd": self.flops["6nd"],
+            "flops_kaplan": self.flops["kaplan"],
+            "flops_chinchilla": self.flops["chinchilla"],
+            "budget": self.budget,
+            "seed": self.seed,
+            "arm": self.arm,
+            "target_n": self.target,
+            "tags": self.tags,
+            "config_hash": self.cfg.identity_hash(),
+            "family": self.family,
+            "parent": self.parent,
+            "stable_steps": self.stable_steps,
+            "keep_steps": list(self.keep_steps),
+        }
 
 
 @dataclass(frozen=True)
@@ -124,7 +142,7 @@ class Plan:
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
-    """"I/N" (0 <= I < N) -> (I, N); None -> (0, 1)."""
+    """ "I/N" (0 <= I < N) -> (I, N); None -> (0, 1)."""
     if text is None:
         return 0, 1
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
@@ -154,8 +172,9 @@ def _check_overrides(spec: Spec, overrides: dict) -> None:
                 raise UsageError(f"sweep spec {spec.path}: arms[{i}] ({arm.name}) sets {key}, which the design sets")
 
 
-def make_plan(spec: Spec, overrides: dict | None = None, *, load_data: bool = True,
-              lr_rule: LrRule | None = None) -> Plan:
+def make_plan(
+    spec: Spec, overrides: dict | None = None, *, load_data: bool = True, lr_rule: LrRule | None = None
+) -> Plan:
     """Resolve every run of the sweep and validate it (configs, budgets, corpus, mesh, batch).
 
     Every run gets its size's settings (:mod:`scaling.sweep.hparams`): the peak lr of
@@ -182,8 +201,7 @@ def make_plan(spec: Spec, overrides: dict | None = None, *, load_data: bool = Tr
             vocab_of[cfg.data] = _vocab(cfg, load_data)
         n_vocab = vocab_of[cfg.data]
         if cfg.model.vocab_size and cfg.model.vocab_size < n_vocab:
-            raise UsageError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's "
-                             f"{n_vocab} ids")
+            raise UsageError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's {n_vocab} ids")
         vocab = cfg.model.vocab_size or n_vocab
         d = config_lib.merge(d, {"model": {"vocab_size": vocab}})
         arm_info.append((arm, d, config_lib.from_dict(d)))
@@ -210,14 +228,20 @@ def make_plan(spec: Spec, overrides: dict | None = None, *, load_data: bool = Tr
             if budget is None:
                 steps = max(1, round(tokens_req / per_step))
                 if tokens_req < per_step / 2:
-                    raise UsageError(f"grid tokens {tokens_req:g} is less than one batch "
-                                     f"(train.batch_size * model.seq_len = {per_step})")
+                    raise UsageError(
+                        f"grid tokens {tokens_req:g} is less than one batch "
+                        f"(train.batch_size * model.seq_len = {per_step})"
+                    )
             else:
                 steps = round(budget / (6 * counts["n_params"] * per_step))
-                why = (f"{steps} steps < isoflop.min_steps {spec.min_steps}" if steps < spec.min_steps else
-                       f"D/N = {steps * per_step / counts['n_params']:.3g} < isoflop.min_tokens_per_param "
-                       f"{spec.min_tokens_per_param:g}"
-                       if steps * per_step < spec.min_tokens_per_param * counts["n_params"] else None)
+                why = (
+                    f"{steps} steps < isoflop.min_steps {spec.min_steps}"
+                    if steps < spec.min_steps
+                    else f"D/N = {steps * per_step / counts['n_params']:.3g} < isoflop.min_tokens_per_param "
+                    f"{spec.min_tokens_per_param:g}"
+                    if steps * per_step < spec.min_tokens_per_param * counts["n_params"]
+                    else None
+                )
                 if why:
                     dropped.append(f"budget {budget:.3g} x {mspec.describe()} (N={counts['n_params']:,}): {why}")
                     per_arm = None
@@ -227,8 +251,20 @@ def make_plan(spec: Spec, overrides: dict | None = None, *, load_data: bool = Tr
             continue
         for seed in seeds:
             for arm, d, model, counts, steps in per_arm:
-                runs.append(dict(arm=arm, d=d, model=model, counts=counts, steps=steps, seed=seed,
-                                 budget=budget, target=mspec.target, mspec=mspec, point=budget or tokens_req))
+                runs.append(
+                    dict(
+                        arm=arm,
+                        d=d,
+                        model=model,
+                        counts=counts,
+                        steps=steps,
+                        seed=seed,
+                        budget=budget,
+                        target=mspec.target,
+                        mspec=mspec,
+                        point=budget or tokens_req,
+                    )
+                )
     if spec.noise is not None and runs:
         runs += spec.noise.extra_runs(runs, seeds, spec.path)
     if not runs:
@@ -238,8 +274,9 @@ def make_plan(spec: Spec, overrides: dict | None = None, *, load_data: bool = Tr
     seen: dict[str, str] = {}
     for r in runs:
         model, seed, arm = r["model"], r["seed"], r["arm"]
-        d = config_lib.merge(r["d"], {"model": {"n_layer": model.n_layer, "d_model": model.d_model,
-                                                "n_head": model.n_head}})
+        d = config_lib.merge(
+            r["d"], {"model": {"n_layer": model.n_layer, "d_model": model.d_model, "n_head": model.n_head}}
+        )
         cfg0 = config_lib.from_dict(d)
         tokens = r["steps"] * cfg0.train.batch_size * cfg0.model.seq_len
         cfg = config_lib.from_dict(config_lib.merge(d, {"train": {"tokens": tokens, "seed": seed}}))
@@ -250,28 +287,42 @@ def make_plan(spec: Spec, overrides: dict | None = None, *, load_data: bool = Tr
             run_id += f"-{arm.name}"
         what = f"{r['mspec'].describe()}" + (f" at budget {r['budget']:.3g}" if r["budget"] else "")
         if run_id in seen:
-            raise UsageError(f"sweep spec {spec.path}: {what} and {seen[run_id]} give the same run {run_id} "
-                             f"(the same shape, and tokens equal to 2 significant digits); remove or change one")
+            raise UsageError(
+                f"sweep spec {spec.path}: {what} and {seen[run_id]} give the same run {run_id} "
+                f"(the same shape, and tokens equal to 2 significant digits); remove or change one"
+            )
         seen[run_id] = what
         fpt = flops_lib.all_flops_per_token(cfg.model)
         tags = dict(spec.tags)
         if arm is not None:
             tags.update(arm.tags)
-        planned.append(PlannedRun(
-            index=len(planned), run_id=run_id, cfg=cfg, seed=seed, arm=None if arm is None else arm.name,
-            budget=r["budget"], target=r["target"], tags=tags, n_params=r["counts"]["n_params"],
-            n_params_nonembed=r["counts"]["n_params_nonembed"], steps=r["steps"],
-            flops={k: v * tokens for k, v in fpt.items()}))
+        planned.append(
+            PlannedRun(
+                index=len(planned),
+                run_id=run_id,
+                cfg=cfg,
+                seed=seed,
+                arm=None if arm is None else arm.name,
+                budget=r["budget"],
+                target=r["target"],
+                tags=tags,
+                n_params=r["counts"]["n_params"],
+                n_params_nonembed=r["counts"]["n_params_nonembed"],
+                steps=r["steps"],
+                flops={k: v * tokens for k, v in fpt.items()},
+            )
+        )
     rule = lr_rule if lr_rule is not None else hparams.rule_from_spec(spec)
     planned = hparams.apply(spec, planned, rule)
     planned = assign_families(planned, spec.cooldown_branches)
     _validate_runs(planned, load_data)
     approaches = fit_support(spec, planned)
     if spec.fit and not approaches:
-        raise UsageError(f"sweep spec {spec.path} plans too few runs to fit a scaling law ({SWEEP.describe()}"
-                         f"{'; per arm' if spec.arms else ''}); add runs or set fit: false")
-    return Plan(spec=spec, runs=tuple(planned), base=base, dropped=tuple(dropped), approaches=approaches,
-                lr_rule=rule)
+        raise UsageError(
+            f"sweep spec {spec.path} plans too few runs to fit a scaling law ({SWEEP.describe()}"
+            f"{'; per arm' if spec.arms else ''}); add runs or set fit: false"
+        )
+    return Plan(spec=spec, runs=tuple(planned), base=base, dropped=tuple(dropped), approaches=approaches, lr_rule=rule)
 
 
 def fit_support(spec: Spec, runs: tuple[PlannedRun, ...] | list[PlannedRun]) -> tuple[str, ...]:
@@ -303,8 +354,10 @@ def _shape(mspec: ModelSpec, sizing: Sizing, model: ModelConfig) -> tuple[int, i
     n_head = mspec.n_head
     if n_head is None:
         if mspec.d_model % sizing.head_dim:  # type: ignore[operator]
-            raise UsageError(f"model {mspec.describe()}: d_model is not a multiple of sizing.head_dim "
-                             f"({sizing.head_dim}); give n_head")
+            raise UsageError(
+                f"model {mspec.describe()}: d_model is not a multiple of sizing.head_dim "
+                f"({sizing.head_dim}); give n_head"
+            )
         n_head = mspec.d_model // sizing.head_dim  # type: ignore[operator]
     return mspec.n_layer, mspec.d_model, n_head  # type: ignore[return-value]
 

@@ -97,8 +97,9 @@ def _summaries(out: Path, plan: Plan | None) -> tuple[list[tuple[Path, dict]], l
             continue  # unreadable: the run is not finished (execute trains it again)
         if summary is None:
             continue
-        if planned is not None and (run_dir.name not in planned or
-                                    not (any_config or _run_identity(run_dir) == planned[run_dir.name])):
+        if planned is not None and (
+            run_dir.name not in planned or not (any_config or _run_identity(run_dir) == planned[run_dir.name])
+        ):
             ignored.append(run_dir.name)
             continue
         kept.append((run_dir, summary))
@@ -198,6 +199,7 @@ def check_outputs(plan: Plan, out: Path) -> None:
             raise UsageError(f"{stored} is not a readable run config ({e}); use a new --out") from None
         if old.identity_hash() != r.cfg.identity_hash():
             diff = first_difference(old, r.cfg)
-            raise UsageError(f"{out / 'runs' / r.run_id} was trained with a different config ({diff}); "
-                             f"use a new --out, or --resume.allow_config_change true")
-
+            raise UsageError(
+                f"{out / 'runs' / r.run_id} was trained with a different config ({diff}); "
+                f"use a new --out, or --resume.allow_config_change true"
+            )

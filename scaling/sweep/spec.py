@@ -13,10 +13,35 @@ from scaling.sweep.noise import NoiseSpec, parse_noise
 from scaling.sweep.parse import format_si, parse_list, parse_mapping, parse_number, positive_int, spec_error
 
 RESULT_COLUMNS = (
-    "run_id", "n_layer", "d_model", "n_head", "seq_len", "batch_size", "n_params", "n_params_nonembed", "tokens",
-    "steps", "flops_6nd", "flops_kaplan", "flops_chinchilla", "flops_xla", "final_train_loss", "val_loss", "val_bpb",
-    "status", "wall_s", "compile_s", "tokens_per_s", "epochs", "budget", "seed", "target_n",
-    "parent", "stable_steps", "lr", "warmup_steps",
+    "run_id",
+    "n_layer",
+    "d_model",
+    "n_head",
+    "seq_len",
+    "batch_size",
+    "n_params",
+    "n_params_nonembed",
+    "tokens",
+    "steps",
+    "flops_6nd",
+    "flops_kaplan",
+    "flops_chinchilla",
+    "flops_xla",
+    "final_train_loss",
+    "val_loss",
+    "val_bpb",
+    "status",
+    "wall_s",
+    "compile_s",
+    "tokens_per_s",
+    "epochs",
+    "budget",
+    "seed",
+    "target_n",
+    "parent",
+    "stable_steps",
+    "lr",
+    "warmup_steps",
 )
 """results.csv columns, then ``arm`` (when the sweep has arms) and any tags. ``parent``: the
 run_id whose checkpoint a cooldown branch starts from (empty for a run from scratch);
@@ -24,8 +49,23 @@ run_id whose checkpoint a cooldown branch starts from (empty for a run from scra
 config."""
 
 DESIGN_FIELDS = ("model.n_layer", "model.d_model", "model.n_head", "train.tokens")
-SPEC_KEYS = {"name", "description", "base", "sizing", "grid", "isoflop", "seeds", "arms", "tags", "fit",
-             "lr_scan", "lr_rule", "per_size", "cooldown_branches", "noise"}
+SPEC_KEYS = {
+    "name",
+    "description",
+    "base",
+    "sizing",
+    "grid",
+    "isoflop",
+    "seeds",
+    "arms",
+    "tags",
+    "fit",
+    "lr_scan",
+    "lr_rule",
+    "per_size",
+    "cooldown_branches",
+    "noise",
+}
 
 MAX_LAYERS = 1024  # the depths the sizing rule tries, one parameter count each
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+]*$")
@@ -45,8 +85,10 @@ class Sizing:
 
     def describe(self) -> str:
         what = "n_params" if self.count == "total" else "n_params_nonembed"
-        return (f"d_model = {self.head_dim} * round({self.aspect:g} * n_layer / {self.head_dim}), "
-                f"n_head = d_model / {self.head_dim}, depth chosen so that {what} is closest to the target")
+        return (
+            f"d_model = {self.head_dim} * round({self.aspect:g} * n_layer / {self.head_dim}), "
+            f"n_head = d_model / {self.head_dim}, depth chosen so that {what} is closest to the target"
+        )
 
 
 @dataclass(frozen=True)
@@ -135,9 +177,11 @@ class Spec:
     @property
     def design_fields(self) -> tuple[str, ...]:
         """The config fields the design sets (neither an override nor an arm may)."""
-        extra = (("optim.lr",) if self.lr_scan or self.lr_rule else ()) + (
-            ("optim.warmup_steps",) if self.per_size else ()) + (
-            ("model.init_std",) if self.per_size and self.per_size.init_scale is not None else ())
+        extra = (
+            (("optim.lr",) if self.lr_scan or self.lr_rule else ())
+            + (("optim.warmup_steps",) if self.per_size else ())
+            + (("model.init_std",) if self.per_size and self.per_size.init_scale is not None else ())
+        )
         return DESIGN_FIELDS + extra
 
 
@@ -150,9 +194,11 @@ def _parse_model(value: Any, where: str) -> ModelSpec:
             return ModelSpec(target=parse_number(m["params"], f"{where}.params"))
         if "n_layer" not in m or "d_model" not in m:
             raise spec_error(where, "a shape needs n_layer and d_model (n_head is optional)")
-        return ModelSpec(n_layer=positive_int(m["n_layer"], f"{where}.n_layer"),
-                         d_model=positive_int(m["d_model"], f"{where}.d_model"),
-                         n_head=positive_int(m["n_head"], f"{where}.n_head") if m.get("n_head") is not None else None)
+        return ModelSpec(
+            n_layer=positive_int(m["n_layer"], f"{where}.n_layer"),
+            d_model=positive_int(m["d_model"], f"{where}.d_model"),
+            n_head=positive_int(m["n_head"], f"{where}.n_head") if m.get("n_head") is not None else None,
+        )
     return ModelSpec(target=parse_number(value, where))
 
 
@@ -207,8 +253,10 @@ def load_spec(path: str | Path) -> Spec:
         if "models" not in g or "tokens" not in g:
             raise spec_error(where, "grid needs models and tokens")
         kw["models"] = _parse_models(g["models"], f"{where}: grid.models")
-        kw["tokens"] = tuple(parse_number(t, f"{where}: grid.tokens[{i}]")
-                             for i, t in enumerate(parse_list(g["tokens"], f"{where}: grid.tokens")))
+        kw["tokens"] = tuple(
+            parse_number(t, f"{where}: grid.tokens[{i}]")
+            for i, t in enumerate(parse_list(g["tokens"], f"{where}: grid.tokens"))
+        )
     else:
         g = parse_mapping(d["isoflop"], f"{where}: isoflop", {"budgets", "models", "min_steps", "min_tokens_per_param"})
         if "budgets" not in g:
@@ -233,8 +281,9 @@ def load_spec(path: str | Path) -> Spec:
         kw["budgets"] = tuple(budgets)
         kw["min_steps"] = positive_int(g.get("min_steps", 1), f"{where}: isoflop.min_steps")
         if g.get("min_tokens_per_param") is not None:
-            kw["min_tokens_per_param"] = parse_number(g["min_tokens_per_param"],
-                                                      f"{where}: isoflop.min_tokens_per_param")
+            kw["min_tokens_per_param"] = parse_number(
+                g["min_tokens_per_param"], f"{where}: isoflop.min_tokens_per_param"
+            )
     if d.get("seeds") is not None:
         seeds = parse_list(d["seeds"], f"{where}: seeds")
         if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
@@ -278,10 +327,21 @@ def load_spec(path: str | Path) -> Spec:
     kw.update(_parse_hparams(d, where))
     if fit_count not in ("total", "nonembed"):
         raise spec_error(where, f"fit.count must be total or nonembed, got {fit_count!r}")
-    return Spec(name=name, path=str(p), design=design, base=base, sizing=sizing,
-                description=str(d.get("description") or "").strip(), arms=tuple(arms),
-                tags=_parse_tags(d.get("tags"), f"{where}: tags"), fit=fit, fit_loss=fit_loss, fit_count=fit_count,
-                fit_bootstrap=fit_boot, **kw)
+    return Spec(
+        name=name,
+        path=str(p),
+        design=design,
+        base=base,
+        sizing=sizing,
+        description=str(d.get("description") or "").strip(),
+        arms=tuple(arms),
+        tags=_parse_tags(d.get("tags"), f"{where}: tags"),
+        fit=fit,
+        fit_loss=fit_loss,
+        fit_count=fit_count,
+        fit_bootstrap=fit_boot,
+        **kw,
+    )
 
 
 def _parse_hparams(d: dict, where: str) -> dict:
@@ -302,25 +362,32 @@ def _parse_hparams(d: dict, where: str) -> dict:
         n = len(listed) or positive_int(models, f"{w}.models")
         if n < 2:
             raise spec_error(w, f"models needs 2 or more sizes (the rule has two parameters), got {models!r}")
-        kw["lr_scan"] = LrScanSpec(tuple(sorted(lrs)), parse_number(m["flops"], f"{w}.flops"),
-                                   0 if listed else n, listed)
+        kw["lr_scan"] = LrScanSpec(
+            tuple(sorted(lrs)), parse_number(m["flops"], f"{w}.flops"), 0 if listed else n, listed
+        )
     if d.get("lr_rule") is not None:
         w = f"{where}: lr_rule"
         m = parse_mapping(d["lr_rule"], w, {"c", "gamma", "n_ref"})
         if set(m) != {"c", "gamma", "n_ref"}:
             raise spec_error(w, "needs c, gamma and n_ref (lr = c * (N / n_ref)^-gamma)")
-        kw["lr_rule"] = LrRuleSpec(parse_number(m["c"], f"{w}.c"),
-                                   parse_number(m["gamma"], f"{w}.gamma", positive=False),
-                                   parse_number(m["n_ref"], f"{w}.n_ref"))
+        kw["lr_rule"] = LrRuleSpec(
+            parse_number(m["c"], f"{w}.c"),
+            parse_number(m["gamma"], f"{w}.gamma", positive=False),
+            parse_number(m["n_ref"], f"{w}.n_ref"),
+        )
     if d.get("per_size") is not None:
         w = f"{where}: per_size"
-        m = parse_mapping({} if d["per_size"] is True else d["per_size"], w,
-                     {"warmup_tokens_per_param", "warmup_max_fraction", "init_scale"})
-        ps = PerSizeSpec(parse_number(m.get("warmup_tokens_per_param", 1.0), f"{w}.warmup_tokens_per_param"),
-                         parse_number(m.get("warmup_max_fraction", 0.05), f"{w}.warmup_max_fraction"),
-                         None if m.get("init_scale") is None else parse_number(m["init_scale"], f"{w}.init_scale"))
+        m = parse_mapping(
+            {} if d["per_size"] is True else d["per_size"],
+            w,
+            {"warmup_tokens_per_param", "warmup_max_fraction", "init_scale"},
+        )
+        ps = PerSizeSpec(
+            parse_number(m.get("warmup_tokens_per_param", 1.0), f"{w}.warmup_tokens_per_param"),
+            parse_number(m.get("warmup_max_fraction", 0.05), f"{w}.warmup_max_fraction"),
+            None if m.get("init_scale") is None else parse_number(m["init_scale"], f"{w}.init_scale"),
+        )
         if ps.warmup_max_fraction > 1:
             raise spec_error(w, f"warmup_max_fraction must be at most 1, got {ps.warmup_max_fraction:g}")
         kw["per_size"] = ps
     return kw
-

@@ -18,18 +18,36 @@ from scaling.train.metrics import MetricsLogger, truncate_metrics
 from scaling.train.microbatch import loss_and_grads
 from scaling.train.optimizer import decay_mask, lr_schedule, make_optimizer, scale_by_lr_schedule
 from scaling.train.programs import (
-                                    AUTO_MICROBATCH_TOKENS,
-                                    ShapePrograms,
-                                    Trainer,
-                                    resolve_microbatches,
-                                    shape_fields,
-                                    short_gil_switch,
+    AUTO_MICROBATCH_TOKENS,
+    ShapePrograms,
+    Trainer,
+    resolve_microbatches,
+    shape_fields,
+    short_gil_switch,
 )
 from scaling.train.step import RunArgs, TrainState, eval_step, train_step
 
 __all__ = [
-    "AUTO_MICROBATCH_TOKENS", "MetricsLogger", "Run", "RunArgs", "ShapePrograms", "TrainState", "Trainer",
-    "cross_entropy", "decay_mask", "eval_step", "load_run", "loss_and_grads", "lr_schedule",
-    "make_optimizer", "resolve_microbatches", "scale_by_lr_schedule", "setup_distributed", "shape_fields",
-    "short_gil_switch", "steps_for", "train_step", "truncate_metrics",
+    "AUTO_MICROBATCH_TOKENS",
+    "MetricsLogger",
+    "Run",
+    "RunArgs",
+    "ShapePrograms",
+    "TrainState",
+    "Trainer",
+    "cross_entropy",
+    "decay_mask",
+    "eval_step",
+    "load_run",
+    "loss_and_grads",
+    "lr_schedule",
+    "make_optimizer",
+    "resolve_microbatches",
+    "scale_by_lr_schedule",
+    "setup_distributed",
+    "shape_fields",
+    "short_gil_switch",
+    "steps_for",
+    "train_step",
+    "truncate_metrics",
 ]

@@ -87,18 +87,23 @@ def check_parent(cfg: Config, steps: int, branch: Branch, out: Path, steps_of: C
     except UsageError as e:
         raise UsageError(f"{where}: {e}") from None
     if _as_branch(parent, cfg.train.tokens).identity_hash() != cfg.identity_hash():
-        raise UsageError(f"{where}: the parent's config differs from this run's in more than train.tokens "
-                         f"({run_dir_lib.first_difference(parent, cfg, ignore=('train.tokens',))})")
+        raise UsageError(
+            f"{where}: the parent's config differs from this run's in more than train.tokens "
+            f"({run_dir_lib.first_difference(parent, cfg, ignore=('train.tokens',))})"
+        )
     parent_steps = steps_of(parent)
     theirs = decay_start(parent.optim, parent_steps)
     if branch.step > theirs:
-        raise UsageError(f"{where}: step {branch.step} is after the parent's decay start ({theirs} of "
-                         f"{parent_steps} steps)")
+        raise UsageError(
+            f"{where}: step {branch.step} is after the parent's decay start ({theirs} of {parent_steps} steps)"
+        )
     ckpt = Checkpointer(run_dir_lib.checkpoints_path(branch.parent), parent.checkpoint, read_only=True)
     try:
         if branch.step not in ckpt.steps():
-            raise UsageError(f"{where}: the parent has no checkpoint at step {branch.step} (it has "
-                             f"{ckpt.steps() or 'none'}); train it with that step kept")
+            raise UsageError(
+                f"{where}: the parent has no checkpoint at step {branch.step} (it has "
+                f"{ckpt.steps() or 'none'}); train it with that step kept"
+            )
         problem = ckpt.problem(branch.step)
         if problem is not None:
             raise UsageError(f"{where}: the parent's checkpoint {branch.step} is corrupt ({problem})")
@@ -117,4 +122,3 @@ def restore(parent: Config, branch: Branch, abstract_state: Any) -> tuple[Any, d
         return ckpt.restore_step(branch.step, abstract_state)
     finally:
         ckpt.close()
-

@@ -21,6 +21,9 @@ def setup_distributed(cfg: Config) -> None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         kwargs = {}
         if cfg.dist.coordinator:
-            kwargs = dict(coordinator_address=cfg.dist.coordinator, num_processes=cfg.dist.num_processes,
-                          process_id=cfg.dist.process_id)
+            kwargs = dict(
+                coordinator_address=cfg.dist.coordinator,
+                num_processes=cfg.dist.num_processes,
+                process_id=cfg.dist.process_id,
+            )
         jax.distributed.initialize(**kwargs)

@@ -44,8 +44,9 @@ def steps_for(cfg: Config) -> int:
     """Optimizer steps of a run: ``train.tokens`` in whole batches."""
     per_step = cfg.train.batch_size * cfg.model.seq_len
     if cfg.train.tokens < per_step:
-        raise UsageError(f"train.tokens ({cfg.train.tokens}) is fewer than one batch "
-                         f"(train.batch_size * model.seq_len = {per_step})")
+        raise UsageError(
+            f"train.tokens ({cfg.train.tokens}) is fewer than one batch (train.batch_size * model.seq_len = {per_step})"
+        )
     return cfg.train.tokens // per_step
 
 
@@ -76,9 +77,17 @@ class Run:
 
     OUTPUTS = run_dir_lib.OUTPUTS
 
-    def __init__(self, cfg: Config, out: Path, trainers: dict | None = None, *, overwrite: bool = False,
-                 model_scoring: curriculum.ModelScoring | None = None,
-                 branch_from: Branch | tuple[str | Path, int] | None = None, keep_steps: tuple[int, ...] = ()):
+    def __init__(
+        self,
+        cfg: Config,
+        out: Path,
+        trainers: dict | None = None,
+        *,
+        overwrite: bool = False,
+        model_scoring: curriculum.ModelScoring | None = None,
+        branch_from: Branch | tuple[str | Path, int] | None = None,
+        keep_steps: tuple[int, ...] = (),
+    ):
         self.out = Path(out)
         if branch_from is not None and not isinstance(branch_from, Branch):
             branch_from = Branch(Path(branch_from[0]), int(branch_from[1]))
@@ -89,8 +98,9 @@ class Run:
         if cfg.model.vocab_size == 0:
             cfg = _with_vocab(cfg, self.splits.n_vocab)
         elif cfg.model.vocab_size < self.splits.n_vocab:
-            raise UsageError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's "
-                             f"{self.splits.n_vocab} ids")
+            raise UsageError(
+                f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's {self.splits.n_vocab} ids"
+            )
         self.cfg = cfg
         self.steps = steps_for(cfg)
         self.keep_steps = tuple(sorted({int(s) for s in keep_steps}))
@@ -103,8 +113,11 @@ class Run:
         check_attention(cfg.model)
         self.mesh_shape = shape
         self.mesh = sh.make_mesh(shape)
-        sampler = (curriculum.make_sampler(cfg, self.splits, self.steps, model_scoring=model_scoring)
-                   if cfg.data.curriculum else None)
+        sampler = (
+            curriculum.make_sampler(cfg, self.splits, self.steps, model_scoring=model_scoring)
+            if cfg.data.curriculum
+            else None
+        )
         self.batches = Batches(self.splits, cfg.model.seq_len, cfg.train.batch_size, cfg.train.seed, sampler=sampler)
         self.rows = sh.process_batch_rows(self.mesh, cfg.train.batch_size)
         self.is_main = jax.process_index() == 0
@@ -119,8 +132,9 @@ class Run:
             else:
                 self.dir.check_config()
             with self.dir.writing("open the checkpoints of", checkpointer=True):
-                self.ckpt = Checkpointer(run_dir_lib.checkpoints_path(self.out), cfg.checkpoint,
-                                         keep_steps=self.keep_steps)
+                self.ckpt = Checkpointer(
+                    run_dir_lib.checkpoints_path(self.out), cfg.checkpoint, keep_steps=self.keep_steps
+                )
             self._check_resumable()
             if self.branch is not None and not self.ckpt.steps():
                 self._parent_cfg = self._check_parent()
@@ -252,11 +266,20 @@ class Run:
         # the time this run waited for its init and train step to compile (~0 when compiled ahead)
         compile_s = self._init_s + time.time() - compile_t0
         fpt = flops_lib.all_flops_per_token(cfg.model)
-        logger = MetricsLogger(metrics_path, self.is_main, fpt, cfg.train.batch_size * cfg.model.seq_len,
-                               cfg.train.log_every)
-        bar = tqdm(total=self.steps, initial=start, disable=not (cfg.train.progress and self.is_main),
-                   unit="step", dynamic_ncols=True, desc=self.out.name, file=sys.stderr, leave=False,
-                   mininterval=1.0)
+        logger = MetricsLogger(
+            metrics_path, self.is_main, fpt, cfg.train.batch_size * cfg.model.seq_len, cfg.train.log_every
+        )
+        bar = tqdm(
+            total=self.steps,
+            initial=start,
+            disable=not (cfg.train.progress and self.is_main),
+            unit="step",
+            dynamic_ncols=True,
+            desc=self.out.name,
+            file=sys.stderr,
+            leave=False,
+            mininterval=1.0,
+        )
         self._bad, status, val, pending = 0, "completed", None, None
         lo, hi = self.rows
         step = start
@@ -282,11 +305,17 @@ class Run:
                 with self.dir.writing():
                     logger.flush()
                 if ckpt_due:
-                    self._save(step, state, {"config_hash": cfg.identity_hash(),
-                                             "val_loss": None if val is None else val[0],
-                                             "recent_losses": list(self._recent),
-                                             "wall_s": self._prior_wall_s + time.time() - t0,
-                                             **self._branch_meta()})
+                    self._save(
+                        step,
+                        state,
+                        {
+                            "config_hash": cfg.identity_hash(),
+                            "val_loss": None if val is None else val[0],
+                            "recent_losses": list(self._recent),
+                            "wall_s": self._prior_wall_s + time.time() - t0,
+                            **self._branch_meta(),
+                        },
+                    )
         with self.dir.writing():
             logger.flush()
         with self.dir.writing("save a checkpoint of", checkpointer=True):
@@ -318,18 +347,25 @@ class Run:
         self._bad += 1
         logger.log(step, m, force=True)
         if self._bad > self.cfg.train.skip_nonfinite:
-            print(f"error: run diverged at step {step}: non-finite loss; the last good checkpoint is kept",
-                  file=sys.stderr)
+            print(
+                f"error: run diverged at step {step}: non-finite loss; the last good checkpoint is kept",
+                file=sys.stderr,
+            )
             return True
-        print(f"warning: non-finite loss at step {step}: update skipped ({self._bad} of "
-              f"{self.cfg.train.skip_nonfinite} allowed)", file=sys.stderr)
+        print(
+            f"warning: non-finite loss at step {step}: update skipped ({self._bad} of "
+            f"{self.cfg.train.skip_nonfinite} allowed)",
+            file=sys.stderr,
+        )
         return False
 
     def evaluate(self, programs: ShapePrograms, params) -> tuple[float, float]:
         """(mean validation loss in nats per token, bits per byte) on the fixed batches."""
         n, (lo, hi) = self.cfg.train.eval_batches, self.rows
-        losses = [programs.eval_step(params, sh.make_global_batch(self.mesh, b, self.cfg.train.batch_size))
-                  for b in self.batches.val_batches(n, lo, hi)]
+        losses = [
+            programs.eval_step(params, sh.make_global_batch(self.mesh, b, self.cfg.train.batch_size))
+            for b in self.batches.val_batches(n, lo, hi)
+        ]
         loss = float(np.mean(jax.device_get(losses)))
         n_tokens = n * self.cfg.train.batch_size * self.cfg.model.seq_len
         return loss, bits_per_byte(loss, n_tokens, self.batches.val_target_bytes(n))
@@ -342,19 +378,35 @@ class Run:
         state_bytes = sh.bytes_per_device((state.params, state.opt_state))
         tail = list(self._recent)
         return {
-            "n_params": counts["n_params"], "n_params_nonembed": counts["n_params_nonembed"],
-            "tokens": tokens, "steps": self.steps, "steps_done": int(jax.device_get(state.step)),
-            "flops_6nd": fpt["6nd"] * tokens, "flops_kaplan": fpt["kaplan"] * tokens,
-            "flops_chinchilla": fpt["chinchilla"] * tokens, "flops_xla": xla_step * self.steps,
+            "n_params": counts["n_params"],
+            "n_params_nonembed": counts["n_params_nonembed"],
+            "tokens": tokens,
+            "steps": self.steps,
+            "steps_done": int(jax.device_get(state.step)),
+            "flops_6nd": fpt["6nd"] * tokens,
+            "flops_kaplan": fpt["kaplan"] * tokens,
+            "flops_chinchilla": fpt["chinchilla"] * tokens,
+            "flops_xla": xla_step * self.steps,
             "final_train_loss": float(np.mean(tail)) if tail else None,
-            "val_loss": None if val is None else val[0], "val_bpb": None if val is None else val[1],
+            "val_loss": None if val is None else val[0],
+            "val_bpb": None if val is None else val[1],
             "parent": None if self._branched is None else self._branched.name,
             "stable_steps": None if self._branched is None else self._branched.step,
-            "status": status, "wall_s": wall_s, "compile_s": compile_s, "compile_shared": self._compile_shared,
-            "tokens_per_s": logger.mean_tokens_per_s, "epochs": self.batches.epochs(tokens),
-            "n_layer": cfg.model.n_layer, "d_model": cfg.model.d_model, "n_head": cfg.model.n_head,
-            "seq_len": cfg.model.seq_len, "batch_size": cfg.train.batch_size, "vocab_size": cfg.model.vocab_size,
-            "tokenizer": cfg.data.tokenizer, "mesh": self.mesh_shape, "n_devices": jax.device_count(),
+            "status": status,
+            "wall_s": wall_s,
+            "compile_s": compile_s,
+            "compile_shared": self._compile_shared,
+            "tokens_per_s": logger.mean_tokens_per_s,
+            "epochs": self.batches.epochs(tokens),
+            "n_layer": cfg.model.n_layer,
+            "d_model": cfg.model.d_model,
+            "n_head": cfg.model.n_head,
+            "seq_len": cfg.model.seq_len,
+            "batch_size": cfg.train.batch_size,
+            "vocab_size": cfg.model.vocab_size,
+            "tokenizer": cfg.data.tokenizer,
+            "mesh": self.mesh_shape,
+            "n_devices": jax.device_count(),
             "n_processes": jax.process_count(),
             "param_bytes_per_device": max(param_bytes.values()),
             "state_bytes_per_device": max(state_bytes.values()),

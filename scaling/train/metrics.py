@@ -43,18 +43,34 @@ class MetricsLogger:
         if not (force or step % self.every == 0):
             return
         tokens = step * self.tps
-        self.lines.append({"step": step, "tokens": tokens, "flops": self.fpt["6nd"] * tokens,
-                           "flops_chinchilla": self.fpt["chinchilla"] * tokens, "loss": m["loss"],
-                           "lr": m["lr"], "grad_norm": m["grad_norm"], "tokens_per_s": self.tokens_per_s})
+        self.lines.append(
+            {
+                "step": step,
+                "tokens": tokens,
+                "flops": self.fpt["6nd"] * tokens,
+                "flops_chinchilla": self.fpt["chinchilla"] * tokens,
+                "loss": m["loss"],
+                "lr": m["lr"],
+                "grad_norm": m["grad_norm"],
+                "tokens_per_s": self.tokens_per_s,
+            }
+        )
 
     def add_val(self, step: int, val: tuple[float, float]) -> None:
         if self.lines and self.lines[-1]["step"] == step:
             self.lines[-1].update(val_loss=val[0], val_bpb=val[1])
         else:
             tokens = step * self.tps
-            self.lines.append({"step": step, "tokens": tokens, "flops": self.fpt["6nd"] * tokens,
-                               "flops_chinchilla": self.fpt["chinchilla"] * tokens,
-                               "val_loss": val[0], "val_bpb": val[1]})
+            self.lines.append(
+                {
+                    "step": step,
+                    "tokens": tokens,
+                    "flops": self.fpt["6nd"] * tokens,
+                    "flops_chinchilla": self.fpt["chinchilla"] * tokens,
+                    "val_loss": val[0],
+                    "val_bpb": val[1],
+                }
+            )
 
     def flush(self) -> None:
         """Append the buffered lines (an OSError leaves them buffered; a torn last line is

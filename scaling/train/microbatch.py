@@ -24,8 +24,9 @@ def split_rows(batch_bt: jax.Array, microbatches: int) -> jax.Array:
     return jnp.swapaxes(batch_bt.reshape(-1, microbatches, *batch_bt.shape[1:]), 0, 1)
 
 
-def loss_and_grads(loss_fn: LossFn, params: Any, batch_bt: jax.Array, rng: jax.Array,
-                   microbatches: int) -> tuple[jax.Array, Any]:
+def loss_and_grads(
+    loss_fn: LossFn, params: Any, batch_bt: jax.Array, rng: jax.Array, microbatches: int
+) -> tuple[jax.Array, Any]:
     """``jax.value_and_grad(loss_fn)`` over the batch, accumulated over ``microbatches`` (which
     must divide the batch's rows) in a ``lax.scan``."""
     grad_fn = jax.value_and_grad(loss_fn)

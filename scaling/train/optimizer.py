@@ -68,9 +68,11 @@ def lr_schedule(cfg: OptimConfig, total_steps, peak_lr=None, warmup_steps=None):
 
 def decay_mask(params: Any) -> Any:
     """Weight decay on matrices only: not on norms, biases or embeddings."""
+
     def keep(path, _):
         names = [getattr(k, "key", str(k)) for k in path]
         return names[-1] == "kernel"
+
     return jax.tree_util.tree_map_with_path(keep, params)
 
 
@@ -96,7 +98,11 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformationExtraArgs:
     """AdamW (optax.adamw's chain) after global-norm clipping; ``update`` takes ``total_steps=``
     (and optionally ``peak_lr=``, ``warmup_steps=``)."""
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip else []
-    parts.append(optax.chain(optax.scale_by_adam(b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps),
-                             optax.add_decayed_weights(cfg.weight_decay, decay_mask),
-                             scale_by_lr_schedule(cfg)))
+    parts.append(
+        optax.chain(
+            optax.scale_by_adam(b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps),
+            optax.add_decayed_weights(cfg.weight_decay, decay_mask),
+            scale_by_lr_schedule(cfg),
+        )
+    )
     return optax.chain(*parts)

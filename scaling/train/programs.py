@@ -53,8 +53,9 @@ microbatch's activations stay in cache."""
 def shape_fields(cfg: Config) -> tuple:
     """The settings a compiled step depends on (with the mesh): runs equal in them share it. The
     optimizer's peak lr and warmup are arguments of the step (``RUNTIME_FIELDS``), not in the key."""
-    optim = tuple((f.name, getattr(cfg.optim, f.name)) for f in dataclasses.fields(cfg.optim)
-                  if f.name not in RUNTIME_FIELDS)
+    optim = tuple(
+        (f.name, getattr(cfg.optim, f.name)) for f in dataclasses.fields(cfg.optim) if f.name not in RUNTIME_FIELDS
+    )
     return (cfg.model, optim, cfg.train.batch_size, cfg.train.microbatches)
 
 
@@ -107,12 +108,16 @@ class ShapePrograms:
         param_specs = nn.get_partition_spec(boxed)
         abstract_opt = jax.eval_shape(self.tx.init, nn.unbox(boxed))
         opt_specs = optax.tree_utils.tree_map_params(
-            self.tx, lambda _, spec: spec, abstract_opt, param_specs,
-            transform_non_params=lambda _: P(), is_leaf=lambda x: isinstance(x, P))
+            self.tx,
+            lambda _, spec: spec,
+            abstract_opt,
+            param_specs,
+            transform_non_params=lambda _: P(),
+            is_leaf=lambda x: isinstance(x, P),
+        )
         specs = TrainState(step=P(), params=param_specs, opt_state=opt_specs)
         self.state_sharding = sh.logical_to_sharding(specs, mesh)
-        abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=nn.unbox(boxed),
-                              opt_state=abstract_opt)
+        abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=nn.unbox(boxed), opt_state=abstract_opt)
         self.abstract_state = abstract_with_shardings(abstract, self.state_sharding)
         # name -> Future of a compiled program ("step", "init", "eval"), the step's lowering
         # ("lowered_step") or its XLA FLOP count ("xla_flops"), shared by for_run copies; _lock
@@ -139,11 +144,16 @@ class ShapePrograms:
     def _run_args(self) -> step_lib.RunArgs:
         """The run's values the compiled step takes as arguments (replicated scalars)."""
         key_data = np.asarray(jax.random.key_data(jax.random.key(self.cfg.train.seed)))
-        host = {"key": key_data, "total_steps": np.int32(self.total_steps), "lr": np.float32(self.cfg.optim.lr),
-                "warmup_steps": np.int32(self.cfg.optim.warmup_steps),
-                "nan_step": np.int32(self.cfg.debug.inject_nan_step)}
-        return {k: jax.make_array_from_callback(v.shape, self.replicated, lambda idx, v=v: v[idx])
-                for k, v in host.items()}
+        host = {
+            "key": key_data,
+            "total_steps": np.int32(self.total_steps),
+            "lr": np.float32(self.cfg.optim.lr),
+            "warmup_steps": np.int32(self.cfg.optim.warmup_steps),
+            "nan_step": np.int32(self.cfg.debug.inject_nan_step),
+        }
+        return {
+            k: jax.make_array_from_callback(v.shape, self.replicated, lambda idx, v=v: v[idx]) for k, v in host.items()
+        }
 
     def _init_params(self, rng):
         return self.model.init(rng, jnp.zeros((1, self.cfg.model.seq_len), jnp.int32))["params"]
@@ -175,8 +185,12 @@ class ShapePrograms:
         """Build, in this thread, every program nobody has started yet, in the order a run
         needs them: train step, init, evaluation, then the XLA FLOP count."""
         with short_gil_switch():
-            for name, build in (("step", self._build_step), ("init", self._build_init),
-                                ("eval", self._build_eval), ("xla_flops", self._build_xla_flops)):
+            for name, build in (
+                ("step", self._build_step),
+                ("init", self._build_init),
+                ("eval", self._build_eval),
+                ("xla_flops", self._build_xla_flops),
+            ):
                 self._program(name, build, wait=False)
 
     def compile_ahead(self, pool: concurrent.futures.Executor) -> concurrent.futures.Future:
@@ -209,8 +223,7 @@ class ShapePrograms:
     @property
     def microbatches(self) -> int:
         """``train.microbatches``, with 0 (auto) resolved for this backend and mesh."""
-        return resolve_microbatches(self.cfg, self.mesh.shape["data"] * self.mesh.shape["fsdp"],
-                                    jax.default_backend())
+        return resolve_microbatches(self.cfg, self.mesh.shape["data"] * self.mesh.shape["fsdp"], jax.default_backend())
 
     @property
     def step_compiled(self) -> bool:
@@ -219,16 +232,20 @@ class ShapePrograms:
         return fut is not None and fut.done()
 
     def _abstract_batch(self) -> jax.ShapeDtypeStruct:
-        return jax.ShapeDtypeStruct((self.cfg.train.batch_size, self.cfg.model.seq_len + 1), jnp.int32,
-                                    sharding=self.batch_sharding)
+        return jax.ShapeDtypeStruct(
+            (self.cfg.train.batch_size, self.cfg.model.seq_len + 1), jnp.int32, sharding=self.batch_sharding
+        )
 
     def _lower_step(self) -> Any:
         # bound here: only shape-level settings (self.key), never the run's own values
         step = functools.partial(step_lib.train_step, self.model, self.tx, self.cfg.optim, self.microbatches)
-        jitted = jax.jit(step, in_shardings=(self.state_sharding, self.batch_sharding, self.replicated),
-                         out_shardings=(self.state_sharding, self.replicated), donate_argnums=0)
-        run = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated),
-                           self.run_args)
+        jitted = jax.jit(
+            step,
+            in_shardings=(self.state_sharding, self.batch_sharding, self.replicated),
+            out_shardings=(self.state_sharding, self.replicated),
+            donate_argnums=0,
+        )
+        run = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=self.replicated), self.run_args)
         with sh.mesh_context(self.mesh):
             return jitted.lower(self.abstract_state, self._abstract_batch(), run)
 
@@ -265,8 +282,11 @@ class ShapePrograms:
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_layers=False))
         if self.microbatches > 1:  # the scan over microbatches would be counted once: count one batch
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, microbatches=1))
-        lowered = (self._program("lowered_step", self._lower_step) if cfg is self.cfg  # the step's own
-                   else ShapePrograms(cfg, self.mesh, self.total_steps)._lower_step())
+        lowered = (
+            self._program("lowered_step", self._lower_step)
+            if cfg is self.cfg  # the step's own
+            else ShapePrograms(cfg, self.mesh, self.total_steps)._lower_step()
+        )
         step = flops_lib.xla_flops(lowered)
         if kind == "cpu_kernel":  # XLA counts the kernel's custom calls as nothing: add what they replace
             step += self.cfg.model.n_layer * self._xla_attention_flops()
@@ -283,9 +303,11 @@ class ShapePrograms:
     # ------------------------------------------------------------------------- evaluation
 
     def _lower_eval(self) -> Any:
-        jitted = jax.jit(functools.partial(step_lib.eval_step, self.model),
-                         in_shardings=(self.state_sharding.params, self.batch_sharding),
-                         out_shardings=self.replicated)
+        jitted = jax.jit(
+            functools.partial(step_lib.eval_step, self.model),
+            in_shardings=(self.state_sharding.params, self.batch_sharding),
+            out_shardings=self.replicated,
+        )
         with sh.mesh_context(self.mesh):
             return jitted.lower(self.abstract_state.params, self._abstract_batch())
 

@@ -47,8 +47,15 @@ class RunArgs(TypedDict):
     nan_step: jax.Array
 
 
-def train_step(model: GPT, tx: optax.GradientTransformationExtraArgs, optim: OptimConfig, microbatches: int,
-               state: TrainState, batch_bt: jax.Array, run: RunArgs) -> tuple[TrainState, dict]:
+def train_step(
+    model: GPT,
+    tx: optax.GradientTransformationExtraArgs,
+    optim: OptimConfig,
+    microbatches: int,
+    state: TrainState,
+    batch_bt: jax.Array,
+    run: RunArgs,
+) -> tuple[TrainState, dict]:
     """One optimizer step on a (B, seq_len + 1) batch: the new state and the step's metrics
     (``loss``, ``grad_norm``, ``lr``)."""
     rng = jax.random.fold_in(jax.random.wrap_key_data(run["key"]), state.step)
@@ -63,8 +70,14 @@ def train_step(model: GPT, tx: optax.GradientTransformationExtraArgs, optim: Opt
     loss = jnp.where(injected, jnp.nan, loss)
 
     def update(params, opt_state):
-        updates, opt_state = tx.update(grads, opt_state, params, total_steps=run["total_steps"],
-                                       peak_lr=run["lr"], warmup_steps=run["warmup_steps"])
+        updates, opt_state = tx.update(
+            grads,
+            opt_state,
+            params,
+            total_steps=run["total_steps"],
+            peak_lr=run["lr"],
+            warmup_steps=run["warmup_steps"],
+        )
         return optax.apply_updates(params, updates), opt_state
 
     # a cond rather than a select of new and old values: XLA then updates the donated buffers in

@@ -14,7 +14,7 @@ from scaling import laws
 from scaling.errors import UsageError
 from scaling.laws import approach2 as law_isoflop
 from scaling.laws import checks as law_checks
-from scaling.laws.checks import Check, Thresholds
+from scaling.laws.verdict import Check, Thresholds, verdict
 
 EPOCH = (1.8172, 477.8, 2143.4, 0.3473, 0.3672)  # Besiroglu et al.'s Huber-sum grid fit (E, A, B, alpha, beta)
 STARTS = laws.hoffmann_grid()[::10]  # 450 of the 4,500 starts: enough on these well-posed designs
@@ -175,7 +175,7 @@ def test_non_degenerate_fails_on_a_law_with_E_zero():
     c = by_name(law_checks.check_non_degenerate(boot.interval("E"), fit.alpha, fit.beta, boot.interval("a")))
     assert not c["non_degenerate.E_lower"].passed
     assert c["non_degenerate.E_lower"].value < 0.2
-    v = law_checks.verdict(list(c.values()))
+    v = verdict(list(c.values()))
     assert "non_degenerate.E_lower" in v.failed and "non_degenerate.E_lower" in v.message
 
 
@@ -297,16 +297,16 @@ def test_extrapolation_against_an_independent_refit(good):
 def test_verdict_names_every_failing_and_unevaluated_check(good):
     bad = law_checks.check_non_degenerate((0.0, 1.0), 0.5, 0.5, (0.1, 0.2))
     missing = law_checks.check_regime([1e5], [1e7], [2.0], baseline=None)
-    w = law_checks.verdict([*bad, *missing])
+    w = verdict([*bad, *missing])
     assert not w.passed
     assert w.failed == ("non_degenerate.E_lower",)
     assert w.not_evaluated == ("regime.below_baseline", "regime.diminishing_returns")
     assert w.message == (
         "FAIL: 1 failed: non_degenerate.E_lower; 2 not evaluated: regime.below_baseline, regime.diminishing_returns"
     )
-    assert not law_checks.verdict([]).passed
+    assert not verdict([]).passed
     with pytest.raises(ValueError, match="duplicate"):
-        law_checks.verdict([*bad, *bad])
+        verdict([*bad, *bad])
     strict = Thresholds(delta_shift_max=0.0)
     (c, _) = law_checks.check_stability({1e-3: 0.5, 1e-2: 0.5001}, None, strict)
     assert not c.passed

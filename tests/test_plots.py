@@ -18,9 +18,9 @@ from analysis import run_plots, sweep_plots
 from analysis.plots import fit_figures, held_out, residuals
 from scaling import sweep
 from scaling.laws import approach2, approach3, bootstrap, checks, holdout
-from scaling.laws.checks import Verdict
 from scaling.laws.law import compute_optimal, law_loss
 from scaling.laws.result import FitOutput, FitResult
+from scaling.laws.verdict import Verdict
 from tests.helpers import REPO
 
 SMOKE = REPO / "experiments" / "configs" / "smoke.yaml"

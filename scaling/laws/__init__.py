@@ -8,7 +8,8 @@ intervals, hold-out checks and diagnostics.  numpy/scipy only (no JAX): fits run
 - :mod:`~scaling.laws.approach1`: envelopes of training curves and of annealed endpoints
 - :mod:`~scaling.laws.bootstrap`, :mod:`~scaling.laws.holdout`: approach 3's intervals and
   its hold-out check
-- :mod:`~scaling.laws.checks`: diagnostics of a fitted law and their verdict
+- :mod:`~scaling.laws.checks`, :mod:`~scaling.laws.verdict`: diagnostics of a fitted law, and their
+  thresholds, records and verdict
 - :mod:`~scaling.laws.count_models`: n-gram count models, the regime check's baseline
 - :mod:`~scaling.laws.support`: which approaches a set of runs supports (the one rule)
 - :mod:`~scaling.laws.runs`: the inputs read and validated (a CSV of runs; curves and endpoints
@@ -40,7 +41,7 @@ from scaling.laws.approach2 import (
 )
 from scaling.laws.approach3 import LawFit, fit_approach3, hoffmann_grid, huber, objective, objective_and_grad_batch
 from scaling.laws.bootstrap import SAMPLE_NAMES, Bootstrap, bootstrap_approach3, bootstrap_starts, percentile_interval
-from scaling.laws.checks import Check, Thresholds, Verdict, diagnose
+from scaling.laws.checks import diagnose
 from scaling.laws.fit import FitOptions, fit_runs, fit_table, validate
 from scaling.laws.holdout import HeldOutRun, Holdout, holdout_top_c
 from scaling.laws.law import (
@@ -61,6 +62,7 @@ from scaling.laws.record import NotRun, json_safe
 from scaling.laws.result import FitOutput, FitResult, Prediction
 from scaling.laws.runs import Runs, load_runs
 from scaling.laws.support import Requirements
+from scaling.laws.verdict import Check, Thresholds, Verdict
 
 __all__ = [
     "PARAM_NAMES",

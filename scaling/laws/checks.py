@@ -1,11 +1,12 @@
 """Diagnostics of a fitted scaling law: is it in its regime, non-degenerate, stable, do the
 approaches agree, does it extrapolate?  Pure numpy/scipy; no file I/O.
 
-Each check is a :class:`Check` (name, passed, the number it compares, the threshold, a
-message); :func:`verdict` gathers them and names every check that failed or could not be
-evaluated.  A check that cannot be evaluated (an input is missing: no baseline loss, no
-size with three token counts, ...) does not pass: a law is trusted only when every check
-ran and passed.  The checks, with the defaults of :class:`Thresholds`:
+Each check is a :class:`~scaling.laws.verdict.Check` (name, passed, the number it
+compares, the threshold, a message); :func:`~scaling.laws.verdict.verdict` gathers them and
+names every check that failed or could not be evaluated.  A check that cannot be evaluated
+(an input is missing: no baseline loss, no size with three token counts, ...) does not pass:
+a law is trusted only when every check ran and passed.  The checks, with the defaults of
+:class:`~scaling.laws.verdict.Thresholds`:
 
 - ``regime.below_baseline``: every fitted run's loss is below the count-model (trigram)
   baseline loss of the same validation split (:mod:`scaling.laws.count_models`);
@@ -37,7 +38,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -46,101 +46,17 @@ from scaling.laws import approach3
 from scaling.laws.approach2 import IsoFlopFit, bootstrap_approach2, fit_approach2, isoflop_groups
 from scaling.laws.approach3 import LawFit
 from scaling.laws.law import DEFAULT_DELTA, N_PARAMS, PARAM_NAMES
+from scaling.laws.verdict import Check, Thresholds, Verdict, compared, unevaluated, verdict
 
 __all__ = [
-    "Check",
-    "Thresholds",
-    "Verdict",
-    "LEAST_SQUARES_DELTA",
     "check_regime",
     "check_non_degenerate",
     "check_stability",
     "check_agreement",
     "check_extrapolation",
     "a_across_deltas",
-    "verdict",
     "diagnose",
 ]
-
-LEAST_SQUARES_DELTA = 1e6
-"""A Huber delta no log-loss residual reaches: the objective is then least squares."""
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """The numbers each check compares with (the defaults are the project's criteria)."""
-
-    gain_tol: float = 0.01  # nats per doubling of D
-    d_merge_factor: float = 2**0.5  # token counts of one size closer than this are one point
-    e_min: float = 0.2
-    exponent_range: tuple[float, float] = (0.1, 1.0)
-    a_width_max: float = 0.25
-    deltas: tuple[float, ...] = (1e-3, 1e-2, LEAST_SQUARES_DELTA)
-    delta_shift_max: float = 0.05
-    count_shift_max: float = 0.1
-    agreement_max: float = 0.15
-    mean_error_max: float = 0.01
-    worst_error_max: float = 0.02
-    n_opt_ratio_max: float = 1.5
-
-
-_RELATIONS = {
-    "<": lambda v, t: v < t,
-    "<=": lambda v, t: v <= t,
-    ">": lambda v, t: v > t,
-    ">=": lambda v, t: v >= t,
-    "in": lambda v, t: t[0] <= v <= t[1],
-}
-
-
-@dataclass(frozen=True)
-class Check:
-    """One diagnostic: ``passed`` is ``value <relation> threshold`` when ``evaluated``."""
-
-    name: str
-    passed: bool
-    value: float
-    threshold: float | tuple[float, float] | None
-    relation: str
-    message: str
-    evaluated: bool = True
-    details: Mapping[str, object] = field(default_factory=dict, compare=False)
-
-    def to_dict(self) -> dict:
-        thr = list(self.threshold) if isinstance(self.threshold, tuple) else self.threshold
-        return {
-            "name": self.name,
-            "passed": self.passed,
-            "evaluated": self.evaluated,
-            "value": None if not math.isfinite(self.value) else self.value,
-            "threshold": thr,
-            "relation": self.relation,
-            "message": self.message,
-            "details": dict(self.details),
-        }
-
-
-def _check(name: str, what: str, value: float, relation: str, threshold, details=None) -> Check:
-    value = float(value)
-    ok = bool(math.isfinite(value) and _RELATIONS[relation](value, threshold))
-    thr = f"[{threshold[0]:g}, {threshold[1]:g}]" if relation == "in" else f"{threshold:g}"
-    return Check(
-        name,
-        ok,
-        value,
-        threshold,
-        relation,
-        f"{what} = {value:.4g} {relation} {thr}: " + ("pass" if ok else "FAIL"),
-        True,
-        details or {},
-    )
-
-
-def _not_evaluated(name: str, relation: str, threshold, why: str) -> Check:
-    return Check(name, False, float("nan"), threshold, relation, f"not evaluated: {why}", False, {})
-
-
-# ---------------------------------------------------------------------------- the checks
 
 
 def check_regime(N, D, L, *, baseline: float | None, thresholds: Thresholds = Thresholds()) -> list[Check]:
@@ -149,11 +65,11 @@ def check_regime(N, D, L, *, baseline: float | None, thresholds: Thresholds = Th
     N, D, L = (np.asarray(v, dtype=np.float64).ravel() for v in (N, D, L))
     out = []
     if baseline is None:
-        out.append(_not_evaluated("regime.below_baseline", "<", None, "no count-model baseline loss given"))
+        out.append(unevaluated("regime.below_baseline", "<", None, "no count-model baseline loss given"))
     else:
         worst = int(np.argmax(L))
         out.append(
-            _check(
+            compared(
                 "regime.below_baseline",
                 "highest run loss",
                 L[worst],
@@ -179,14 +95,14 @@ def check_regime(N, D, L, *, baseline: float | None, thresholds: Thresholds = Th
         per_size.append({"N": float(n), "gains_per_doubling": gains.tolist(), "max_increase": float(inc.max())})
     if not increases:
         out.append(
-            _not_evaluated(
+            unevaluated(
                 "regime.diminishing_returns", "<=", thresholds.gain_tol, "no model size has 3 or more token counts"
             )
         )
     else:
         allinc = np.concatenate(increases)
         out.append(
-            _check(
+            compared(
                 "regime.diminishing_returns",
                 "largest increase of the gain per doubling of D (nats)",
                 allinc.max(),
@@ -210,7 +126,7 @@ def check_non_degenerate(
     lo_a, hi_a = (float(v) for v in a_interval)
     rng = tuple(thresholds.exponent_range)
     return [
-        _check(
+        compared(
             "non_degenerate.E_lower",
             "lower end of E's interval",
             lo_e,
@@ -218,9 +134,9 @@ def check_non_degenerate(
             thresholds.e_min,
             {"E_interval": [lo_e, hi_e]},
         ),
-        _check("non_degenerate.alpha", "alpha", alpha, "in", rng),
-        _check("non_degenerate.beta", "beta", beta, "in", rng),
-        _check(
+        compared("non_degenerate.alpha", "alpha", alpha, "in", rng),
+        compared("non_degenerate.beta", "beta", beta, "in", rng),
+        compared(
             "non_degenerate.a_width",
             "width of a's interval",
             hi_a - lo_a,
@@ -239,7 +155,7 @@ def check_stability(
     vals = np.array(list(a_by_delta.values()), dtype=np.float64)
     details = {"a_by_delta": {f"{d:g}": float(v) for d, v in a_by_delta.items()}}
     out = [
-        _check(
+        compared(
             "stable.huber_delta",
             "range of a across Huber deltas",
             np.ptp(vals),
@@ -250,14 +166,14 @@ def check_stability(
     ]
     if a_counts is None:
         out.append(
-            _not_evaluated(
+            unevaluated(
                 "stable.n_count", "<=", thresholds.count_shift_max, "no fit with a second parameter count given"
             )
         )
     else:
         a1, a2 = (float(v) for v in a_counts)
         out.append(
-            _check(
+            compared(
                 "stable.n_count",
                 "|a| difference between the two parameter counts",
                 abs(a1 - a2),
@@ -280,7 +196,7 @@ def check_agreement(
         "approach3": {"a": float(a3), "interval": [lo3, hi3]},
     }
     return [
-        _check(
+        compared(
             "agreement.a_overlap",
             "overlap of the intervals for a (negative: a gap)",
             min(hi2, hi3) - max(lo2, lo3),
@@ -288,7 +204,7 @@ def check_agreement(
             0.0,
             details,
         ),
-        _check("agreement.a_delta", "|a2 - a3|", abs(float(a2) - float(a3)), "<=", thresholds.agreement_max, details),
+        compared("agreement.a_delta", "|a2 - a3|", abs(float(a2) - float(a3)), "<=", thresholds.agreement_max, details),
     ]
 
 
@@ -313,7 +229,7 @@ def check_extrapolation(
     labels, values = isoflop_groups(C, budgets, rtol)
     if values.size < 2:
         return [
-            _not_evaluated(n, r, t, f"{values.size} IsoFLOP budget(s): nothing to hold out")
+            unevaluated(n, r, t, f"{values.size} IsoFLOP budget(s): nothing to hold out")
             for n, r, t in zip(names, rels, thr)
         ]
     top = values.size - 1
@@ -321,7 +237,7 @@ def check_extrapolation(
     kept = ~held & ((labels >= 0) | (C < C[held].min()))  # runs outside the budgets count when below the top
     if kept.sum() < N_PARAMS + 1:
         return [
-            _not_evaluated(n, r, t, f"only {int(kept.sum())} runs below the largest budget")
+            unevaluated(n, r, t, f"only {int(kept.sum())} runs below the largest budget")
             for n, r, t in zip(names, rels, thr)
         ]
     fit = approach3.fit_approach3(N[kept], D[kept], L[kept], delta=delta, starts=starts)
@@ -335,8 +251,8 @@ def check_extrapolation(
         "fit": {k: getattr(fit, k) for k in PARAM_NAMES},
     }
     out = [
-        _check(names[0], "mean |relative error| on the held-out budget", np.mean(np.abs(rel)), "<=", thr[0], details),
-        _check(names[1], "worst |relative error| on the held-out budget", np.max(np.abs(rel)), "<=", thr[1], details),
+        compared(names[0], "mean |relative error| on the held-out budget", np.mean(np.abs(rel)), "<=", thr[0], details),
+        compared(names[1], "worst |relative error| on the held-out budget", np.max(np.abs(rel)), "<=", thr[1], details),
     ]
     x = np.log(N[held])
     why = None
@@ -349,13 +265,13 @@ def check_extrapolation(
         elif not x.min() <= -p1 / (2 * p2) <= x.max():
             why = "the largest budget's IsoFLOP vertex is outside its sampled sizes"
     if why is not None:
-        out.append(_not_evaluated(names[2], rels[2], thr[2], why))
+        out.append(unevaluated(names[2], rels[2], thr[2], why))
         return out
     vertex = math.exp(-p1 / (2 * p2))
     predicted = float(fit.optimal(c_top)[0])
     ratio = max(predicted / vertex, vertex / predicted)
     out.append(
-        _check(
+        compared(
             names[2],
             "N_opt predicted / IsoFLOP vertex (or its inverse)",
             ratio,
@@ -373,56 +289,6 @@ def a_across_deltas(
     """Approach 3's a refitted at each Huber delta (``known``: a already fitted at some deltas)."""
     known = dict(known or {})
     return {d: known[d] if d in known else approach3.fit_approach3(N, D, L, delta=d, starts=starts).a for d in deltas}
-
-
-# ---------------------------------------------------------------------------- verdict
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """All checks, and whether the law passes them all."""
-
-    checks: tuple[Check, ...]
-
-    @property
-    def failed(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.checks if c.evaluated and not c.passed)
-
-    @property
-    def not_evaluated(self) -> tuple[str, ...]:
-        return tuple(c.name for c in self.checks if not c.evaluated)
-
-    @property
-    def passed(self) -> bool:
-        return bool(self.checks) and all(c.passed for c in self.checks)
-
-    @property
-    def message(self) -> str:
-        if self.passed:
-            return f"PASS: all {len(self.checks)} diagnostics pass"
-        parts = []
-        if self.failed:
-            parts.append(f"{len(self.failed)} failed: {', '.join(self.failed)}")
-        if self.not_evaluated:
-            parts.append(f"{len(self.not_evaluated)} not evaluated: {', '.join(self.not_evaluated)}")
-        return "FAIL: " + "; ".join(parts or ["no diagnostics"])
-
-    def to_dict(self) -> dict:
-        return {
-            "passed": self.passed,
-            "verdict": self.message,
-            "failed": list(self.failed),
-            "not_evaluated": list(self.not_evaluated),
-            "checks": [c.to_dict() for c in self.checks],
-        }
-
-
-def verdict(checks: Sequence[Check]) -> Verdict:
-    """The verdict over ``checks`` (names must be unique)."""
-    names = [c.name for c in checks]
-    if len(set(names)) != len(names):
-        raise ValueError(f"duplicate check names: {names}")
-    return Verdict(tuple(checks))
 
 
 def diagnose(
@@ -478,8 +344,8 @@ def diagnose(
             ).interval("a")
     except UsageError as e:  # approach 2 impossible on this design: the agreement is not evaluated
         checks += [
-            _not_evaluated("agreement.a_overlap", ">=", 0.0, str(e)),
-            _not_evaluated("agreement.a_delta", "<=", thresholds.agreement_max, str(e)),
+            unevaluated("agreement.a_overlap", ">=", 0.0, str(e)),
+            unevaluated("agreement.a_delta", "<=", thresholds.agreement_max, str(e)),
         ]
     else:
         checks += check_agreement(approach2.a, approach2_a_interval, fit.a, ci["a"], thresholds)

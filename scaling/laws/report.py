@@ -7,10 +7,10 @@ import math
 from scaling.laws.approach1 import EndpointEnvelope, Envelope
 from scaling.laws.approach2 import Approach2Bootstrap
 from scaling.laws.approach3 import LawFit
-from scaling.laws.checks import Check, Verdict
 from scaling.laws.law import DERIVED_NAMES, PARAM_NAMES
 from scaling.laws.record import NotRun
 from scaling.laws.result import COUNT_COLUMNS, Baseline, FitOutput, FitResult
+from scaling.laws.verdict import Check, Verdict
 
 __all__ = ["report", "report_output", "verdict_line", "extrapolation_lines"]
 

@@ -57,9 +57,9 @@ from scaling.laws.approach1 import EndpointEnvelope, Envelope
 from scaling.laws.approach2 import Approach2Bootstrap, IsoFlopFit
 from scaling.laws.approach3 import LawFit
 from scaling.laws.bootstrap import Bootstrap
-from scaling.laws.checks import Verdict
 from scaling.laws.holdout import Holdout
 from scaling.laws.record import JsonRecord, NotRun, json_safe
+from scaling.laws.verdict import Verdict
 
 __all__ = ["Prediction", "Baseline", "Noise", "AltCount", "ComputeRow", "FitResult", "FitOutput", "COUNT_COLUMNS"]
 

@@ -1,6 +1,7 @@
 """Inference: decoding with a KV cache, loading a trained run or GPT-2 weights.
 
-    decode   greedy, sampling (temperature, top-k, top-p) and beam search; sequence scoring
+    decode   greedy and sampling (temperature, top-k, top-p); sequence scoring
+    beam     beam search
     load     InferenceModel: a trained run's checkpoint or a GPT-2 directory, with its tokenizer
     hf       reading Hugging Face GPT-2 files (safetensors, config.json) into the Flax GPT
 
@@ -17,14 +18,13 @@ from scaling.evaluation import (
     forward_bytes,
     window_plan,
 )
+from scaling.inference.beam import BeamResult, beam_search
 from scaling.inference.decode import (
     GREEDY,
     NEG,
-    BeamResult,
     Generation,
     Sampling,
     Sequences,
-    beam_search,
     buffer_length,
     choose,
     filter_logits,

@@ -51,7 +51,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from scaling import config as config_lib
+from scaling import config_parse
 from scaling.errors import ArgumentParser, UsageError, check_out_dir, exit_on_usage_error
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -91,7 +91,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a --jobs worker: train only
     p.add_argument("--estimates-out", default=None, help=argparse.SUPPRESS)  # a --jobs worker's --dry-run
-    config_lib.add_config_arguments(p)
+    config_parse.add_config_arguments(p)
     return p
 
 
@@ -106,9 +106,9 @@ def main(argv: list[str] | None = None):
         _die_with_parent()
         spec = dataclasses.replace(spec, fit=False)
     shard = sweep.parse_shard(args.shard)
-    overrides = config_lib.overrides_from_args(args)
+    overrides = config_parse.overrides_from_args(args)
     out = check_out_dir(Path("runs") / f"sweep-{spec.name}" if args.out is None else args.out, "--out")
-    base = config_lib.from_dict(config_lib.merge(spec.base, overrides))  # fail fast on bad overrides
+    base = config_parse.from_dict(config_parse.merge(spec.base, overrides))  # fail fast on bad overrides
 
     from scaling import compile_cache
     from scaling.train import setup_distributed  # jax is imported only after the spec is valid

@@ -26,7 +26,7 @@ import argparse
 import json
 import sys
 
-from scaling import config as config_lib
+from scaling import config_parse
 from scaling.errors import ArgumentParser, UsageError, check_out_dir, exit_on_usage_error
 
 EXIT_DIVERGED = 3
@@ -52,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--keep-steps", metavar="S1,S2,...", help="save a checkpoint at these steps and never prune it (branch points)"
     )
-    config_lib.add_config_arguments(p)
+    config_parse.add_config_arguments(p)
     return p
 
 
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> dict:
     """Train; returns the summary (the status is in it: ``exit_status`` maps it to the exit code)."""
     args = parser().parse_args(argv)
     check_out_dir(args.out, "--out")
-    cfg = config_lib.resolve(args.config, config_lib.overrides_from_args(args))
+    cfg = config_parse.resolve(args.config, config_parse.overrides_from_args(args))
     keep_steps = _keep_steps(args.keep_steps)
     from scaling.difficulty import MODEL_SCORING  # jax is imported only after the config is valid
     from scaling.train import Run, setup_distributed

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from scaling import config as config_lib
+from scaling import config_parse
 from scaling.config import Config, ModelConfig
 from scaling.curriculum_config import ScoreSpec
 from scaling.data import Batches, TokenSplits, curriculum, load_tokens
@@ -53,7 +53,7 @@ def reference_identity(run_dir: str | Path) -> dict:
     step = _latest_step(run_dir)
     if step is None:
         raise UsageError(f"curriculum reference {run_dir} has no checkpoint under {run_dir / 'checkpoints'}")
-    cfg = config_lib.from_dict(load_yaml(run_dir / "config.yaml"))
+    cfg = config_parse.from_dict(load_yaml(run_dir / "config.yaml"))
     return {
         "run_dir": str(run_dir),
         "config_hash": cfg.identity_hash(),

@@ -27,6 +27,7 @@ import shutil
 from pathlib import Path
 
 from scaling import config as config_lib
+from scaling import config_parse
 from scaling import io as run_io
 from scaling.config import Config
 from scaling.errors import UsageError
@@ -53,7 +54,7 @@ def read_config(run_dir: str | Path) -> Config:
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG).is_file():
         raise UsageError(f"not a training run directory (no {CONFIG}): {run_dir}")
-    return config_lib.from_dict(load_yaml(run_dir / CONFIG))
+    return config_parse.from_dict(load_yaml(run_dir / CONFIG))
 
 
 def first_difference(a: Config, b: Config, ignore: tuple[str, ...] = ()) -> str:
@@ -192,7 +193,7 @@ class RunDirectory:
                 )
             return
         try:
-            old = config_lib.from_dict(load_yaml(stored))
+            old = config_parse.from_dict(load_yaml(stored))
         except UsageError as e:
             raise UsageError(
                 f"{stored} is not a readable run config ({e}); use another --out, or --overwrite to start over"

@@ -28,7 +28,7 @@ from experiments import generate as generate_cli
 from experiments import sweep as sweep_cli
 from experiments import train as train_cli
 from scaling import config as config_lib
-from scaling import laws
+from scaling import config_parse, laws
 from scaling.errors import UsageError
 from scaling.fields import INT64_MAX, INT64_MIN
 from scaling.sweep.spec import SPEC_KEYS, load_spec
@@ -103,13 +103,13 @@ def test_out_of_range_numbers_in_config_fields(capsys, run_out, args, message):
 
 
 def test_integers_parse_exactly_or_not_at_all():
-    cfg = config_lib.from_dict({"train": {"tokens": "9007199254740993", "seed": "4294967295"}})
+    cfg = config_parse.from_dict({"train": {"tokens": "9007199254740993", "seed": "4294967295"}})
     assert cfg.train.tokens == 2**53 + 1 and cfg.train.seed == 2**32 - 1  # float() would give 2**53
-    assert config_lib.from_dict({"train": {"tokens": "2e6"}}).train.tokens == 2_000_000
+    assert config_parse.from_dict({"train": {"tokens": "2e6"}}).train.tokens == 2_000_000
     with pytest.raises(UsageError, match="a float of 2\\*\\*53 or more"):
-        config_lib.from_dict({"train": {"tokens": 9007199254740993.0}})  # a YAML float: already rounded
+        config_parse.from_dict({"train": {"tokens": 9007199254740993.0}})  # a YAML float: already rounded
     with pytest.raises(UsageError, match="64-bit"):
-        config_lib.from_dict({"train": {"tokens": "1e999999999"}})  # refused without building the integer
+        config_parse.from_dict({"train": {"tokens": "1e999999999"}})  # refused without building the integer
 
 
 def test_dataclasses_check_their_own_fields():
@@ -655,7 +655,7 @@ def _valid(cfg: config_lib.Config) -> None:
         if isinstance(v, int) and not isinstance(v, bool):
             assert INT64_MIN <= v <= INT64_MAX
     assert 0 <= cfg.train.seed <= config_lib.SEED_MAX
-    assert config_lib.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
+    assert config_parse.from_dict(yaml.safe_load(cfg.to_yaml())) == cfg
 
 
 @PROPERTY
@@ -665,7 +665,7 @@ def test_random_overrides_give_a_valid_config_or_a_usage_error(pairs):
     for (sec, name), value in pairs:
         overrides.setdefault(sec, {})[name] = value
     try:
-        cfg = config_lib.resolve(None, overrides)
+        cfg = config_parse.resolve(None, overrides)
     except UsageError as e:
         assert str(e).strip()
         return
@@ -693,7 +693,7 @@ def test_random_yaml_documents_give_a_valid_config_or_a_usage_error(tmp_path_fac
     for (sec, name), value in flat_overrides.items():
         overrides.setdefault(sec, {})[name] = value
     try:
-        cfg = config_lib.resolve(str(path), overrides)
+        cfg = config_parse.resolve(str(path), overrides)
     except UsageError as e:
         assert str(e).strip()
         return
@@ -706,7 +706,7 @@ def test_random_yaml_text_and_bytes_give_a_valid_config_or_a_usage_error(tmp_pat
     path = tmp_path_factory.mktemp("raw", numbered=True) / "c.yaml"
     path.write_bytes(content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content)
     try:
-        cfg = config_lib.resolve(str(path), {})
+        cfg = config_parse.resolve(str(path), {})
     except UsageError as e:
         assert str(e).strip()
         return

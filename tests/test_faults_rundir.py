@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 
 from experiments import train as train_cli
-from scaling import config as config_lib
+from scaling import config_parse, sweep
 from scaling import io as run_io
-from scaling import sweep
 from scaling.checkpoint import Checkpointer
 from scaling.config import CheckpointConfig
 from scaling.io import load_yaml
@@ -95,7 +94,7 @@ def test_overwrite_starts_over_removing_only_the_runs_outputs(reference, tmp_pat
     assert summary["status"] == "completed"
     assert [x["step"] for x in _metrics(out)] == [x["step"] for x in _metrics(reference)]  # each step once
     assert _metrics(out)[-1]["loss"] != _metrics(reference)[-1]["loss"]  # a new run, not the old lines
-    cfg = config_lib.from_dict(load_yaml(out / "config.yaml"))
+    cfg = config_parse.from_dict(load_yaml(out / "config.yaml"))
     assert cfg.optim.lr == 3e-3
     ckpt = Checkpointer(out / "checkpoints", CheckpointConfig())
     try:
@@ -292,7 +291,7 @@ def test_results_and_fit_count_only_the_plans_runs_and_are_written_with_the_umas
     plan = dataclasses.replace(plan, spec=dataclasses.replace(plan.spec, fit=True))
     mine, theirs = plan.runs
     _foreign_run(out, mine.run_id, mine.cfg)
-    other = config_lib.from_dict(config_lib.merge(theirs.cfg.to_dict(), {"optim": {"lr": 0.5}}))
+    other = config_parse.from_dict(config_parse.merge(theirs.cfg.to_dict(), {"optim": {"lr": 0.5}}))
     _foreign_run(out, theirs.run_id, other)
     _foreign_run(out, "L9-d144-D1.5e3-s0", mine.cfg)
     rows = sweep.rebuild_results(out, plan)

@@ -21,7 +21,7 @@ The layers::
     L4  scaling.data                                        corpus, token caches, batches, curriculum sampler
     L3  scaling.model                                       the GPT, attention kernels
     L2  scaling.tokenizer, scaling.flops, scaling.sharding, scaling.laws
-    L1  scaling.fields, scaling.config, scaling.curriculum_config, scaling.io
+    L1  scaling.fields, scaling.config, scaling.config_parse, scaling.curriculum_config, scaling.io
     L0  scaling.errors, scaling.paths
 """
 
@@ -44,6 +44,7 @@ LAYERS = {
     "scaling.paths": 0,
     "scaling.fields": 1,
     "scaling.config": 1,
+    "scaling.config_parse": 1,
     "scaling.curriculum_config": 1,
     "scaling.io": 1,
     "scaling.tokenizer": 2,

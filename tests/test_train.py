@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from experiments import train as train_cli
+from scaling import config_parse
 from scaling.config import Config, DebugConfig, ModelConfig, OptimConfig, TrainConfig
 from scaling.io import load_yaml
 from scaling.sharding import make_mesh
@@ -329,16 +330,14 @@ def test_short_gil_switch_is_restored_after_the_last_user():
 
 
 def test_debug_hooks_are_outside_the_identity_and_help_but_settable(tmp_path):
-    from scaling import config as config_lib
-
     p = train_cli.parser()
     assert "inject_nan_step" not in p.format_help() and "debug" not in p.format_help()
-    cfg = config_lib.resolve(
-        None, config_lib.overrides_from_args(p.parse_args(["--out", "x", "--debug.inject_nan_step", "7"]))
+    cfg = config_parse.resolve(
+        None, config_parse.overrides_from_args(p.parse_args(["--out", "x", "--debug.inject_nan_step", "7"]))
     )
     assert cfg.debug.inject_nan_step == 7 and cfg.identity_hash() == Config().identity_hash()
     # a config.yaml holding the field under its former section reads into the debug section
     old = tmp_path / "config.yaml"
     old.write_text("train: {inject_nan_step: 5, batch_size: 4}\n")
-    cfg = config_lib.from_dict(load_yaml(old))
+    cfg = config_parse.from_dict(load_yaml(old))
     assert cfg.debug.inject_nan_step == 5 and cfg.train.batch_size == 4

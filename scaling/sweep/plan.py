@@ -11,9 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scaling import config as config_lib
+from scaling import config_parse, tokenizer
 from scaling import flops as flops_lib
-from scaling import tokenizer
 from scaling.config import Config, ModelConfig
 from scaling.data import Batches, load_tokens
 from scaling.errors import UsageError
@@ -185,16 +184,16 @@ def make_plan(
     vocabulary must be given (``model.vocab_size``) or is taken from the tokenizer name."""
     overrides = overrides or {}
     _check_overrides(spec, overrides)
-    base_dict = config_lib.merge(spec.base, overrides)
-    base = config_lib.from_dict(base_dict)
+    base_dict = config_parse.merge(spec.base, overrides)
+    base = config_parse.from_dict(base_dict)
     arms: tuple[Arm | None, ...] = spec.arms or (None,)
     seeds = spec.seeds if spec.seeds is not None else (base.train.seed,)
     vocab_of: dict = {}
     arm_info = []
     for arm in arms:
-        d = config_lib.merge(base_dict, arm.config) if arm else base_dict
+        d = config_parse.merge(base_dict, arm.config) if arm else base_dict
         try:
-            cfg = config_lib.from_dict(d)
+            cfg = config_parse.from_dict(d)
         except UsageError as e:
             raise UsageError(f"arm {arm.name}: {e}" if arm else str(e)) from None
         if cfg.data not in vocab_of:
@@ -203,8 +202,8 @@ def make_plan(
         if cfg.model.vocab_size and cfg.model.vocab_size < n_vocab:
             raise UsageError(f"model.vocab_size ({cfg.model.vocab_size}) is smaller than the tokenizer's {n_vocab} ids")
         vocab = cfg.model.vocab_size or n_vocab
-        d = config_lib.merge(d, {"model": {"vocab_size": vocab}})
-        arm_info.append((arm, d, config_lib.from_dict(d)))
+        d = config_parse.merge(d, {"model": {"vocab_size": vocab}})
+        arm_info.append((arm, d, config_parse.from_dict(d)))
 
     points: list[tuple] = []  # (budget, tokens request, model spec) in design order
     if spec.design == "grid":
@@ -274,12 +273,12 @@ def make_plan(
     seen: dict[str, str] = {}
     for r in runs:
         model, seed, arm = r["model"], r["seed"], r["arm"]
-        d = config_lib.merge(
+        d = config_parse.merge(
             r["d"], {"model": {"n_layer": model.n_layer, "d_model": model.d_model, "n_head": model.n_head}}
         )
-        cfg0 = config_lib.from_dict(d)
+        cfg0 = config_parse.from_dict(d)
         tokens = r["steps"] * cfg0.train.batch_size * cfg0.model.seq_len
-        cfg = config_lib.from_dict(config_lib.merge(d, {"train": {"tokens": tokens, "seed": seed}}))
+        cfg = config_parse.from_dict(config_parse.merge(d, {"train": {"tokens": tokens, "seed": seed}}))
         run_id = f"L{model.n_layer}-d{model.d_model}-D{format_tokens(tokens)}-s{seed}"
         if model.n_head * spec.sizing.head_dim != model.d_model:
             run_id = run_id.replace("-D", f"-h{model.n_head}-D", 1)

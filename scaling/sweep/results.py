@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from scaling import config as config_lib
+from scaling import config_parse
 from scaling.errors import UsageError
 from scaling.io import atomic_write_text, file_lock, load_yaml
 from scaling.run_dir import SUMMARY, first_difference, read_config, read_summary
@@ -194,7 +194,7 @@ def check_outputs(plan: Plan, out: Path) -> None:
         if not stored.is_file():
             continue
         try:
-            old = config_lib.from_dict(load_yaml(stored))
+            old = config_parse.from_dict(load_yaml(stored))
         except UsageError as e:
             raise UsageError(f"{stored} is not a readable run config ({e}); use a new --out") from None
         if old.identity_hash() != r.cfg.identity_hash():

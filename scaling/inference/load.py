@@ -15,7 +15,7 @@ from scaling.config import ModelConfig
 from scaling.data import load_tokens
 from scaling.errors import UsageError
 from scaling.inference import hf
-from scaling.train.loop import load_run
+from scaling.train.trained import load_run
 
 
 @dataclass(frozen=True)

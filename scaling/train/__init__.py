@@ -4,7 +4,9 @@
     step         the train and evaluation steps as free functions, the train state
     microbatch   gradient accumulation over microbatches
     programs     ShapePrograms: the compiled init, train and eval programs of one shape
-    loop         Run: plan, restore or initialise, train, evaluate, summarise; load_run
+    loop         Run: plan, restore or initialise, train, evaluate; steps_for
+    summary      the summary.json record of a finished run
+    trained      load_run: a trained run's config and parameters from its checkpoints
     metrics      metrics.jsonl lines
     distributed  joining a multi-process run
 
@@ -13,7 +15,7 @@ The names below are importable from ``scaling.train``; new code imports from the
 
 from scaling.evaluation import cross_entropy
 from scaling.train.distributed import setup_distributed
-from scaling.train.loop import Run, load_run, steps_for
+from scaling.train.loop import Run, steps_for
 from scaling.train.metrics import MetricsLogger, truncate_metrics
 from scaling.train.microbatch import loss_and_grads
 from scaling.train.optimizer import decay_mask, lr_schedule, make_optimizer, scale_by_lr_schedule
@@ -26,6 +28,7 @@ from scaling.train.programs import (
     short_gil_switch,
 )
 from scaling.train.step import RunArgs, TrainState, eval_step, train_step
+from scaling.train.trained import load_run
 
 __all__ = [
     "AUTO_MICROBATCH_TOKENS",

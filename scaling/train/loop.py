@@ -16,7 +16,6 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
 import numpy as np
@@ -27,7 +26,7 @@ from scaling import flops as flops_lib
 from scaling import run_dir as run_dir_lib
 from scaling import sharding as sh
 from scaling.checkpoint import Checkpointer, CorruptCheckpoints
-from scaling.config import Config, MeshConfig
+from scaling.config import Config
 from scaling.data import Batches, curriculum, load_tokens
 from scaling.errors import UsageError
 from scaling.evaluation import bits_per_byte
@@ -38,6 +37,7 @@ from scaling.train.branch import Branch
 from scaling.train.metrics import MetricsLogger, truncate_metrics
 from scaling.train.programs import ShapePrograms
 from scaling.train.step import TrainState
+from scaling.train.summary import run_summary
 
 
 def steps_for(cfg: Config) -> int:
@@ -325,7 +325,23 @@ class Run:
             val = self.evaluate(programs, state.params)
         xla_step = programs.xla_flops_per_step()  # counted by the compile-ahead thread meanwhile
         wall_s = self._prior_wall_s + time.time() - t0  # earlier processes' time up to their last checkpoint
-        summary = self._summary(state, status, val, fpt, xla_step, compile_s, wall_s, logger)
+        summary = run_summary(
+            cfg,
+            self.steps,
+            state,
+            status=status,
+            val=val,
+            flops_per_token=fpt,
+            xla_flops_per_step=xla_step,
+            compile_s=compile_s,
+            compile_shared=self._compile_shared,
+            wall_s=wall_s,
+            tokens_per_s=logger.mean_tokens_per_s,
+            recent_losses=list(self._recent),
+            branched=self._branched,
+            batches=self.batches,
+            mesh_shape=self.mesh_shape,
+        )
         self.dir.write_summary(json.dumps(summary, indent=1))
         return summary
 
@@ -369,66 +385,3 @@ class Run:
         loss = float(np.mean(jax.device_get(losses)))
         n_tokens = n * self.cfg.train.batch_size * self.cfg.model.seq_len
         return loss, bits_per_byte(loss, n_tokens, self.batches.val_target_bytes(n))
-
-    def _summary(self, state, status, val, fpt, xla_step, compile_s, wall_s, logger) -> dict:
-        cfg = self.cfg
-        counts = flops_lib.param_counts(cfg.model)
-        tokens = self.steps * cfg.train.batch_size * cfg.model.seq_len
-        param_bytes = sh.bytes_per_device(state.params)
-        state_bytes = sh.bytes_per_device((state.params, state.opt_state))
-        tail = list(self._recent)
-        return {
-            "n_params": counts["n_params"],
-            "n_params_nonembed": counts["n_params_nonembed"],
-            "tokens": tokens,
-            "steps": self.steps,
-            "steps_done": int(jax.device_get(state.step)),
-            "flops_6nd": fpt["6nd"] * tokens,
-            "flops_kaplan": fpt["kaplan"] * tokens,
-            "flops_chinchilla": fpt["chinchilla"] * tokens,
-            "flops_xla": xla_step * self.steps,
-            "final_train_loss": float(np.mean(tail)) if tail else None,
-            "val_loss": None if val is None else val[0],
-            "val_bpb": None if val is None else val[1],
-            "parent": None if self._branched is None else self._branched.name,
-            "stable_steps": None if self._branched is None else self._branched.step,
-            "status": status,
-            "wall_s": wall_s,
-            "compile_s": compile_s,
-            "compile_shared": self._compile_shared,
-            "tokens_per_s": logger.mean_tokens_per_s,
-            "epochs": self.batches.epochs(tokens),
-            "n_layer": cfg.model.n_layer,
-            "d_model": cfg.model.d_model,
-            "n_head": cfg.model.n_head,
-            "seq_len": cfg.model.seq_len,
-            "batch_size": cfg.train.batch_size,
-            "vocab_size": cfg.model.vocab_size,
-            "tokenizer": cfg.data.tokenizer,
-            "mesh": self.mesh_shape,
-            "n_devices": jax.device_count(),
-            "n_processes": jax.process_count(),
-            "param_bytes_per_device": max(param_bytes.values()),
-            "state_bytes_per_device": max(state_bytes.values()),
-        }
-
-
-def load_run(run_dir: str | Path) -> tuple[Config, Any]:
-    """(config, parameters) of the latest restorable checkpoint of a training run directory.
-
-    Parameters come back replicated on the current devices, ready for inference. The
-    checkpoints are opened read-only: a run still training there is not disturbed.
-    """
-    run_dir = Path(run_dir)
-    cfg = run_dir_lib.read_config(run_dir)
-    mesh = sh.make_mesh(sh.mesh_shape(MeshConfig(), jax.device_count()))
-    programs = ShapePrograms(cfg, mesh, steps_for(cfg))
-    ckpt_dir = run_dir_lib.checkpoints_path(run_dir)
-    ckpt = Checkpointer(ckpt_dir, cfg.checkpoint, read_only=True)
-    try:
-        restored = ckpt.restore_latest(programs.abstract_state)
-    finally:
-        ckpt.close()
-    if restored is None:
-        raise UsageError(f"no checkpoint under {ckpt_dir}")
-    return cfg, restored[0].params

@@ -6,15 +6,16 @@ same tokenizer, a vocabulary covering the corpus's ids and a context of at least
 ``model.seq_len``. Every training window is scored (no cap: one forward pass over the training
 split, i.e. 2 N_ref FLOPs per token, a third of what training the reference on one epoch
 costs), in batches with a jitted function, once; then it is cached by
-:mod:`scaling.data.curriculum`, keyed by the reference run (path, config hash, latest
+:mod:`scaling.data.curriculum_scores`, keyed by the reference run (path, config hash, latest
 checkpoint) too. With ``doc:`` a window gets the mean of the model scores of the windows
 starting in its document.
 
 :data:`MODEL_SCORING` is what a training run is given to compute such scores;
 :func:`load_scores`, :func:`compute_scores`, :func:`scores_path` and :func:`make_sampler` are
-those of :mod:`scaling.data.curriculum` with it (every score kind), and ``make_sampler`` over
-the run's steps. :func:`val_batch_losses` re-evaluates a run on its validation batches (for the
-differences between curriculum arms, ``python -m analysis.curriculum``).
+those of :mod:`scaling.data.curriculum_scores` and :mod:`scaling.data.curriculum` with it
+(every score kind), and ``make_sampler`` over the run's steps. :func:`val_batch_losses`
+re-evaluates a run on its validation batches (for the differences between curriculum arms,
+``python -m analysis.curriculum``).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from tqdm import tqdm
 from scaling import config_parse
 from scaling.config import Config, ModelConfig
 from scaling.curriculum_config import ScoreSpec
-from scaling.data import Batches, TokenSplits, curriculum, load_tokens
-from scaling.data.curriculum import CompetenceSampler, ModelScoring, documents
+from scaling.data import Batches, TokenSplits, curriculum, curriculum_scores, load_tokens
+from scaling.data.curriculum import CompetenceSampler
+from scaling.data.curriculum_scores import ModelScoring, documents
 from scaling.errors import UsageError
 from scaling.evaluation import token_nll
 from scaling.io import load_yaml
@@ -164,16 +166,16 @@ MODEL_SCORING = ModelScoring(identity=reference_identity, scores=_split_model_sc
 
 def compute_scores(splits: TokenSplits, seq_len: int, spec: ScoreSpec, progress: bool = True) -> np.ndarray:
     """Difficulty score (higher = harder) of every training window, of any kind; no cache."""
-    return curriculum.compute_scores(splits, seq_len, spec, progress, model_scoring=MODEL_SCORING)
+    return curriculum_scores.compute_scores(splits, seq_len, spec, progress, model_scoring=MODEL_SCORING)
 
 
 def scores_path(splits: TokenSplits, seq_len: int, spec: ScoreSpec) -> Path:
-    return curriculum.scores_path(splits, seq_len, spec, model_scoring=MODEL_SCORING)
+    return curriculum_scores.scores_path(splits, seq_len, spec, model_scoring=MODEL_SCORING)
 
 
 def load_scores(splits: TokenSplits, seq_len: int, spec: ScoreSpec, progress: bool = True) -> np.ndarray:
     """The cached scores of every training window, of any kind (computed and cached the first time)."""
-    return curriculum.load_scores(splits, seq_len, spec, progress, model_scoring=MODEL_SCORING)
+    return curriculum_scores.load_scores(splits, seq_len, spec, progress, model_scoring=MODEL_SCORING)
 
 
 def make_sampler(cfg: Config, splits: TokenSplits, progress: bool | None = None) -> CompetenceSampler:

@@ -1,4 +1,4 @@
-"""Curriculum: pacing formulas, difficulty scores (scaling.data.curriculum; by a model: scaling.difficulty), the
+"""Curriculum: pacing formulas, difficulty scores (scaling.data.curriculum_scores; by a model: scaling.difficulty), the
 competence sampler, exact resume, arm differences (analysis.curriculum)."""
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from analysis import curriculum as arms
 from experiments import train as train_cli
 from scaling import difficulty
 from scaling.config import Config, DataConfig, ModelConfig, TrainConfig
+from scaling.curriculum_config import ScoreSpec, check_config, parse_curriculum, parse_score
 from scaling.data import Batches, load_tokens
 from scaling.data import curriculum as cu
+from scaling.data import curriculum_scores as cs
 from scaling.errors import UsageError
 from scaling.model import GPT
 from scaling.train import cross_entropy, load_run
@@ -90,18 +92,18 @@ def test_pacing_functions_equal_the_formulas_and_are_monotone_from_c0_to_1():
 
 
 def test_config_values_are_validated(tmp_path, capsys):
-    assert cu.parse_curriculum("linear") == ("linear", False)
-    assert cu.parse_curriculum("anti-exp") == ("exp", True)
-    assert cu.parse_score("rarity") == cu.ScoreSpec("rarity", "sequence")
-    assert cu.parse_score("doc:length") == cu.ScoreSpec("length", "document")
-    assert cu.parse_score("doc:model:runs/a:b") == cu.ScoreSpec("model", "document", "runs/a:b")
+    assert parse_curriculum("linear") == ("linear", False)
+    assert parse_curriculum("anti-exp") == ("exp", True)
+    assert parse_score("rarity") == ScoreSpec("rarity", "sequence")
+    assert parse_score("doc:length") == ScoreSpec("length", "document")
+    assert parse_score("doc:model:runs/a:b") == ScoreSpec("model", "document", "runs/a:b")
     for bad in ("cosine", "anti-", "anti-anti-linear", "Linear"):
         with pytest.raises(UsageError, match="data.curriculum"):
-            cu.parse_curriculum(bad)
+            parse_curriculum(bad)
     for bad in ("size", "model:", "model", "rarity:x", "doc:", "page:length"):
         with pytest.raises(UsageError, match="data.curriculum_score"):
-            cu.parse_score(bad)
-    cu.check_config(DataConfig(curriculum="anti-step", curriculum_score="doc:rarity"))
+            parse_score(bad)
+    check_config(DataConfig(curriculum="anti-step", curriculum_score="doc:rarity"))
     # bad values end the CLI with one line and exit code 2, before any compute
     for args in (
         ["--data.curriculum", "cosine"],
@@ -151,18 +153,18 @@ def test_scores_equal_a_direct_computation_and_are_deterministic_and_cached(tmp_
     for L in (16, 7):
         hand = _hand_scores(np.asarray(splits.train), L, eot, splits.n_vocab)
         for name, want in hand.items():
-            got = cu.compute_scores(splits, L, cu.parse_score(name))
+            got = cs.compute_scores(splits, L, parse_score(name))
             np.testing.assert_allclose(got, want, rtol=1e-9, err_msg=f"{name} L={L}")
     # the length score varies with the documents a window packs; rarity ranks rare-token windows higher
     assert len(set(hand["doc:length"])) > 5 and np.ptp(hand["length"]) > 0
-    spec = cu.parse_score("rarity")
-    first = cu.load_scores(splits, 16, spec)
-    path = cu.scores_path(splits, 16, spec)
+    spec = parse_score("rarity")
+    first = cs.load_scores(splits, 16, spec)
+    path = cs.scores_path(splits, 16, spec)
     assert path.is_file() and path.is_relative_to(os.environ["SCALING_CACHE_DIR"])
     np.testing.assert_array_equal(np.load(path), first)
-    np.testing.assert_array_equal(cu.load_scores(splits, 16, spec), first)
-    np.testing.assert_array_equal(cu.compute_scores(splits, 16, spec), first)  # deterministic
-    assert cu.scores_path(splits, 32, spec) != path and cu.scores_path(splits, 16, cu.parse_score("length")) != path
+    np.testing.assert_array_equal(cs.load_scores(splits, 16, spec), first)
+    np.testing.assert_array_equal(cs.compute_scores(splits, 16, spec), first)  # deterministic
+    assert cs.scores_path(splits, 32, spec) != path and cs.scores_path(splits, 16, parse_score("length")) != path
     # the empirical CDF: rank / n, the ECDF for distinct scores, ties spread at random
     s = np.array([3.0, 1.0, 2.0, 5.0])
     np.testing.assert_allclose(cu.empirical_cdf(s), [(s <= v).mean() for v in s])
@@ -184,7 +186,7 @@ def test_sampler_never_emits_a_window_above_the_current_competence(small):
         cfg = _cfg(small, curriculum, "rarity", curriculum_horizon=0.6)
         splits = load_tokens(cfg.data)
         sampler = difficulty.make_sampler(cfg, splits, progress=False)
-        scores = cu.load_scores(splits, 16, cu.parse_score("rarity"))
+        scores = cs.load_scores(splits, 16, parse_score("rarity"))
         assert sampler.n == len(scores) and sampler.horizon_steps == pytest.approx(0.6 * 50)
         batches = Batches(splits, 16, 8, cfg.train.seed, sampler=sampler)
         hardest_first = curriculum.startswith("anti-")
@@ -251,7 +253,7 @@ def test_constant_scores_admit_a_random_share(tmp_path):
     cfg = _cfg(tmp_path / "one.txt", "linear", score="length")
     splits = load_tokens(cfg.data)
     sampler = difficulty.make_sampler(cfg, splits, progress=False)
-    assert np.ptp(cu.load_scores(splits, 16, cu.parse_score("length"))) == 0
+    assert np.ptp(cs.load_scores(splits, 16, parse_score("length"))) == 0
     k = sampler.n_eligible(0)
     assert k == math.floor(0.1 * sampler.n) and np.ptp(sampler.order[:k]) > sampler.n // 2  # spread, not a prefix
 
@@ -298,7 +300,7 @@ def test_a_killed_and_resumed_curriculum_run_equals_an_unbroken_one(reference, t
 
 def test_model_scores_are_the_reference_checkpoints_losses(reference, tmp_path):
     splits = load_tokens(DataConfig(corpus=str(_corpus(tmp_path, n=6, seed=2)), tokenizer="byte"))
-    spec = cu.parse_score(f"model:{reference}")
+    spec = parse_score(f"model:{reference}")
     scores = difficulty.load_scores(splits, 32, spec, progress=False)
     n_w = (len(splits.train) - 1) // 32
     assert scores.shape == (n_w,) and np.all(np.isfinite(scores))
@@ -307,8 +309,8 @@ def test_model_scores_are_the_reference_checkpoints_losses(reference, tmp_path):
     for w in (0, n_w // 2, n_w - 1):
         batch = np.asarray(splits.train[w * 32 : w * 32 + 33], np.int32)[None]
         assert scores[w] == pytest.approx(float(jax.device_get(cross_entropy(model, params, batch))), rel=1e-5)
-    doc = difficulty.compute_scores(splits, 32, cu.parse_score(f"doc:model:{reference}"), progress=False)
-    start_doc = cu.documents(splits.train, splits.manifest["eot"]).doc_of(np.arange(n_w) * 32)
+    doc = difficulty.compute_scores(splits, 32, parse_score(f"doc:model:{reference}"), progress=False)
+    start_doc = cs.documents(splits.train, splits.manifest["eot"]).doc_of(np.arange(n_w) * 32)
     for d in np.unique(start_doc):
         np.testing.assert_allclose(doc[start_doc == d], scores[start_doc == d].mean(), rtol=1e-9)
     assert "L32" in difficulty.scores_path(splits, 32, spec).name

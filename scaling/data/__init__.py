@@ -3,8 +3,9 @@
 - :mod:`.corpus`: a corpus's documents and the documents held out for validation;
 - :mod:`.tokens`: the corpus tokenized once into cached, memmapped train and validation splits;
 - :mod:`.batches`: training batches as a pure function of (seed, step), fixed validation batches;
-- :mod:`.curriculum`: pacing functions, difficulty scores computed from the tokens, the
-  competence sampler that picks a curriculum's training windows.
+- :mod:`.curriculum_scores`: a curriculum's difficulty scores of the training windows, cached;
+- :mod:`.curriculum`: pacing functions and the competence sampler that picks a curriculum's
+  training windows.
 """
 
 from scaling.data.batches import Batches

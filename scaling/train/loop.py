@@ -28,6 +28,7 @@ from scaling import sharding as sh
 from scaling.checkpoint import Checkpointer, CorruptCheckpoints
 from scaling.config import Config
 from scaling.data import Batches, curriculum, load_tokens
+from scaling.data.curriculum_scores import ModelScoring
 from scaling.errors import UsageError
 from scaling.evaluation import bits_per_byte
 from scaling.model import check_attention
@@ -84,7 +85,7 @@ class Run:
         trainers: dict | None = None,
         *,
         overwrite: bool = False,
-        model_scoring: curriculum.ModelScoring | None = None,
+        model_scoring: ModelScoring | None = None,
         branch_from: Branch | tuple[str | Path, int] | None = None,
         keep_steps: tuple[int, ...] = (),
     ):

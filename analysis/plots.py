@@ -7,6 +7,8 @@ arrays) and their fits (:class:`scaling.laws.result.FitResult`), and returns a
 intervals at their level (approach 3: :class:`scaling.laws.bootstrap.Bootstrap`'s parameter
 samples pushed through the law; approach 2: :class:`scaling.laws.approach2.Approach2Bootstrap`'s
 per-budget vertices); without a bootstrap the curves are drawn without bands.
+The predicted-against-observed and residual figures are :mod:`analysis.residual_plots`'s,
+the laws, bootstrap samples and interval labels they draw :mod:`analysis.fit_intervals`'s.
 :func:`make_all` writes the ones the fits allow as PNGs:
 
 - ``isoflop.png``: loss against N per IsoFLOP budget: the runs, approach 2's parabolas and
@@ -30,69 +32,20 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from analysis.plot_style import DODGE, MARKERS, RANGE_COLOR, log_colors, percentile_band, sci
-from scaling.laws.approach2 import Approach2Bootstrap, isoflop_groups
+from analysis.fit_intervals import (
+    a2_label,
+    a2_vertex_ci,
+    a3_label,
+    boot_params,
+    has_frontier,
+    has_law,
+    law_params,
+)
+from analysis.plot_style import RANGE_COLOR, log_colors, percentile_band, sci
+from analysis.residual_plots import pred_vs_obs, residuals
+from scaling.laws.approach2 import isoflop_groups
 from scaling.laws.law import compute_optimal, law_loss
 from scaling.laws.result import FitResult
-
-
-def _law(result: FitResult):
-    return result.law.params
-
-
-def _has_law(result: FitResult) -> bool:
-    """An approach-3 fit whose parameters are all numbers (a degenerate fit may lack some)."""
-    return result.law is not None and all(np.isfinite(result.law.params))
-
-
-def _has_frontier(result: FitResult) -> bool:
-    """An approach-3 fit with a compute-optimal frontier (none when an exponent is <= 0)."""
-    return _has_law(result) and np.isfinite(result.law.a)
-
-
-def boot_params(result: FitResult) -> tuple[np.ndarray, float] | None:
-    """Approach 3's bootstrap parameter samples (K, 5) as (E, A, B, alpha, beta), and the
-    interval level; None without a bootstrap of at least 2 finite samples."""
-    boot = getattr(result, "bootstrap", None)
-    s = getattr(boot, "samples", None)
-    if s is None:
-        return None
-    s = np.asarray(s, dtype=np.float64)
-    if s.ndim != 2 or s.shape[1] < 5:
-        return None
-    s = s[np.all(np.isfinite(s[:, :5]), axis=1), :5]
-    return (s, float(getattr(boot, "level", 0.95))) if s.shape[0] >= 2 else None
-
-
-def _a2_boot(result: FitResult) -> Approach2Bootstrap | None:
-    b = getattr(result, "approach2_ci", None)
-    return b if isinstance(b, Approach2Bootstrap) else None
-
-
-def _ci_text(lohi) -> str:
-    lo, hi = lohi
-    return f" [{lo:.3f}, {hi:.3f}]" if np.isfinite(lo) and np.isfinite(hi) else ""
-
-
-def a3_label(result: FitResult, exponent: str = "a") -> str:
-    """'approach 3: a = 0.512 [0.48, 0.55]' (the interval when bootstrapped)."""
-    boot = getattr(result, "bootstrap", None)
-    ci = _ci_text(boot.interval(exponent)) if boot is not None and hasattr(boot, "interval") else ""
-    return f"approach 3: {exponent} = {getattr(result.law, exponent):.3f}{ci}"
-
-
-def a2_label(result: FitResult, exponent: str = "a") -> str:
-    b = _a2_boot(result)
-    ci = "" if b is None else _ci_text(b.interval(exponent))
-    return f"approach 2: {exponent} = {getattr(result.isoflop, exponent):.3f}{ci}"
-
-
-def a2_vertex_ci(result: FitResult) -> dict[float, tuple[float, float]]:
-    """Approach 2's per-budget N_opt interval by budget C (empty without its bootstrap)."""
-    b = _a2_boot(result)
-    if b is None:
-        return {}
-    return {round(math.log10(float(c)), 6): b.n_opt_interval(j) for j, c in enumerate(b.budgets)}
 
 
 def isoflop(runs, result: FitResult, *, ylabel: str = "loss") -> Figure:
@@ -106,7 +59,7 @@ def isoflop(runs, result: FitResult, *, ylabel: str = "loss") -> Figure:
     colors = log_colors(values)
     minima = {round(math.log10(m.C), 6): m for m in a2.minima} if a2 is not None else {}
     vci = a2_vertex_ci(result)
-    law = _has_law(result)
+    law = has_law(result)
     boot = boot_params(result) if law else None
     shown = []
     for j, cb in enumerate(values):
@@ -143,19 +96,19 @@ def isoflop(runs, result: FitResult, *, ylabel: str = "loss") -> Figure:
             )
             shown.append(m.L_min)
         if law:
-            if _has_frontier(result):  # the law's curve reaches its optimum (up to a decade beyond the runs)
-                n_opt = float(compute_optimal(cb, *_law(result))[0])
+            if has_frontier(result):  # the law's curve reaches its optimum (up to a decade beyond the runs)
+                n_opt = float(compute_optimal(cb, *law_params(result))[0])
                 lo_x, hi_x = np.log(nn[0]), np.log(nn[-1])
                 lo_x = max(min(lo_x, np.log(n_opt) - pad), x0 - np.log(10))
                 hi_x = min(max(hi_x, np.log(n_opt) + pad), x1 + np.log(10))
                 nn = np.exp(np.linspace(lo_x, hi_x, 160))
-            ax.plot(nn, law_loss(nn, cb / (6 * nn), *_law(result)), color=col, lw=1.1, ls="--")
+            ax.plot(nn, law_loss(nn, cb / (6 * nn), *law_params(result)), color=col, lw=1.1, ls="--")
             if boot is not None:
                 s, level = boot
                 vals = law_loss(nn[None, :], cb / (6 * nn[None, :]), *(s.T[:, :, None]))
                 ax.fill_between(nn, *percentile_band(vals, level), color=col, alpha=0.15, lw=0)
-            if _has_frontier(result) and nn[0] <= n_opt <= nn[-1]:
-                l_opt = compute_optimal(cb, *_law(result))[2]
+            if has_frontier(result) and nn[0] <= n_opt <= nn[-1]:
+                l_opt = compute_optimal(cb, *law_params(result))[2]
                 ax.scatter(
                     [n_opt], [l_opt], marker="D", s=30, facecolors="white", edgecolors=col, linewidths=1.6, zorder=7
                 )
@@ -188,7 +141,7 @@ def isoflop(runs, result: FitResult, *, ylabel: str = "loss") -> Figure:
         marks.append(Line2D([], [], color="0.35", lw=1.1, ls="--", label="approach 3: L(N, C/6N)"))
         if boot is not None:
             marks.append(Patch(color="0.35", alpha=0.25, lw=0, label=f"approach 3: {level:.0%} bootstrap band"))
-        if _has_frontier(result):
+        if has_frontier(result):
             marks.append(
                 Line2D([], [], ls="none", marker="D", mfc="white", mec="0.35", mew=1.6, label="approach 3: optimum")
             )
@@ -202,7 +155,7 @@ def isoflop(runs, result: FitResult, *, ylabel: str = "loss") -> Figure:
             title_fontsize=8,
         )
     subtitle = "; ".join(
-        t for t in (a2_label(result) if a2 is not None else "", a3_label(result) if _has_frontier(result) else "") if t
+        t for t in (a2_label(result) if a2 is not None else "", a3_label(result) if has_frontier(result) else "") if t
     )
     ax.set_title(
         "IsoFLOP profiles: loss against model size at fixed compute"
@@ -219,9 +172,9 @@ def frontier(runs, result: FitResult, *, ylabel: str = "loss") -> Figure:
     ax.axvspan(runs.C.min(), runs.C.max(), color=RANGE_COLOR, zorder=0, label="compute range of the runs")
     sc = ax.scatter(runs.C, runs.L, c=np.log10(runs.N), cmap="viridis", s=16, zorder=3, label="run")
     fig.colorbar(sc, ax=ax).set_label("log10 N (parameters)")
-    if _has_frontier(result):
+    if has_frontier(result):
         cc = np.logspace(np.log10(runs.C.min()) - 0.5, np.log10(runs.C.max()) + 1.0, 200)
-        ax.plot(cc, compute_optimal(cc, *_law(result))[2], "r-", lw=1.5, label="approach 3: compute-optimal loss")
+        ax.plot(cc, compute_optimal(cc, *law_params(result))[2], "r-", lw=1.5, label="approach 3: compute-optimal loss")
         boot = boot_params(result)
         if boot is not None:
             vals = compute_optimal(cc[None, :], *(boot[0].T[:, :, None]))[2]
@@ -252,8 +205,8 @@ def _frontier_panel(ax, cc, runs, result: FitResult, k: int) -> None:
     """One panel of :func:`optimal_n`: k = 0 for N_opt, 1 for D_opt."""
     exponent = "ab"[k]
     ax.axvspan(runs.C.min(), runs.C.max(), color=RANGE_COLOR, zorder=0, label="compute range of the runs")
-    if _has_frontier(result):
-        ax.plot(cc, compute_optimal(cc, *_law(result))[k], "r-", lw=1.6, label=a3_label(result, exponent))
+    if has_frontier(result):
+        ax.plot(cc, compute_optimal(cc, *law_params(result))[k], "r-", lw=1.6, label=a3_label(result, exponent))
         boot = boot_params(result)
         if boot is not None:
             vals = compute_optimal(cc[None, :], *(boot[0].T[:, :, None]))[k]
@@ -333,110 +286,6 @@ def optimal_n(runs, result: FitResult) -> Figure:
     return fig
 
 
-def pred_vs_obs(runs, result: FitResult, *, ylabel: str = "loss") -> Figure:
-    """Approach-3 predicted loss against observed loss, with y = x."""
-    fig = Figure(figsize=(6, 5), layout="constrained")
-    ax = fig.add_subplot()
-    pred = law_loss(runs.N, runs.D, *_law(result))
-    sc = ax.scatter(runs.L, pred, c=np.log10(runs.C), cmap="viridis", s=16, label="run")
-    fig.colorbar(sc, ax=ax).set_label("log10 C (FLOPs)")
-    lo, hi = min(runs.L.min(), pred.min()), max(runs.L.max(), pred.max())
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="predicted = observed")
-    ax.set_xlabel(f"observed {ylabel}")
-    ax.set_ylabel(f"predicted {ylabel}")
-    ax.set_title("approach 3: predicted against observed loss", fontsize=10)
-    ax.legend(fontsize=8)
-    return fig
-
-
-def held_out(runs, result: FitResult) -> tuple[list[tuple[float, float, float, float]], str]:
-    """The held-out runs as (N, C, observed, predicted by the fit without them), and what they
-    are: the fit's hold-out check (``holdout``), else the extrapolation diagnostic's largest
-    budget (its details name the budget and the law fitted without it); ([], "") when neither."""
-    h = getattr(result, "holdout", None)
-    rows = [
-        (r.N, r.C, r.observed, r.predicted)
-        for r in getattr(h, "runs", None) or ()
-        if all(hasattr(r, k) for k in ("N", "C", "observed", "predicted"))
-    ]
-    if rows:
-        return rows, f"held out: the {len(rows)} largest-C runs"
-    for check in getattr(getattr(result, "diagnostics", None), "checks", None) or ():
-        det = getattr(check, "details", None) or {}
-        if getattr(check, "name", "") != "extrapolation.mean_error" or not {"budget", "fit"} <= set(det):
-            continue
-        labels, values = isoflop_groups(runs.C, runs.budget, getattr(result.isoflop, "budget_tol", 0.1))
-        if not values.size or not math.isclose(float(values[-1]), float(det["budget"]), rel_tol=1e-6):
-            continue
-        sel = labels == values.size - 1
-        fit = det["fit"]
-        pred = law_loss(runs.N[sel], runs.D[sel], *(float(fit[k]) for k in ("E", "A", "B", "alpha", "beta")))
-        rows = list(zip(runs.N[sel], runs.C[sel], runs.L[sel], pred))
-        return rows, "held out: the largest budget"
-    return [], ""
-
-
-def residuals(runs, result: FitResult) -> Figure:
-    """observed / predicted - 1 (%) of approach 3 against C, a marker per model size; the
-    held-out runs as predicted by the fit without them (open, red-edged markers); +-1% band."""
-    fig = Figure(figsize=(8, 5), layout="constrained")
-    ax = fig.add_subplot()
-    r = 100.0 * (runs.L / law_loss(runs.N, runs.D, *_law(result)) - 1.0)
-    ax.axhspan(-1, 1, color=RANGE_COLOR, zorder=0, label="±1%")
-    ax.axhline(0, color="k", lw=0.8)
-    sizes = np.unique(runs.N)
-    colors = log_colors(sizes, "plasma")
-    marker_of = {}
-    dodge = {}  # runs of one budget share a C: each size is drawn a little to the right of the last
-    for i, n in enumerate(sizes):
-        sel = runs.N == n
-        marker_of[n] = MARKERS[i % len(MARKERS)]
-        dodge[n] = 10 ** (DODGE * (i - (sizes.size - 1) / 2))
-        ax.scatter(
-            runs.C[sel] * dodge[n],
-            r[sel],
-            marker=marker_of[n],
-            color=colors[i],
-            s=34,
-            zorder=3,
-            label=f"N = {sci(n)}" if sizes.size <= 12 else None,
-        )
-    held, what = held_out(runs, result)
-    if held:
-        hr = np.array([100.0 * (obs / pred - 1.0) for _, _, obs, pred in held])
-        for (n, c, _, _), v in zip(held, hr):
-            ax.scatter(
-                [c * dodge.get(n, 1.0)],
-                [v],
-                marker=marker_of.get(n, "o"),
-                s=90,
-                facecolors="none",
-                edgecolors="red",
-                linewidths=1.5,
-                zorder=4,
-            )
-        ax.scatter(
-            [],
-            [],
-            marker="o",
-            s=90,
-            facecolors="none",
-            edgecolors="red",
-            linewidths=1.5,
-            label=f"{what}, predicted by the fit without them\n(mean |err| {np.mean(np.abs(hr)):.2f}%, "
-            f"worst {np.max(np.abs(hr)):.2f}%)",
-        )
-    rms = float(np.sqrt(np.mean(r**2)))
-    lim = max(1.5, 1.15 * float(np.max(np.abs(np.concatenate([r, hr if held else []])))))
-    ax.set_ylim(-lim, lim)
-    ax.set_xscale("log")
-    ax.set_xlabel("training compute C = 6ND (FLOPs; sizes offset slightly for legibility)")
-    ax.set_ylabel("observed / predicted − 1 (%)")
-    ax.set_title(f"approach 3 residuals (filled: in the fit, RMS {rms:.2f}%)", fontsize=10)
-    ax.legend(fontsize=7.5, ncol=2 if sizes.size > 6 else 1, loc="best")
-    return fig
-
-
 def envelope(curves, result: FitResult, *, ylabel: str = "loss") -> Figure:
     """Training curves (loss against FLOPs) and their lower envelope (approach 1)."""
     fig = Figure(figsize=(7.5, 5), layout="constrained")
@@ -463,14 +312,14 @@ def fit_figures(runs, result: FitResult, *, curves=None, ylabel: str = "loss") -
         figs["isoflop"] = isoflop(runs, result, ylabel=ylabel)
     else:
         skipped["isoflop"] = "not an IsoFLOP design (no budgets) and no approach-2 fit"
-    if _has_law(result):
+    if has_law(result):
         figs["frontier"] = frontier(runs, result, ylabel=ylabel)
         figs["pred_vs_obs"] = pred_vs_obs(runs, result, ylabel=ylabel)
         figs["residuals"] = residuals(runs, result)
     else:
         for name in ("frontier", "pred_vs_obs", "residuals"):
             skipped[name] = "no approach-3 law with finite parameters"
-    if _has_frontier(result) or result.isoflop is not None or result.envelope is not None:
+    if has_frontier(result) or result.isoflop is not None or result.envelope is not None:
         figs["optimal_n"] = optimal_n(runs, result)
     else:
         skipped["optimal_n"] = "no approach gave a compute-optimal frontier"

@@ -15,7 +15,8 @@ import pytest
 from matplotlib.image import imread
 
 from analysis import run_plots, sweep_plots
-from analysis.plots import fit_figures, held_out, residuals
+from analysis.plots import fit_figures
+from analysis.residual_plots import held_out, residuals
 from scaling import sweep
 from scaling.laws import approach2, approach3, bootstrap, checks, holdout
 from scaling.laws.law import compute_optimal, law_loss

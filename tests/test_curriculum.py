@@ -149,7 +149,7 @@ def _hand_scores(tokens, L, eot, n_vocab):
 def test_scores_equal_a_direct_computation_and_are_deterministic_and_cached(tmp_path, monkeypatch):
     splits = load_tokens(DataConfig(corpus=str(_corpus(tmp_path)), tokenizer="byte", val_fraction=0.2))
     eot = splits.manifest["eot"]
-    monkeypatch.setattr(cu, "_CHUNK_TOKENS", 1000)  # several chunks, to test the chunked scans
+    monkeypatch.setattr(cs, "_CHUNK_TOKENS", 1000)  # several chunks, to test the chunked scans
     for L in (16, 7):
         hand = _hand_scores(np.asarray(splits.train), L, eot, splits.n_vocab)
         for name, want in hand.items():

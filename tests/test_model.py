@@ -148,6 +148,7 @@ def test_blocked_attention_equals_full_causal_attention():
             np.testing.assert_allclose(got, ref, atol=2e-5)
 
 
+@pytest.mark.slow
 def test_scanned_layers_equal_the_loop_in_logits_and_one_train_step():
     """model.scan_layers changes the layout, not the function: with the loop's parameters stacked,
     the scanned model gives the same logits and one AdamW step moves both alike."""

@@ -510,6 +510,7 @@ def test_smoke_sweep_sigkilled_three_times_then_resumed_equals_an_unbroken_sweep
     assert json.loads((out / "fit.json").read_text())["sweep"]["results_sha256"]
 
 
+@pytest.mark.slow  # the default tier's reference sweep trains two shards at once already (--jobs 2)
 def test_two_shards_at_once_train_every_run_exactly_once(reference_sweep, tmp_path):
     ref = reference_sweep[0]
     out = tmp_path / "sweep"

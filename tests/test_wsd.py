@@ -35,7 +35,7 @@ def _lrs(cfg: OptimConfig, total: int, steps) -> np.ndarray:
     return np.asarray(jax.device_get(lr_schedule(cfg, total)(np.asarray(steps, np.int32))))
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(
     t1=st.integers(1, 3000),
     extra=st.integers(1, 3000),

@@ -226,30 +226,21 @@ def _worker_env() -> dict:
     return env
 
 
+def _spawn_worker(argv: list[str], i: int, jobs: int, extra: list[str], **popen) -> subprocess.Popen:
+    """Worker ``i`` of ``jobs``: this command as ``--shard i/jobs --jobs 1 --worker`` plus ``extra``,
+    with one XLA thread."""
+    cmd = [sys.executable, "-m", "experiments.sweep", *argv, "--shard", f"{i}/{jobs}", "--jobs", "1", "--worker"]
+    return subprocess.Popen([*cmd, *extra], env=_worker_env(), text=True, **popen)
+
+
 def _worker_estimates(argv: list[str], jobs: int) -> dict:
     """--dry-run with workers: each worker calibrates its shard's shapes at once, one XLA thread
     each (as they train); their per-run estimates, merged."""
     with tempfile.TemporaryDirectory(prefix="sweep-estimates-") as tmp:
         paths = [Path(tmp) / f"{i}.json" for i in range(jobs)]
         procs = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "experiments.sweep",
-                    *argv,
-                    "--shard",
-                    f"{i}/{jobs}",
-                    "--jobs",
-                    "1",
-                    "--worker",
-                    "--estimates-out",
-                    str(paths[i]),
-                ],
-                env=_worker_env(),
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                text=True,
+            _spawn_worker(
+                argv, i, jobs, ["--estimates-out", str(paths[i])], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
             )
             for i in range(jobs)
         ]
@@ -268,28 +259,10 @@ def _run_workers(argv: list[str], jobs: int) -> None:
     """Train the plan in ``jobs`` worker processes (this command with --shard i/jobs --worker),
     each with one XLA thread, their output prefixed by [w<i>]; raise SystemExit when one fails.
     A worker dies with this process (PR_SET_PDEATHSIG), and stops when this one is interrupted."""
-    env = _worker_env()
     print(f"training in {jobs} worker processes (each --shard i/{jobs} with one XLA thread)", flush=True)
     procs = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "experiments.sweep",
-                *argv,
-                "--shard",
-                f"{i}/{jobs}",
-                "--jobs",
-                "1",
-                "--worker",
-                "--train.progress",
-                "false",
-            ],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
+        _spawn_worker(
+            argv, i, jobs, ["--train.progress", "false"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=1
         )
         for i in range(jobs)
     ]

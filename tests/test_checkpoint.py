@@ -128,6 +128,7 @@ def test_skip_nonfinite_skips_the_bad_step(tmp_path, capsys):
     assert summary["status"] == "completed" and "update skipped" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # three 8-device CLI runs; the default tier trains these meshes in test_mesh_matrix.py
 def test_restore_under_a_different_mesh(tmp_path):
     """Save on mesh (data 2, model 4) of 8 devices; resume at step 40 on 1 device and on (data 8)."""
     tp = ["--model.n_head", "4", "--mesh.data", "2", "--mesh.model", "4"]

@@ -82,6 +82,26 @@ def validate(runs: Runs, opts: FitOptions, *, where: str = "") -> dict[str, NotR
     return notes
 
 
+def approach2_with_interval(
+    runs: Runs, *, optional: bool, n_resamples: int, rtol: float = 0.1, seed: int = 0, level: float = 0.95
+):
+    """Approach 2 on ``runs`` (a not-run note when the design cannot support it and ``optional``)
+    and, with ``n_resamples``, its residual-bootstrap intervals (a note when the design leaves no
+    residuals): ``(fit, intervals)``."""
+    a2 = attempt(
+        lambda: approach2.fit_approach2(runs.N, runs.L, runs.C, budgets=runs.budget, rtol=rtol), optional=optional
+    )
+    a2_ci = None
+    if n_resamples and isinstance(a2, approach2.IsoFlopFit):
+        a2_ci = attempt(
+            lambda: approach2.bootstrap_approach2(
+                runs.N, runs.L, runs.C, a2, n_resamples, budgets=runs.budget, rtol=rtol, seed=seed, level=level
+            ),
+            optional=True,
+        )
+    return a2, a2_ci
+
+
 def fit_runs(runs: Runs, opts: FitOptions, *, skip: Mapping[str, NotRun] | None = None, alt_N=None) -> FitResult:
     """Approaches 3 and 2 as ``opts`` asks, on runs already validated (``skip``: the notes of
     :func:`validate`); ``alt_N``: a second parameter count per run for the diagnostics."""
@@ -107,25 +127,18 @@ def fit_runs(runs: Runs, opts: FitOptions, *, skip: Mapping[str, NotRun] | None 
             hold = holdout.holdout_top_c(runs.N, runs.D, runs.L, opts.holdout_top_c, C=runs.C, delta=opts.delta)
     a2 = a2_ci = None
     if "2" in opts.approaches:
-        a2 = skip.get("2") or attempt(
-            lambda: approach2.fit_approach2(runs.N, runs.L, runs.C, budgets=runs.budget, rtol=opts.budget_tol),
-            optional=opts.approach2_optional,
-        )
-        if opts.bootstrap and isinstance(a2, approach2.IsoFlopFit):  # no residuals on some designs: a note
-            a2_ci = attempt(
-                lambda: approach2.bootstrap_approach2(
-                    runs.N,
-                    runs.L,
-                    runs.C,
-                    a2,
-                    opts.bootstrap,
-                    budgets=runs.budget,
-                    rtol=opts.budget_tol,
-                    seed=opts.seed,
-                    level=opts.ci,
-                ),
-                optional=True,
+        a2, a2_ci = (
+            (skip["2"], None)
+            if "2" in skip
+            else approach2_with_interval(
+                runs,
+                optional=opts.approach2_optional,
+                n_resamples=opts.bootstrap,
+                rtol=opts.budget_tol,
+                seed=opts.seed,
+                level=opts.ci,
             )
+        )
     verdict = None
     if opts.diagnostics:
         if boot is None:

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scaling.laws import approach1, approach2, approach3, bootstrap, checks
-from scaling.laws.approach2 import Approach2Bootstrap, IsoFlopFit
+from scaling.laws import approach1, approach3, bootstrap, checks
+from scaling.laws.approach2 import Approach2Bootstrap
 from scaling.laws.approach3 import LawFit
-from scaling.laws.fit import attempt
+from scaling.laws.fit import approach2_with_interval, attempt
 from scaling.laws.law import DEFAULT_DELTA
 from scaling.laws.record import NotRun
 from scaling.laws.result import COUNT_COLUMNS, AltCount, Baseline, ComputeRow, FitResult, Noise
@@ -104,21 +104,9 @@ def fit_group(
     law, boot = _approach3(runs, opts)
     a2 = a2_ci = None
     if isoflop:
-        a2 = attempt(lambda: approach2.fit_approach2(runs.N, runs.L, runs.C, budgets=runs.budget), optional=True)
-        if isinstance(a2, IsoFlopFit) and opts.approach2_bootstrap:
-            a2_ci = attempt(
-                lambda: approach2.bootstrap_approach2(
-                    runs.N,
-                    runs.L,
-                    runs.C,
-                    a2,
-                    opts.approach2_bootstrap,
-                    budgets=runs.budget,
-                    seed=opts.seed,
-                    level=opts.level,
-                ),
-                optional=True,
-            )
+        a2, a2_ci = approach2_with_interval(
+            runs, optional=True, n_resamples=opts.approach2_bootstrap, seed=opts.seed, level=opts.level
+        )
     why = SWEEP.approach1(runs.N, runs.C)
     a1 = (
         NotRun(why)

@@ -102,6 +102,25 @@ def approach2_with_interval(
     return a2, a2_ci
 
 
+def diagnose_runs(runs: Runs, law, boot, a2, a2_ci, **kw) -> checks.Verdict:
+    """The diagnostics (:func:`scaling.laws.checks.diagnose`) of ``runs`` and their approach-3
+    ``law`` with its bootstrap ``boot``; approach 2's fit and interval for a are passed on when
+    its bootstrap ran (``a2_ci``), else the checks refit it. ``kw``: diagnose's other options."""
+    a2_boot = a2_ci if isinstance(a2_ci, Approach2Bootstrap) else None
+    return checks.diagnose(
+        runs.N,
+        runs.D,
+        runs.L,
+        fit=law,
+        ci=boot.ci(),
+        C=runs.C,
+        budgets=runs.budget,
+        approach2=a2 if a2_boot is not None else None,
+        approach2_a_interval=None if a2_boot is None else a2_boot.interval("a"),
+        **kw,
+    )
+
+
 def fit_runs(runs: Runs, opts: FitOptions, *, skip: Mapping[str, NotRun] | None = None, alt_N=None) -> FitResult:
     """Approaches 3 and 2 as ``opts`` asks, on runs already validated (``skip``: the notes of
     :func:`validate`); ``alt_N``: a second parameter count per run for the diagnostics."""
@@ -143,20 +162,15 @@ def fit_runs(runs: Runs, opts: FitOptions, *, skip: Mapping[str, NotRun] | None 
     if opts.diagnostics:
         if boot is None:
             raise UsageError("diagnostics need approach 3's bootstrap intervals")
-        a2_boot = a2_ci if isinstance(a2_ci, Approach2Bootstrap) else None
-        verdict = checks.diagnose(
-            runs.N,
-            runs.D,
-            runs.L,
-            fit=law,
-            ci=boot.ci(),
-            C=runs.C,
-            budgets=runs.budget,
+        verdict = diagnose_runs(
+            runs,
+            law,
+            boot,
+            a2,
+            a2_ci,
             rtol=opts.budget_tol,
             baseline=opts.baseline_loss,
             alt_N=alt_N,
-            approach2=a2 if a2_boot is not None else None,
-            approach2_a_interval=None if a2_boot is None else a2_boot.interval("a"),
             n_resamples=opts.bootstrap,
             seed=opts.seed,
             level=opts.ci,

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scaling.laws import approach1, approach3, bootstrap, checks
-from scaling.laws.approach2 import Approach2Bootstrap
+from scaling.laws import approach1, approach3, bootstrap
 from scaling.laws.approach3 import LawFit
-from scaling.laws.fit import approach2_with_interval, attempt
+from scaling.laws.fit import approach2_with_interval, attempt, diagnose_runs
 from scaling.laws.law import DEFAULT_DELTA
 from scaling.laws.record import NotRun
 from scaling.laws.result import COUNT_COLUMNS, AltCount, Baseline, ComputeRow, FitResult, Noise
@@ -122,19 +121,14 @@ def fit_group(
         alt = AltCount(count=other, n_col=COUNT_COLUMNS[other], fit=alt_fit)
     verdict = None
     if isinstance(law, LawFit) and boot is not None:
-        a2_boot = a2_ci if isinstance(a2_ci, Approach2Bootstrap) else None
-        verdict = checks.diagnose(
-            runs.N,
-            runs.D,
-            runs.L,
-            fit=law,
-            ci=boot.ci(),
-            C=runs.C,
-            budgets=runs.budget,
+        verdict = diagnose_runs(
+            runs,
+            law,
+            boot,
+            a2,
+            a2_ci,
             baseline=baseline.regime_loss if isinstance(baseline, Baseline) else None,
             alt_fit=alt.fit if alt is not None and isinstance(alt.fit, LawFit) else None,
-            approach2=a2 if a2_boot is not None else None,
-            approach2_a_interval=None if a2_boot is None else a2_boot.interval("a"),
             n_resamples=opts.approach2_bootstrap,
             seed=opts.seed,
             level=opts.level,

@@ -119,6 +119,15 @@ def test_auto_microbatches_keep_about_1024_tokens_per_device_on_a_cpu():
     assert auto(16, 256, 1, m=2) == 2  # an explicit value is kept
 
 
+def _train(t, batch, n):
+    """(loss, lr) of each of ``n`` steps of Trainer ``t`` on ``batch`` from its init, and the final parameters."""
+    state, out = t.init_state(), []
+    for _ in range(n):
+        state, m = t.train_step(state, batch)
+        out.append((float(m["loss"]), float(m["lr"])))
+    return out, jax.tree.leaves(state.params)
+
+
 def test_runs_of_one_shape_share_the_compiled_step_and_train_as_if_compiled_alone():
     """for_run: another schedule length, seed and NaN step, the same compiled step; every
     step's loss, lr and parameters equal those of a Trainer compiled for that run alone."""
@@ -136,21 +145,14 @@ def test_runs_of_one_shape_share_the_compiled_step_and_train_as_if_compiled_alon
             debug=DebugConfig(inject_nan_step=nan_step),
         )
 
-    def train(t, n):
-        state, out = t.init_state(), []
-        for _ in range(n):
-            state, m = t.train_step(state, batch)
-            out.append((float(m["loss"]), float(m["lr"])))
-        return out, jax.tree.leaves(state.params)
-
     first = Trainer(cfg(0), mesh, 20)
-    train(first, 2)
+    _train(first, batch, 2)
     assert Trainer.program_key(cfg(1, 4), mesh) == first.key
     shared = first.for_run(cfg(1, 4), 7)
     assert shared.compile_step() is first.compile_step() and shared.step_compiled
     alone = Trainer(cfg(1, 4), mesh, 7)
     assert not alone.step_compiled
-    (a, pa), (b, pb) = train(shared, 7), train(alone, 7)
+    (a, pa), (b, pb) = _train(shared, batch, 7), _train(alone, batch, 7)
     assert a == b or all((x == y) or (math.isnan(x[0]) and math.isnan(y[0]) and x[1] == y[1]) for x, y in zip(a, b))
     for x, y in zip(pa, pb):
         np.testing.assert_array_equal(x, y)
@@ -173,18 +175,11 @@ def test_runs_differing_in_lr_and_warmup_share_the_compiled_step():
             Config(), model=model, optim=OptimConfig(lr=lr, warmup_steps=warmup), train=TrainConfig(batch_size=4)
         )
 
-    def train(t, n):
-        state, out = t.init_state(), []
-        for _ in range(n):
-            state, m = t.train_step(state, batch)
-            out.append((float(m["loss"]), float(m["lr"])))
-        return out, jax.tree.leaves(state.params)
-
     first = Trainer(cfg(1e-2, 3), mesh, 6)
     assert Trainer.program_key(cfg(3e-3, 1), mesh) == first.key
     shared = first.for_run(cfg(3e-3, 1), 6)
     assert shared.compile_step() is first.compile_step()
-    (a, pa), (b, pb) = train(shared, 6), train(Trainer(cfg(3e-3, 1), mesh, 6), 6)
+    (a, pa), (b, pb) = _train(shared, batch, 6), _train(Trainer(cfg(3e-3, 1), mesh, 6), batch, 6)
     assert a == b
     for x, y in zip(pa, pb):
         np.testing.assert_array_equal(x, y)

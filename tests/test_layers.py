@@ -18,10 +18,12 @@ The layers::
     L7  scaling.inference, scaling.difficulty               decoding, loading runs; model-scored curricula
     L6  scaling.train                                       optimizer, step, programs, the run loop
     L5  scaling.evaluation, scaling.run_dir, scaling.run_curves, scaling.checkpoint, scaling.compile_cache
-    L4  scaling.data                                        corpus, token caches, batches, curriculum sampler
+    L4  scaling.data                                        corpus, embedded corpora, preparing corpora, token
+                                                            caches, batches, curriculum sampler
     L3  scaling.model                                       the GPT, attention kernels
     L2  scaling.tokenizer, scaling.flops, scaling.sharding, scaling.laws
-    L1  scaling.fields, scaling.config, scaling.config_parse, scaling.curriculum_config, scaling.io
+    L1  scaling.fields, scaling.config, scaling.config_parse, scaling.curriculum_config, scaling.io,
+        scaling.download
     L0  scaling.errors, scaling.paths
 """
 
@@ -47,6 +49,7 @@ LAYERS = {
     "scaling.config_parse": 1,
     "scaling.curriculum_config": 1,
     "scaling.io": 1,
+    "scaling.download": 1,
     "scaling.tokenizer": 2,
     "scaling.flops": 2,
     "scaling.sharding": 2,

@@ -129,8 +129,8 @@ class DataConfig:
 
     corpus: str = _f(
         "tinyshakespeare",
-        "a text file, a directory of .txt files, a glob, hf:<dataset name or path>, "
-        "or a corpus name under the shared data dir (tinyshakespeare, gutenberg)",
+        "a text, .jsonl or .parquet file, a directory of them (recursive), a glob, hf:NAME[:CONFIG][@SPLIT], "
+        "or a named corpus (tinyshakespeare, gutenberg: under SCALING_DATA_DIR, else embedded in the package)",
     )
     tokenizer: str = _f("byte", "byte | gpt2 | bpe:<vocab size> (trained on the training split)")
     val_fraction: float = _f(
@@ -139,7 +139,7 @@ class DataConfig:
         gt=0,
         lt=1,
     )
-    hf_text_field: str = _f("text", "record field holding the text (hf: corpora)")
+    hf_text_field: str = _f("text", "record field holding the text (hf:, .jsonl and .parquet corpora)")
     curriculum: str = _f("", "curriculum pacing: '' (none) | linear | root | step | exp | anti-<pacing>")
     curriculum_score: str = _f(
         "length", "difficulty score: [seq:|doc:]length | rarity | model:<run dir> (doc: scores whole documents)"

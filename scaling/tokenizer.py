@@ -1,8 +1,9 @@
 """Tokenizers, every one a ``tiktoken.Encoding`` with ``<|endoftext|>`` as its last id.
 
 - ``byte``: the 256 single-byte ranks (ids 0..255), end-of-text 256.
-- ``gpt2``: the r50k_base ranks (read from ``TIKTOKEN_CACHE_DIR``, by default the shared
-  tiktoken cache beside the checkout, so nothing is downloaded), end-of-text 50256.
+- ``gpt2``: the r50k_base ranks through tiktoken's own cache: read from ``TIKTOKEN_CACHE_DIR``
+  when it is set (offline), else downloaded once into tiktoken's default cache
+  (``$TMPDIR/data-gym-cache``) and read from there; end-of-text 50256.
 - ``bpe:<vocab>``: byte-level BPE trained on a corpus's training split with GPT-2's
   pre-tokenisation; ``vocab`` ids in all (vocab - 1 ranks, then end-of-text). Saved as a
   ``.tiktoken`` file in the cache directory and loaded from there next time.
@@ -23,7 +24,7 @@ from tiktoken.load import load_tiktoken_bpe
 
 from scaling.errors import UsageError
 from scaling.io import atomic_write_text
-from scaling.paths import cache_dir, shared_dir
+from scaling.paths import cache_dir
 
 EOT = "<|endoftext|>"
 # GPT-2's pre-tokenisation pattern (r50k_base).
@@ -38,13 +39,14 @@ def byte_encoding() -> tiktoken.Encoding:
 
 
 def gpt2_encoding() -> tiktoken.Encoding:
-    if "TIKTOKEN_CACHE_DIR" not in os.environ and (shared_dir() / "tiktoken").is_dir():
-        os.environ["TIKTOKEN_CACHE_DIR"] = str(shared_dir() / "tiktoken")
     try:
         return tiktoken.get_encoding("r50k_base")
-    except Exception as e:  # a missing cache means tiktoken tried the network
+    except Exception as e:  # not in the cache, and the download failed
+        where = os.environ.get("TIKTOKEN_CACHE_DIR") or "tiktoken's default cache"
         raise UsageError(
-            f"gpt2 tokenizer unavailable (set TIKTOKEN_CACHE_DIR to a cache with r50k_base): {e}"
+            f"gpt2 tokenizer unavailable: r50k_base is not in {where} and could not be downloaded "
+            f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+            "set TIKTOKEN_CACHE_DIR to a cache that holds it"
         ) from None
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
+import tiktoken.load
+import tiktoken.registry
 
 from scaling import tokenizer as tok
 from scaling.errors import UsageError
@@ -60,3 +65,32 @@ def test_bpe_merges_the_most_frequent_pair_first():
 def test_unknown_tokenizer_is_a_usage_error(bad):
     with pytest.raises(UsageError, match="tokenizer|bpe"):
         tok.check_name(bad)
+
+
+def _offline(monkeypatch):
+    """tiktoken with no encodings built yet and no network: a fetch raises."""
+
+    def no_network(url):
+        raise ConnectionError(f"offline: {url}")
+
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
+    monkeypatch.setattr(tiktoken.load, "read_file", no_network)
+
+
+def test_gpt2_ranks_from_a_copy_of_the_tiktoken_cache(tmp_path, monkeypatch):
+    src = os.environ.get("TIKTOKEN_CACHE_DIR")
+    if not src or not os.path.isdir(src):
+        if os.environ.get("CI") == "true":
+            pytest.fail("TIKTOKEN_CACHE_DIR is not set to a tiktoken cache in CI")
+        pytest.skip("no TIKTOKEN_CACHE_DIR with r50k_base")
+    shutil.copytree(src, tmp_path / "tiktoken")
+    _offline(monkeypatch)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken"))
+    assert tok.get_tokenizer("gpt2").encode_ordinary("Every effort moves you") == [6109, 3626, 6100, 345]
+
+
+def test_gpt2_without_its_ranks_or_a_network_is_one_usage_error(tmp_path, monkeypatch):
+    _offline(monkeypatch)
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty"))
+    with pytest.raises(UsageError, match="gpt2 tokenizer unavailable: r50k_base is not in .*empty"):
+        tok.get_tokenizer("gpt2")

@@ -55,7 +55,8 @@ def test_a_fresh_install_runs_the_smoke_sweep_and_trains_on_the_default_corpus(t
     assert train.returncode == 0, train.stderr[-3000:]
     assert (tmp_path / "run" / "summary.json").is_file()
     cache = tmp_path / "home" / ".cache" / "scaling"
-    assert sorted(p.name.split("-")[0] for p in (cache / "corpora").iterdir()) == ["gutenberg", "tinyshakespeare"]
+    extracted = sorted(p.name.split("-")[0] for p in (cache / "corpora").iterdir() if not p.name.startswith("."))
+    assert extracted == ["gutenberg", "tinyshakespeare"]
     books = json.loads((site / "scaling" / "data" / "corpora" / "manifest.json").read_text())["corpora"]["gutenberg"]
     tokens = [json.loads(p.read_text()) for p in (cache / "tokens").glob("*/manifest.json")]
     assert [t["n_documents"] for t in tokens if t["corpus"] == "gutenberg"] == [len(books["documents"])]

@@ -77,10 +77,8 @@ def download(
             last = str(getattr(e, "reason", None) or e) or type(e).__name__
     else:
         have = part.stat().st_size if part.exists() else 0
-        raise DownloadError(
-            f"cannot download {url} after {retries + 1} tries ({last}); {have} bytes kept in {part}, "
-            "run again to resume"
-        )
+        kept = f"; {have} bytes kept in {part}, run again to resume" if have else ""
+        raise DownloadError(f"cannot download {url} after {retries + 1} tries ({last}){kept}")
     if sha256 is not None:
         got = sha256_file(part)
         if got != sha256:

@@ -129,16 +129,25 @@ def prepare_file(out: Path, doc: dict, url: str, on_bytes: Callable[[int], None]
     if _check_existing(dest, {dest: doc}):
         return dest
     stage = out / PARTIAL / doc["path"]
-    download(url, stage, sha256=doc["sha256"], on_bytes=on_bytes)
+    try:
+        download(url, stage, sha256=doc["sha256"], on_bytes=on_bytes)
+    except DownloadError:
+        _drop_empty_folders(stage)
+        raise
     _move_into_place(stage, dest)
     return dest
 
 
 def _move_into_place(stage: Path, dest: Path) -> None:
-    """Rename the assembled ``stage`` to ``dest``, then drop the staging folders left empty."""
+    """Rename the assembled ``stage`` to ``dest``; the staging folders left empty go."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.rename(stage, dest)
     fsync_dir(dest.parent)
+    _drop_empty_folders(stage)
+
+
+def _drop_empty_folders(stage: Path) -> None:
+    """Remove the staging folders above ``stage`` that are empty, up to ``.partial``."""
     for folder in stage.parents:
         try:
             folder.rmdir()

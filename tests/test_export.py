@@ -193,6 +193,16 @@ def test_cli_refuses_what_gpt2_cannot_express(tmp_path, capsys, sections, field)
     assert not (tmp_path / "out").exists()
 
 
+def test_every_field_gpt2_lacks_is_named():
+    cfg = Config(model=ModelConfig(position="rotary", mlp="swiglu"), data=DataConfig(tokenizer="bpe:300"))
+    assert [why.split(" ")[0] for why in export.unsupported(cfg)] == [
+        "model.position=rotary",
+        "model.mlp=swiglu",
+        "data.tokenizer=bpe:300",
+    ]
+    assert export.unsupported(Config(model=ModelConfig(vocab_size=257))) == []
+
+
 @pytest.mark.parametrize(
     "args, message",
     [

@@ -61,37 +61,31 @@ DTYPES = {"float32": ("F32", np.float32), "bfloat16": ("BF16", ml_dtypes.bfloat1
 """Weight dtypes of an export: name -> (safetensors dtype, numpy dtype)."""
 
 
-def unsupported(cfg: Config) -> str | None:
-    """One line naming the first setting of ``cfg`` a GPT-2 checkpoint cannot express; None
-    when the run is exportable."""
-    m = cfg.model
+def unsupported(cfg: Config) -> list[str]:
+    """What ``cfg`` sets that a GPT-2 checkpoint cannot express, each naming its field (empty
+    when the run is exportable)."""
+    m, name = cfg.model, cfg.data.tokenizer
+    objective = getattr(cfg.train, "objective", "causal")  # a config without the field trains the causal one
     checks = (
-        (m.position == "learned", f"model.position={m.position}: GPT-2 has learned absolute positions only"),
-        (m.norm == "layernorm", f"model.norm={m.norm}: GPT-2 has LayerNorm only"),
-        (m.bias, "model.bias=false: GPT-2 has biases in every linear layer and LayerNorm"),
-        (m.mlp == "gelu", f"model.mlp={m.mlp}: GPT-2's MLP is the tanh-GELU one (model.mlp=gelu)"),
+        (m.position == "learned", f"model.position={m.position} (GPT-2 has learned absolute positions only)"),
+        (m.norm == "layernorm", f"model.norm={m.norm} (GPT-2 has LayerNorm only)"),
+        (m.bias, "model.bias=false (GPT-2 has biases in every linear layer and LayerNorm)"),
+        (m.mlp == "gelu", f"model.mlp={m.mlp} (GPT-2's MLP is the tanh-GELU one)"),
+        (objective == "causal", f"train.objective={objective} (GPT-2 is a causal language model)"),
+        (name in TOKENIZERS, f"data.tokenizer={name} (a GPT-2 export carries the gpt2 or byte vocabulary only)"),
         (
-            # a config without the field trains the causal objective
-            getattr(cfg.train, "objective", "causal") == "causal",
-            f"train.objective={getattr(cfg.train, 'objective', '')}: GPT-2 is a causal language model",
-        ),
-        (
-            cfg.data.tokenizer in TOKENIZERS,
-            f"data.tokenizer={cfg.data.tokenizer}: a GPT-2 export carries the gpt2 or byte vocabulary only",
-        ),
-        (
-            m.vocab_size >= tok.vocab_size(cfg.data.tokenizer) if cfg.data.tokenizer in TOKENIZERS else True,
-            f"model.vocab_size={m.vocab_size}: smaller than the {cfg.data.tokenizer} tokenizer's ids",
+            name not in TOKENIZERS or m.vocab_size >= tok.vocab_size(name),
+            f"model.vocab_size={m.vocab_size} (fewer ids than the {name} tokenizer's)",
         ),
     )
-    return next((why for ok, why in checks if not ok), None)
+    return [why for ok, why in checks if not ok]
 
 
 def check_exportable(cfg: Config) -> None:
-    """UsageError naming the field when ``cfg`` cannot be written as GPT-2 (before any weights are read)."""
+    """UsageError naming every setting GPT-2 cannot express (before any weights are read)."""
     why = unsupported(cfg)
-    if why is not None:
-        raise UsageError(f"cannot export as GPT-2: {why}")
+    if why:
+        raise UsageError(f"cannot export as GPT-2: {'; '.join(why)}")
 
 
 def gpt2_config(cfg: Config, dtype: str = "float32") -> dict[str, Any]:

@@ -201,6 +201,8 @@ def test_every_field_gpt2_lacks_is_named():
         "data.tokenizer=bpe:300",
     ]
     assert export.unsupported(Config(model=ModelConfig(vocab_size=257))) == []
+    gpt2 = export.gpt2_config(Config(model=ModelConfig(vocab_size=50304), data=DataConfig(tokenizer="gpt2")))
+    assert (gpt2["vocab_size"], gpt2["eos_token_id"], gpt2["scaling_tokenizer"]) == (50304, 50256, "gpt2")
 
 
 @pytest.mark.parametrize(

@@ -20,8 +20,6 @@ import sys
 
 from scaling.errors import ArgumentParser, UsageError, check_out_dir, exit_on_usage_error
 
-DTYPES = ("float32", "bfloat16", "float16")
-
 
 def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
@@ -32,8 +30,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dtype",
         default="float32",
-        choices=DTYPES,
-        help="dtype of the written weights (default float32, exact; the parameters are float32)",
+        metavar="DTYPE",
+        help="dtype of the written weights: float32 (the default: exact, the parameters are float32), "
+        "bfloat16 or float16",
     )
     return p
 

@@ -210,7 +210,7 @@ def test_every_field_gpt2_lacks_is_named():
     [
         (["--run", "MISSING", "--out", "OUT"], "run directory not found"),
         (["--run", "EMPTY", "--out", "OUT"], "not a training run directory"),
-        (["--run", "EMPTY", "--out", "OUT", "--dtype", "int8"], "invalid choice: 'int8'"),
+        (["--run", "EMPTY", "--out", "OUT", "--dtype", "int8"], "--dtype must be one of float32, bfloat16"),
         (["--run", "EMPTY", "--out", "FILE"], "exists and is not a directory"),
     ],
 )

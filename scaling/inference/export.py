@@ -170,6 +170,11 @@ def safetensors_bytes(tensors: dict[str, np.ndarray], dtype: str = "float32") ->
     return struct.pack("<Q", len(raw)) + raw + b"".join(blobs)
 
 
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+
+
 def check_out(out: Path) -> None:
     """``out`` is absent, empty or a previous export (holding only :data:`FILES`): anything else
     is refused, so that no other weights beside the new ones confuse a loader."""
@@ -188,8 +193,7 @@ def write(out: str | Path, cfg: Config, params: Any, *, dtype: str = "float32") 
     config.json written. A previous export there is replaced: its config.json goes first and the
     new one comes last, so an interrupted export leaves no directory that loads mismatched files."""
     out = Path(out)
-    if dtype not in DTYPES:
-        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    check_dtype(dtype)
     hf_config = gpt2_config(cfg, dtype)
     check_out(out)
     data = safetensors_bytes(gpt2_tensors(cfg.model, params), dtype)
@@ -205,12 +209,11 @@ def export_run(run_dir: str | Path, out: str | Path, *, dtype: str = "float32") 
     config.json written. Everything is checked (the run's config can be expressed, ``dtype``,
     ``out``) before the checkpoint is read."""
     run_dir, out = Path(run_dir), Path(out)
+    check_dtype(dtype)
     if not run_dir.is_dir():
         raise UsageError(f"run directory not found: {run_dir}")
     cfg = run_dir_lib.read_config(run_dir)
     check_exportable(cfg)
-    if dtype not in DTYPES:
-        raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     check_out(out)
     cfg, params = load_run(run_dir)
     return write(out, cfg, params, dtype=dtype)

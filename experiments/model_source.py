@@ -13,7 +13,10 @@ def add_model_source(parser: argparse.ArgumentParser) -> None:
         "--checkpoint", metavar="DIR", help="a training run directory (python -m experiments.train --out DIR)"
     )
     src.add_argument(
-        "--hf-gpt2", metavar="DIR", help="a Hugging Face GPT-2 directory (config.json + model.safetensors)"
+        "--hf-gpt2",
+        metavar="DIR",
+        help="a Hugging Face GPT-2 directory (config.json + model.safetensors or pytorch_model.bin; float32, "
+        "bfloat16 or float16 weights), such as python -m experiments.export writes",
     )
 
 

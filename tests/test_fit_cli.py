@@ -429,27 +429,6 @@ def test_bad_input_subprocess_exit_code(tmp_path):
     assert p.stdout == ""
 
 
-# -------------------------------------------------------------------- notebook
-
-
-def test_notebook_executes(tmp_path, monkeypatch):
-    nbformat = pytest.importorskip("nbformat")
-    nbclient = pytest.importorskip("nbclient")
-    csv = write_sweep_csv(tmp_path / "results.csv", n_budgets=4, n_sizes=6)
-    monkeypatch.setenv("SCALING_FIT_CSV", str(csv))
-    monkeypatch.setenv("SCALING_FIT_BOOTSTRAP", "10")
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
-    nb = nbformat.read(REPO / "analysis" / "chinchilla.ipynb", as_version=4)
-    client = nbclient.NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
-    )
-    client.execute()
-    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert "approach 3" in text and "alpha =" in text and "approach 2 (IsoFLOP, 4 budgets)" in text
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
-    assert len(images) == 5  # isoflop, frontier, optimal N, predicted vs observed, residuals
-
-
 # ------------------------------------- annealed endpoints, approach 2 intervals, diagnostics
 
 EPOCH = (1.8172, 477.8, 2143.4, 0.3473, 0.3672)

@@ -1,9 +1,10 @@
-"""Inference: decoding with a KV cache, loading a trained run or GPT-2 weights.
+"""Inference: decoding with a KV cache, loading a trained run or GPT-2 weights, GPT-2 export.
 
     decode   greedy and sampling (temperature, top-k, top-p); sequence scoring
     beam     beam search
     load     InferenceModel: a trained run's checkpoint or a GPT-2 directory, with its tokenizer
-    hf       reading Hugging Face GPT-2 files (safetensors, config.json) into the Flax GPT
+    hf       reading Hugging Face GPT-2 files (config.json, safetensors or PyTorch weights) into the Flax GPT
+    export   writing a run's model as a Hugging Face GPT-2 checkpoint (config.json, model.safetensors)
 
 Loss, perplexity and bits per byte of a text are :mod:`scaling.evaluation`'s; they are
 importable from here too, with the decoding and loading names.

@@ -14,13 +14,16 @@ OpenAI-converted files). GPT-2's ``Conv1D`` stores weights as (in, out), y = x @
     ln_f                        -> ln_f
     lm_head.weight (V, d)       -> lm_head/kernel (d, V) when embeddings are not tied
 
-The tokenizer is ``gpt2`` (tiktoken's r50k_base, read from the local cache);
-:func:`scaling.inference.load.load_gpt2` puts both together. The safetensors files are read
-with a small reader of their documented layout (8-byte little-endian header size, a JSON
-header, raw little-endian tensors). Every missing or unreadable file, malformed header (a
-size past the file, non-JSON, offsets outside the data, an unknown dtype), index entry
-outside the directory, unsupported option, missing tensor or wrong shape is a
-:class:`~scaling.errors.UsageError` naming it.
+The tokenizer is ``gpt2`` (tiktoken's r50k_base, read from the local cache), or the one
+``config.json``'s ``scaling_tokenizer`` names (``gpt2`` or ``byte``: this project's exports,
+:mod:`scaling.inference.export`); :func:`scaling.inference.load.load_gpt2` puts both together.
+Weights may be float32, bfloat16 or float16 (the parameters are float32). The safetensors files
+are read with a small reader of their documented layout (8-byte little-endian header size, a
+JSON header, raw little-endian tensors); without safetensors weights, ``pytorch_model.bin`` (or
+its shards) is read with PyTorch (``weights_only``: tensors only, no code), imported then.
+Every missing or unreadable file, malformed header (a size past the file, non-JSON, offsets
+outside the data, an unknown dtype), index entry outside the directory, unsupported option,
+missing tensor or wrong shape is a :class:`~scaling.errors.UsageError` naming it.
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ _DTYPES = {
     "BOOL": np.bool_,
 }
 _BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers of older checkpoints
+TOKENIZERS = ("gpt2", "byte")  # the vocabularies config.json's scaling_tokenizer may name
 
 
 def _bad(path: Path, why: str) -> UsageError:
@@ -155,6 +159,15 @@ def _get(hf: dict, key: str, typ: type, default: Any = None) -> Any:
     return typ(v)
 
 
+def tokenizer_name(hf: dict) -> str:
+    """The tokenizer of a GPT-2 ``config.json``: its ``scaling_tokenizer`` (written by this
+    project's export), else ``gpt2``."""
+    name = hf.get("scaling_tokenizer", "gpt2")
+    if name not in TOKENIZERS:
+        raise UsageError(f"config.json: scaling_tokenizer {str(name)[:40]!r} is not one of {', '.join(TOKENIZERS)}")
+    return name
+
+
 def model_config(hf: dict, n_vocab_tokenizer: int = 50257) -> ModelConfig:
     """The ModelConfig equivalent to a GPT-2 ``config.json`` (refusing options it lacks)."""
     act = hf.get("activation_function", "gelu_new")
@@ -169,8 +182,9 @@ def model_config(hf: dict, n_vocab_tokenizer: int = 50257) -> ModelConfig:
         raise UsageError("config.json: scale_attn_weights=false is not supported")
     vocab = _get(hf, "vocab_size", int, 50257)
     if vocab < n_vocab_tokenizer:
+        name = tokenizer_name(hf)
         raise UsageError(
-            f"config.json: vocab_size {vocab} is smaller than the gpt2 tokenizer's {n_vocab_tokenizer} ids"
+            f"config.json: vocab_size {vocab} is smaller than the {name} tokenizer's {n_vocab_tokenizer} ids"
         )
     try:
         return ModelConfig(
@@ -199,33 +213,63 @@ def _shard_path(model_dir: Path, index: Path, name: Any) -> Path:
     """A shard named by the index: a relative path inside the model directory (no absolute
     path, no '..'); a symbolic link inside it is followed, as in the Hugging Face cache."""
     if not isinstance(name, str) or not name or "\0" in name:
-        raise UsageError(f"{index} is not a valid safetensors index: weight_map value {str(name)[:40]!r}")
+        raise UsageError(f"{index} is not a valid weights index: weight_map value {str(name)[:40]!r}")
     p = PurePosixPath(name)
     if p.is_absolute() or ".." in p.parts or PureWindowsPath(name).drive:
         raise UsageError(f"{index} names a weight file outside {model_dir}: {name[:80]!r}")
     return model_dir / p
 
 
+def read_torch_bin(path: Path) -> dict[str, np.ndarray]:
+    """The tensors of a PyTorch ``state_dict`` file as float32 numpy arrays (bfloat16 has no
+    numpy dtype in PyTorch), read with ``weights_only=True``: tensors and containers only."""
+    try:
+        import torch  # optional: only PyTorch checkpoints need it
+    except ImportError:
+        raise UsageError(f"reading {path.name} needs PyTorch: pip install 'scaling[hf]'") from None
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a PyTorch file, or objects weights_only refuses
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UsageError(f"{path} is not a readable PyTorch checkpoint: {first[:120]}") from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UsageError(f"{path} is not a PyTorch state_dict (a mapping of names to tensors)")
+    return {str(k): v.detach().to(torch.float32).numpy() for k, v in sd.items()}
+
+
+def _read_index(model_dir: Path, index: Path, read, what: str) -> dict[str, np.ndarray]:
+    """The tensors of every shard an index (``*.index.json`` of ``what`` files) lists, each
+    read with ``read``."""
+    try:
+        idx = json.loads(read_input_text(index, f"{what} index"))
+    except (ValueError, RecursionError) as e:
+        raise UsageError(f"{index} is not a valid {what} index: {str(e)[:80]}") from None
+    weight_map = idx.get("weight_map") if isinstance(idx, dict) else None
+    if not isinstance(weight_map, dict):
+        raise UsageError(f"{index} is not a valid {what} index: no weight_map object")
+    tensors = {}
+    for path in sorted({_shard_path(model_dir, index, name) for name in weight_map.values()}):
+        if not path.is_file():
+            raise UsageError(f"{path} (listed in {index.name}) is missing")
+        tensors.update(read(path))
+    return tensors
+
+
 def read_weights(model_dir: Path) -> dict[str, np.ndarray]:
-    single, index = model_dir / "model.safetensors", model_dir / "model.safetensors.index.json"
-    if single.is_file():
-        tensors = read_safetensors(single)
-    elif index.is_file():
-        try:
-            idx = json.loads(read_input_text(index, "safetensors index"))
-        except (ValueError, RecursionError) as e:
-            raise UsageError(f"{index} is not a valid safetensors index: {str(e)[:80]}") from None
-        weight_map = idx.get("weight_map") if isinstance(idx, dict) else None
-        if not isinstance(weight_map, dict):
-            raise UsageError(f"{index} is not a valid safetensors index: no weight_map object")
-        paths = sorted({_shard_path(model_dir, index, name) for name in weight_map.values()})
-        tensors = {}
-        for path in paths:
-            if not path.is_file():
-                raise UsageError(f"{path} (listed in {index.name}) is missing")
-            tensors.update(read_safetensors(path))
+    """The checkpoint's tensors, named without the ``transformer.`` prefix: from
+    ``model.safetensors``, its shards, or else ``pytorch_model.bin`` or its shards."""
+    st, st_index = model_dir / "model.safetensors", model_dir / "model.safetensors.index.json"
+    pt, pt_index = model_dir / "pytorch_model.bin", model_dir / "pytorch_model.bin.index.json"
+    if st.is_file():
+        tensors = read_safetensors(st)
+    elif st_index.is_file():
+        tensors = _read_index(model_dir, st_index, read_safetensors, "safetensors")
+    elif pt.is_file():
+        tensors = read_torch_bin(pt)
+    elif pt_index.is_file():
+        tensors = _read_index(model_dir, pt_index, read_torch_bin, "PyTorch")
     else:
-        raise UsageError(f"no model.safetensors in {model_dir} (only safetensors weights are read)")
+        raise UsageError(f"no model.safetensors (or pytorch_model.bin) in {model_dir}")
     return {k.removeprefix("transformer."): v for k, v in tensors.items() if not k.endswith(_BUFFERS)}
 
 

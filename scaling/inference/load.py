@@ -55,12 +55,13 @@ def load_checkpoint(run_dir: str | Path) -> InferenceModel:
 
 
 def load_gpt2(model_dir: str | Path) -> InferenceModel:
-    """A Hugging Face GPT-2 directory (config.json and safetensors weights) with the gpt2 tokenizer."""
+    """A Hugging Face GPT-2 directory (config.json and safetensors or PyTorch weights) with the
+    gpt2 tokenizer, or the byte tokenizer where config.json's ``scaling_tokenizer`` says so."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise UsageError(f"Hugging Face GPT-2 directory not found: {model_dir}")
     hf_config = hf.read_config(model_dir)
-    enc = tok.get_tokenizer("gpt2")
+    enc = tok.get_tokenizer(hf.tokenizer_name(hf_config))
     cfg = hf.model_config(hf_config, enc.n_vocab)
     params = hf.convert(cfg, hf.read_weights(model_dir))
     hf.check_tree(cfg, params)

@@ -12,6 +12,7 @@ intervals, hold-out checks and diagnostics.  numpy/scipy only (no JAX): fits run
   thresholds, records and verdict
 - :mod:`~scaling.laws.count_models`: n-gram count models, the regime check's baseline
 - :mod:`~scaling.laws.support`: which approaches a set of runs supports (the one rule)
+- :mod:`~scaling.laws.reach`: how many decades of compute a prediction lies beyond the runs
 - :mod:`~scaling.laws.runs`: the inputs read and validated (a CSV of runs; curves and endpoints
   from run directories are :mod:`scaling.run_curves`'s, as arrays)
 - :mod:`~scaling.laws.fit`, :mod:`~scaling.laws.result`, :mod:`~scaling.laws.report`: every

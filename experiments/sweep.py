@@ -72,7 +72,10 @@ DEFAULT_CONFIG = CONFIGS / "default.yaml"
 
 def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
-        prog="python -m experiments.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m experiments.sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # --isoflop.budget is a typo, not --isoflop.budgets
     )
     p.add_argument(
         "--config", default=None, help=f"sweep spec (YAML); default {DEFAULT_CONFIG.relative_to(CONFIGS.parent.parent)}"

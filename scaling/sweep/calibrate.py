@@ -104,9 +104,9 @@ class Calibration:
                 f"by several times); --dry-run --calibrate times a few real steps on this machine"
             )
         parts = [
-            f"{p.get('shape', p['run_id'])}: {p['step_s'] * 1e3:.1f} ms/step ({p['flops_per_step'] / p['step_s'] / 1e9:.2f} "
-            f"GFLOP/s), compile {p['compile_s']:.1f}s, eval {p['eval_s'] * 1e3:.1f} ms/batch, "
-            f"checkpoint {p['ckpt_s']:.2f}s"
+            f"{p.get('shape', p['run_id'])}: {p['step_s'] * 1e3:.1f} ms/step "
+            f"({p['flops_per_step'] / p['step_s'] / 1e9:.2f} GFLOP/s), compile {p['compile_s']:.1f}s, "
+            f"eval {p['eval_s'] * 1e3:.1f} ms/batch, checkpoint {p['ckpt_s']:.2f}s"
             for p in self.points
         ]
         if self.source == "cached":

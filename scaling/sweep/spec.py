@@ -224,9 +224,8 @@ def load_spec(path: str | Path, flags: dict[str, Any] | None = None, shown: str 
     ``shown`` as given) in place of its values; UsageError naming the problem."""
     p = Path(path)
     d = load_yaml(p)
-    where = str(p)
-    parse_mapping(d, where, SPEC_KEYS)
-    d = with_flags(d, flags or {})
+    parse_mapping(d, str(p), SPEC_KEYS)
+    d, where = with_flags(d, flags or {}), f"{p} with {shown}" if shown else str(p)
     name = str(d.get("name") or p.stem)
     if not _NAME_RE.match(name):
         raise spec_error(where, f"name {name!r} must be a plain word (letters, digits, - _ . +)")

@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None):
                     + "\n# then the sweep:"
                 )
             print(sweep.format_plan(plan, runs, estimates, shard, workers=jobs))
+            print(_platform())
             for line in notes:
                 print(line)
             if spec.fit:
@@ -234,6 +235,7 @@ def main(argv: list[str] | None = None):
         if scan is not None:
             print(sweep.format_plan(scan, scan_runs, None, shard), flush=True)
         print(sweep.format_plan(plan, runs, None, shard), flush=True)
+        print(_platform(), flush=True)
         print(f"sweep directory: {out}", flush=True)
     if jobs > 1:
         _run_workers(argv, jobs)
@@ -251,6 +253,18 @@ def main(argv: list[str] | None = None):
     if is_main:
         _report(result, out)
     return result
+
+
+def _platform() -> str:
+    """The line naming what JAX runs on (a CPU when an accelerator's JAX build is missing)."""
+    import jax
+
+    devices = jax.devices()
+    return (
+        f"platform: {jax.default_backend()}, {len(devices)} device(s) ({devices[0].device_kind})"
+        + (f" over {jax.process_count()} processes" if jax.process_count() > 1 else "")
+        + f", jax {jax.__version__}"
+    )
 
 
 def _parse_jobs(text: str) -> int:

@@ -313,30 +313,28 @@ def _estimates(args, argv: list[str], plan, scan, shard: tuple[int, int], jobs: 
 
     from scaling import sweep
 
-    if jobs == 1:
-        parts = [(plan.shard(*shard), () if scan is None else scan.shard(*shard))]
-    else:
-        parts = [(plan.shard(i, jobs), () if scan is None else scan.shard(i, jobs)) for i in range(jobs)]
+    shards = [shard] if jobs == 1 else [(i, jobs) for i in range(jobs)]
+    parts = [(*(() if scan is None else scan.shard(*sh)), *plan.shard(*sh)) for sh in shards]  # as trained
     if args.calibrate and jobs > 1:
         calibs = _calibrate_in_workers(argv, jobs)
     elif args.calibrate:
-        calibs = [sweep.calibrate(parts[0][0])]
-        sweep.store_calibration(parts[0][0], calibs[0])
+        calibs = [sweep.calibrate(parts[0]) if parts[0] else None]
+        if calibs[0] is not None:
+            sweep.store_calibration(parts[0], calibs[0])
     else:
         flags = None if jobs == 1 else _worker_env()["XLA_FLAGS"]
-        calibs = [sweep.cached_calibration(runs, flags) for runs, _ in parts]
-        if any(c is None for c in calibs):
-            calibs = [sweep.rough_calibration(runs, jax.default_backend()) for runs, _ in parts]
-    estimates: dict[str, float] = {}
-    for c, (runs, scan_runs) in zip(calibs, parts):
-        estimates.update(c.estimate_runs((*scan_runs, *runs)))
+        calibs = [sweep.cached_calibration(runs, flags) if runs else None for runs in parts]
+        if any(c is None for c, runs in zip(calibs, parts) if runs):
+            calibs = [sweep.rough_calibration(runs, jax.default_backend()) if runs else None for runs in parts]
     if args.estimates_out:  # a worker of _calibrate_in_workers
-        Path(args.estimates_out).write_text(json.dumps(calibs[0].to_json()))
-    if calibs[0].source == "rough":
-        notes = [calibs[0].describe()]
-    else:
-        notes = [c.describe() if jobs == 1 else f"worker {i}: {c.describe()}" for i, c in enumerate(calibs)]
-    return estimates, notes, calibs[0].source != "rough"
+        Path(args.estimates_out).write_text(json.dumps(calibs[0].to_json() if calibs[0] else None))
+    estimates: dict[str, float] = {}
+    for c, runs in zip(calibs, parts):
+        estimates.update(c.estimate_runs(runs) if c is not None else {})
+    known = [(i, c) for i, c in enumerate(calibs) if c is not None]
+    if not known or known[0][1].source == "rough":
+        return estimates, [c.describe() for _, c in known[:1]], False
+    return estimates, [c.describe() if jobs == 1 else f"worker {i}: {c.describe()}" for i, c in known], True
 
 
 def _calibrate_in_workers(argv: list[str], jobs: int) -> list:
@@ -357,7 +355,8 @@ def _calibrate_in_workers(argv: list[str], jobs: int) -> list:
         for i, (p, path) in enumerate(zip(procs, paths)):
             if p.returncode != 0 or not path.is_file():
                 raise UsageError(f"calibration worker {i} failed: {(errors[i].strip().splitlines() or ['?'])[-1]}")
-            calibs.append(sweep.Calibration.from_json(json.loads(path.read_text()), source="calibrated"))
+            d = json.loads(path.read_text())
+            calibs.append(None if d is None else sweep.Calibration.from_json(d, source="calibrated"))
     return calibs
 
 

@@ -19,7 +19,7 @@ from experiments import sweep as sweep_cli
 from scaling import sweep
 from scaling.config import Config
 from scaling.errors import UsageError
-from scaling.sweep.calibrate import calibrated_runs
+from scaling.sweep.calibrate import ROUGH, calibrated_runs
 from scaling.sweep.parse import SPEC_FLAGS, parse_flag, parse_items, parse_model_item, parse_seeds
 from scaling.sweep.show import format_duration
 from scaling.sweep.spec import SPEC_KEYS
@@ -78,7 +78,8 @@ def test_a_dry_run_estimates_from_flops_then_from_a_stored_calibration(cli_env, 
     rough = sweep.rough_calibration(plan.runs, "cpu")
     assert "estimates UNCALIBRATED" in text and "(uncalibrated)" in text
     for p, r in zip(rough.points, calibrated_runs(plan.runs)):  # the smallest and the largest shape
-        assert p["step_s"] == pytest.approx(2e-3 + r.flops_per_step / 2e9)  # ROUGH["cpu"]: 2 GFLOP/s, 2 ms
+        rate, overhead, compile_s = ROUGH["cpu"]
+        assert p["step_s"] == pytest.approx(overhead + r.flops_per_step / rate) and p["compile_s"] == compile_s
     printed = _est_column(text)
     assert set(printed) == {r.run_id for r in plan.runs}
     for rid, s in rough.estimate_runs(plan.runs).items():
@@ -276,3 +277,13 @@ def test_a_shape_reads_as_its_numbers(n_layer, d_model, n_head):
 def test_a_count_is_left_to_the_spec_check(text):
     assert parse_flag("grid.models", text) == [text]
     assert parse_flag("lr_scan.models", text) == text  # one count: a number of scanned sizes
+
+
+def test_a_dry_run_with_more_workers_than_a_plan_has_families_estimates_every_run(cli_env, capsys):
+    plan = sweep_cli.main(
+        ["--config", str(SMOKE), "--out", str(cli_env / "out"), "--dry-run", "--jobs", "8"]
+        + ["--lr_scan.lrs", "1e-3,2e-3", "--lr_scan.flops", "5e9"]
+    )
+    text = capsys.readouterr().out
+    printed = _est_column(text)
+    assert len(printed) == len(plan.runs) + 4 and "with 8 workers (uncalibrated)" in text  # 2 sizes x 2 rates

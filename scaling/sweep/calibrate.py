@@ -35,9 +35,9 @@ SOURCES = ("calibrated", "cached", "rough")
 ROUGH = {
     # backend: (FLOP/s, seconds per step beside the FLOPs, compile seconds per shape); assumed
     # by the uncalibrated estimate, which can be off by several times either way
-    "cpu": (2e9, 2e-3, 15.0),
-    "gpu": (2e13, 5e-3, 30.0),
-    "tpu": (5e13, 5e-3, 30.0),
+    "cpu": (2e10, 1e-3, 10.0),
+    "gpu": (2e13, 3e-3, 30.0),
+    "tpu": (5e13, 3e-3, 30.0),
 }
 FIT_S = 0.6  # seconds of one approach-3 fit from the full start grid, assumed when not timed
 

@@ -122,11 +122,30 @@ SPEC_HELP = {
     "seeds": "the seeds every run is trained with, e.g. 0,1",
     "isoflop.budgets": "the FLOP budgets (6ND), e.g. 1e12,3e12; an isoflop design in place of a grid",
     "isoflop.models": "the model sizes of every budget: counts (1e5, 100K) or shapes (L2-d32, L2-d32-h4)",
+    "isoflop.min_steps": "runs of fewer steps are left out of the plan",
+    "isoflop.min_tokens_per_param": "runs with D / N below it are left out of the plan",
     "grid.models": "the model sizes: counts (1e5, 100K) or shapes (L2-d32, L2-d32-h4); a grid in place of an isoflop",
     "grid.tokens": "the token budgets D, e.g. 1e6,4e6",
     "noise.seeds": "the extra seeds of the smallest sizes at the smallest budgets, e.g. 7",
+    "noise.models": "how many of the smallest sizes train the noise seeds",
+    "noise.budgets": "at how many of the smallest budgets",
     "lr_scan.lrs": "the peak learning rates of the pilot scan, e.g. 2e-3,4e-3,8e-3",
     "lr_scan.models": "the scanned sizes: a number of sizes (2) or a list of models",
+    "lr_scan.flops": "the FLOP budget of each scan run",
+    "lr_rule.c": "a fixed rule lr = c (N / n_ref)^-gamma in place of a scan: c",
+    "lr_rule.gamma": "the rule's exponent gamma",
+    "lr_rule.n_ref": "the rule's reference size n_ref",
+    "per_size.warmup_tokens_per_param": "warmup of this many tokens per parameter ...",
+    "per_size.warmup_max_fraction": "... at most this fraction of the size's shortest run",
+    "per_size.init_scale": "model.init_std = init_scale / sqrt(d_model)",
+    "sizing.aspect": "d_model / n_layer of the sizing rule",
+    "sizing.head_dim": "n_head = d_model / head_dim",
+    "sizing.count": "the count a target matches: total | nonembed",
+    "sizing.max_layers": "the deepest model the sizing rule tries",
+    "fit.enabled": "true | false: fit the law when the sweep ends",
+    "fit.loss": "the loss fitted: val_loss | final_train_loss | val_bpb",
+    "fit.count": "the N of the law: total | nonembed",
+    "fit.bootstrap": "approach 3's bootstrap resamples",
 }
 
 
@@ -135,7 +154,7 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     and ``--seeds``; they replace the spec file's values before the spec is checked."""
     g = p.add_argument_group(
         "sweep spec",
-        "values in place of the spec file's, checked as the file is (see docs/sweeps.md); lists are "
+        "values in place of the spec file's, checked as the file is (docs/sweeps.md); lists are\n"
         "comma-separated; a flag of isoflop or grid (lr_scan or lr_rule) replaces the other section",
     )
     for flag in ("seeds", *(f"{sec}.{key}" for sec, keys in SPEC_FLAGS.items() for key in keys)):
@@ -144,7 +163,7 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
             dest="spec:" + flag.replace(".", ":"),
             default=None,
             metavar="LIST" if flag in (*SEED_LISTS, *NUMBER_LISTS, *MODEL_LISTS) else "VALUE",
-            help=SPEC_HELP.get(flag, f"the spec's {flag}"),
+            help=SPEC_HELP[flag],
         )
 
 

@@ -1,7 +1,8 @@
 """Sweeps over model size N and tokens D.
 
 - :mod:`~scaling.sweep.spec`: the spec file parsed and checked
-- :mod:`~scaling.sweep.parse`: the spec's values (numbers with SI suffixes, mappings, lists) read and checked
+- :mod:`~scaling.sweep.parse`: the spec's values (numbers with SI suffixes, mappings, lists) read and checked,
+  and given as command-line flags (``--isoflop.budgets 1e12,3e12``, ``--seeds 0,1``)
 - :mod:`~scaling.sweep.noise`: the spec's ``noise:`` seeds and the extra runs they add
 - :mod:`~scaling.sweep.plan`: the sizing rule, every run resolved to its config
 - :mod:`~scaling.sweep.show`: the plan as printed

@@ -53,6 +53,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -80,7 +81,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--config", default=None, help=f"sweep spec (YAML); default {DEFAULT_CONFIG.relative_to(CONFIGS.parent.parent)}"
     )
-    p.add_argument("--out", default=None, help="sweep directory (default: runs/sweep-<spec name>, relative to cwd)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="sweep directory (default: runs/sweep-<spec name>, relative to cwd; with spec flags "
+        "runs/sweep-<spec name>-<8 hex digits of the flags>)",
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None):
         spec = dataclasses.replace(spec, fit=False)
     shard = sweep.parse_shard(args.shard)
     overrides = config_parse.overrides_from_args(args)
-    out = check_out_dir(Path("runs") / f"sweep-{spec.name}" if args.out is None else args.out, "--out")
+    out = check_out_dir(_default_out(spec) if args.out is None else args.out, "--out")
     base = config_parse.from_dict(config_parse.merge(spec.base, overrides))  # fail fast on bad overrides
 
     from scaling import compile_cache
@@ -272,6 +278,13 @@ def main(argv: list[str] | None = None):
     if is_main:
         _report(result, out)
     return result
+
+
+def _default_out(spec) -> Path:
+    """runs/sweep-<name>, or for a spec changed by flags runs/sweep-<name>-<hash of the flags>: a
+    variant never writes its fit into the spec's own sweep directory."""
+    tail = f"-{hashlib.sha256(spec.flags.encode()).hexdigest()[:8]}" if spec.flags else ""
+    return Path("runs") / f"sweep-{spec.name}{tail}"
 
 
 def _platform() -> str:

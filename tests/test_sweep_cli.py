@@ -287,3 +287,12 @@ def test_a_dry_run_with_more_workers_than_a_plan_has_families_estimates_every_ru
     text = capsys.readouterr().out
     printed = _est_column(text)
     assert len(printed) == len(plan.runs) + 4 and "with 8 workers (uncalibrated)" in text  # 2 sizes x 2 rates
+
+
+def test_a_sweep_changed_by_flags_has_its_own_default_directory():
+    plain = sweep_cli._default_out(sweep.load_spec(SMOKE))
+    variant = sweep_cli._default_out(sweep.load_spec(SMOKE, *_flags("--seeds", "0,1")))
+    again = sweep_cli._default_out(sweep.load_spec(SMOKE, *_flags("--seeds", "0,1")))
+    other = sweep_cli._default_out(sweep.load_spec(SMOKE, *_flags("--seeds", "0,2")))
+    assert str(plain) == "runs/sweep-smoke" and variant == again  # a rerun resumes the variant
+    assert re.fullmatch(r"sweep-smoke-[0-9a-f]{8}", variant.name) and len({plain, variant, other}) == 3

@@ -232,7 +232,7 @@ def test_spec_sections_are_not_config_sections():
 
 # ----------------------------------------------------------------------------- the list parsers
 
-item = st.text(st.characters(blacklist_characters=",", blacklist_categories=("Cs", "Zs", "Cc")), min_size=1)
+item = st.text(st.characters(blacklist_characters=",", blacklist_categories=("Cs", "Zs", "Zl", "Zp", "Cc")), min_size=1)
 
 
 @settings(max_examples=40, deadline=None)

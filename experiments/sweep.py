@@ -1,12 +1,23 @@
 """Plan and run a sweep of training runs over model size N and tokens D:
 
-    python -m experiments.sweep [--config FILE] [--out DIR] [--dry-run] [--shard I/N]
-        [--retry-diverged] [--section.field VALUE ...]
+    python -m experiments.sweep [--config FILE] [--out DIR] [--dry-run [--calibrate]] [--shard I/N]
+        [--retry-diverged] [--seeds LIST] [--isoflop.budgets LIST ...] [--section.field VALUE ...]
 
 With no arguments it runs experiments/configs/default.yaml (an IsoFLOP design on the
 Gutenberg corpus, byte tokens) into runs/sweep-default. The spec format, the sizing rule for
 target parameter counts and the directory layout are documented in scaling/sweep/__init__.py.
-Overrides --section.field VALUE apply to the base train config of every run.
+Overrides --section.field VALUE of a config section (model, data, optim, train, ...) apply to
+the base train config of every run; those of a spec section (isoflop, grid, noise, lr_scan,
+lr_rule, per_size, sizing, fit) and --seeds replace the spec file's values, for example a small
+sweep from the command line:
+
+    python -m experiments.sweep --config experiments/configs/smoke.yaml \\
+        --isoflop.budgets 5e9,1e10 --isoflop.models L1-d16,L2-d32,L3-d48 --seeds 0,1
+
+--dry-run prints the plan with a wall-time estimate at once and compiles nothing: the
+estimate of an earlier --dry-run --calibrate of the same shapes on this machine (kept in
+$SCALING_CACHE_DIR/sweep-calibration), else a rough one from FLOPs, labelled uncalibrated.
+--dry-run --calibrate times a few real steps of the smallest and the largest shape first.
 
 Writes DIR/results.csv (one row per finished run of the plan, rebuilt from runs/*/summary.json;
 run directories of another spec or config that shared DIR are left out and named),
@@ -42,6 +53,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -53,6 +65,7 @@ from pathlib import Path
 
 from scaling import config_parse
 from scaling.errors import ArgumentParser, UsageError, check_out_dir, exit_on_usage_error
+from scaling.sweep.parse import MODEL_LISTS, NUMBER_LISTS, SEED_LISTS, SPEC_FLAGS, parse_flag
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 DEFAULT_CONFIG = CONFIGS / "default.yaml"
@@ -60,19 +73,34 @@ DEFAULT_CONFIG = CONFIGS / "default.yaml"
 
 def parser() -> argparse.ArgumentParser:
     p = ArgumentParser(
-        prog="python -m experiments.sweep", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m experiments.sweep",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # --isoflop.budget is a typo, not --isoflop.budgets
     )
     p.add_argument(
         "--config", default=None, help=f"sweep spec (YAML); default {DEFAULT_CONFIG.relative_to(CONFIGS.parent.parent)}"
     )
-    p.add_argument("--out", default=None, help="sweep directory (default: runs/sweep-<spec name>, relative to cwd)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="sweep directory (default: runs/sweep-<spec name>, relative to cwd; with spec flags "
+        "runs/sweep-<spec name>-<8 hex digits of the flags>)",
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",
-        help="print the planned runs with wall-time estimates from a short calibration on this "
-        "machine, and train nothing",
+        help="print the planned runs with wall-time estimates and train nothing (nothing compiles): the "
+        "estimates of an earlier --calibrate of these shapes on this machine, else a rough one from FLOPs, "
+        "labelled uncalibrated",
     )
-    p.add_argument("--no-calibration", action="store_true", help="with --dry-run: skip the timing calibration")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="with --dry-run: time a few real steps of the smallest and the largest shape on this machine (with "
+        "--jobs J in each worker, as they would train), print the estimate and keep it for later dry runs",
+    )
+    p.add_argument("--no-calibration", action="store_true", help=argparse.SUPPRESS)  # what --dry-run does now
     p.add_argument(
         "--shard", default=None, metavar="I/N", help="run only the plan's runs I, I+N, I+2N, ... (0 <= I < N)"
     )
@@ -90,30 +118,91 @@ def parser() -> argparse.ArgumentParser:
         "with several JAX processes)",
     )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a --jobs worker: train only
-    p.add_argument("--estimates-out", default=None, help=argparse.SUPPRESS)  # a --jobs worker's --dry-run
+    p.add_argument("--estimates-out", default=None, help=argparse.SUPPRESS)  # a --jobs worker's --calibrate
+    add_spec_arguments(p)
     config_parse.add_config_arguments(p)
     return p
+
+
+SPEC_HELP = {
+    "seeds": "the seeds every run is trained with, e.g. 0,1",
+    "isoflop.budgets": "the FLOP budgets (6ND), e.g. 1e12,3e12; an isoflop design in place of a grid",
+    "isoflop.models": "the model sizes of every budget: counts (1e5, 100K) or shapes (L2-d32, L2-d32-h4)",
+    "isoflop.min_steps": "runs of fewer steps are left out of the plan",
+    "isoflop.min_tokens_per_param": "runs with D / N below it are left out of the plan",
+    "grid.models": "the model sizes: counts (1e5, 100K) or shapes (L2-d32, L2-d32-h4); a grid in place of an isoflop",
+    "grid.tokens": "the token budgets D, e.g. 1e6,4e6",
+    "noise.seeds": "the extra seeds of the smallest sizes at the smallest budgets, e.g. 7",
+    "noise.models": "how many of the smallest sizes train the noise seeds",
+    "noise.budgets": "at how many of the smallest budgets",
+    "lr_scan.lrs": "the peak learning rates of the pilot scan, e.g. 2e-3,4e-3,8e-3",
+    "lr_scan.models": "the scanned sizes: a number of sizes (2) or a list of models",
+    "lr_scan.flops": "the FLOP budget of each scan run",
+    "lr_rule.c": "a fixed rule lr = c (N / n_ref)^-gamma in place of a scan: c",
+    "lr_rule.gamma": "the rule's exponent gamma",
+    "lr_rule.n_ref": "the rule's reference size n_ref",
+    "per_size.warmup_tokens_per_param": "warmup of this many tokens per parameter ...",
+    "per_size.warmup_max_fraction": "... at most this fraction of the size's shortest run",
+    "per_size.init_scale": "model.init_std = init_scale / sqrt(d_model)",
+    "sizing.aspect": "d_model / n_layer of the sizing rule",
+    "sizing.head_dim": "n_head = d_model / head_dim",
+    "sizing.count": "the count a target matches: total | nonembed",
+    "sizing.max_layers": "the deepest model the sizing rule tries",
+    "fit.enabled": "true | false: fit the law when the sweep ends",
+    "fit.loss": "the loss fitted: val_loss | final_train_loss | val_bpb",
+    "fit.count": "the N of the law: total | nonembed",
+    "fit.bootstrap": "approach 3's bootstrap resamples",
+}
+
+
+def add_spec_arguments(p: argparse.ArgumentParser) -> None:
+    """One ``--section.field`` option per settable value of the sweep spec (scaling.sweep.parse.SPEC_FLAGS)
+    and ``--seeds``; they replace the spec file's values before the spec is checked."""
+    g = p.add_argument_group(
+        "sweep spec",
+        "values in place of the spec file's, checked as the file is (docs/sweeps.md); lists are\n"
+        "comma-separated; a flag of isoflop or grid (lr_scan or lr_rule) replaces the other section",
+    )
+    for flag in ("seeds", *(f"{sec}.{key}" for sec, keys in SPEC_FLAGS.items() for key in keys)):
+        g.add_argument(
+            f"--{flag}",
+            dest="spec:" + flag.replace(".", ":"),
+            default=None,
+            metavar="LIST" if flag in (*SEED_LISTS, *NUMBER_LISTS, *MODEL_LISTS) else "VALUE",
+            help=SPEC_HELP[flag],
+        )
+
+
+def spec_flags(args: argparse.Namespace) -> tuple[dict, str]:
+    """The spec flags given: their parsed values by name, and the flags as they were typed."""
+    given = {k[5:].replace(":", "."): v for k, v in vars(args).items() if k.startswith("spec:") and v is not None}
+    parsed = {flag: parse_flag(flag, text) for flag, text in given.items()}
+    return parsed, " ".join(f"--{flag} {text}" for flag, text in given.items())
 
 
 @exit_on_usage_error
 def main(argv: list[str] | None = None):
     args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if args.calibrate and not args.dry_run:
+        raise UsageError("--calibrate goes with --dry-run (it times a few steps and prints the estimate)")
     from scaling import sweep
 
-    spec = sweep.load_spec(args.config or DEFAULT_CONFIG)
+    spec = sweep.load_spec(args.config or DEFAULT_CONFIG, *spec_flags(args))
     jobs = _parse_jobs(args.jobs)
     if args.worker:  # trains its shard quietly; the command that started it fits and plots
         _die_with_parent()
         spec = dataclasses.replace(spec, fit=False)
     shard = sweep.parse_shard(args.shard)
     overrides = config_parse.overrides_from_args(args)
-    out = check_out_dir(Path("runs") / f"sweep-{spec.name}" if args.out is None else args.out, "--out")
+    out = check_out_dir(_default_out(spec) if args.out is None else args.out, "--out")
     base = config_parse.from_dict(config_parse.merge(spec.base, overrides))  # fail fast on bad overrides
 
     from scaling import compile_cache
     from scaling.train import setup_distributed  # jax is imported only after the spec is valid
 
-    compile_cache.enable()
+    if not args.dry_run or args.calibrate:  # a plain dry run compiles nothing
+        compile_cache.enable()
     setup_distributed(base)
     plan = sweep.make_plan(spec, overrides)  # with lr_scan, its lr is provisional until the scan is fitted
     scan = sweep.plan_scan(spec, overrides, plan) if spec.lr_scan else None
@@ -121,15 +210,16 @@ def main(argv: list[str] | None = None):
         sweep.check_outputs(plan, out)
     runs = plan.shard(*shard)
     scan_runs = () if scan is None else scan.shard(*shard)
+    import jax
+
     if not args.worker and args.shard is None and base.dist.num_processes == 1:
         families = len({r.family for r in plan.runs}) + (0 if scan is None else len(scan.runs))
-        if jobs == 0:
-            jobs = _cpu_cores() if _cpu_cores() > 1 and _backend_is_cpu() else 1
+        if jobs == 0:  # a dry run starts no workers: its own backend (started by the plan's checks) says
+            cpu = jax.default_backend() == "cpu" if args.dry_run else _backend_is_cpu()
+            jobs = _cpu_cores() if _cpu_cores() > 1 and cpu else 1
         jobs = min(jobs, families)
     else:
         jobs = 1
-    import jax
-
     is_main = jax.process_index() == 0
     if is_main and not args.worker:
         print(
@@ -138,19 +228,9 @@ def main(argv: list[str] | None = None):
             file=sys.stderr,
         )
     if args.dry_run:
-        estimates = None
-        calib = None
-        if not args.no_calibration and jobs > 1:  # calibrated in workers as they would train
-            estimates = _worker_estimates(sys.argv[1:] if argv is None else argv, jobs)
-        elif not args.no_calibration:
-            calib = sweep.calibrate(runs)
-            estimates, seen = {}, set()  # a shape compiles once per process
-            for r in (*scan_runs, *runs):
-                estimates[r.run_id] = calib.estimate(r, compiles=sweep.shape_key(r) not in seen)
-                seen.add(sweep.shape_key(r))
-            if args.estimates_out:
-                Path(args.estimates_out).write_text(json.dumps({"runs": estimates, "calibration": calib.describe()}))
-                return plan
+        estimates, notes, calibrated = _estimates(args, argv, plan, scan, shard, jobs)
+        if args.estimates_out:
+            return plan
         if is_main:
             if scan is not None:
                 print(
@@ -159,10 +239,11 @@ def main(argv: list[str] | None = None):
                     + "\n# then the sweep:"
                 )
             print(sweep.format_plan(plan, runs, estimates, shard, workers=jobs))
-            if calib is not None:
-                print(calib.describe())
-            if estimates is not None and spec.fit:
-                fit_s = sweep.fit_seconds(len(plan.runs), spec.fit_bootstrap)
+            print(_platform())
+            for line in notes:
+                print(line)
+            if spec.fit:
+                fit_s = sweep.fit_seconds(len(plan.runs), spec.fit_bootstrap, timed=args.calibrate)
                 train_s = sum(
                     sweep.shard_wall(p, rs, estimates, jobs)
                     for p, rs in ((scan, scan_runs), (plan, runs))
@@ -170,16 +251,19 @@ def main(argv: list[str] | None = None):
                 )
                 print(
                     f"fit, diagnostics and plots: est. {sweep.format_duration(fit_s)}; the whole sweep: est. "
-                    f"{sweep.format_duration(train_s + fit_s)}" + (f" with {jobs} workers" if jobs > 1 else "")
+                    f"{sweep.format_duration(train_s + fit_s)}"
+                    + (f" with {jobs} workers" if jobs > 1 else "")
+                    + ("" if calibrated else " (uncalibrated)")
                 )
         return plan
     if is_main and not args.worker:
         if scan is not None:
             print(sweep.format_plan(scan, scan_runs, None, shard), flush=True)
         print(sweep.format_plan(plan, runs, None, shard), flush=True)
+        print(_platform(), flush=True)
         print(f"sweep directory: {out}", flush=True)
     if jobs > 1:
-        _run_workers(sys.argv[1:] if argv is None else argv, jobs)
+        _run_workers(argv, jobs)
     from analysis.sweep_plots import plot_sweep
     from scaling.sweep import pilot
 
@@ -194,6 +278,25 @@ def main(argv: list[str] | None = None):
     if is_main:
         _report(result, out)
     return result
+
+
+def _default_out(spec) -> Path:
+    """runs/sweep-<name>, or for a spec changed by flags runs/sweep-<name>-<hash of the flags>: a
+    variant never writes its fit into the spec's own sweep directory."""
+    tail = f"-{hashlib.sha256(spec.flags.encode()).hexdigest()[:8]}" if spec.flags else ""
+    return Path("runs") / f"sweep-{spec.name}{tail}"
+
+
+def _platform() -> str:
+    """The line naming what JAX runs on (a CPU when an accelerator's JAX build is missing)."""
+    import jax
+
+    devices = jax.devices()
+    return (
+        f"platform: {jax.default_backend()}, {len(devices)} device(s) ({devices[0].device_kind})"
+        + (f" over {jax.process_count()} processes" if jax.process_count() > 1 else "")
+        + f", jax {jax.__version__}"
+    )
 
 
 def _parse_jobs(text: str) -> int:
@@ -233,9 +336,44 @@ def _spawn_worker(argv: list[str], i: int, jobs: int, extra: list[str], **popen)
     return subprocess.Popen([*cmd, *extra], env=_worker_env(), text=True, **popen)
 
 
-def _worker_estimates(argv: list[str], jobs: int) -> dict:
-    """--dry-run with workers: each worker calibrates its shard's shapes at once, one XLA thread
-    each (as they train); their per-run estimates, merged."""
+def _estimates(args, argv: list[str], plan, scan, shard: tuple[int, int], jobs: int) -> tuple[dict, list[str], bool]:
+    """--dry-run's seconds per run_id as ``jobs`` processes would train them (each a shard of the
+    plan), the lines that say where they come from, and whether they are calibrated: timed now
+    (--calibrate; in the workers themselves with jobs > 1), cached by an earlier --calibrate of the
+    same shapes on this machine, or else a rough estimate from FLOPs."""
+    import jax
+
+    from scaling import sweep
+
+    shards = [shard] if jobs == 1 else [(i, jobs) for i in range(jobs)]
+    parts = [(*(() if scan is None else scan.shard(*sh)), *plan.shard(*sh)) for sh in shards]  # as trained
+    if args.calibrate and jobs > 1:
+        calibs = _calibrate_in_workers(argv, jobs)
+    elif args.calibrate:
+        calibs = [sweep.calibrate(parts[0]) if parts[0] else None]
+        if calibs[0] is not None:
+            sweep.store_calibration(parts[0], calibs[0])
+    else:
+        flags = None if jobs == 1 else _worker_env()["XLA_FLAGS"]
+        calibs = [sweep.cached_calibration(runs, flags) if runs else None for runs in parts]
+        if any(c is None for c, runs in zip(calibs, parts) if runs):
+            calibs = [sweep.rough_calibration(runs, jax.default_backend()) if runs else None for runs in parts]
+    if args.estimates_out:  # a worker of _calibrate_in_workers
+        Path(args.estimates_out).write_text(json.dumps(calibs[0].to_json() if calibs[0] else None))
+    estimates: dict[str, float] = {}
+    for c, runs in zip(calibs, parts):
+        estimates.update(c.estimate_runs(runs) if c is not None else {})
+    known = [(i, c) for i, c in enumerate(calibs) if c is not None]
+    if not known or known[0][1].source == "rough":
+        return estimates, [c.describe() for _, c in known[:1]], False
+    return estimates, [c.describe() if jobs == 1 else f"worker {i}: {c.describe()}" for i, c in known], True
+
+
+def _calibrate_in_workers(argv: list[str], jobs: int) -> list:
+    """--dry-run --calibrate with workers: each worker calibrates its shard's shapes at once, one
+    XLA thread each (as they train), and keeps its calibration in the cache; theirs, in order."""
+    from scaling import sweep
+
     with tempfile.TemporaryDirectory(prefix="sweep-estimates-") as tmp:
         paths = [Path(tmp) / f"{i}.json" for i in range(jobs)]
         procs = [
@@ -245,14 +383,13 @@ def _worker_estimates(argv: list[str], jobs: int) -> dict:
             for i in range(jobs)
         ]
         errors = [p.communicate()[1] for p in procs]
-        estimates = {}
+        calibs = []
         for i, (p, path) in enumerate(zip(procs, paths)):
             if p.returncode != 0 or not path.is_file():
                 raise UsageError(f"calibration worker {i} failed: {(errors[i].strip().splitlines() or ['?'])[-1]}")
             d = json.loads(path.read_text())
-            estimates.update(d["runs"])
-            print(f"worker {i}: {d['calibration']}")
-    return estimates
+            calibs.append(None if d is None else sweep.Calibration.from_json(d, source="calibrated"))
+    return calibs
 
 
 def _run_workers(argv: list[str], jobs: int) -> None:

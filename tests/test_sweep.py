@@ -250,7 +250,7 @@ def no_compile_cache(monkeypatch):
 
 def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys, no_compile_cache):
     out = tmp_path / "sweep"
-    plan = sweep_cli.main(["--config", str(SMOKE), "--out", str(out), "--dry-run", "--no-calibration"])
+    plan = sweep_cli.main(["--config", str(SMOKE), "--out", str(out), "--dry-run"])
     text = capsys.readouterr().out
     for r in plan.runs:
         assert r.run_id in text and f"{r.n_params:,}" in text and f"{r.tokens:,}" in text

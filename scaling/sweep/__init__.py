@@ -1,12 +1,13 @@
 """Sweeps over model size N and tokens D.
 
 - :mod:`~scaling.sweep.spec`: the spec file parsed and checked
-- :mod:`~scaling.sweep.parse`: the spec's values (numbers with SI suffixes, mappings, lists) read and checked
+- :mod:`~scaling.sweep.parse`: the spec's values (numbers with SI suffixes, mappings, lists) read and checked,
+  and given as command-line flags (``--isoflop.budgets 1e12,3e12``, ``--seeds 0,1``)
 - :mod:`~scaling.sweep.noise`: the spec's ``noise:`` seeds and the extra runs they add
 - :mod:`~scaling.sweep.plan`: the sizing rule, every run resolved to its config
 - :mod:`~scaling.sweep.show`: the plan as printed
 - :mod:`~scaling.sweep.families`: the cooldown families of a wsd sweep (a parent and its branches)
-- :mod:`~scaling.sweep.calibrate`: ``--dry-run``'s timed steps and wall-time estimate
+- :mod:`~scaling.sweep.calibrate`: the wall-time estimate (``--calibrate``'s timed steps, cached; or from FLOPs)
 - :mod:`~scaling.sweep.execute`: the runner (train the plan's runs, resuming; then the fit)
 - :mod:`~scaling.sweep.results`: the sweep directory's files (run log, results.csv)
 - :mod:`~scaling.sweep.fit`: the end-of-run fit (:mod:`scaling.laws`), fit.json and its report
@@ -132,7 +133,15 @@ from scaling.sweep.results import (
 )
 from scaling.sweep.plan import Plan, PlannedRun, count, fit_support, format_tokens, make_plan, parse_shard, shape_for
 from scaling.sweep.show import format_duration, format_plan, shard_wall
-from scaling.sweep.calibrate import Calibration, calibrate, fit_seconds, shape_key
+from scaling.sweep.calibrate import (
+    Calibration,
+    cached_calibration,
+    calibrate,
+    fit_seconds,
+    rough_calibration,
+    shape_key,
+    store_calibration,
+)
 from scaling.sweep.diagnose import SweepFitOptions
 from scaling.sweep.fit import (
     Plotter,
@@ -173,6 +182,7 @@ __all__ = [  # with the two private names tests and benchmarks reach through the
     "SweepFit",
     "SweepResult",
     "VOLATILE_COLUMNS",
+    "cached_calibration",
     "calibrate",
     "check_outputs",
     "collect_rows",
@@ -196,8 +206,10 @@ __all__ = [  # with the two private names tests and benchmarks reach through the
     "read_log",
     "rebuild_results",
     "results_csv_text",
+    "rough_calibration",
     "shape_for",
     "shape_key",
     "shard_wall",
+    "store_calibration",
     "verdict_lines",
 ]

@@ -1,8 +1,19 @@
-"""``--dry-run`` calibration: a few timed steps of each shape estimate a sweep's wall time."""
+"""A sweep's wall-time estimate: ``--calibrate``'s timed steps of the smallest and the largest
+shape, kept in a cache per machine and shapes, or without them a rough estimate from FLOPs.
+
+``--dry-run`` reads the cache (:func:`cached_calibration`) and otherwise prints the rough estimate
+(:func:`rough_calibration`), labelled as uncalibrated; ``--calibrate`` times real steps
+(:func:`calibrate`) and stores them (:func:`store_calibration`) in ``$SCALING_CACHE_DIR/sweep-calibration/``.
+A cached calibration is found again by the machine (backend, devices, cores, XLA flags, JAX
+version) and the calibrated shapes' compiled-step keys, so a sweep whose budgets, seeds or
+token counts change keeps its calibration while a new shape or machine needs a new one."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -10,8 +21,25 @@ from pathlib import Path
 
 import numpy as np
 
+from scaling import paths
+from scaling.errors import UsageError
+from scaling.io import atomic_write_text, read_json
 from scaling.laws import approach3
 from scaling.sweep.plan import PlannedRun
+
+Runs = tuple[PlannedRun, ...] | list[PlannedRun]
+
+SOURCES = ("calibrated", "cached", "rough")
+"""Where a Calibration's timings come from: timed now, an earlier --calibrate's, FLOPs alone."""
+
+ROUGH = {
+    # backend: (FLOP/s, seconds per step beside the FLOPs, compile seconds per shape); assumed
+    # by the uncalibrated estimate, which can be off by several times either way
+    "cpu": (2e10, 1e-3, 10.0),
+    "gpu": (2e13, 3e-3, 30.0),
+    "tpu": (5e13, 3e-3, 30.0),
+}
+FIT_S = 0.6  # seconds of one approach-3 fit from the full start grid, assumed when not timed
 
 # ----------------------------------------------------------------------------- calibration
 
@@ -22,6 +50,8 @@ class Calibration:
 
     points: tuple[dict, ...]  # per calibrated shape: flops_per_step, step_s, eval_s, compile_s, ckpt_s
     fixed_s: float = 0.5  # per run: Run set-up, summary, metrics
+    source: str = "calibrated"  # one of SOURCES
+    backend: str = ""  # the backend a rough estimate assumed
 
     def _interp(self, x: float, key: str, xkey: str = "flops_per_step") -> float:
         pts = sorted(self.points, key=lambda p: p[xkey])
@@ -57,14 +87,115 @@ class Calibration:
             + self.fixed_s
         )
 
+    def estimate_runs(self, runs: tuple[PlannedRun, ...] | list[PlannedRun]) -> dict[str, float]:
+        """Seconds per run_id when one process trains ``runs`` in this order (a shape compiles once)."""
+        estimates, seen = {}, set()
+        for r in runs:
+            estimates[r.run_id] = self.estimate(r, compiles=shape_key(r) not in seen)
+            seen.add(shape_key(r))
+        return estimates
+
     def describe(self) -> str:
+        if self.source == "rough":
+            rate, step_s, compile_s = ROUGH[self.backend]
+            return (
+                f"estimates UNCALIBRATED: from FLOPs alone, assuming {rate / 1e9:g} GFLOP/s, {step_s * 1e3:g} ms "
+                f"per step beside them and {compile_s:g}s to compile each shape on a {self.backend} (can be off "
+                f"by several times); --dry-run --calibrate times a few real steps on this machine"
+            )
         parts = [
-            f"{p['run_id']}: {p['step_s'] * 1e3:.1f} ms/step ({p['flops_per_step'] / p['step_s'] / 1e9:.2f} "
-            f"GFLOP/s), compile {p['compile_s']:.1f}s, eval {p['eval_s'] * 1e3:.1f} ms/batch, "
-            f"checkpoint {p['ckpt_s']:.2f}s"
+            f"{p.get('shape', p['run_id'])}: {p['step_s'] * 1e3:.1f} ms/step "
+            f"({p['flops_per_step'] / p['step_s'] / 1e9:.2f} GFLOP/s), compile {p['compile_s']:.1f}s, "
+            f"eval {p['eval_s'] * 1e3:.1f} ms/batch, checkpoint {p['ckpt_s']:.2f}s"
             for p in self.points
         ]
+        if self.source == "cached":
+            return (
+                "estimates from an earlier --calibrate on this machine ("
+                + "; ".join(parts)
+                + "); --dry-run --calibrate times them again"
+            )
         return "calibration on this machine (" + "; ".join(parts) + ")"
+
+    def to_json(self) -> dict:
+        return {"points": list(self.points), "fixed_s": self.fixed_s}
+
+    @classmethod
+    def from_json(cls, d: dict, source: str = "cached") -> Calibration:
+        return cls(points=tuple(d["points"]), fixed_s=float(d["fixed_s"]), source=source)
+
+
+def calibrated_runs(runs: tuple[PlannedRun, ...] | list[PlannedRun]) -> list[PlannedRun]:
+    """The runs a calibration times: the smallest and the largest shape by FLOPs per step."""
+    by_flops = sorted(runs, key=lambda r: r.flops_per_step)
+    return [by_flops[0]] + ([by_flops[-1]] if by_flops[-1].shape != by_flops[0].shape else [])
+
+
+def rough_calibration(runs: tuple[PlannedRun, ...] | list[PlannedRun], backend: str) -> Calibration:
+    """An uncalibrated Calibration of ``runs``' calibrated shapes: their FLOPs per step at the
+    FLOP rate, per-step overhead and compile time ROUGH assumes for ``backend``."""
+    backend = backend if backend in ROUGH else "gpu"
+    rate, step_s, compile_s = ROUGH[backend]
+    points = tuple(
+        {
+            "run_id": r.run_id,
+            "flops_per_step": r.flops_per_step,
+            "step_s": step_s + r.flops_per_step / rate,
+            "eval_s": step_s + r.flops_per_step / 3 / rate,  # the forward pass: a third of a step's FLOPs
+            "compile_s": compile_s,
+            "ckpt_s": 0.1 + 16 * r.n_params / 1e9,  # parameters and two Adam moments, about 1 GB/s
+        }
+        for r in calibrated_runs(runs)
+    )
+    return Calibration(points=points, source="rough", backend=backend)
+
+
+def calibration_key(runs: tuple[PlannedRun, ...] | list[PlannedRun], xla_flags: str | None = None) -> str:
+    """The cache key of a calibration of ``runs`` in a process with ``xla_flags`` (None: this
+    process's XLA_FLAGS): this machine's backend, devices, cores and JAX version, and the
+    compiled-step keys of the shapes it times."""
+    import jax  # the backend: started by the plan's checks already (scaling.sweep.plan)
+
+    machine = {
+        "backend": jax.default_backend(),
+        "device_kind": jax.devices()[0].device_kind,
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "jax": jax.__version__,
+        "xla_flags": os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags,
+    }
+    shapes = [repr(shape_key(r)) for r in calibrated_runs(runs)]
+    text = json.dumps({"machine": machine, "shapes": shapes}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _cache_file(key: str) -> Path:
+    return paths.cache_dir() / "sweep-calibration" / f"{key}.json"
+
+
+def cached_calibration(runs: Runs, xla_flags: str | None = None) -> Calibration | None:
+    """The stored calibration of ``runs`` on this machine (see :func:`calibration_key`), or None."""
+    path = _cache_file(calibration_key(runs, xla_flags)) if runs else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        d = read_json(path, "calibration")
+        return Calibration.from_json(d) if isinstance(d, dict) else None
+    except (UsageError, KeyError, TypeError, ValueError):
+        return None  # an unreadable entry: calibrate again
+
+
+def store_calibration(runs: tuple[PlannedRun, ...] | list[PlannedRun], calib: Calibration) -> Path | None:
+    """Keep ``calib`` (of ``runs``, timed in this process) for later dry runs; None when the
+    cache directory is not writable (the estimate is printed all the same)."""
+    path = _cache_file(calibration_key(runs))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(calib.to_json(), indent=1))
+    except OSError:
+        return None
+    return path
 
 
 def calibrate(
@@ -79,10 +210,8 @@ def calibrate(
     from scaling.checkpoint import Checkpointer
     from scaling.train import Trainer
 
-    by_flops = sorted(runs, key=lambda r: r.flops_per_step)
-    chosen = [by_flops[0]] + ([by_flops[-1]] if by_flops[-1].shape != by_flops[0].shape else [])
     points = []
-    for r in chosen:
+    for r in calibrated_runs(runs):
         cfg = r.cfg
         mesh = sh.make_mesh(sh.mesh_shape(cfg.mesh, jax.device_count()))
         trainer = Trainer(cfg, mesh, r.steps)
@@ -119,6 +248,7 @@ def calibrate(
         points.append(
             {
                 "run_id": r.run_id,
+                "shape": r.shape,
                 "flops_per_step": r.flops_per_step,
                 "step_s": step_s,
                 "eval_s": eval_s,
@@ -138,11 +268,13 @@ def shape_key(r: PlannedRun) -> tuple:
     return (*shape_fields(r.cfg), r.cfg.mesh)
 
 
-def fit_seconds(n_runs: int, bootstrap: int, plots_s: float = 15.0) -> float:
+def fit_seconds(n_runs: int, bootstrap: int, plots_s: float = 15.0, timed: bool = True) -> float:
     """Estimated seconds of a sweep's fit: one approach-3 fit of ``n_runs`` synthetic points
-    from the full start grid, timed here, times the fits the sweep's fit makes (``bootstrap``
-    resamples, the single fits of the diagnostics and approach 2's resamples, about 15 more),
-    plus ``plots_s`` for the plots."""
+    from the full start grid, timed here (``timed`` False: FIT_S), times the fits the sweep's fit
+    makes (``bootstrap`` resamples, the single fits of the diagnostics and approach 2's
+    resamples, about 15 more), plus ``plots_s`` for the plots."""
+    if not timed:
+        return FIT_S * (bootstrap + 15) + plots_s
     rng = np.random.default_rng(0)
     N = np.exp(rng.uniform(np.log(3e4), np.log(3e5), max(n_runs, 8)))
     D = np.exp(rng.uniform(np.log(1e6), np.log(3e7), N.size))

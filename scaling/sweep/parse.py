@@ -1,10 +1,18 @@
 """The values of a sweep spec read from YAML: numbers (with SI suffixes), whole numbers,
 mappings with known keys, non-empty lists; each check raises a UsageError naming where in
-the spec the value is. Also the SI form numbers are printed in (:func:`format_si`)."""
+the spec the value is. Also the SI form numbers are printed in (:func:`format_si`).
+
+And the spec's values given on the command line (``--isoflop.budgets 1e12,3e12``,
+``--seeds 0,1``): :data:`SPEC_FLAGS` names them, :func:`parse_flag` reads one flag's text
+(lists are comma-separated; a model is a target count such as ``1e5`` or ``100K``, or a shape
+``L2-d32`` or ``L2-d32-h4``: n_layer, d_model, n_head) and :func:`with_flags` puts them into
+the spec's mapping before the spec is checked, so a bad value fails as in a spec file.
+"""
 
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from scaling.errors import UsageError
@@ -76,3 +84,110 @@ def format_si(x: float) -> str:
         if abs(x) >= div:
             return f"{x / div:.3g}{suf}"
     return f"{x:.3g}"
+
+
+# ----------------------------------------------------------------------------- command-line values
+
+SPEC_FLAGS: dict[str, tuple[str, ...]] = {
+    "isoflop": ("budgets", "models", "min_steps", "min_tokens_per_param"),
+    "grid": ("models", "tokens"),
+    "noise": ("seeds", "models", "budgets"),
+    "lr_scan": ("lrs", "models", "flops"),
+    "lr_rule": ("c", "gamma", "n_ref"),
+    "per_size": ("warmup_tokens_per_param", "warmup_max_fraction", "init_scale"),
+    "sizing": ("aspect", "head_dim", "count", "max_layers"),
+    "fit": ("enabled", "loss", "count", "bootstrap"),
+}
+"""The spec's sections settable as ``--section.field VALUE`` (no Config section has these
+names), besides ``--seeds``."""
+
+NUMBER_LISTS = ("isoflop.budgets", "grid.tokens", "lr_scan.lrs")
+SEED_LISTS = ("seeds", "noise.seeds")
+MODEL_LISTS = ("isoflop.models", "grid.models", "lr_scan.models")
+EXCLUSIVE = (("isoflop", "grid"), ("lr_scan", "lr_rule"))
+"""Sections of which a spec has one: a flag of one drops the other from the spec."""
+
+_SHAPE_RE = re.compile(r"^L(\d+)-d(\d+)(?:-h(\d+))?$")
+
+
+def flag_error(flag: str, msg: str) -> UsageError:
+    return UsageError(f"--{flag}: {msg}")
+
+
+def parse_items(text: str, flag: str) -> list[str]:
+    """A comma-separated list: its items stripped of spaces; UsageError on an empty item."""
+    items = [t.strip() for t in str(text).split(",")]
+    if not all(items):
+        raise flag_error(flag, f"expected a comma-separated list without empty items, got {text!r}")
+    return items
+
+
+def parse_seeds(text: str, flag: str) -> list[int]:
+    """``0,1,2``: non-negative whole numbers."""
+    items = parse_items(text, flag)
+    if not all(t.isdigit() for t in items):
+        raise flag_error(flag, f"expected non-negative whole numbers separated by commas, got {text!r}")
+    return [int(t) for t in items]
+
+
+def parse_model_item(text: str, flag: str) -> dict | str:
+    """``L2-d32`` or ``L2-d32-h4``: a shape (a spec mapping); anything else is a target count,
+    left to the spec's number check (``1e5``, ``100K``)."""
+    m = _SHAPE_RE.match(text)
+    if m:
+        shape = {"n_layer": int(m[1]), "d_model": int(m[2])}
+        return shape if m[3] is None else {**shape, "n_head": int(m[3])}
+    if text[:1] in "Ll":
+        raise flag_error(flag, f"expected a model as L<n_layer>-d<d_model>[-h<n_head>] or a count, got {text!r}")
+    return text
+
+
+def parse_flag(flag: str, text: str) -> Any:
+    """The spec value of ``--flag TEXT`` (``flag`` as ``section.field`` or ``seeds``)."""
+    if flag in SEED_LISTS:
+        return parse_seeds(text, flag)
+    if flag in NUMBER_LISTS:
+        return parse_items(text, flag)
+    if flag in MODEL_LISTS:
+        if flag == "lr_scan.models" and "," not in text and not _SHAPE_RE.match(text.strip()):
+            return text.strip()  # a number of sizes
+        return [parse_model_item(t, flag) for t in parse_items(text, flag)]
+    if flag == "fit.enabled":
+        if text.lower() not in ("true", "false"):
+            raise flag_error(flag, f"expected true or false, got {text!r}")
+        return text.lower() == "true"
+    return text.strip()
+
+
+def with_flags(d: dict, flags: dict[str, Any]) -> dict:
+    """The spec mapping ``d`` with the parsed flags (``{"isoflop.budgets": [...], "seeds":
+    [...]}``) in place of its values: a flag of one of EXCLUSIVE's sections drops the other,
+    ``isoflop.models`` gives every budget these models, ``fit`` and ``per_size`` given as true
+    or false become mappings."""
+    out = dict(d)
+    sections: dict[str, dict] = {}
+    for flag, value in flags.items():
+        if "." not in flag:
+            out[flag] = value
+            continue
+        sec, key = flag.split(".", 1)
+        sections.setdefault(sec, {})[key] = value
+    for sec, values in sections.items():
+        for pair in EXCLUSIVE:
+            if sec in pair:
+                other = pair[1 - pair.index(sec)]
+                if other in sections:
+                    raise UsageError(f"--{sec}.* and --{other}.* exclude each other: give one")
+                out.pop(other, None)
+        old = out.get(sec)
+        if sec == "fit" and isinstance(old, bool):
+            old = {"enabled": old}
+        elif old is None or old is True:
+            old = {}
+        if not isinstance(old, dict):
+            raise spec_error(sec, f"expected a mapping to apply --{sec}.* to, got {old!r}")
+        new = {**old, **values}
+        if sec == "isoflop" and "models" in values and isinstance(new.get("budgets"), list):
+            new["budgets"] = [b.get("flops") if isinstance(b, dict) else b for b in new["budgets"]]
+        out[sec] = new
+    return out

@@ -44,7 +44,7 @@ def format_plan(
         n_models = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}-{sizes[-1]}"
         design = f"IsoFLOP design of {len(spec.budgets)} budgets x {n_models} models"
     lines = [
-        f"sweep {spec.name} ({spec.path}): {design} x {n_seeds} seed(s)"
+        f"sweep {spec.name} ({spec.path}{f' with {spec.flags}' if spec.flags else ''}): {design} x {n_seeds} seed(s)"
         + (f" x {len(spec.arms)} arms" if spec.arms else "")
         + f" = {len(plan.runs)} runs"
     ]

@@ -10,7 +10,7 @@ from typing import Any
 
 from scaling.io import load_yaml
 from scaling.sweep.noise import NoiseSpec, parse_noise
-from scaling.sweep.parse import format_si, parse_list, parse_mapping, parse_number, positive_int, spec_error
+from scaling.sweep.parse import format_si, parse_list, parse_mapping, parse_number, positive_int, spec_error, with_flags
 
 RESULT_COLUMNS = (
     "run_id",
@@ -173,6 +173,7 @@ class Spec:
     lr_scan: LrScanSpec | None = None
     lr_rule: LrRuleSpec | None = None
     per_size: PerSizeSpec | None = None
+    flags: str = ""  # the command-line flags that changed the file's values, as given
 
     @property
     def design_fields(self) -> tuple[str, ...]:
@@ -218,12 +219,13 @@ def _parse_tags(value: Any, where: str) -> dict:
     return dict(tags)
 
 
-def load_spec(path: str | Path) -> Spec:
-    """Parse and check a sweep spec; UsageError naming the problem."""
+def load_spec(path: str | Path, flags: dict[str, Any] | None = None, shown: str = "") -> Spec:
+    """Parse and check a sweep spec with ``flags`` (parsed by :func:`~scaling.sweep.parse.parse_flag`,
+    ``shown`` as given) in place of its values; UsageError naming the problem."""
     p = Path(path)
     d = load_yaml(p)
-    where = str(p)
-    parse_mapping(d, where, SPEC_KEYS)
+    parse_mapping(d, str(p), SPEC_KEYS)
+    d, where = with_flags(d, flags or {}), f"{p} with {shown}" if shown else str(p)
     name = str(d.get("name") or p.stem)
     if not _NAME_RE.match(name):
         raise spec_error(where, f"name {name!r} must be a plain word (letters, digits, - _ . +)")
@@ -340,6 +342,7 @@ def load_spec(path: str | Path) -> Spec:
         fit_loss=fit_loss,
         fit_count=fit_count,
         fit_bootstrap=fit_boot,
+        flags=shown,
         **kw,
     )
 

@@ -6,8 +6,9 @@ final summary, and ``close``. The ``log`` config section chooses them:
 
 - ``metrics.jsonl`` always (:class:`scaling.train.metrics.JsonlTracker`);
 - TensorBoard event files (``log.tensorboard``), written with TensorBoard's own event writer
-  (no TensorFlow or torch needed): scalars under the metrics.jsonl names, the config and the
-  summary as text, the config's scalars as hyperparameters;
+  (no TensorFlow or torch needed): scalars under the metrics.jsonl names (and the summary's
+  numbers as ``summary/<key>``), the config and the summary as text, the config's values as
+  hyperparameters;
 - Weights & Biases (``log.wandb``), in ``log.mode`` online, offline or disabled.
 
 The optional packages are imported only when a tracker is asked for; a missing one is a
@@ -104,7 +105,7 @@ class TensorBoardTracker:
     def __init__(self, logdir: Path, start: int):
         efw = _import("tensorboard.summary.writer.event_file_writer", "log.tensorboard")
         self._pb = _import("tensorboard.compat.proto.event_pb2", "log.tensorboard")
-        self._scalar = _import("tensorboard.plugins.scalar.summary_v2", "log.tensorboard").scalar_pb
+        self._summary_pb2 = _import("tensorboard.compat.proto.summary_pb2", "log.tensorboard")
         self._text = _import("tensorboard.plugins.text.summary_v2", "log.tensorboard").text_pb
         self._hparams = _import("tensorboard.plugins.hparams.summary_v2", "log.tensorboard").hparams_pb
         self.logdir, self.step = Path(logdir), start
@@ -115,6 +116,11 @@ class TensorBoardTracker:
     def _emit(self, step: int, summary) -> None:
         self._writer.add_event(self._pb.Event(wall_time=time.time(), step=step, summary=summary))
 
+    def _scalars(self, step: int, values: dict[str, float]) -> None:
+        """Scalars as ``simple_value`` (the classic form every TensorBoard reader takes)."""
+        s = self._summary_pb2.Summary
+        self._emit(step, s(value=[s.Value(tag=k, simple_value=v) for k, v in values.items()]))
+
     def log_config(self, config: dict) -> None:
         text = "```\n" + json.dumps(config, indent=1) + "\n```"
         self._emit(self.step, self._text("config", text))
@@ -122,16 +128,14 @@ class TensorBoardTracker:
 
     def log(self, step: int, metrics: dict) -> None:
         self.step = step
-        for k, v in _numbers(metrics).items():
-            self._emit(step, self._scalar(k, v))
+        self._scalars(step, _numbers(metrics))
 
     def flush(self) -> None:
         self._writer.flush()
 
     def log_summary(self, summary: dict) -> None:
         self._emit(self.step, self._text("summary", "```\n" + json.dumps(summary, indent=1) + "\n```"))
-        for k, v in _numbers(summary).items():
-            self._emit(self.step, self._scalar(f"summary/{k}", v))
+        self._scalars(self.step, {f"summary/{k}": v for k, v in _numbers(summary).items()})
 
     def close(self, failed: bool = False) -> None:
         if not self._closed:

@@ -195,7 +195,9 @@ class TrainConfig:
     skip_nonfinite: int = _f(
         0, "skip up to this many steps with a non-finite loss before calling the run diverged", ge=0
     )
-    progress: bool = _f(True, "show a progress bar on stderr")
+    progress: bool = _f(
+        True, "show on stderr the platform, each compile waited for, a line per evaluation and a progress bar"
+    )
 
     def __post_init__(self) -> None:
         _check_fields(self)

@@ -19,9 +19,9 @@ A resumed run re-logs the steps after its checkpoint (as metrics.jsonl does afte
 truncation). TensorBoard forgets the earlier copies: each writer starts with a SessionLog
 START at the first step it will log, which makes TensorBoard's reader drop the events of that
 step on from earlier event files. W&B resumes the same run (its id is kept in the checkpoint
-metadata) and ignores a step it already holds, so the re-logged steps keep the values logged
-before the interruption (the same values up to floating-point noise: training is
-deterministic in the step). A run restarted without a checkpoint starts a new W&B run.
+metadata) and, taking steps in increasing order only, ignores a re-logged step it already
+holds: it keeps the values logged before the interruption (the same up to floating-point
+noise: training is deterministic in the step). A run restarted without a checkpoint starts a new W&B run.
 """
 
 from __future__ import annotations

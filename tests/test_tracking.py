@@ -18,14 +18,29 @@ import yaml
 
 from experiments import sweep as sweep_cli
 from experiments import train as train_cli
+from scaling import config_parse
 from scaling.checkpoint import Checkpointer
-from scaling.config import CheckpointConfig
+from scaling.config import CheckpointConfig, LogConfig
 from scaling.errors import UsageError
+from scaling.train import Run
 from scaling.train import trackers as trackers_lib
 from tests.helpers import TINY, run_cli
 
 CKPT = ["--checkpoint.every_steps", "20", "--checkpoint.keep", "10"]
 TB = ["--log.tensorboard", "true"]
+
+
+@pytest.fixture(scope="module")
+def trainers() -> dict:
+    """Compiled programs shared by this module's in-process runs (one compile of TINY's shape)."""
+    return {}
+
+
+def _train(out: Path, trainers: dict, *flags: str) -> dict:
+    """Train (or resume) TINY with ``flags`` in this process, as experiments.train would."""
+    args = train_cli.parser().parse_args(["--out", str(out), *TINY, *flags])
+    cfg = config_parse.resolve(None, config_parse.overrides_from_args(args))
+    return Run(cfg, out, trainers=trainers).run()
 
 
 def _metrics(out: Path) -> list[dict]:
@@ -73,25 +88,6 @@ def _kill_after(out: Path, step: int) -> None:
         if d.name.isdigit() and int(d.name) > step:
             shutil.rmtree(d)
     (out / "summary.json").unlink()
-
-
-def test_tensorboard_events_equal_metrics_jsonl_across_a_resume_and_quiet_shows_nothing(tmp_path, capsys):
-    out = tmp_path / "run"
-    summary = train_cli.main(["--out", str(out), *TINY, *CKPT, *TB])
-    err = capsys.readouterr().err
-    assert not re.search(r"^(jax .* on |compiling|step \d+/)", err, re.M), err  # train.progress false: quiet
-    logdir = out / "tensorboard"
-    _assert_tb_equals_jsonl(logdir, out)
-    texts = _tb_texts(logdir)
-    assert _json_block(texts["config"][0])["model"]["d_model"] == 32
-    assert _json_block(texts["summary"][-1])["val_loss"] == pytest.approx(summary["val_loss"])
-
-    _kill_after(out, 40)
-    again = train_cli.main(["--out", str(out), *TINY, *CKPT, *TB])
-    assert again["final_train_loss"] == summary["final_train_loss"]
-    assert len(list(logdir.glob("events.out.tfevents.*"))) == 2  # the second process's file
-    _assert_tb_equals_jsonl(logdir, out)  # steps 41..80 once each, though both files hold them
-    assert _json_block(_tb_texts(logdir)["summary"][-1])["val_loss"] == pytest.approx(again["val_loss"])
 
 
 # ------------------------------------------------------------------ Weights & Biases, offline
@@ -156,36 +152,42 @@ def _wandb_offline(tmp_path, monkeypatch) -> list[str]:
     return ["--log.wandb", "true", "--log.mode", "offline", "--log.project", "tests"]
 
 
-def test_wandb_offline_run_holds_the_config_history_and_summary(tmp_path, monkeypatch):
-    out = tmp_path / "run"
-    summary = train_cli.main(["--out", str(out), *TINY, *_wandb_offline(tmp_path, monkeypatch)])
-    (run_dir,) = (out / "wandb").glob("offline-run-*")
-    run = _wandb_run(run_dir)
-    assert run["config"]["model"]["d_model"] == 32 and run["config"]["train"]["tokens"] == 20480
+def test_tensorboard_and_wandb_offline_read_back_equal_metrics_jsonl_across_a_resume(
+    tmp_path, capsys, monkeypatch, trainers
+):
+    out, logdir = tmp_path / "run", tmp_path / "run" / "tensorboard"
+    flags = [*CKPT, *TB, *_wandb_offline(tmp_path, monkeypatch)]
+    summary = _train(out, trainers, *flags)
+    err = capsys.readouterr().err
+    assert not re.search(r"^(jax .* on |compiling|step \d+/)", err, re.M), err  # train.progress false: quiet
+    _assert_tb_equals_jsonl(logdir, out)
+    texts = _tb_texts(logdir)
+    assert _json_block(texts["config"][0])["model"]["d_model"] == 32
+    assert _json_block(texts["summary"][-1])["val_loss"] == pytest.approx(summary["val_loss"])
+    (first,) = [_wandb_run(d) for d in (out / "wandb").glob("offline-run-*")]
+    assert first["config"]["model"]["d_model"] == 32 and first["config"]["train"]["tokens"] == 20480
     for line in _metrics(out):
-        row = run["history"][line["step"]]
+        row = first["history"][line["step"]]
         for key in ("loss", "val_loss"):
             if key in line:
                 assert row[key] == pytest.approx(line[key], rel=1e-12)
-    assert run["summary"]["val_loss"] == pytest.approx(summary["val_loss"], rel=1e-12)
-    assert run["summary"]["status"] == "completed"
-    assert run["group"] == ""  # a run alone has no group
-
-
-@pytest.mark.slow
-def test_a_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch):
-    out = tmp_path / "run"
-    flags = [*TINY, *CKPT, *_wandb_offline(tmp_path, monkeypatch)]
-    train_cli.main(["--out", str(out), *flags])
+    assert first["summary"]["val_loss"] == pytest.approx(summary["val_loss"], rel=1e-12)
+    assert first["summary"]["status"] == "completed" and first["group"] == ""  # a run alone has no group
     ck = Checkpointer(out / "checkpoints", CheckpointConfig())
-    first_id = ck.read_meta(40)[trackers_lib.WANDB_ID]
+    assert ck.read_meta(40)[trackers_lib.WANDB_ID] == first["id"]
     ck.close()
+
     _kill_after(out, 40)
-    again = train_cli.main(["--out", str(out), *flags])
-    runs = [_wandb_run(d) for d in sorted((out / "wandb").glob("offline-run-*"))]
-    assert len(runs) == 2 and {r["id"] for r in runs} == {first_id}  # one W&B run, synced as one
-    assert sorted(runs[1]["history"]) == list(range(45, 81, 5))  # the resumed process logs from step 41 on
-    assert runs[1]["summary"]["val_loss"] == pytest.approx(again["val_loss"], rel=1e-12)
+    again = _train(out, trainers, *flags)
+    assert again["final_train_loss"] == summary["final_train_loss"]
+    assert len(list(logdir.glob("events.out.tfevents.*"))) == 2  # the second process's file
+    _assert_tb_equals_jsonl(logdir, out)  # steps 41..80 once each, though both files hold them
+    assert _json_block(_tb_texts(logdir)["summary"][-1])["val_loss"] == pytest.approx(again["val_loss"])
+    runs = [_wandb_run(d) for d in (out / "wandb").glob("offline-run-*")]
+    assert len(runs) == 2 and {r["id"] for r in runs} == {first["id"]}  # one W&B run, synced as one
+    (resumed,) = [r for r in runs if min(r["history"]) > 40]
+    assert sorted(resumed["history"]) == list(range(45, 81, 5))  # the resumed process logs from step 41 on
+    assert resumed["summary"]["val_loss"] == pytest.approx(again["val_loss"], rel=1e-12)
 
 
 @pytest.mark.slow
@@ -217,8 +219,6 @@ def test_a_sweep_groups_its_runs_in_wandb_and_tensorboard(tmp_path, monkeypatch)
 
 def test_a_tracker_that_is_not_installed_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # what an environment without wandb imports
-    from scaling.config import LogConfig
-
     with pytest.raises(UsageError, match=r"log.wandb needs the wandb package: pip install 'scaling\[tracking\]'"):
         trackers_lib.check_available(LogConfig(wandb=True))
     with pytest.raises(UsageError, match="log.mode must be online, offline or disabled"):
@@ -226,8 +226,6 @@ def test_a_tracker_that_is_not_installed_is_one_line_naming_the_extra(monkeypatc
 
 
 def test_the_log_section_leaves_the_identity_of_a_run_alone():
-    from scaling import config_parse
-
     base = config_parse.from_dict({})
     logged = config_parse.from_dict({"log": {"tensorboard": True, "wandb": True, "group": "g", "dir": "/x"}})
     assert logged.identity_hash() == base.identity_hash() == "f6dd344d173c0341"  # as before the section

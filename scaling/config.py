@@ -195,7 +195,9 @@ class TrainConfig:
     skip_nonfinite: int = _f(
         0, "skip up to this many steps with a non-finite loss before calling the run diverged", ge=0
     )
-    progress: bool = _f(True, "show a progress bar on stderr")
+    progress: bool = _f(
+        True, "show on stderr the platform, each compile waited for, a line per evaluation and a progress bar"
+    )
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -273,6 +275,36 @@ class DebugConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    """Experiment trackers beside metrics.jsonl: TensorBoard event files and Weights & Biases
+    (pip install 'scaling[tracking]'). Not part of a run's identity: changing them never
+    stops a run from resuming."""
+
+    tensorboard: bool = _f(
+        False,
+        "write TensorBoard event files: OUT/tensorboard for one run, SWEEP_OUT/tensorboard/<run_id> "
+        "for a sweep's runs (with log.dir: DIR/tensorboard/<name>)",
+    )
+    wandb: bool = _f(False, "log to Weights & Biases (project, group, name and mode below)")
+    project: str = _f("scaling", "W&B project")
+    entity: str = _f("", "W&B entity (user or team); '' is the account's default")
+    group: str = _f("", "W&B group of the run; '' is the sweep's name for a sweep's runs, none for one run")
+    name: str = _f("", "the run's name in the trackers; '' is the run directory's name (a sweep's run id)")
+    tags: str = _f("", "W&B tags, separated by commas")
+    mode: str = _f(
+        "",
+        "W&B mode: online | offline (files only; upload later with wandb sync) | disabled; '' is "
+        "wandb's own default (WANDB_MODE, else online)",
+    )
+    dir: str = _f("", "directory of the trackers' files; '' is the run directory (a sweep's runs: the sweep directory)")
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        ok = ("", "online", "offline", "disabled")
+        _check(self.mode in ok, f"log.mode must be online, offline or disabled, got {self.mode!r}")
+
+
+@dataclass(frozen=True)
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -283,6 +315,7 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: ResumeConfig = field(default_factory=ResumeConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

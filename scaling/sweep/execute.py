@@ -67,6 +67,8 @@ def execute(
     from scaling.difficulty import MODEL_SCORING
     from scaling.errors import UsageError
     from scaling.train import Run
+    from scaling.train.progress import platform_line
+    from scaling.train.trackers import SweepGroup
 
     out = Path(out)
     is_main = jax.process_index() == 0
@@ -105,6 +107,8 @@ def execute(
         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} FLOPs [{elapsed}<{remaining}{postfix}]",
     )
     bar.set_postfix_str(f"runs {n_done}/{len(mine)}")
+    if progress and is_main:
+        bar.write(platform_line(), file=sys.stderr)
     trainers = {} if trainers is None else trainers  # one Trainer per shape, shared by its runs
     # one compile thread per 4 cores (an XLA compile keeps more than one busy), at least 1
     ahead = concurrent.futures.ThreadPoolExecutor(
@@ -127,6 +131,7 @@ def execute(
                     model_scoring=MODEL_SCORING,
                     branch_from=branch,
                     keep_steps=r.keep_steps,
+                    sweep=SweepGroup(out, plan.spec.name),
                 )
             except LockHeld:
                 if not single:  # the other processes would wait for this one in the collectives

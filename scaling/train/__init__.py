@@ -8,6 +8,8 @@
     summary      the summary.json record of a finished run
     trained      load_run: a trained run's config and parameters from its checkpoints
     metrics      metrics.jsonl lines
+    trackers     TensorBoard and Weights & Biases beside metrics.jsonl (the log section)
+    progress     what a run shows on stderr: platform, compiles, a line per evaluation, the bar
     distributed  joining a multi-process run
 
 The names below are importable from ``scaling.train``; new code imports from the modules.

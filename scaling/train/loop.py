@@ -20,7 +20,6 @@ from pathlib import Path
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from tqdm import tqdm
 
 from scaling import flops as flops_lib
 from scaling import run_dir as run_dir_lib
@@ -34,9 +33,11 @@ from scaling.evaluation import bits_per_byte
 from scaling.model import check_attention
 from scaling.run_dir import RunDirectory
 from scaling.train import branch as branch_lib
+from scaling.train import trackers as trackers_lib
 from scaling.train.branch import Branch
 from scaling.train.metrics import MetricsLogger, truncate_metrics
 from scaling.train.programs import ShapePrograms
+from scaling.train.progress import Progress
 from scaling.train.step import TrainState
 from scaling.train.summary import run_summary
 
@@ -73,7 +74,8 @@ class Run:
     the run, when it has no checkpoint of its own, from the parent run's checkpoint at that
     step: a wsd cooldown branch (checked before any compute, :mod:`scaling.train.branch`).
     ``keep_steps``: steps at which this run saves a checkpoint that is never pruned (its
-    branches' starting points).
+    branches' starting points). ``sweep``: the sweep the run belongs to (its trackers group
+    the run under it, :mod:`scaling.train.trackers`).
     """
 
     OUTPUTS = run_dir_lib.OUTPUTS
@@ -88,8 +90,10 @@ class Run:
         model_scoring: ModelScoring | None = None,
         branch_from: Branch | tuple[str | Path, int] | None = None,
         keep_steps: tuple[int, ...] = (),
+        sweep: trackers_lib.SweepGroup | None = None,
     ):
-        self.out = Path(out)
+        trackers_lib.check_available(cfg.log)
+        self.out, self.sweep = Path(out), sweep
         if branch_from is not None and not isinstance(branch_from, Branch):
             branch_from = Branch(Path(branch_from[0]), int(branch_from[1]))
         self.branch: Branch | None = branch_from
@@ -190,7 +194,7 @@ class Run:
         branch without checkpoints of its own its parent's state at the branch point, or a
         fresh one; a restored checkpoint of another config is refused."""
         self._recent: collections.deque[float] = collections.deque(maxlen=10)
-        self._prior_wall_s, self._init_s = 0.0, 0.0
+        self._prior_wall_s, self._init_s, self._resume_meta = 0.0, 0.0, {}
         self._branched = self.branch  # where the run started from, also when it resumes
         try:
             restored = self.ckpt.restore_latest(programs.abstract_state)
@@ -211,6 +215,7 @@ class Run:
             return state
         state, meta, step = restored
         self.dir.check_identity(meta, step)
+        self._resume_meta = meta
         self._recent.extend(meta.get("recent_losses", []))
         self._prior_wall_s = float(meta.get("wall_s", 0.0))
         if meta.get("parent") is not None:
@@ -254,7 +259,10 @@ class Run:
 
     def _train(self, programs: ShapePrograms, t0: float) -> dict:
         cfg = self.cfg
+        show = Progress.of_run(self.steps, self.out.name, cfg.train.progress and self.is_main, self.sweep is not None)
         self._compile_shared = programs.step_compiled
+        if not self._compile_shared:
+            show.compiling(cfg.model)
         state = self._restore_or_init(programs)
         start = int(jax.device_get(state.step))
         self.dir.write_config()
@@ -266,21 +274,22 @@ class Run:
         programs.compile_step()
         # the time this run waited for its init and train step to compile (~0 when compiled ahead)
         compile_s = self._init_s + time.time() - compile_t0
+        if not self._compile_shared:
+            show.compiled(compile_s)
+        # process 0 tracks; a resumed W&B run continues under the id its checkpoint kept
+        meta = self._resume_meta if self.is_main else None
+        with show, trackers_lib.tracking(cfg, self.out, start, sweep=self.sweep, resume_meta=meta) as trackers:
+            summary = self._loop(programs, state, start, show, trackers, t0, compile_s)
+            trackers_lib.finish(trackers, summary)
+        return summary
+
+    def _loop(self, programs, state, start, show: Progress, trackers: list, t0: float, compile_s: float) -> dict:
+        cfg, tokens_per_step = self.cfg, self.cfg.train.batch_size * self.cfg.model.seq_len
         fpt = flops_lib.all_flops_per_token(cfg.model)
         logger = MetricsLogger(
-            metrics_path, self.is_main, fpt, cfg.train.batch_size * cfg.model.seq_len, cfg.train.log_every
+            self.out / run_dir_lib.METRICS, self.is_main, fpt, tokens_per_step, cfg.train.log_every, tuple(trackers)
         )
-        bar = tqdm(
-            total=self.steps,
-            initial=start,
-            disable=not (cfg.train.progress and self.is_main),
-            unit="step",
-            dynamic_ncols=True,
-            desc=self.out.name,
-            file=sys.stderr,
-            leave=False,
-            mininterval=1.0,
-        )
+        show.begin(start)
         self._bad, status, val, pending = 0, "completed", None, None
         lo, hi = self.rows
         step = start
@@ -288,7 +297,7 @@ class Run:
             batch = sh.make_global_batch(self.mesh, self.batches.train_batch(step, lo, hi), cfg.train.batch_size)
             state, metrics = programs.train_step(state, batch)  # dispatch step t ...
             step += 1
-            if pending is not None and self._handle(pending, logger, bar):  # ... then fetch step t-1
+            if pending is not None and self._handle(pending, logger, show):  # ... then fetch step t-1
                 status = "diverged"
                 break
             pending = (step, metrics)
@@ -296,13 +305,15 @@ class Run:
             eval_due = step % cfg.train.eval_every == 0 or final
             ckpt_due = self.ckpt.due(step, final, steps_left=self.steps - step)
             if eval_due or ckpt_due:
-                diverged, pending = self._handle(pending, logger, bar), None
+                diverged, pending = self._handle(pending, logger, show), None
                 if diverged:
                     status = "diverged"
                     break
                 if eval_due:
                     val = self.evaluate(programs, state.params)
                     logger.add_val(step, val)
+                    recent = self._recent[-1] if self._recent else None
+                    show.evaluated(step, recent, val[0], logger.mean_tokens_per_s, tokens_per_step)
                 with self.dir.writing():
                     logger.flush()
                 if ckpt_due:
@@ -315,13 +326,13 @@ class Run:
                             "recent_losses": list(self._recent),
                             "wall_s": self._prior_wall_s + time.time() - t0,
                             **self._branch_meta(),
+                            **trackers_lib.tracker_meta(trackers),
                         },
                     )
         with self.dir.writing():
             logger.flush()
         with self.dir.writing("save a checkpoint of", checkpointer=True):
             self.ckpt.wait()
-        bar.close()
         if val is None and status == "completed":
             val = self.evaluate(programs, state.params)
         xla_step = programs.xla_flops_per_step()  # counted by the compile-ahead thread meanwhile
@@ -351,15 +362,14 @@ class Run:
         b = self._branched
         return {"parent": None if b is None else str(b.parent), "stable_steps": None if b is None else b.step}
 
-    def _handle(self, pending, logger: MetricsLogger, bar) -> bool:
+    def _handle(self, pending, logger: MetricsLogger, show: Progress) -> bool:
         """Log one step's fetched metrics; True when the run has diverged."""
         step, metrics = pending
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        bar.update(step - bar.n)
+        show.update(step, m["loss"], logger.tokens_per_s)
         if math.isfinite(m["loss"]) and math.isfinite(m["grad_norm"]):
             logger.log(step, m, force=step == self.steps)
             self._recent.append(m["loss"])
-            bar.set_postfix(loss=f"{m['loss']:.3f}", tok_s=f"{logger.tokens_per_s:.0f}", refresh=False)
             return False
         self._bad += 1
         logger.log(step, m, force=True)

@@ -2,8 +2,9 @@
 
 One JSON object per logged step: ``step, tokens, flops, flops_chinchilla, loss, lr,
 grad_norm, tokens_per_s``, with ``val_loss`` and ``val_bpb`` on evaluated steps (a line of its
-own when the step was not logged otherwise). Lines are buffered and appended by process 0
-at evaluations and checkpoints.
+own when the step was not logged otherwise). Lines are buffered and handed to the run's
+trackers (:mod:`scaling.train.trackers`; metrics.jsonl itself is :class:`JsonlTracker`) by
+process 0 at evaluations and checkpoints.
 """
 
 from __future__ import annotations
@@ -13,13 +14,45 @@ import time
 from pathlib import Path
 
 from scaling import io as run_io
+from scaling.train.trackers import Tracker
+
+
+class JsonlTracker:
+    """metrics.jsonl: the lines logged are appended at ``flush`` (an OSError leaves them
+    buffered; a torn last line is dropped when the run resumes). The config and the summary
+    have files of their own (config.yaml, summary.json)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.lines: list[dict] = []
+
+    def log_config(self, config: dict) -> None:
+        pass
+
+    def log(self, step: int, metrics: dict) -> None:
+        self.lines.append(metrics)
+
+    def flush(self) -> None:
+        if self.lines:
+            with open(self.path, "a") as f:
+                for line in self.lines:
+                    f.write(json.dumps(line) + "\n")
+            self.lines = []
+
+    def log_summary(self, summary: dict) -> None:
+        pass
+
+    def close(self, failed: bool = False) -> None:
+        pass
 
 
 class MetricsLogger:
-    """metrics.jsonl lines (process 0 only), buffered and appended."""
+    """metrics.jsonl lines (process 0 only), buffered and handed to metrics.jsonl and to
+    ``trackers`` at ``flush``."""
 
-    def __init__(self, path: Path, enabled: bool, fpt: dict, tokens_per_step: int, every: int):
+    def __init__(self, path: Path, enabled: bool, fpt: dict, tokens_per_step: int, every: int, trackers: tuple = ()):
         self.path, self.enabled, self.fpt, self.tps, self.every = path, enabled, fpt, tokens_per_step, every
+        self.trackers: list[Tracker] = [JsonlTracker(path), *trackers] if enabled else []
         self.lines: list[dict] = []
         self._t, self._step = time.time(), None
         self.tokens_per_s = 0.0
@@ -73,13 +106,13 @@ class MetricsLogger:
             )
 
     def flush(self) -> None:
-        """Append the buffered lines (an OSError leaves them buffered; a torn last line is
-        dropped when the run resumes)."""
-        if self.enabled and self.lines:
-            with open(self.path, "a") as f:
-                for line in self.lines:
-                    f.write(json.dumps(line) + "\n")
-            self.lines = []
+        """Hand the buffered lines to every tracker, then flush each (metrics.jsonl first)."""
+        lines, self.lines = self.lines, []
+        for t in self.trackers:
+            for line in lines:
+                t.log(line["step"], line)
+        for t in self.trackers:
+            t.flush()
 
 
 def truncate_metrics(path: Path, step: int) -> None:

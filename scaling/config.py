@@ -212,7 +212,7 @@ class TrainConfig:
         "holding the text with spans replaced by sentinels, then the spans predicted causally)",
     )
     mask_rate: float = _f(0.15, "objective=mlm: share of the tokens chosen for prediction", gt=0, lt=1)
-    corrupt_rate: float = _f(0.15, "objective=prefix_denoise: share of the text's tokens in corrupted spans", gt=0, lt=1)
+    corrupt_rate: float = _f(0.15, "objective=prefix_denoise: share of the text's tokens in corrupt spans", gt=0, lt=1)
     mean_span: float = _f(3.0, "objective=prefix_denoise: mean length of a corrupted span in tokens", ge=1)
 
     def __post_init__(self) -> None:

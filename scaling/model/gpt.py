@@ -10,9 +10,10 @@ block boundaries with ``act_batch``, ``act_seq``, ``act_embed``.
 ``GPT.__call__(tokens_bt)`` returns float32 logits (padded vocabulary ids masked to a
 large negative value). Attention is causal; with ``prefix_b`` (int32 per sequence, the
 non-causal objectives of ``train.objective``) the first ``prefix_b[b]`` positions of sequence
-b see each other (:func:`scaling.model.attention.prefix_mask`). With ``cache`` (from :func:`init_cache`) and ``cache_index`` it
-attends over the cache too and returns ``(logits, new_cache)``: prefill writes the whole
-prompt, decoding then writes one position per call.
+b see each other (:func:`scaling.model.attention.prefix_mask`). With ``cache`` (from
+:func:`init_cache`) and ``cache_index`` it attends over the cache too and returns
+``(logits, new_cache)``: prefill writes the whole prompt, decoding then writes one position
+per call.
 """
 
 from __future__ import annotations

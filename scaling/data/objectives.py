@@ -20,8 +20,8 @@ rows like the plain windows.
   original tokens at the chosen positions (weight 1) and the prefix is T (bidirectional).
 - ``prefix_denoise`` (T5's span corruption in a decoder-only model, as UL2's R-denoiser): the
   first ``L`` tokens of the window are split into ``k`` noise spans (``n`` tokens,
-  ``corrupt_rate`` of L, mean length ``mean_span``) between ``k`` kept runs, T5's
-  random segmentation. The sequence is the corrupted text (each span replaced by its sentinel)
+  ``corrupt_rate`` of L, mean length ``mean_span``) between ``k + 1`` kept runs (the first and
+  the last may be empty), each cutting uniformly at random (T5's random segmentation). The sequence is the corrupted text (each span replaced by its sentinel)
   as a bidirectional prefix of ``L - n + k`` tokens, then for each span its sentinel and its
   tokens, predicted causally; ``L`` is the longest text whose ``L + 2k`` tokens fit in the
   ``T + 1`` of a window. The span tokens are the targets; the sentinels are given, not scored.
@@ -169,8 +169,12 @@ def _prefix_denoise(obj: Objective, w_x: jax.Array, key: jax.Array):
     length, n, k = obj.layout()
     text = w_x[:length]
     k_noise, k_keep = jax.random.split(key)
-    noise_k, keep_k = random_segmentation(k_noise, n, k), random_segmentation(k_keep, length - n, k)
-    seg = jnp.stack([keep_k, noise_k], axis=1).reshape(2 * k)  # kept run 0, span 0, kept run 1, span 1, ...
+    noise_k = random_segmentation(k_noise, n, k)
+    # k + 1 kept runs around the spans, the first and the last possibly empty (a span may open or
+    # close the text): L - n + 2 items cut into k + 1 positive runs, one taken off each end
+    keep_k1 = random_segmentation(k_keep, length - n + 2, k + 1).at[jnp.array([0, k])].add(-1)
+    # kept run 0, span 0, kept run 1, span 1, ..., span k-1, kept run k
+    seg = jnp.concatenate([jnp.stack([keep_k1[:k], noise_k], axis=1).reshape(2 * k), keep_k1[k:]])
     ends = jnp.cumsum(seg)
     pos = jnp.arange(length)
     idx = jnp.searchsorted(ends, pos, side="right")

@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import math
 import os
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -104,10 +105,17 @@ def val_bits_per_byte(cfg: Config, batches, n_batches: int, loss: float) -> floa
     return bits_per_byte(loss, rows * obj.predicted_per_row, n_bytes)
 
 
-@functools.lru_cache(maxsize=8)
+_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # batches -> {(objective, n): bytes}
+
+
 def _predicted_bytes(obj: obj_lib.Objective, batches, n_batches: int) -> int:
-    lengths = np.asarray(tok.token_byte_lengths(batches.splits.encoding), np.int64)
-    return obj_lib.predicted_bytes(obj, batches, n_batches, lengths)
+    """Counted once per run's batches (every evaluation scores the same tokens), and forgotten
+    with them."""
+    known = _BYTES.setdefault(batches, {})
+    if (obj, n_batches) not in known:
+        lengths = np.asarray(tok.token_byte_lengths(batches.splits.encoding), np.int64)
+        known[obj, n_batches] = obj_lib.predicted_bytes(obj, batches, n_batches, lengths)
+    return known[obj, n_batches]
 
 
 # ----------------------------------------------------------------------------- memory

@@ -9,6 +9,8 @@ import functools
 import json
 import math
 import shutil
+from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -17,13 +19,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from analysis.objective_plots import arms_vs_compute
 from experiments import train as train_cli
 from scaling.config import Config, ModelConfig, TrainConfig
 from scaling.data import objectives as obj_lib
 from scaling.errors import UsageError
 from scaling.evaluation import cross_entropy, objective_loss
+from scaling.laws.record import NotRun
 from scaling.model import GPT, cpu_attention
 from scaling.model.attention import prefix_attention, prefix_mask
+from scaling.sweep.baseline import sweep_baselines
 from tests.helpers import TINY, run_cli
 
 needs_compiler = pytest.mark.skipif(cpu_attention.compiler() is None, reason="no C++ compiler on this machine")
@@ -310,3 +315,36 @@ def test_each_objective_trains_through_the_cli_and_resumes_exactly(tmp_path, kin
     late = sorted(s for s in want if s > 20)
     assert late and [got[s] for s in late] == pytest.approx([want[s] for s in late], rel=1e-6)
     assert resumed["val_loss"] == pytest.approx(summary["val_loss"], rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def test_non_causal_arms_get_no_count_model_baseline():
+    """The count models score next-token prediction: an arm of another objective gets a
+    not-evaluated note (its regime check then reads not evaluated), not a failure."""
+    runs = [
+        SimpleNamespace(arm=arm, cfg=Config(train=TrainConfig(objective=arm)))
+        for arm in ("mlm", "prefix_denoise", "mlm")
+    ]
+    plan = SimpleNamespace(runs=runs, has_arms=True, spec=SimpleNamespace(fit_loss="val_bpb"))
+    result = sweep_baselines(plan, Path("/nonexistent"))
+    assert set(result) == {"mlm", "prefix_denoise"}
+    for arm, note in result.items():
+        assert isinstance(note, NotRun) and note.reason.startswith("not evaluated") and arm in note.reason
+
+
+def test_arms_vs_compute_plots_each_arm_on_the_bits_per_byte_of_its_predicted_tokens():
+    rows = [
+        {"arm": arm, "status": "completed", "flops_6nd": c, "val_bpb": bpb}
+        for arm, pts in {"causal": [(1e9, 3.0), (3e9, 2.5)], "mlm": [(1e9, 2.0), (3e9, 2.1)]}.items()
+        for c, bpb in pts
+    ] + [{"arm": "mlm", "status": "diverged", "flops_6nd": 1e10, "val_bpb": "nan"}]
+    fig = arms_vs_compute(rows, {"causal": "causal", "mlm": "mlm"})
+    ax = fig.axes[0]
+    assert "bits per byte of the predicted tokens" in ax.get_ylabel() and "6ND" in ax.get_xlabel()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["causal: every next token", "mlm: the masked tokens"]
+    frontier = [line.get_xydata().tolist() for line in ax.get_lines()]
+    assert frontier == [[[1e9, 3.0], [3e9, 2.5]], [[1e9, 2.0]]]  # the lowest loss at each compute
+    assert arms_vs_compute([r | {"status": "diverged"} for r in rows], {}) is None

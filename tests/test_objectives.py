@@ -186,7 +186,7 @@ def test_prefix_denoise_batch_holds_the_text_and_predicts_exactly_its_spans(seed
 
 
 @pytest.mark.slow
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=5, deadline=None)
 @given(rate=st.floats(0.05, 0.6), span=st.floats(1.0, 6.0), seed=st.integers(0, 2**16))
 def test_prefix_denoise_batches_of_any_rate_and_span_length(rate, span, seed):
     _check_span_corruption(_objective("prefix_denoise", corrupt_rate=rate, mean_span=span), seed)

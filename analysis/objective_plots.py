@@ -7,8 +7,9 @@ same model over the same D tokens, so equal C is equal work) and its ``val_bpb``
 UTF-8 byte, on the held-out split, of the tokens the run's objective predicts (all next tokens
 for causal, the masked tokens for mlm, the corrupted spans for prefix_denoise;
 :func:`scaling.evaluation.val_bits_per_byte`). Per byte rather than per token, so that
-tokenizers compare too. A line joins each arm's compute frontier (the lowest loss at or below
-each compute). The axis label and the legend say which tokens each arm is scored on.
+tokenizers compare too. A line joins each arm's best run of each compute budget (its IsoFLOP
+minimum among the sampled sizes; each run is its own budget in a grid design). The axis label
+and the legend say which tokens each arm is scored on.
 
     python -m analysis.objective_plots --sweep DIR [--out FILE]
 """
@@ -55,24 +56,24 @@ def run_objectives(rows: list[dict], runs_dir: Path) -> dict[str, str]:
     return out
 
 
-def _frontier(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The lowest loss reached at or below each compute, at the computes where it drops."""
-    out, best = [], math.inf
-    for c, loss in sorted(points):
-        if loss < best:
-            best = loss
-            out.append((c, loss))
-    return out
+def _frontier(points: list[tuple[float, float, str]]) -> list[tuple[float, float]]:
+    """The best run of each budget (its compute and loss), by compute."""
+    best: dict[str, tuple[float, float]] = {}
+    for c, loss, budget in points:
+        if budget not in best or loss < best[budget][1]:
+            best[budget] = (c, loss)
+    return sorted(best.values())
 
 
 def arms_vs_compute(rows: list[dict], objectives: dict[str, str]) -> Figure | None:
     """Validation bits per byte against C = 6ND, one colour per arm; None without a completed
     run that has both."""
-    points: dict[str, list[tuple[float, float]]] = {}
+    points: dict[str, list[tuple[float, float, str]]] = {}
     for r in rows:
         c, bpb = num(r.get("flops_6nd")), num(r.get("val_bpb"))
         if r.get("status") == "completed" and math.isfinite(bpb) and c > 0:
-            points.setdefault(str(r.get("arm") or ""), []).append((c, bpb))
+            budget = str(r.get("budget") or f"{c:.3g}")  # an IsoFLOP budget, else the run's own compute
+            points.setdefault(str(r.get("arm") or ""), []).append((c, bpb, budget))
     if not points:
         return None
     fig = Figure(figsize=(7.5, 5))
@@ -81,12 +82,19 @@ def arms_vs_compute(rows: list[dict], objectives: dict[str, str]) -> Figure | No
         obj = objectives.get(arm, "causal")
         label = f"{arm} ({obj}: {PREDICTS.get(obj, obj)})" if arm != obj else f"{arm}: {PREDICTS.get(obj, obj)}"
         color = f"C{i}"
-        ax.scatter(*zip(*pts), color=color, marker=MARKERS[i % len(MARKERS)], alpha=0.6, label=label)
+        ax.scatter(
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            color=color,
+            marker=MARKERS[i % len(MARKERS)],
+            alpha=0.6,
+            label=label,
+        )
         ax.plot(*zip(*_frontier(pts)), color=color, lw=1.5)
     ax.set_xscale("log")
     ax.set_xlabel("training compute C = 6ND (FLOPs)")
     ax.set_ylabel("held-out bits per byte of the predicted tokens")
-    ax.set_title("Loss against compute per objective (lines: the lowest loss at each compute)", fontsize=10)
+    ax.set_title("Loss against compute per objective (lines: the best run of each budget)", fontsize=10)
     ax.legend(fontsize=8, title="arm (objective: tokens scored)", title_fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     return fig

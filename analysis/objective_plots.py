@@ -1,6 +1,6 @@
 """Loss against compute per arm of a sweep, on a metric that compares across pretraining
-objectives: ``arms_vs_compute.png`` under DIR/plots/ of a sweep with arms (drawn by
-:func:`analysis.sweep_plots.plot_sweep`).
+objectives: ``arms_vs_compute.png`` under DIR/plots/ of a sweep whose arms differ in
+``train.objective`` (drawn by :func:`analysis.sweep_plots.plot_sweep`).
 
 Each completed run is a point at its compute (``flops_6nd``, C = 6ND: every objective runs the
 same model over the same D tokens, so equal C is equal work) and its ``val_bpb``: bits per
@@ -41,7 +41,7 @@ PREDICTS = {
 
 def arm_objectives(plan: Plan) -> dict[str, str]:
     """The ``train.objective`` of each arm's runs (an arm's runs share it)."""
-    return {str(r.arm): r.cfg.train.objective for r in plan.runs if r.arm is not None}
+    return {str(r.arm): r.cfg.train.objective for r in getattr(plan, "runs", ()) if r.arm is not None}
 
 
 def run_objectives(rows: list[dict], runs_dir: Path) -> dict[str, str]:

@@ -35,6 +35,7 @@ needs_compiler = pytest.mark.skipif(cpu_attention.compiler() is None, reason="no
 
 T = 24
 MODEL = ModelConfig(n_layer=2, n_head=2, d_model=32, seq_len=T, vocab_size=20, vocab_multiple=32)
+_GPT = GPT(dataclasses.replace(MODEL, attention="dot_product"))
 
 
 def _objective(kind: str, **kw) -> obj_lib.Objective:
@@ -49,7 +50,7 @@ def _objective(kind: str, **kw) -> obj_lib.Objective:
 def _forward(attention: str):
     cfg = dataclasses.replace(MODEL, attention=attention)
     model = GPT(cfg)
-    params = model.init(jax.random.key(0), jnp.zeros((1, T), jnp.int32))["params"]
+    params = jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, T), jnp.int32))["params"]
     return jax.jit(lambda tok, pre: model.apply({"params": params}, tok, prefix_b=pre)), params
 
 
@@ -86,7 +87,7 @@ def test_causal_mask_without_a_prefix_is_the_models_own():
     """Without prefix_b the model is the causal GPT: prefix 0 gives the same logits."""
     fwd, params = _forward("dot_product")
     tokens = jnp.asarray(np.arange(T)[None] % MODEL.vocab_size, jnp.int32)
-    plain = GPT(dataclasses.replace(MODEL, attention="dot_product")).apply({"params": params}, tokens)
+    plain = jax.jit(_GPT.apply)({"params": params}, tokens)
     np.testing.assert_allclose(np.asarray(fwd(tokens, jnp.zeros(1, jnp.int32))), np.asarray(plain), atol=1e-5)
     assert np.all(_seen("dot_product", None, 5, np.asarray(tokens)) == (np.arange(T) >= 5))
 
@@ -223,7 +224,6 @@ def test_causal_configs_hash_as_before_the_objectives():
 # ----------------------------------------------------------------------------- the loss
 
 
-_GPT = GPT(dataclasses.replace(MODEL, attention="dot_product"))
 _loss = jax.jit(functools.partial(objective_loss, _GPT))
 
 

@@ -21,9 +21,10 @@ rows like the plain windows.
 - ``prefix_denoise`` (T5's span corruption in a decoder-only model, as UL2's R-denoiser): the
   first ``L`` tokens of the window are split into ``k`` noise spans (``n`` tokens,
   ``corrupt_rate`` of L, mean length ``mean_span``) between ``k + 1`` kept runs (the first and
-  the last may be empty), each cutting uniformly at random (T5's random segmentation). The sequence is the corrupted text (each span replaced by its sentinel)
-  as a bidirectional prefix of ``L - n + k`` tokens, then for each span its sentinel and its
-  tokens, predicted causally; ``L`` is the longest text whose ``L + 2k`` tokens fit in the
+  the last may be empty), each cutting uniformly at random (T5's random segmentation). The
+  sequence is the corrupted text (each span replaced by its sentinel) as a bidirectional
+  prefix of ``L - n + k`` tokens, then for each span its sentinel and its tokens, predicted
+  causally; ``L`` is the longest text whose ``L + 2k`` tokens fit in the
   ``T + 1`` of a window. The span tokens are the targets; the sentinels are given, not scored.
 
 The mask id and the sentinels live in the padded rows of the embedding

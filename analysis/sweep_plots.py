@@ -9,6 +9,9 @@ plots/<arm>/ when the sweep has arms):
 - ``training_curves.png``: training loss against tokens per run, cooldown branches forking
   from their parents, final validation losses marked (:mod:`analysis.run_plots`)
 - ``loss_vs_n.png``: final loss against N per token count D, and against D per size N
+- ``arms_vs_compute.png`` (in plots/, when the arms differ in ``train.objective``): held-out
+  bits per byte of the predicted tokens against C = 6ND per arm, comparable across objectives
+  (:mod:`analysis.objective_plots`)
 - ``lr_scan.png`` (in plots/, once): the learning-rate scan of OUT/lr_scan/ and the rule of
   OUT/lr_rule.json
 - ``skipped.json``: ``{plot name: why it was not drawn}`` for each plot whose input is
@@ -28,6 +31,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from analysis import objective_plots
 from analysis.plot_style import log_colors, sci
 from analysis.plots import fit_figures, save_figures
 from analysis.run_plots import lr_scan, num, training_curves
@@ -218,6 +222,13 @@ def plot_sweep(plan: Plan, out: Path, fit: FitOutput, *, dpi: int = 130) -> list
     if plan.has_arms:
         sheet = _Sheet(plots_dir)
         _lr_plot(sheet, out, fit_unit)
+        objectives = objective_plots.arm_objectives(plan)
+        if len(set(objectives.values())) > 1:  # arms of different train.objective
+            sheet.draw(
+                "arms_vs_compute",
+                lambda: objective_plots.arms_vs_compute(rows, objectives),
+                "no completed run with val_bpb and flops_6nd in results.csv",
+            )
         paths += sheet.write(dpi)
     return paths
 

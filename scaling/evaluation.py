@@ -1,11 +1,18 @@
-"""How well a model predicts text: the next-token loss, bits per byte, and the sliding-window
-loss and perplexity of a whole text.
+"""How well a model predicts text: the next-token loss, the loss of the other pretraining
+objectives, bits per byte, and the sliding-window loss and perplexity of a whole text.
 
 The next-token loss of a window of ``n + 1`` tokens scores tokens 1..n, each from the tokens
 before it; training, validation, evaluation of a text, sequence scoring and curriculum
 difficulty all compute it with :func:`token_nll`. Bits per byte divide the total loss by
 ``ln 2`` and by the UTF-8 bytes the scored tokens stand for, so models with different
 tokenizers compare.
+
+The other objectives (``train.objective``, :mod:`scaling.data.objectives`) score the tokens
+they predict: :func:`objective_loss` is the mean cross-entropy over the targets of weight 1 of
+a packed objective batch (masked positions for mlm, the corrupted spans for prefix_denoise),
+with the attention mask the batch carries; their bits per byte divide by the bytes of those
+tokens only (:func:`val_bits_per_byte`), so every objective is scored per byte of the text it
+predicts, on the held-out split.
 
 A text longer than the model's context is scored over sliding windows
 (:func:`window_plan`): every token is scored exactly once, each (after the first window)
@@ -20,6 +27,7 @@ import dataclasses
 import functools
 import math
 import os
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +37,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from scaling.config import ModelConfig
+from scaling import tokenizer as tok
+from scaling.config import Config, ModelConfig
+from scaling.data import objectives as obj_lib
 from scaling.errors import UsageError
 from scaling.model import GPT
 
@@ -53,6 +63,26 @@ def cross_entropy(model: GPT, params: Any, batch_bt: jax.Array, *, train: bool =
     return token_nll(model, params, batch_bt, train=train, rng=rng).mean()
 
 
+def objective_nll(
+    model: GPT, params: Any, packed_bx: jax.Array, *, train: bool = False, rng=None
+) -> tuple[jax.Array, jax.Array]:
+    """Cross-entropy (nats) of each target of a packed objective batch
+    (:func:`scaling.data.objectives.pack`) and the targets' weights, both (B, T); the model
+    attends under the batch's prefix mask."""
+    inputs_bt, targets_bt, weights_bt, prefix_b = obj_lib.unpack(packed_bx)
+    rngs = {"dropout": rng} if rng is not None else None
+    logits_btv = model.apply({"params": params}, inputs_bt, train=train, rngs=rngs, prefix_b=prefix_b)
+    return optax.softmax_cross_entropy_with_integer_labels(logits_btv, targets_bt), weights_bt
+
+
+def objective_loss(model: GPT, params: Any, packed_bx: jax.Array, *, train: bool = False, rng=None) -> jax.Array:
+    """Mean cross-entropy (nats) over the predicted targets (weight 1) of a packed objective batch.
+    Every row predicts as many targets, so the mean of microbatch means is the batch's mean."""
+    nll_bt, w_bt = objective_nll(model, params, packed_bx, train=train, rng=rng)
+    w_bt = w_bt.astype(jnp.float32)
+    return jnp.sum(nll_bt * w_bt) / jnp.maximum(jnp.sum(w_bt), 1.0)
+
+
 def nats_to_bits_per_byte(total_nats: float, n_bytes: int) -> float:
     """Bits per byte of a total loss over targets that stand for ``n_bytes`` UTF-8 bytes."""
     return total_nats / (math.log(2) * max(n_bytes, 1))
@@ -61,6 +91,31 @@ def nats_to_bits_per_byte(total_nats: float, n_bytes: int) -> float:
 def bits_per_byte(mean_loss_nats: float, n_target_tokens: int, n_bytes: int) -> float:
     """Bits per byte of a mean loss over ``n_target_tokens`` targets standing for ``n_bytes`` bytes."""
     return nats_to_bits_per_byte(mean_loss_nats * n_target_tokens, n_bytes)
+
+
+def val_bits_per_byte(cfg: Config, batches, n_batches: int, loss: float) -> float:
+    """Bits per byte of a mean validation loss over the first ``n_batches`` validation batches of
+    ``batches``: over every next-token target (causal), or over the tokens the objective predicts
+    and the bytes they stand for (``cfg.model.vocab_size`` resolved)."""
+    rows = n_batches * cfg.train.batch_size
+    if cfg.train.objective == "causal":
+        return bits_per_byte(loss, rows * cfg.model.seq_len, batches.val_target_bytes(n_batches))
+    obj = obj_lib.Objective.of(cfg)
+    n_bytes = _predicted_bytes(obj, batches, n_batches)
+    return bits_per_byte(loss, rows * obj.predicted_per_row, n_bytes)
+
+
+_BYTES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # batches -> {(objective, n): bytes}
+
+
+def _predicted_bytes(obj: obj_lib.Objective, batches, n_batches: int) -> int:
+    """Counted once per run's batches (every evaluation scores the same tokens), and forgotten
+    with them."""
+    known = _BYTES.setdefault(batches, {})
+    if (obj, n_batches) not in known:
+        lengths = np.asarray(tok.token_byte_lengths(batches.splits.encoding), np.int64)
+        known[obj, n_batches] = obj_lib.predicted_bytes(obj, batches, n_batches, lengths)
+    return known[obj, n_batches]
 
 
 # ----------------------------------------------------------------------------- memory

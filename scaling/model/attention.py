@@ -1,4 +1,4 @@
-"""Causal softmax attention kernels.
+"""Softmax attention kernels: causal, and under a prefix mask.
 
 - :func:`causal_attention`: the plain masked softmax over every key, for decoding with a
   KV cache (queries at arbitrary absolute positions).
@@ -13,6 +13,11 @@
   scores), so every intermediate stays cache-sized.
 - :func:`dot_product_attention`: ``jax.nn.dot_product_attention`` with its default
   implementation.
+- :func:`prefix_attention`: ``jax.nn.dot_product_attention`` under :func:`prefix_mask`, the
+  attention of the non-causal objectives (``train.objective``: a masked LM attends
+  bidirectionally, prefix denoising bidirectionally within each sequence's prefix). It serves
+  both the ``dot_product`` and the ``blocked`` settings (the blocked kernel skips the blocks
+  above the diagonal, which a prefix needs); the C++ CPU kernel takes the prefix itself.
 
 All take ``(batch, T, heads, head_dim)``, the layout the q/k/v projections write as plain
 matmuls; the blocked kernel turns each chunk heads-major (as its batched dots want) inside
@@ -49,6 +54,19 @@ def causal_attention(q_bthd: jax.Array, k_bshd: jax.Array, v_bshd: jax.Array, q_
 
 def dot_product_attention(q_bthd: jax.Array, k_bthd: jax.Array, v_bthd: jax.Array) -> jax.Array:
     return jax.nn.dot_product_attention(q_bthd, k_bthd, v_bthd, is_causal=True)
+
+
+def prefix_mask(t: int, prefix_b: jax.Array) -> jax.Array:
+    """(B, T, T) boolean: query i of sequence b sees key j when j <= i or j < prefix_b[b] (so
+    prefix 0 or 1 is the causal mask, prefix T the full one)."""
+    i, j = jnp.arange(t)[:, None], jnp.arange(t)[None, :]
+    return (j <= i)[None] | (j[None] < prefix_b[:, None, None])
+
+
+def prefix_attention(q_bthd: jax.Array, k_bthd: jax.Array, v_bthd: jax.Array, prefix_b: jax.Array) -> jax.Array:
+    """Self-attention of fresh sequences under :func:`prefix_mask`."""
+    mask_b1tt = prefix_mask(q_bthd.shape[1], prefix_b)[:, None]
+    return jax.nn.dot_product_attention(q_bthd, k_bthd, v_bthd, mask=mask_b1tt)
 
 
 def _blocks(t: int, block: int) -> list[tuple[int, int]]:

@@ -1,10 +1,14 @@
-"""Causal attention of fresh sequences through a C++ CPU kernel (XLA FFI custom calls).
+"""Causal and prefix-bidirectional attention of fresh sequences through a C++ CPU kernel (XLA
+FFI custom calls).
 
 ``kernels/causal_attention_cpu.cc`` holds the forward pass (output and each query's
 log-sum-exp) and a flash-attention-style backward pass, register-tiled over the head
 dimension and spread over XLA's intra-op threads one (sequence, head) pair at a time. It
 stands in for the XLA-written attention (``scaling.model.attention``) on CPUs because it is faster
 there; ``python -m benchmarks.attention_check --time`` measures both on the machine at hand.
+Each sequence carries a prefix length (:func:`prefix_attention`): its first ``prefix``
+positions see each other (bidirectional), the rest attend causally; causal attention is
+prefix 0, full bidirectional attention (a masked LM) prefix T.
 
 The library is compiled on first use with the machine's C++ compiler (``$CXX``, else
 ``g++``/``c++``/``clang++``; ``-O3 -march=native``) into ``SCALING_CACHE_DIR/kernels``,
@@ -116,37 +120,38 @@ def supports(head_dim: int, dtype) -> bool:
     return head_dim in HEAD_DIMS and jnp.dtype(dtype) == jnp.float32
 
 
-def _forward_local(q_bthd, k_bthd, v_bthd):
+def _forward_local(q_bthd, k_bthd, v_bthd, prefix_b):
     b, t, h, _ = q_bthd.shape
     out = (jax.ShapeDtypeStruct(q_bthd.shape, jnp.float32), jax.ShapeDtypeStruct((b, h, t), jnp.float32))
-    return jax.ffi.ffi_call(_TARGETS["fwd"], out, vmap_method="sequential")(q_bthd, k_bthd, v_bthd)
+    return jax.ffi.ffi_call(_TARGETS["fwd"], out, vmap_method="sequential")(q_bthd, k_bthd, v_bthd, prefix_b)
 
 
-def _backward_local(q_bthd, k_bthd, v_bthd, o_bthd, lse_bht, do_bthd):
+def _backward_local(q_bthd, k_bthd, v_bthd, prefix_b, o_bthd, lse_bht, do_bthd):
     grad = jax.ShapeDtypeStruct(q_bthd.shape, jnp.float32)
     return jax.ffi.ffi_call(_TARGETS["bwd"], (grad, grad, grad), vmap_method="sequential")(
-        q_bthd, k_bthd, v_bthd, o_bthd, lse_bht, do_bthd
+        q_bthd, k_bthd, v_bthd, prefix_b, o_bthd, lse_bht, do_bthd
     )
 
 
 _BTHD = ("act_batch", "act_seq", "act_heads", None)
 _BHT = ("act_batch", "act_heads", "act_seq")
+_B = ("act_batch",)
 
 
 @jax.custom_vjp
-def _attention(q_bthd, k_bthd, v_bthd):
-    return _attention_fwd(q_bthd, k_bthd, v_bthd)[0]
+def _attention(q_bthd, k_bthd, v_bthd, prefix_b):
+    return _attention_fwd(q_bthd, k_bthd, v_bthd, prefix_b)[0]
 
 
-def _attention_fwd(q_bthd, k_bthd, v_bthd):
-    fwd = sh.shard_local(_forward_local, (_BTHD,) * 3, (_BTHD, _BHT))
-    o_bthd, lse_bht = fwd(q_bthd, k_bthd, v_bthd)
-    return o_bthd, (q_bthd, k_bthd, v_bthd, o_bthd, lse_bht)
+def _attention_fwd(q_bthd, k_bthd, v_bthd, prefix_b):
+    fwd = sh.shard_local(_forward_local, (_BTHD,) * 3 + (_B,), (_BTHD, _BHT))
+    o_bthd, lse_bht = fwd(q_bthd, k_bthd, v_bthd, prefix_b)
+    return o_bthd, (q_bthd, k_bthd, v_bthd, prefix_b, o_bthd, lse_bht)
 
 
 def _attention_bwd(res, do_bthd):
-    bwd = sh.shard_local(_backward_local, (_BTHD,) * 3 + (_BTHD, _BHT, _BTHD), (_BTHD,) * 3)
-    return bwd(*res, do_bthd)
+    bwd = sh.shard_local(_backward_local, (_BTHD,) * 3 + (_B, _BTHD, _BHT, _BTHD), (_BTHD,) * 3)
+    return (*bwd(*res, do_bthd), None)  # the prefix lengths are integers: no cotangent
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
@@ -155,6 +160,12 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 def causal_attention(q_bthd: jax.Array, k_bthd: jax.Array, v_bthd: jax.Array) -> jax.Array:
     """Causal softmax self-attention of fresh sequences, (batch, T, heads, head_dim) float32;
     each device runs the kernel on its own shard of the batch and heads."""
+    return prefix_attention(q_bthd, k_bthd, v_bthd, jnp.zeros(q_bthd.shape[:1], jnp.int32))
+
+
+def prefix_attention(q_bthd: jax.Array, k_bthd: jax.Array, v_bthd: jax.Array, prefix_b: jax.Array) -> jax.Array:
+    """Softmax self-attention of fresh sequences where query i of sequence b sees key j when
+    j <= i or j < prefix_b[b] (int32, clipped to [0, T]): causal for 0, bidirectional for T."""
     reason = unavailable()
     if reason is not None:
         raise RuntimeError(f"the CPU attention kernel is unavailable: {reason}")
@@ -163,4 +174,4 @@ def causal_attention(q_bthd: jax.Array, k_bthd: jax.Array, v_bthd: jax.Array) ->
             f"the CPU attention kernel takes float32 with head_dim in {HEAD_DIMS}, "
             f"got {q_bthd.dtype} with head_dim {q_bthd.shape[-1]}"
         )
-    return _attention(q_bthd, k_bthd, v_bthd)
+    return _attention(q_bthd, k_bthd, v_bthd, prefix_b.astype(jnp.int32))

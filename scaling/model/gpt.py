@@ -8,9 +8,12 @@ heads), ``head_dim``, ``qkv`` (the stacked q/k/v index), ``mlp`` (MLP hidden), `
 block boundaries with ``act_batch``, ``act_seq``, ``act_embed``.
 
 ``GPT.__call__(tokens_bt)`` returns float32 logits (padded vocabulary ids masked to a
-large negative value). With ``cache`` (from :func:`init_cache`) and ``cache_index`` it
-attends over the cache too and returns ``(logits, new_cache)``: prefill writes the whole
-prompt, decoding then writes one position per call.
+large negative value). Attention is causal; with ``prefix_b`` (int32 per sequence, the
+non-causal objectives of ``train.objective``) the first ``prefix_b[b]`` positions of sequence
+b see each other (:func:`scaling.model.attention.prefix_mask`). With ``cache`` (from
+:func:`init_cache`) and ``cache_index`` it attends over the cache too and returns
+``(logits, new_cache)``: prefill writes the whole prompt, decoding then writes one position
+per call.
 """
 
 from __future__ import annotations
@@ -109,6 +112,12 @@ def attention_kernel(kind: str):
     }[kind]
 
 
+def prefix_attention_kernel(kind: str):
+    """The prefix-masked self-attention ``(q, k, v, prefix_b)`` behind a resolved
+    ``model.attention``: the C++ kernel, or XLA's masked attention for the other settings."""
+    return cpu_attention.prefix_attention if kind == "cpu_kernel" else attn_lib.prefix_attention
+
+
 def check_attention(cfg: ModelConfig) -> None:
     """Refuse ``model.attention=cpu_kernel`` where it cannot run, before any compute."""
     if cfg.attention != "cpu_kernel":
@@ -124,7 +133,7 @@ class Attention(nn.Module):
     cfg: ModelConfig
 
     @nn.compact
-    def __call__(self, x_btd, positions_bt, *, train: bool, cache=None, cache_index=None):
+    def __call__(self, x_btd, positions_bt, *, train: bool, cache=None, cache_index=None, prefix_b=None):
         cfg = self.cfg
         dt = jnp.dtype(cfg.dtype)
         w_d3hk = self.param(
@@ -154,7 +163,10 @@ class Attention(nn.Module):
             # forward pass (on a dummy batch of one) is traced only to create them: it takes XLA's
             # attention, so the init neither needs the C++ kernel nor splits that batch over a mesh.
             kind = "dot_product" if self.is_initializing() else training_attention(cfg)
-            y = attention_kernel(kind)(q, k, v)
+            if prefix_b is None:
+                y = attention_kernel(kind)(q, k, v)
+            else:
+                y = prefix_attention_kernel(kind)(q, k, v, prefix_b)
         else:
             ck, cv = cache
             k_bshd = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, cache_index, 0, 0))
@@ -210,17 +222,17 @@ class Block(nn.Module):
     train: bool = False
 
     @nn.compact
-    def __call__(self, x_btd, cache, positions_bt, cache_index):
+    def __call__(self, x_btd, cache, positions_bt, cache_index, prefix_b=None):
         h_btd = _norm(self.cfg, "ln_1")(x_btd)
         a_btd, new_cache = Attention(self.cfg, name="attn")(
-            h_btd, positions_bt, train=self.train, cache=cache, cache_index=cache_index
+            h_btd, positions_bt, train=self.train, cache=cache, cache_index=cache_index, prefix_b=prefix_b
         )
         x_btd = x_btd + a_btd
         x_btd = x_btd + MLP(self.cfg, name="mlp")(_norm(self.cfg, "ln_2")(x_btd), train=self.train)
         return constrain_residual(x_btd), new_cache
 
 
-def _layers(cfg: ModelConfig, train: bool, x_btd, cache: Cache | None, positions_bt, cache_index):
+def _layers(cfg: ModelConfig, train: bool, x_btd, cache: Cache | None, positions_bt, cache_index, prefix_b):
     """The ``n_layer`` blocks: ``h_0 .. h_{n-1}`` in a Python loop, or with ``model.scan_layers``
     one block ``h`` under ``nn.scan`` whose parameters carry a leading ``layers`` axis (the KV
     cache is stacked into that axis for the scan and handed back per layer)."""
@@ -228,7 +240,7 @@ def _layers(cfg: ModelConfig, train: bool, x_btd, cache: Cache | None, positions
         new_cache: Cache = []
         for i in range(cfg.n_layer):
             x_btd, layer_cache = Block(cfg, train, name=f"h_{i}")(
-                x_btd, None if cache is None else cache[i], positions_bt, cache_index
+                x_btd, None if cache is None else cache[i], positions_bt, cache_index, prefix_b
             )
             new_cache.append(layer_cache)
         return x_btd, new_cache
@@ -236,12 +248,12 @@ def _layers(cfg: ModelConfig, train: bool, x_btd, cache: Cache | None, positions
         Block,
         variable_axes={"params": 0},
         split_rngs={"params": True, "dropout": True},
-        in_axes=(0, nn.broadcast, nn.broadcast),
+        in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
         length=cfg.n_layer,
         metadata_params={nn.PARTITION_NAME: LAYERS_AXIS},
     )
     stacked = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *cache)
-    x_btd, stacked = scanned(cfg, train, name="h")(x_btd, stacked, positions_bt, cache_index)
+    x_btd, stacked = scanned(cfg, train, name="h")(x_btd, stacked, positions_bt, cache_index, prefix_b)
     if cache is None:
         return x_btd, []
     return x_btd, [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(cfg.n_layer)]
@@ -275,6 +287,7 @@ class GPT(nn.Module):
         train: bool = False,
         cache: Cache | None = None,
         cache_index: jax.Array | int | None = None,
+        prefix_b: jax.Array | None = None,
     ):
         cfg = self.cfg
         b, t = tokens_bt.shape
@@ -289,7 +302,7 @@ class GPT(nn.Module):
             x_btd = x_btd + jax.lax.dynamic_slice_in_dim(wpe, start, t)[None]  # positions start..start+t-1
         x_btd = nn.Dropout(cfg.dropout)(x_btd, deterministic=not train)
         x_btd = constrain_residual(x_btd)
-        x_btd, new_cache = _layers(cfg, train, x_btd, cache, positions_bt, cache_index)
+        x_btd, new_cache = _layers(cfg, train, x_btd, cache, positions_bt, cache_index, prefix_b)
         x_btd = _norm(cfg, "ln_f")(x_btd)
         if cfg.tie_embeddings:
             logits_btv = wte.attend(x_btd.astype(jnp.dtype(cfg.dtype)))

@@ -10,7 +10,11 @@ order-n model needs them; a window at the very start of the split takes an end-o
 its context, the token that precedes every document in the token stream).  Their mean negative
 log likelihood is in nats per token, as ``val_loss`` is; for a sweep fitting ``val_bpb`` the
 trigram's is converted with the same target bytes.  The regime diagnostic compares every fitted
-run with the trigram's loss (:class:`scaling.laws.result.Baseline`).
+run with the trigram's loss (:class:`scaling.laws.result.Baseline`).  An arm whose runs train
+another objective than next-token prediction (``train.objective`` mlm or prefix_denoise) gets no
+baseline: its loss is over other tokens predicted from other context (masked tokens from both
+sides, corrupted spans from a bidirectional prefix), which a left-context count model does not
+score, so its regime check against the baseline reads "not evaluated".
 
 ``DIR/baseline.json`` keeps every baseline computed for the sweep, keyed by what it depends on
 (the token splits' manifest, seq_len, batch_size, eval_batches and the smoothing), so a rerun of
@@ -132,6 +136,13 @@ def sweep_baselines(plan: Plan, out: Path) -> dict[str | None, Baseline | NotRun
     result: dict[str | None, Baseline | NotRun] = {}
     for arm, cfgs in groups.items():
         keys = {(c.data, c.model.seq_len, c.train.batch_size, c.train.eval_batches) for c in cfgs}
+        objectives = sorted({c.train.objective for c in cfgs} - {"causal"})
+        if objectives:
+            result[arm] = NotRun(
+                f"not evaluated: the count-model baseline scores next-token prediction, and these runs "
+                f"train {' and '.join(objectives)} (a loss over other tokens)"
+            )
+            continue
         if len(keys) > 1:
             result[arm] = NotRun(
                 "the runs are evaluated on different validation tokens (data, seq_len, "

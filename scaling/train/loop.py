@@ -29,7 +29,7 @@ from scaling.config import Config
 from scaling.data import Batches, curriculum, load_tokens
 from scaling.data.curriculum_scores import ModelScoring
 from scaling.errors import UsageError
-from scaling.evaluation import bits_per_byte
+from scaling.evaluation import val_bits_per_byte
 from scaling.model import check_attention
 from scaling.run_dir import RunDirectory
 from scaling.train import branch as branch_lib
@@ -394,5 +394,4 @@ class Run:
             for b in self.batches.val_batches(n, lo, hi)
         ]
         loss = float(np.mean(jax.device_get(losses)))
-        n_tokens = n * self.cfg.train.batch_size * self.cfg.model.seq_len
-        return loss, bits_per_byte(loss, n_tokens, self.batches.val_target_bytes(n))
+        return loss, val_bits_per_byte(self.cfg, self.batches, n, loss)

@@ -38,7 +38,8 @@ from jax.sharding import PartitionSpec as P
 from scaling import flops as flops_lib
 from scaling import sharding as sh
 from scaling.checkpoint import abstract_with_shardings
-from scaling.config import Config
+from scaling.config import OBJECTIVE_FIELDS, Config
+from scaling.data.objectives import Objective
 from scaling.model import GPT, training_attention
 from scaling.model import attention as attn_lib
 from scaling.train import step as step_lib
@@ -56,7 +57,8 @@ def shape_fields(cfg: Config) -> tuple:
     optim = tuple(
         (f.name, getattr(cfg.optim, f.name)) for f in dataclasses.fields(cfg.optim) if f.name not in RUNTIME_FIELDS
     )
-    return (cfg.model, optim, cfg.train.batch_size, cfg.train.microbatches)
+    objective = tuple(getattr(cfg.train, f) for f in OBJECTIVE_FIELDS["causal"])  # train.objective and its settings
+    return (cfg.model, optim, cfg.train.batch_size, cfg.train.microbatches, objective)
 
 
 def resolve_microbatches(cfg: Config, data_shards: int, backend: str) -> int:
@@ -100,6 +102,7 @@ class ShapePrograms:
         self.cfg, self.mesh, self.total_steps = cfg, mesh, total_steps
         self.key = self.program_key(cfg, mesh)
         self.model = GPT(cfg.model)
+        self.objective = Objective.of(cfg)
         self.tx = make_optimizer(cfg.optim)
         self.batch_sharding = sh.batch_sharding(mesh)
         self.replicated = sh.replicated(mesh)
@@ -238,7 +241,9 @@ class ShapePrograms:
 
     def _lower_step(self) -> Any:
         # bound here: only shape-level settings (self.key), never the run's own values
-        step = functools.partial(step_lib.train_step, self.model, self.tx, self.cfg.optim, self.microbatches)
+        step = functools.partial(
+            step_lib.train_step, self.model, self.tx, self.cfg.optim, self.microbatches, objective=self.objective
+        )
         jitted = jax.jit(
             step,
             in_shardings=(self.state_sharding, self.batch_sharding, self.replicated),
@@ -304,7 +309,7 @@ class ShapePrograms:
 
     def _lower_eval(self) -> Any:
         jitted = jax.jit(
-            functools.partial(step_lib.eval_step, self.model),
+            functools.partial(step_lib.eval_step, self.model, objective=self.objective),
             in_shardings=(self.state_sharding.params, self.batch_sharding),
             out_shardings=self.replicated,
         )

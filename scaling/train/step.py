@@ -14,6 +14,13 @@ share a compiled step:
 
 A step whose loss or gradient norm is not finite leaves the parameters and the optimizer
 state as they were, and reports its loss.
+
+``objective`` (:class:`~scaling.data.objectives.Objective`, bound like the settings; None or
+causal: next-token prediction on the windows as they are) turns the step's windows into the
+objective's batch inside the compiled step, from the step's own key
+(:func:`scaling.data.objectives.step_key`), before they split into microbatches; the loss is
+then :func:`scaling.evaluation.objective_loss`. The evaluation step corrupts with the fixed
+:func:`scaling.data.objectives.eval_key`.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ import jax.numpy as jnp
 import optax
 
 from scaling.config import OptimConfig
-from scaling.evaluation import cross_entropy
+from scaling.data import objectives as obj_lib
+from scaling.evaluation import cross_entropy, objective_loss
 from scaling.model import GPT
 from scaling.train import microbatch
 from scaling.train.optimizer import lr_schedule
@@ -55,13 +63,23 @@ def train_step(
     state: TrainState,
     batch_bt: jax.Array,
     run: RunArgs,
+    objective: obj_lib.Objective | None = None,
 ) -> tuple[TrainState, dict]:
     """One optimizer step on a (B, seq_len + 1) batch: the new state and the step's metrics
     (``loss``, ``grad_norm``, ``lr``)."""
-    rng = jax.random.fold_in(jax.random.wrap_key_data(run["key"]), state.step)
+    seed_key = jax.random.wrap_key_data(run["key"])
+    rng = jax.random.fold_in(seed_key, state.step)
 
-    def loss_fn(params, b, r):
-        return cross_entropy(model, params, b, train=True, rng=r)
+    if objective is None or objective.kind == "causal":
+
+        def loss_fn(params, b, r):
+            return cross_entropy(model, params, b, train=True, rng=r)
+
+    else:
+        batch_bt = obj_lib.prepare(objective, batch_bt, obj_lib.step_key(seed_key, state.step))
+
+        def loss_fn(params, b, r):
+            return objective_loss(model, params, b, train=True, rng=r)
 
     loss, grads = microbatch.loss_and_grads(loss_fn, state.params, batch_bt, rng, microbatches)
     grad_norm = optax.tree.norm(grads)
@@ -88,6 +106,9 @@ def train_step(
     return new_state, {"loss": loss, "grad_norm": grad_norm, "lr": lr}
 
 
-def eval_step(model: GPT, params: Any, batch_bt: jax.Array) -> jax.Array:
-    """Mean next-token loss of one (B, seq_len + 1) batch."""
-    return cross_entropy(model, params, batch_bt)
+def eval_step(model: GPT, params: Any, batch_bt: jax.Array, objective: obj_lib.Objective | None = None) -> jax.Array:
+    """Mean loss of one (B, seq_len + 1) batch: next-token, or over the targets ``objective``
+    predicts in it."""
+    if objective is None or objective.kind == "causal":
+        return cross_entropy(model, params, batch_bt)
+    return objective_loss(model, params, obj_lib.prepare(objective, batch_bt, obj_lib.eval_key()))

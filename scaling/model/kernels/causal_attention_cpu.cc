@@ -1,14 +1,18 @@
-// Causal softmax attention of fresh sequences on a CPU: the forward pass (output and the
-// log-sum-exp of each query's scores) and a flash-attention-style backward pass, as XLA FFI
-// handlers. Built and registered by scaling/cpu_attention.py.
+// Causal and prefix-bidirectional softmax attention of fresh sequences on a CPU: the forward
+// pass (output and the log-sum-exp of each query's scores) and a flash-attention-style
+// backward pass, as XLA FFI handlers. Built and registered by scaling/cpu_attention.py.
 //
 // Layout: q, k, v, o and their gradients are (batch, T, heads, D) float32; lse is
-// (batch, heads, T). Each (sequence, head) pair is one work item, spread over XLA's
-// intra-op thread pool. Within an item, queries go R rows at a time against the keys at or
-// below the block's last row (rounded up to 32), with every operand in cache: scores are an
-// R x 32 register tile over D, and the products with V (and, backward, the gradients of Q,
-// K and V) are R-row register tiles over D, written with GCC vector extensions (16 floats,
-// one AVX-512 register; the compiler splits them on narrower machines).
+// (batch, heads, T); prefix is (batch,) int32. Query i of sequence b sees key j when j <= i or
+// j < prefix[b]: prefix 0 (or 1) is causal attention, prefix T full bidirectional attention,
+// and in between a prefix LM (the first prefix[b] positions see each other).
+//
+// Each (sequence, head) pair is one work item, spread over XLA's intra-op thread pool. Within
+// an item, queries go R rows at a time against the keys at or below the block's last row or
+// in the prefix (rounded up to 32), with every operand in cache: scores are an R x 32
+// register tile over D, and the products with V (and, backward, the gradients of Q, K and V)
+// are R-row register tiles over D, written with GCC vector extensions (16 floats, one AVX-512
+// register; the compiler splits them on narrower machines).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -32,7 +36,7 @@ inline v16 load(const float* p) { v16 r; std::memcpy(&r, p, sizeof(r)); return r
 inline void store(float* p, v16 x) { std::memcpy(p, &x, sizeof(x)); }
 inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
-struct Dims { int64_t B, T, H; };  // batch, sequence length, heads
+struct Dims { int64_t B, T, H; const int32_t* prefix; };  // batch, sequence length, heads; prefix per sequence
 
 template <int D>
 struct Kernel {
@@ -135,19 +139,21 @@ struct Kernel {
     gather(k, s, b, h, 1.f, nullptr, KT, Tp);
     gather(v, s, b, h, 1.f, V, nullptr, Tp);
     float* lse_t = lse + item * T;
+    const int pre = std::clamp<int>(s.prefix[b], 0, T);  // keys < pre are seen by every query
     for (int i0 = 0; i0 < T; i0 += R) {
-      const int n = std::min(Tp, round_up(i0 + R, kKeyTile));
+      const int n = std::min(Tp, round_up(std::max(i0 + R, pre), kKeyTile));
       scores(Q + i0 * D, KT, Tp, n, S, Tp);
       float inv[R];
       for (int r = 0; r < R; ++r) {
         const int i = i0 + r;
         float* row = S + r * Tp;
         if (i >= T) { std::fill(row, row + n, 0.f); inv[r] = 0.f; continue; }
+        const int last = std::max(i, pre - 1);  // the last key this query sees
         float m = row[0];
-        for (int j = 1; j <= i; ++j) m = std::max(m, row[j]);
+        for (int j = 1; j <= last; ++j) m = std::max(m, row[j]);
         float sum = 0.f;
-        for (int j = 0; j <= i; ++j) { float p = std::exp(row[j] - m); row[j] = p; sum += p; }
-        std::fill(row + i + 1, row + n, 0.f);
+        for (int j = 0; j <= last; ++j) { float p = std::exp(row[j] - m); row[j] = p; sum += p; }
+        std::fill(row + last + 1, row + n, 0.f);
         lse_t[i] = m + std::log(sum);
         inv[r] = 1.f / sum;
       }
@@ -181,8 +187,9 @@ struct Kernel {
       delta[t] = acc;
     }
     const float* lse_t = lse + item * T;
+    const int pre = std::clamp<int>(s.prefix[b], 0, T);
     for (int i0 = 0; i0 < T; i0 += R) {
-      const int n = std::min(Tp, round_up(i0 + R, kKeyTile));
+      const int n = std::min(Tp, round_up(std::max(i0 + R, pre), kKeyTile));
       scores(Q + i0 * D, KT, Tp, n, P, Tp);
       scores(dO + i0 * D, VT, Tp, n, dS, Tp);
       for (int r = 0; r < R; ++r) {
@@ -191,13 +198,14 @@ struct Kernel {
         float* ds = dS + r * Tp;
         if (i >= T) { std::fill(p, p + n, 0.f); std::fill(ds, ds + n, 0.f); continue; }
         const float l = lse_t[i], dl = delta[i];
-        for (int j = 0; j <= i; ++j) {
+        const int last = std::max(i, pre - 1);
+        for (int j = 0; j <= last; ++j) {
           float pj = std::exp(p[j] - l);
           p[j] = pj;
           ds[j] = pj * (ds[j] - dl);
         }
-        std::fill(p + i + 1, p + n, 0.f);
-        std::fill(ds + i + 1, ds + n, 0.f);
+        std::fill(p + last + 1, p + n, 0.f);
+        std::fill(ds + last + 1, ds + n, 0.f);
       }
       cols_times(P, Tp, dO + i0 * D, n, dV);
       cols_times(dS, Tp, Q + i0 * D, n, dK);
@@ -262,20 +270,25 @@ struct Bwd {
 };
 
 ffi::Error FwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
-                   ffi::ResultBuffer<ffi::F32> o, ffi::ResultBuffer<ffi::F32> lse) {
+                   ffi::Buffer<ffi::S32> prefix, ffi::ResultBuffer<ffi::F32> o, ffi::ResultBuffer<ffi::F32> lse) {
   auto dims = q.dimensions();
   if (dims.size() != 4) return ffi::Error::InvalidArgument("causal_attention_cpu: q must be (batch, T, heads, D)");
-  const Dims s{dims[0], dims[1], dims[2]};
+  if (int64_t(prefix.element_count()) != dims[0])
+    return ffi::Error::InvalidArgument("causal_attention_cpu: prefix must be (batch,)");
+  const Dims s{dims[0], dims[1], dims[2], prefix.typed_data()};
   return dispatch<Fwd>(dims[3], pool, s, q.typed_data(), k.typed_data(),
                        v.typed_data(), o->typed_data(), lse->typed_data());
 }
 
 ffi::Error BwdImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> q, ffi::Buffer<ffi::F32> k, ffi::Buffer<ffi::F32> v,
-                   ffi::Buffer<ffi::F32> o, ffi::Buffer<ffi::F32> lse, ffi::Buffer<ffi::F32> dout,
-                   ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk, ffi::ResultBuffer<ffi::F32> dv) {
+                   ffi::Buffer<ffi::S32> prefix, ffi::Buffer<ffi::F32> o, ffi::Buffer<ffi::F32> lse,
+                   ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dq, ffi::ResultBuffer<ffi::F32> dk,
+                   ffi::ResultBuffer<ffi::F32> dv) {
   auto dims = q.dimensions();
   if (dims.size() != 4) return ffi::Error::InvalidArgument("causal_attention_cpu: q must be (batch, T, heads, D)");
-  const Dims s{dims[0], dims[1], dims[2]};
+  if (int64_t(prefix.element_count()) != dims[0])
+    return ffi::Error::InvalidArgument("causal_attention_cpu: prefix must be (batch,)");
+  const Dims s{dims[0], dims[1], dims[2], prefix.typed_data()};
   return dispatch<Bwd>(dims[3], pool, s, q.typed_data(), k.typed_data(),
                        v.typed_data(), o.typed_data(), lse.typed_data(), dout.typed_data(), dq->typed_data(),
                        dk->typed_data(), dv->typed_data());
@@ -289,6 +302,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ScalingCausalAttentionFwd, FwdImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
 
@@ -298,6 +312,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ScalingCausalAttentionBwd, BwdImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()

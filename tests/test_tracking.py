@@ -11,6 +11,7 @@ import re
 import shutil
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -125,7 +126,13 @@ def _wandb_records(run_dir: Path) -> list:
 def _wandb_run(run_dir: Path) -> dict:
     """{id, group, config, history: {step: {key: value}}, summary} of one offline run."""
     out: dict = {"config": {}, "history": {}, "summary": {}}
-    for r in _wandb_records(run_dir):
+    records = _wandb_records(run_dir)
+    for _ in range(60):  # wandb's writer is a separate process: wait for the run's exit record
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            break
+        time.sleep(0.5)
+        records = _wandb_records(run_dir)
+    for r in records:
         kind = r.WhichOneof("record_type")
         if kind == "run":
             out["id"], out["group"] = r.run.run_id, r.run.run_group

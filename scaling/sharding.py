@@ -62,7 +62,8 @@ def mesh_shape(cfg: MeshConfig, n_devices: int) -> dict[str, int]:
     for k, v in sizes.items():
         if v == -1:
             if n_devices % known:
-                raise UsageError(f"mesh {sizes} does not divide the {n_devices} devices")
+                stage = {"stage": cfg.stage} if cfg.stage > 1 else {}
+                raise UsageError(f"mesh {stage | sizes} does not divide the {n_devices} devices")
             sizes[k] = n_devices // known
     if math.prod(sizes.values()) * cfg.stage != n_devices:
         stage = f"stage={cfg.stage} " if cfg.stage > 1 else ""

@@ -35,8 +35,8 @@ MESHES = {
     "stage4-data2": ["--mesh.stage", "4", "--mesh.data", "2"],
     "stage2-model2-data2": ["--mesh.stage", "2", "--mesh.model", "2", "--mesh.data", "2"],
     "stage2-fsdp2-model2": ["--mesh.stage", "2", "--mesh.fsdp", "2", "--mesh.model", "2", "--mesh.data", "1"],
-    "circular-stage2-data4": [
-        *("--mesh.stage", "2", "--mesh.data", "4"),
+    "circular-stage2-model2-data2": [
+        *("--mesh.stage", "2", "--mesh.model", "2", "--mesh.data", "2"),
         *("--mesh.pipeline_schedule", "circular", "--mesh.pipeline_microbatches", "4"),
     ],
 }

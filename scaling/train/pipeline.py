@@ -50,7 +50,7 @@ def merge_rows(micro_m: jax.Array) -> jax.Array:
     return jnp.swapaxes(micro_m, 0, 1).reshape(-1, *micro_m.shape[2:])
 
 
-def _visit_layers(cfg: ModelConfig, n: int) -> nn.Module:
+def visit_layers(cfg: ModelConfig, n: int) -> nn.Module:
     """``n`` blocks under ``nn.scan``: the layers of one visit of a microbatch to a stage."""
     return nn.scan(
         Block,
@@ -61,7 +61,7 @@ def _visit_layers(cfg: ModelConfig, n: int) -> nn.Module:
     )(cfg, True)
 
 
-def _stage_view(layer_params: Any, plan: PipelinePlan) -> Any:
+def stage_view(layer_params: Any, plan: PipelinePlan) -> Any:
     """Stacked (n_layer, ...) parameters as (repeats, stages, n_layer / (repeats * stages), ...)."""
     r, p = plan.repeats, plan.stages
     return jax.tree.map(lambda a: a.reshape(r, p, a.shape[0] // (r * p), *a.shape[1:]), layer_params)
@@ -77,7 +77,7 @@ def pipeline_layers(
     visits = m * r
     ticks = visits + p - 1
     per_visit = cfg.n_layer // (p * r)
-    layers = _visit_layers(cfg, per_visit)
+    layers = visit_layers(cfg, per_visit)
     x_m = split_rows(x_btd, m)
     pos_m = split_rows(positions_bt, m)
     ring = [(s, (s + 1) % p) for s in range(p)]
@@ -116,7 +116,7 @@ def pipeline_layers(
         axis_names=frozenset({STAGE_AXIS}),
         check_vma=False,
     )
-    out_pm = staged(_stage_view(layer_params, plan), x_m, pos_m)
+    out_pm = staged(stage_view(layer_params, plan), x_m, pos_m)
     return merge_rows(out_pm[p - 1])
 
 

@@ -68,14 +68,21 @@ def stage_view(layer_params: Any, plan: PipelinePlan) -> Any:
 
 
 def pipeline_layers(
-    cfg: ModelConfig, plan: PipelinePlan, layer_params: Any, x_btd: jax.Array, positions_bt: jax.Array
+    cfg: ModelConfig,
+    plan: PipelinePlan,
+    layer_params: Any,
+    x_btd: jax.Array,
+    positions_bt: jax.Array,
+    ticks: int | None = None,
 ) -> jax.Array:
     """The scanned blocks of ``layer_params`` (stacked on a leading n_layer axis) applied to
     ``x_btd`` through the pipeline of ``plan`` under the current mesh (one with a ``stage``
-    axis of ``plan.stages``)."""
+    axis of ``plan.stages``). ``ticks``: the schedule's ``m * r + stages - 1`` by default; only
+    to time the schedule without its fill and drain (``m * r``, benchmarks/pipeline_bubble.py),
+    when the outputs are incomplete."""
     p, m, r = plan.stages, plan.microbatches, plan.repeats
     visits = m * r
-    ticks = visits + p - 1
+    ticks = ticks or visits + p - 1
     per_visit = cfg.n_layer // (p * r)
     layers = visit_layers(cfg, per_visit)
     x_m = split_rows(x_btd, m)
@@ -87,27 +94,25 @@ def pipeline_layers(
         s = jax.lax.axis_index(STAGE_AXIS)
 
         def tick(carry, t):
-            recv, back, out = carry
+            recv, back = carry
             j = jnp.clip(t - s, 0, visits - 1)
             i, k = j % m, j // m
             first = x_m[i] if r == 1 else jnp.where(k == 0, x_m[i], back[i])
             x_in = jnp.where(s == 0, first, recv)
             params = jax.tree.map(lambda a: a[k], params_r)
             y, _ = layers.apply({"params": params}, x_in, None, pos_m[i], None)
-            done = (s == p - 1) & (t - s >= 0) & (t - s < visits) & (k == r - 1)
-            out = out.at[i].set(jnp.where(done, y, out[i]))
             recv = jax.lax.ppermute(y, STAGE_AXIS, ring)
             if r > 1:  # stage 0 keeps what the last stage passed round until its next round
                 jl = t - (p - 1)
                 il = jnp.clip(jl, 0, visits - 1) % m
                 again = (s == 0) & (jl >= 0) & (jl < visits - m)
                 back = back.at[il].set(jnp.where(again, recv, back[il]))
-            return (recv, back, out), None
+            return (recv, back), y
 
-        zeros = jnp.zeros_like(x_m)
-        init = (jnp.zeros_like(x_m[0]), zeros if r > 1 else zeros[:0], zeros)
-        (_, _, out), _ = jax.lax.scan(tick, init, jnp.arange(ticks))
-        return out[None]
+        back = jnp.zeros_like(x_m) if r > 1 else x_m[:0]
+        _, y_t = jax.lax.scan(tick, (jnp.zeros_like(x_m[0]), back), jnp.arange(ticks))
+        # the last stage's last m ticks are the last round of microbatches 0..m-1, in order
+        return y_t[-m:][None]
 
     staged = jax.shard_map(
         stage,

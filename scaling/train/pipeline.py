@@ -24,7 +24,9 @@ final norm and head after run as ever, over the whole batch, replicated over the
   ``m * r`` ticks of ``m * r + stages - 1``: the bubble is (stages - 1) / (m * r + stages - 1).
 
 The backward pass is JAX's transpose of this loop: the ticks in reverse, gradients passed
-back with the inverse permutation (all forwards, then all backwards: GPipe's order). The
+back with the inverse permutation (all forwards, then all backwards: GPipe's order). As in
+GPipe, each tick's layers are recomputed in the backward pass (``jax.checkpoint``): a stage
+keeps only its ticks' inputs until then, not the activations inside m * r + stages - 1 visits. The
 pipeline computes the blocks' function exactly, so a step's loss and gradients equal the
 unpipelined ones up to float rounding (the order of the batch mean's sums).
 """
@@ -89,6 +91,11 @@ def pipeline_layers(
     pos_m = split_rows(positions_bt, m)
     ring = [(s, (s + 1) % p) for s in range(p)]
 
+    def run_layers(params, x_mtd, pos_mt):
+        return layers.apply({"params": params}, x_mtd, None, pos_mt, None)[0]
+
+    run_layers = jax.checkpoint(run_layers)  # see the module's docstring: remat per tick
+
     def stage(params_r1, x_m, pos_m):
         params_r = jax.tree.map(lambda a: a[:, 0], params_r1)  # this stage's (repeats, per_visit, ...)
         s = jax.lax.axis_index(STAGE_AXIS)
@@ -100,7 +107,7 @@ def pipeline_layers(
             first = x_m[i] if r == 1 else jnp.where(k == 0, x_m[i], back[i])
             x_in = jnp.where(s == 0, first, recv)
             params = jax.tree.map(lambda a: a[k], params_r)
-            y, _ = layers.apply({"params": params}, x_in, None, pos_m[i], None)
+            y = run_layers(params, x_in, pos_m[i])
             recv = jax.lax.ppermute(y, STAGE_AXIS, ring)
             if r > 1:  # stage 0 keeps what the last stage passed round until its next round
                 jl = t - (p - 1)

@@ -236,12 +236,34 @@ class MeshConfig:
     data: int = _f(-1, "data-parallel axis size", ge=-1)
     fsdp: int = _f(1, "fully-sharded data-parallel axis size (parameters and optimizer state split)", ge=-1)
     model: int = _f(1, "tensor-parallel axis size (heads, MLP hidden and vocab split)", ge=-1)
+    stage: int = _f(
+        1,
+        "pipeline stages: the stacked layers (model.scan_layers) split over this axis, in order (docs/pipeline.md)",
+        ge=1,
+    )
+    pipeline_microbatches: int = _f(
+        0, "mesh.stage > 1: microbatches each batch flows through the stages in (0: mesh.stage)", ge=0
+    )
+    pipeline_schedule: str = _f(
+        "gpipe",
+        "mesh.stage > 1: gpipe (each stage holds n_layer/stage consecutive layers) | circular (each microbatch "
+        "goes round the stages mesh.pipeline_repeats times, a smaller group of layers per visit)",
+    )
+    pipeline_repeats: int = _f(0, "pipeline_schedule=circular: rounds per microbatch (0: n_layer / stage)", ge=0)
 
     def __post_init__(self) -> None:
         _check_fields(self)
         sizes = (self.data, self.fsdp, self.model)
         _check(all(s == -1 or s >= 1 for s in sizes), f"mesh axes must be >= 1 or -1, got {sizes}")
         _check(sizes.count(-1) <= 1, "at most one mesh axis may be -1")
+        _check(
+            self.pipeline_schedule in ("gpipe", "circular"),
+            f"mesh.pipeline_schedule must be gpipe or circular, got {self.pipeline_schedule!r}",
+        )
+        _check(
+            self.pipeline_schedule == "circular" or self.pipeline_repeats <= 1,
+            "mesh.pipeline_repeats > 1 needs mesh.pipeline_schedule circular",
+        )
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,15 @@
 Mesh axes: ``data`` (replicas over batch), ``fsdp`` (batch *and* parameters/optimizer
 state split, ZeRO-3 style), ``model`` (Megatron tensor parallelism: QKV and the first MLP
 matrix split by columns, the attention output and second MLP matrix by rows, heads and
-the vocabulary split). Layers only name logical axes; this module alone names mesh axes.
+the vocabulary split), ``stage`` (pipeline stages: the stacked layers of a scanned model split
+into consecutive groups, :mod:`scaling.train.pipeline`). Layers only name logical axes; this
+module alone names mesh axes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from typing import Any
 
@@ -21,10 +24,13 @@ from jax.sharding import PartitionSpec as P
 from scaling.config import MeshConfig, ModelConfig
 from scaling.errors import UsageError
 
-MESH_AXES = ("data", "fsdp", "model")
+MESH_AXES = ("stage", "data", "fsdp", "model")
+"""Outermost first: devices next to each other (one process's) share a stage where they can, so
+a stage's collectives stay within a host and only the activations between stages cross hosts."""
 BATCH_AXES = ("data", "fsdp")
+STAGE_AXIS = "stage"
 LAYERS_AXIS = "layers"
-"""The logical axis of the stacked layers of a scanned model (each device holds every layer)."""
+"""The logical axis of the stacked layers of a scanned model (split over the pipeline stages)."""
 
 # logical axis name -> mesh axis (or axes, or None for replicated)
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
@@ -37,7 +43,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
     ("qkv", None),
     ("norm", None),
     ("position", None),
-    (LAYERS_AXIS, None),
+    (LAYERS_AXIS, STAGE_AXIS),
     # activations
     ("act_batch", BATCH_AXES),
     ("act_seq", None),
@@ -49,24 +55,77 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
 
 
 def mesh_shape(cfg: MeshConfig, n_devices: int) -> dict[str, int]:
-    """Resolve a -1 axis and check the product equals the device count."""
+    """Resolve a -1 axis and check the product equals the device count. ``stage`` is a key only
+    where it is more than 1 (a run without a pipeline reports the mesh as before)."""
     sizes = {"data": cfg.data, "fsdp": cfg.fsdp, "model": cfg.model}
-    known = math.prod(v for v in sizes.values() if v != -1)
+    known = math.prod(v for v in sizes.values() if v != -1) * cfg.stage
     for k, v in sizes.items():
         if v == -1:
             if n_devices % known:
-                raise UsageError(f"mesh {sizes} does not divide the {n_devices} devices")
+                stage = {"stage": cfg.stage} if cfg.stage > 1 else {}
+                raise UsageError(f"mesh {stage | sizes} does not divide the {n_devices} devices")
             sizes[k] = n_devices // known
-    if math.prod(sizes.values()) != n_devices:
+    if math.prod(sizes.values()) * cfg.stage != n_devices:
+        stage = f"stage={cfg.stage} " if cfg.stage > 1 else ""
         raise UsageError(
-            f"mesh data={sizes['data']} fsdp={sizes['fsdp']} model={sizes['model']} "
-            f"needs {math.prod(sizes.values())} devices, but {n_devices} are available"
+            f"mesh {stage}data={sizes['data']} fsdp={sizes['fsdp']} model={sizes['model']} "
+            f"needs {math.prod(sizes.values()) * cfg.stage} devices, but {n_devices} are available"
         )
-    return sizes
+    return {"stage": cfg.stage, **sizes} if cfg.stage > 1 else sizes
 
 
-def check_mesh_fits(shape: dict[str, int], model: ModelConfig, batch_size: int, microbatches: int) -> None:
-    """Every split axis must divide what it splits; a clear error otherwise."""
+@dataclasses.dataclass(frozen=True)
+class PipelinePlan:
+    """A pipeline resolved from ``mesh.*``: ``microbatches`` per batch (or per gradient-
+    accumulation microbatch) flow through ``stages`` stages ``repeats`` times (1: GPipe; more:
+    the circular schedule), each visit running ``n_layer / (stages * repeats)`` layers."""
+
+    stages: int
+    microbatches: int
+    repeats: int
+
+
+def pipeline_plan(mesh: MeshConfig, model: ModelConfig) -> PipelinePlan | None:
+    """The pipeline of ``mesh.stage > 1`` (None without one); checked by :func:`check_mesh_fits`."""
+    if mesh.stage == 1:
+        return None
+    repeats = 1
+    if mesh.pipeline_schedule == "circular":
+        repeats = mesh.pipeline_repeats or max(model.n_layer // mesh.stage, 1)
+    return PipelinePlan(mesh.stage, mesh.pipeline_microbatches or mesh.stage, repeats)
+
+
+def _pipeline_checks(mesh: MeshConfig, model: ModelConfig, rows: int, dp: int) -> list[tuple[bool, str]]:
+    """The pipeline's requirements (``rows``: the batch rows of one gradient-accumulation step)."""
+    plan = pipeline_plan(mesh, model)
+    if plan is None:
+        return []
+    m, groups = plan.microbatches, plan.stages * plan.repeats
+    circular = f" x mesh.pipeline_repeats ({plan.repeats})" if plan.repeats > 1 else ""
+    return [
+        (model.scan_layers, "mesh.stage > 1 needs model.scan_layers true (the stages split the stacked layers)"),
+        (model.dropout == 0, "mesh.stage > 1 does not take model.dropout > 0"),
+        (
+            model.n_layer % groups == 0,
+            f"model.n_layer ({model.n_layer}) is not divisible by mesh.stage ({plan.stages}){circular}",
+        ),
+        (
+            plan.repeats == 1 or m >= plan.stages,
+            f"the circular schedule needs mesh.pipeline_microbatches ({m}) >= mesh.stage ({plan.stages})",
+        ),
+        (
+            rows % m == 0 and (rows // m) % dp == 0,
+            f"batch rows per step {rows} (train.batch_size / train.microbatches) are not divisible by "
+            f"mesh.pipeline_microbatches ({m}) times the data axes (mesh.data * mesh.fsdp = {dp})",
+        ),
+    ]
+
+
+def check_mesh_fits(
+    shape: dict[str, int], model: ModelConfig, batch_size: int, microbatches: int, mesh: MeshConfig | None = None
+) -> None:
+    """Every split axis must divide what it splits (and ``mesh``'s pipeline, where it has one,
+    its layers and batch); a clear error otherwise."""
     tp, dp = shape["model"], shape["data"] * shape["fsdp"]
     checks = [
         (model.n_head % tp == 0, f"model.n_head ({model.n_head}) is not divisible by mesh.model ({tp})"),
@@ -85,6 +144,8 @@ def check_mesh_fits(shape: dict[str, int], model: ModelConfig, batch_size: int, 
             f"divisible by the data axes (mesh.data * mesh.fsdp = {dp})",
         ),
     ]
+    if mesh is not None:
+        checks += _pipeline_checks(mesh, model, batch_size // max(microbatches, 1), dp)
     for ok, msg in checks:
         if not ok:
             raise UsageError(msg)
@@ -92,7 +153,7 @@ def check_mesh_fits(shape: dict[str, int], model: ModelConfig, batch_size: int, 
 
 def make_mesh(shape: dict[str, int]) -> jax.sharding.Mesh:
     axis_types = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
-    return jax.make_mesh(tuple(shape[a] for a in MESH_AXES), MESH_AXES, axis_types=axis_types)
+    return jax.make_mesh(tuple(shape.get(a, 1) for a in MESH_AXES), MESH_AXES, axis_types=axis_types)
 
 
 def logical_to_sharding(logical_specs: Any, mesh: jax.sharding.Mesh) -> Any:
@@ -140,7 +201,12 @@ def shard_local(fn, in_names: tuple, out_names: tuple):
             return nn.logical_to_mesh_axes(tuple(None if n in whole else n for n in names), LOGICAL_AXIS_RULES)
 
         return jax.shard_map(
-            fn, mesh=mesh, in_specs=tuple(map(spec, in_names)), out_specs=tuple(map(spec, out_names)), check_vma=False
+            fn,
+            mesh=mesh,
+            in_specs=tuple(map(spec, in_names)),
+            out_specs=tuple(map(spec, out_names)),
+            axis_names=frozenset(mesh.axis_names) - frozenset(mesh.manual_axes),  # within a pipeline stage: the others
+            check_vma=False,
         )(*args)
 
     return local

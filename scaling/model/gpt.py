@@ -232,10 +232,13 @@ class Block(nn.Module):
         return constrain_residual(x_btd), new_cache
 
 
-def _layers(cfg: ModelConfig, train: bool, x_btd, cache: Cache | None, positions_bt, cache_index, prefix_b):
+def _layers(
+    cfg: ModelConfig, train: bool, x_btd, cache: Cache | None, positions_bt, cache_index, prefix_b, layers_fn=None
+):
     """The ``n_layer`` blocks: ``h_0 .. h_{n-1}`` in a Python loop, or with ``model.scan_layers``
     one block ``h`` under ``nn.scan`` whose parameters carry a leading ``layers`` axis (the KV
-    cache is stacked into that axis for the scan and handed back per layer)."""
+    cache is stacked into that axis for the scan and handed back per layer); ``layers_fn``
+    (``GPT.layers_fn``) applies those stacked parameters instead of the scan."""
     if not cfg.scan_layers:
         new_cache: Cache = []
         for i in range(cfg.n_layer):
@@ -252,8 +255,11 @@ def _layers(cfg: ModelConfig, train: bool, x_btd, cache: Cache | None, positions
         length=cfg.n_layer,
         metadata_params={nn.PARTITION_NAME: LAYERS_AXIS},
     )
+    blocks = scanned(cfg, train, name="h")
+    if layers_fn is not None and cache is None:
+        return layers_fn(blocks.variables["params"], x_btd, positions_bt), []
     stacked = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *cache)
-    x_btd, stacked = scanned(cfg, train, name="h")(x_btd, stacked, positions_bt, cache_index, prefix_b)
+    x_btd, stacked = blocks(x_btd, stacked, positions_bt, cache_index, prefix_b)
     if cache is None:
         return x_btd, []
     return x_btd, [jax.tree.map(lambda a, i=i: a[i], stacked) for i in range(cfg.n_layer)]
@@ -278,6 +284,10 @@ def unstack_layers(params: dict, n_layer: int) -> dict:
 
 class GPT(nn.Module):
     cfg: ModelConfig
+    layers_fn: Any = None
+    """With ``model.scan_layers``: ``layers_fn(stacked_block_params, x_btd, positions_bt) -> x_btd``
+    runs the blocks in place of ``nn.scan`` (the train step's pipeline, scaling.train.pipeline);
+    not at init, nor with a KV cache."""
 
     @nn.compact
     def __call__(
@@ -302,7 +312,8 @@ class GPT(nn.Module):
             x_btd = x_btd + jax.lax.dynamic_slice_in_dim(wpe, start, t)[None]  # positions start..start+t-1
         x_btd = nn.Dropout(cfg.dropout)(x_btd, deterministic=not train)
         x_btd = constrain_residual(x_btd)
-        x_btd, new_cache = _layers(cfg, train, x_btd, cache, positions_bt, cache_index, prefix_b)
+        layers_fn = None if self.is_initializing() else self.layers_fn
+        x_btd, new_cache = _layers(cfg, train, x_btd, cache, positions_bt, cache_index, prefix_b, layers_fn)
         x_btd = _norm(cfg, "ln_f")(x_btd)
         if cfg.tie_embeddings:
             logits_btv = wte.attend(x_btd.astype(jnp.dtype(cfg.dtype)))

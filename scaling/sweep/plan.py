@@ -379,7 +379,7 @@ def _validate_runs(runs: list[PlannedRun], load_data: bool) -> None:
     for r in runs:
         try:
             shape = sh.mesh_shape(r.cfg.mesh, n_dev)
-            sh.check_mesh_fits(shape, r.cfg.model, r.cfg.train.batch_size, r.cfg.train.microbatches)
+            sh.check_mesh_fits(shape, r.cfg.model, r.cfg.train.batch_size, r.cfg.train.microbatches, r.cfg.mesh)
         except UsageError as e:
             raise UsageError(f"run {r.run_id}: {e}") from None
     if load_data:

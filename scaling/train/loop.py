@@ -114,7 +114,7 @@ class Run:
         if self.branch is not None:
             branch_lib.check_schedule(cfg, self.steps, self.branch)
         shape = sh.mesh_shape(cfg.mesh, jax.device_count())
-        sh.check_mesh_fits(shape, cfg.model, cfg.train.batch_size, cfg.train.microbatches)
+        sh.check_mesh_fits(shape, cfg.model, cfg.train.batch_size, cfg.train.microbatches, cfg.mesh)
         check_attention(cfg.model)
         self.mesh_shape = shape
         self.mesh = sh.make_mesh(shape)

@@ -40,10 +40,12 @@ from scaling import sharding as sh
 from scaling.checkpoint import abstract_with_shardings
 from scaling.config import OBJECTIVE_FIELDS, Config
 from scaling.data.objectives import Objective
+from scaling.errors import UsageError
 from scaling.model import GPT, training_attention
 from scaling.model import attention as attn_lib
 from scaling.train import step as step_lib
 from scaling.train.optimizer import RUNTIME_FIELDS, make_optimizer
+from scaling.train.pipeline import pipelined
 from scaling.train.step import TrainState
 
 AUTO_MICROBATCH_TOKENS = 1024
@@ -63,8 +65,9 @@ def shape_fields(cfg: Config) -> tuple:
 
 def resolve_microbatches(cfg: Config, data_shards: int, backend: str) -> int:
     """Microbatches per step: ``train.microbatches``, or for 0 (auto) on a CPU the most that keep
-    at least AUTO_MICROBATCH_TOKENS tokens (or the whole local batch) per device each, 1 elsewhere."""
-    if cfg.train.microbatches or backend != "cpu":
+    at least AUTO_MICROBATCH_TOKENS tokens (or the whole local batch) per device each, 1 elsewhere
+    and with a pipeline (``mesh.stage > 1``), which splits the batch into microbatches itself."""
+    if cfg.train.microbatches or backend != "cpu" or cfg.mesh.stage > 1:
         return cfg.train.microbatches or 1
     local = cfg.train.batch_size // data_shards
     rows = min(local, max(1, AUTO_MICROBATCH_TOKENS // cfg.model.seq_len))
@@ -103,6 +106,9 @@ class ShapePrograms:
         self.key = self.program_key(cfg, mesh)
         self.model = GPT(cfg.model)
         self.objective = Objective.of(cfg)
+        self.pipeline = sh.pipeline_plan(cfg.mesh, cfg.model)
+        if self.pipeline is not None and cfg.train.objective != "causal":
+            raise UsageError(f"mesh.stage > 1 trains train.objective causal only, got {cfg.train.objective!r}")
         self.tx = make_optimizer(cfg.optim)
         self.batch_sharding = sh.batch_sharding(mesh)
         self.replicated = sh.replicated(mesh)
@@ -132,7 +138,7 @@ class ShapePrograms:
     @staticmethod
     def program_key(cfg: Config, mesh: jax.sharding.Mesh) -> tuple:
         """What the compiled functions depend on: runs with equal keys share them."""
-        return (*shape_fields(cfg), mesh)
+        return (*shape_fields(cfg), mesh, sh.pipeline_plan(cfg.mesh, cfg.model))
 
     def for_run(self, cfg: Config, total_steps: int) -> ShapePrograms:
         """The programs for another run of the same shape, sharing these compiled functions
@@ -241,8 +247,9 @@ class ShapePrograms:
 
     def _lower_step(self) -> Any:
         # bound here: only shape-level settings (self.key), never the run's own values
+        model = pipelined(self.model, self.pipeline)  # the step's blocks through the pipeline, if any
         step = functools.partial(
-            step_lib.train_step, self.model, self.tx, self.cfg.optim, self.microbatches, objective=self.objective
+            step_lib.train_step, model, self.tx, self.cfg.optim, self.microbatches, objective=self.objective
         )
         jitted = jax.jit(
             step,

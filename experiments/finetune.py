@@ -53,6 +53,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="start over in --out (removes its fine-tuning outputs)")
     p.add_argument("--eval-only", action="store_true", help="instruct: score the model without tuning")
     p.add_argument("--corpus", default="gutenberg", help="--make-task: the corpus (default: gutenberg)")
+    p.add_argument("--run-ids", metavar="ID1,ID2,...", help="--from-sweep: only these runs (default: every one)")
     fc.add_arguments(p)
     return p
 
@@ -100,14 +101,21 @@ def finetune_one(cfg, data, args, run: str | None, hf_dir: str | None, out: str)
     return job.run(overwrite=args.overwrite)
 
 
-def sweep_runs(sweep_dir: Path) -> list[dict]:
-    """The completed rows of a sweep's results.csv whose run directory holds a checkpoint."""
+def sweep_runs(sweep_dir: Path, run_ids: str | None = None) -> list[dict]:
+    """The completed rows of a sweep's results.csv whose run directory holds a checkpoint (those
+    named in ``run_ids`` only, when given: a name not among them is refused)."""
     results = sweep_dir / "results.csv"
     if not results.is_file():
         raise UsageError(f"--from-sweep: no results.csv in {sweep_dir}")
     with open(results, newline="") as f:
         rows = [r for r in csv.DictReader(f) if r.get("status") == "completed"]
     rows = [r for r in rows if (sweep_dir / "runs" / r["run_id"] / "checkpoints").is_dir()]
+    if run_ids:
+        wanted = [x.strip() for x in run_ids.split(",") if x.strip()]
+        missing = sorted(set(wanted) - {r["run_id"] for r in rows})
+        if missing:
+            raise UsageError(f"--run-ids: {missing[0]} is not a completed run with checkpoints in {results}")
+        rows = [r for r in rows if r["run_id"] in wanted]
     if not rows:
         raise UsageError(f"--from-sweep: {results} lists no completed run with checkpoints")
     return rows
@@ -118,7 +126,7 @@ DOWNSTREAM_METRICS = ("accuracy", "macro_f1", "exact_match", "answer_prefix", "t
 
 def from_sweep(cfg, data, args) -> dict:
     sweep_dir = Path(args.from_sweep)
-    rows = sweep_runs(sweep_dir)
+    rows = sweep_runs(sweep_dir, args.run_ids)
     out = Path(args.out)
     table = []
     for r in rows:

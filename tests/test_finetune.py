@@ -98,7 +98,7 @@ def test_lora_at_init_is_the_base_model_and_only_adapters_train():
     mask = jnp.ones((2, 16))
     tx = fm.make_optimizer(cfg, trainable)
     loss_fn = lambda tr: fm.instruct_loss(cfg, TINY_MODEL, tr, params, toks, mask)[0]  # noqa: E731
-    grads = jax.grad(loss_fn)(trainable)
+    grads = jax.jit(jax.grad(loss_fn))(trainable)
     updates, _ = tx.update(grads, tx.init(trainable), trainable)
     stepped = jax.tree.map(lambda p, u: p + u * 1000.0, trainable, updates)  # warmup's first lr is 0: scale up
     stepped = jax.tree.map(lambda p, g: p - 0.1 * g, stepped, grads)
@@ -134,7 +134,7 @@ def test_pooling_and_head_shapes():
     trainable = fm.init_trainable(cfg, TINY_MODEL, params, 5, jax.random.key(0))
     assert trainable["head"]["w"].shape == (32, 5)
     toks = jnp.zeros((3, 16), jnp.int32)
-    logits = fm.class_logits(cfg, TINY_MODEL, trainable, params, toks, jnp.array([1, 4, 16]))
+    logits = jax.jit(lambda tr: fm.class_logits(cfg, TINY_MODEL, tr, params, toks, jnp.array([1, 4, 16])))(trainable)
     assert logits.shape == (3, 5)
 
 

@@ -75,8 +75,9 @@ class Source:
 class Finetune:
     """One fine-tuning run of ``cfg`` from ``source`` on ``data`` in directory ``out``."""
 
-    def __init__(self, cfg: FinetuneConfig, source: Source, data: ex.Dataset, data_path: str, out: str | Path):
-        self.cfg, self.source, self.out = cfg, source, Path(out)
+    def __init__(self, cfg: FinetuneConfig, source: Source, data: ex.Dataset, data_path: str, out: str | Path | None):
+        self.cfg, self.source = cfg, source
+        self.out = Path(out) if out is not None else None  # None: --eval-only writes nothing
         self.model_cfg = source.model_cfg
         self.seq_len = cfg.train.seq_len or self.model_cfg.seq_len
         if self.model_cfg.position == "learned" and self.seq_len > self.model_cfg.seq_len:

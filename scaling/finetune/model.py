@@ -34,8 +34,8 @@ def looped(cfg: ModelConfig, params: dict) -> tuple[ModelConfig, dict]:
 
 def fresh_params(cfg: ModelConfig, seed: int) -> dict:
     """A randomly initialised model of this shape (the from-scratch arm)."""
-    boxed = GPT(cfg).init(jax.random.key(seed), jnp.zeros((1, cfg.seq_len), jnp.int32))["params"]
-    return nn.unbox(boxed)
+    init = jax.jit(lambda key: nn.unbox(GPT(cfg).init(key, jnp.zeros((1, cfg.seq_len), jnp.int32))["params"]))
+    return init(jax.random.key(seed))
 
 
 def init_trainable(cfg: FinetuneConfig, model_cfg: ModelConfig, params: dict, n_classes: int, key) -> dict:

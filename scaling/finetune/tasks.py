@@ -46,7 +46,7 @@ class TaskSpec:
     classes: int = 8
     min_chars: int = 100_000
     passage_chars: int = 96
-    train_per_class: int = 256
+    train_per_class: int = 512
     test_per_class: int = 64
     test_fraction: float = 0.2
     context_chars: int = 64

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from analysis import downstream
 from experiments import finetune as cli
 from scaling import finetune_config as fc
 from scaling import tokenizer as tok
@@ -293,3 +294,14 @@ def test_cli_fine_tunes_a_trained_run_end_to_end(tmp_path):
         and 0 <= summary["exact_match"] <= 1
         and summary["n_trainable"] < summary["n_params_model"]
     )
+
+
+def test_downstream_plot_reads_the_table_and_ranks_by_compute(tmp_path):
+    assert downstream.spearman([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)  # 1 - 6 * 2 / (3 * 8)
+    table = tmp_path / "downstream.csv"
+    table.write_text("run_id,n_params,flops_6nd,ft_accuracy\na,10,3e12,0.5\nb,20,1e12,0.4\nc,20,,0.9\n")
+    result = downstream.main(["--results", str(table)])
+    assert result["runs"] == 2 and result["spearman_vs_compute"] == pytest.approx(1.0)
+    assert (tmp_path / "downstream.png").stat().st_size > 0
+    with pytest.raises(SystemExit):
+        downstream.main(["--results", str(table), "--metric", "ft_nope"])

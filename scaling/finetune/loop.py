@@ -32,6 +32,7 @@ import numpy as np
 import yaml
 
 from scaling import io as run_io
+from scaling import tokenizer as tok
 from scaling.checkpoint import Checkpointer
 from scaling.config import ModelConfig
 from scaling.errors import UsageError
@@ -62,7 +63,7 @@ class Source:
 
     @property
     def eot(self) -> int:
-        return self.encoding.encode_single_token("<|endoftext|>")
+        return tok.eot_id(self.encoding)
 
     def encode(self, text: str) -> list[int]:
         return self.encoding.encode_ordinary(text)

@@ -305,3 +305,20 @@ def test_downstream_plot_reads_the_table_and_ranks_by_compute(tmp_path):
     assert (tmp_path / "downstream.png").stat().st_size > 0
     with pytest.raises(SystemExit):
         downstream.main(["--results", str(table), "--metric", "ft_nope"])
+
+
+@pytest.mark.slow
+def test_cli_fine_tunes_hugging_face_gpt2_weights(tmp_path):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=32)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(str(tmp_path / "gpt2"))
+    cls = tmp_path / "cls.jsonl"
+    cls.write_text("".join(json.dumps(r) + "\n" for r in _classify_records()))
+    args = ["--task", "classify", "--data", cls, "--out", tmp_path / "c", "--train.steps", "2"]
+    args += ["--train.batch_size", "4"]
+    r = run_cli("experiments.finetune", "--hf-gpt2", tmp_path / "gpt2", *args, "--lora.rank", "2")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((tmp_path / "c" / "summary.json").read_text())
+    assert summary["source"].startswith("hf-gpt2:") and summary["steps"] == 2 and summary["n_test"] == 6

@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
         return result
     cfg = resolve_config(args)
     _require(args, "data")
+    if args.eval_only and cfg.task.kind != "instruct":
+        raise UsageError("--eval-only scores an instruct task (a classifier needs a trained head)")
     if args.baseline and cfg.task.kind != "classify":
         raise UsageError("--baseline bag-of-bytes scores a classify task (pass --task classify)")
     data = ex.read_records(args.data, cfg.task.kind, cfg.task.val_fraction)

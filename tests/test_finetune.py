@@ -131,11 +131,12 @@ def test_pooling_and_head_shapes():
     assert fm.pool(h, lengths, "last").tolist() == [[2.0, 3.0], [10.0, 11.0]]
     assert fm.pool(h, lengths, "mean").tolist() == [[1.0, 2.0], [8.0, 9.0]]
     cfg = fc.from_dict({"task": {"kind": "classify", "pooling": "mean"}})
-    params = fm.fresh_params(TINY_MODEL, 0)
-    trainable = fm.init_trainable(cfg, TINY_MODEL, params, 5, jax.random.key(0))
+    one_layer = ModelConfig(n_layer=1, n_head=2, d_model=32, seq_len=16, vocab_size=257, position="rotary")
+    params = fm.fresh_params(one_layer, 0)
+    trainable = fm.init_trainable(cfg, one_layer, params, 5, jax.random.key(0))
     assert trainable["head"]["w"].shape == (32, 5)
     toks = jnp.zeros((3, 16), jnp.int32)
-    logits = jax.jit(lambda tr: fm.class_logits(cfg, TINY_MODEL, tr, params, toks, jnp.array([1, 4, 16])))(trainable)
+    logits = jax.jit(lambda tr: fm.class_logits(cfg, one_layer, tr, params, toks, jnp.array([1, 4, 16])))(trainable)
     assert logits.shape == (3, 5)
 
 
@@ -200,6 +201,7 @@ def test_task_builders_are_deterministic_and_split_by_region_or_document(corpus_
         (["--from", "x", "--task", "classify", "--data", "{data}", "--out", "o", "--lora.rank", "-1"], "lora.rank"),
         (["--from", "x", "--task", "classify", "--data", "{data}", "--out", "o", "--task.pooling", "max"], "pooling"),
         (["--baseline", "bag-of-bytes", "--task", "instruct", "--data", "{bad}"], "scores a classify task"),
+        (["--from", "x", "--task", "classify", "--data", "{data}", "--eval-only"], "scores an instruct task"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, message):

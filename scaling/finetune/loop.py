@@ -111,6 +111,15 @@ class Finetune:
             test = ex.encode_pairs(data.test, self.source.encode, t.template, self.source.eot, self.seq_len)
             self.test_rows, self.test_masks = ex.pack_rows(test, self.seq_len, pack=False)
             self.test_pairs = test
+            # generation: a prompt keeps its last tokens when prompt plus answer would pass a learned context
+            longest = max(len(p.prompt) for p in test)
+            learned = self.model_cfg.position == "learned"
+            self.prompt_room = min(longest, self.model_cfg.seq_len - t.max_new_tokens) if learned else longest
+            if self.prompt_room < 1:
+                raise UsageError(
+                    f"task.max_new_tokens {t.max_new_tokens} leaves no room for a prompt in the model's context "
+                    f"of {self.model_cfg.seq_len} tokens"
+                )
             self.answers = [r["response"] for r in data.test]
             self.n_train, self.labels = len(self.rows), []
         else:
@@ -200,14 +209,7 @@ class Finetune:
         """Greedy continuations of the held-out prompts, up to end-of-text or ``task.max_new_tokens``."""
         params = fm.model_params(self.cfg, trainable, self.base)
         new = self.cfg.task.max_new_tokens
-        keep = (
-            self.model_cfg.seq_len - new
-            if self.model_cfg.position == "learned"
-            else len(max(self.test_pairs, key=lambda p: len(p.prompt)).prompt)
-        )
-        if keep < 1:
-            raise UsageError(f"task.max_new_tokens {new} leaves no room for a prompt in the model's context")
-        prompts = [p.prompt[-keep:] for p in self.test_pairs]
+        prompts = [p.prompt[-self.prompt_room :] for p in self.test_pairs]
         out = []
         for i in range(0, len(prompts), EVAL_BATCH):
             g = generate(self.model_cfg, params, prompts[i : i + EVAL_BATCH], new, eot=self.source.eot)

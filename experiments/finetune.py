@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 from pathlib import Path
@@ -133,9 +134,11 @@ def from_sweep(cfg, data, args) -> dict:
         summary = finetune_one(cfg, data, args, str(sweep_dir / "runs" / r["run_id"]), None, str(out / r["run_id"]))
         print(json.dumps({"run_id": r["run_id"], **{k: summary.get(k) for k in DOWNSTREAM_METRICS}}), file=sys.stderr)
         table.append({**r, **{f"ft_{k}": summary.get(k, "") for k in DOWNSTREAM_METRICS}})
-    cols = list(table[0])
-    lines = [",".join(cols)] + [",".join(str(t.get(c, "")) for c in cols) for t in table]
-    atomic_write_text(out / "downstream.csv", "\n".join(lines) + "\n")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(table[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    atomic_write_text(out / "downstream.csv", buf.getvalue())
     return {"runs": len(table), "csv": str(out / "downstream.csv")}
 
 

@@ -324,3 +324,21 @@ def test_cli_fine_tunes_hugging_face_gpt2_weights(tmp_path):
     assert r.returncode == 0, r.stderr
     summary = json.loads((tmp_path / "c" / "summary.json").read_text())
     assert summary["source"].startswith("hf-gpt2:") and summary["steps"] == 2 and summary["n_test"] == 6
+
+
+@pytest.mark.slow
+def test_from_sweep_fine_tunes_each_run_and_writes_the_downstream_table(tmp_path):
+    sweep = tmp_path / "sweep"
+    (sweep / "runs").mkdir(parents=True)
+    (sweep / "runs" / "tiny").symlink_to(tiny_run_dir())
+    (sweep / "results.csv").write_text("run_id,n_params,flops_6nd,status\ntiny,1000,1e9,completed\ngone,5,1,diverged\n")
+    cls = tmp_path / "cls.jsonl"
+    cls.write_text("".join(json.dumps(r) + "\n" for r in _classify_records()))
+    args = ["--from-sweep", sweep, "--task", "classify", "--data", cls, "--out", tmp_path / "d", "--train.steps", "2"]
+    r = run_cli("experiments.finetune", *args, "--train.batch_size", "4", "--train.seq_len", "16")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "d" / "tiny" / "summary.json").is_file()
+    result = downstream.main(["--results", str(tmp_path / "d" / "downstream.csv"), "--out", str(tmp_path / "p.png")])
+    assert result["runs"] == 1
+    bad = run_cli("experiments.finetune", *args, "--run-ids", "gone")
+    assert bad.returncode == 2 and "gone" in bad.stderr

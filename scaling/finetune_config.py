@@ -117,6 +117,7 @@ class FinetuneTrainConfig:
     grad_clip: float = _f(1.0, "clip the global gradient norm to this; 0 disables", ge=0)
     seed: int = _f(0, "seed of the head and adapter init and of the example order", ge=0, le=SEED_MAX)
     init: str = _f("pretrained", "pretrained (start from the given model) | scratch (same shape, fresh random weights)")
+    freeze_model: bool = _f(False, "classify: train the head alone on the frozen model (a linear probe)")
     eval_every: int = _f(100, "evaluate on the held-out split every this many steps (and at the end)", ge=1)
     log_every: int = _f(10, "write a metrics.jsonl line every this many steps", ge=1)
 
@@ -132,6 +133,14 @@ class FinetuneConfig:
     train: FinetuneTrainConfig = field(default_factory=FinetuneTrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every_steps=100))
 
+    def __post_init__(self) -> None:
+        if self.train.freeze_model:
+            _check(
+                self.task.kind == "classify",
+                "train.freeze_model trains a classifier's head: it needs task.kind classify",
+            )
+            _check(self.lora.rank == 0, "train.freeze_model trains the head alone: set lora.rank 0")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -143,6 +152,8 @@ class FinetuneConfig:
         d = {k: v for k, v in self.to_dict().items() if k != "checkpoint"}
         for k in ("eval_every", "log_every"):
             d["train"].pop(k)
+        if not self.train.freeze_model:  # configs from before the field hash as they did
+            d["train"].pop("freeze_model")
         d["task"].pop("eval_examples")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -1,10 +1,11 @@
 """The fine-tuned model: which parameters train, the task losses and the task metrics.
 
-The trainable tree is ``{"model": the GPT's parameters}`` (full fine-tuning) or
-``{"lora": adapters}`` (:mod:`scaling.finetune.lora`; the GPT's parameters then stay frozen),
-plus ``{"head": {"w": (d_model, classes), "b": (classes,)}}`` for classification. The
-classification head reads the final LayerNorm's output (the hidden state the language-model
-head reads) at the last token of each example, or its mean over the example's tokens.
+The trainable tree is ``{"model": the GPT's parameters}`` (full fine-tuning),
+``{"lora": adapters}`` (:mod:`scaling.finetune.lora`; the GPT's parameters then stay frozen)
+or nothing of the model (``train.freeze_model``, a linear probe), plus
+``{"head": {"w": (d_model, classes), "b": (classes,)}}`` for classification. The head reads
+the final LayerNorm's output (the hidden state the language-model head reads) at the last
+token of each example, or its mean over the example's tokens.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def init_trainable(cfg: FinetuneConfig, model_cfg: ModelConfig, params: dict, n_
     out: dict = {}
     if cfg.lora.rank:
         out["lora"] = lora.init_adapters(cfg.lora, params, model_cfg.n_layer, k_lora)
-    else:
+    elif not cfg.train.freeze_model:
         out["model"] = params
     if cfg.task.kind == "classify":
         d = model_cfg.d_model
@@ -56,7 +57,9 @@ def model_params(cfg: FinetuneConfig, trainable: dict, base: dict) -> dict:
     """The GPT's parameters in use: the trained ones, or the base with the adapters merged."""
     if "model" in trainable:
         return trainable["model"]
-    return lora.merge(cfg.lora, base, trainable["lora"])
+    if "lora" in trainable:
+        return lora.merge(cfg.lora, base, trainable["lora"])
+    return base  # train.freeze_model: the head alone trains
 
 
 def hidden_states(model_cfg: ModelConfig, params: dict, tokens_bt: jax.Array) -> jax.Array:

@@ -26,6 +26,11 @@ from tests.helpers import run_cli, tiny_run_dir
 TINY_MODEL = ModelConfig(n_layer=2, n_head=2, d_model=32, seq_len=16, vocab_size=257, position="rotary")
 
 
+@pytest.fixture(scope="module")
+def tiny_params():
+    return fm.fresh_params(TINY_MODEL, 0)
+
+
 # ----------------------------------------------------------------------------- instruct data and loss
 
 
@@ -88,14 +93,21 @@ def test_batches_follow_from_seed_and_step():
 # ----------------------------------------------------------------------------- LoRA
 
 
-def test_lora_at_init_is_the_base_model_and_only_adapters_train():
-    params = fm.fresh_params(TINY_MODEL, 0)
+def test_lora_at_init_is_the_base_model(tiny_params):
+    params = tiny_params
     cfg = fc.from_dict({"lora": {"rank": 4, "targets": "qkv,fc", "layers": "1"}})
     trainable = fm.init_trainable(cfg, TINY_MODEL, params, 0, jax.random.key(1))
     assert set(trainable) == {"lora"} and set(trainable["lora"]) == {"h_1/qkv", "h_1/fc"}
-    toks = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 17)), jnp.int32)
     merged = fm.model_params(cfg, trainable, params)
     assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), merged, params)))
+
+
+@pytest.mark.slow
+def test_only_the_adapted_kernels_change_when_lora_trains():
+    params = fm.fresh_params(TINY_MODEL, 0)
+    cfg = fc.from_dict({"lora": {"rank": 4, "targets": "qkv,fc", "layers": "1"}})
+    trainable = fm.init_trainable(cfg, TINY_MODEL, params, 0, jax.random.key(1))
+    toks = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 17)), jnp.int32)
     mask = jnp.ones((2, 16))
     tx = fm.make_optimizer(cfg, trainable)
     loss_fn = lambda tr: fm.instruct_loss(cfg, TINY_MODEL, tr, params, toks, mask)[0]  # noqa: E731
@@ -125,18 +137,17 @@ def test_lora_config_is_checked_up_front():
 # ----------------------------------------------------------------------------- classification
 
 
-def test_pooling_and_head_shapes():
+def test_pooling_and_head_shapes(tiny_params):
     h = jnp.arange(2 * 3 * 2, dtype=jnp.float32).reshape(2, 3, 2)
     lengths = jnp.array([2, 3])
     assert fm.pool(h, lengths, "last").tolist() == [[2.0, 3.0], [10.0, 11.0]]
     assert fm.pool(h, lengths, "mean").tolist() == [[1.0, 2.0], [8.0, 9.0]]
     cfg = fc.from_dict({"task": {"kind": "classify", "pooling": "mean"}})
-    one_layer = ModelConfig(n_layer=1, n_head=2, d_model=32, seq_len=16, vocab_size=257, position="rotary")
-    params = fm.fresh_params(one_layer, 0)
-    trainable = fm.init_trainable(cfg, one_layer, params, 5, jax.random.key(0))
+    params = tiny_params
+    trainable = fm.init_trainable(cfg, TINY_MODEL, params, 5, jax.random.key(0))
     assert trainable["head"]["w"].shape == (32, 5)
     toks = jnp.zeros((3, 16), jnp.int32)
-    logits = jax.jit(lambda tr: fm.class_logits(cfg, one_layer, tr, params, toks, jnp.array([1, 4, 16])))(trainable)
+    logits = jax.jit(lambda tr: fm.class_logits(cfg, TINY_MODEL, tr, params, toks, jnp.array([1, 4, 16])))(trainable)
     assert logits.shape == (3, 5)
 
 

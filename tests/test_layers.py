@@ -15,7 +15,8 @@ The layers::
     L8  scaling.sweep                                       parse, noise, spec, hparams, families, plan, show,
                                                             calibrate, execute, results, baseline, diagnose, fit,
                                                             pilot
-    L7  scaling.inference, scaling.difficulty               decoding, loading runs; model-scored curricula
+    L7  scaling.inference, scaling.difficulty,              decoding, loading runs; model-scored curricula;
+        scaling.finetune                                    fine-tuning (tasks, LoRA, heads, the run)
     L6  scaling.train                                       optimizer, step, programs, the run loop
     L5  scaling.evaluation, scaling.run_dir, scaling.run_curves, scaling.checkpoint, scaling.compile_cache
     L4  scaling.data                                        corpus, embedded corpora, preparing corpora, token
@@ -23,7 +24,7 @@ The layers::
     L3  scaling.model                                       the GPT, attention kernels
     L2  scaling.tokenizer, scaling.flops, scaling.sharding, scaling.laws
     L1  scaling.fields, scaling.config, scaling.config_parse, scaling.curriculum_config, scaling.io,
-        scaling.download
+        scaling.download, scaling.finetune_config
     L0  scaling.errors, scaling.paths
 """
 
@@ -48,6 +49,7 @@ LAYERS = {
     "scaling.config": 1,
     "scaling.config_parse": 1,
     "scaling.curriculum_config": 1,
+    "scaling.finetune_config": 1,
     "scaling.io": 1,
     "scaling.download": 1,
     "scaling.tokenizer": 2,
@@ -65,6 +67,7 @@ LAYERS = {
     "scaling.train": 6,
     "scaling.inference": 7,
     "scaling.difficulty": 7,
+    "scaling.finetune": 7,
     "scaling.sweep": 8,
     "experiments": 9,
     "analysis": 9,

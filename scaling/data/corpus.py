@@ -127,7 +127,8 @@ def corpus_documents(cfg: DataConfig) -> list[Document]:
         if path.is_file():
             docs = _file_docs(path, field)
         elif path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.suffix in DIR_SUFFIXES and p.is_file())
+            # a broken link is kept, so that reading it names it rather than dropping a document
+            files = sorted(p for p in path.rglob("*") if p.suffix in DIR_SUFFIXES and (p.is_file() or p.is_symlink()))
             docs = [d for p in files for d in _file_docs(p, field)]
         elif any(c in spec for c in "*?["):
             files = [Path(p) for p in sorted(glob.glob(spec, recursive=True)) if Path(p).is_file()]

@@ -29,6 +29,11 @@ def _git(*args: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. under ``taskset``)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def cpu_info() -> dict:
     """The CPU's model name, vendor and the vector features that decide kernel speed."""
     info = {
@@ -36,7 +41,7 @@ def cpu_info() -> dict:
         "model": platform.processor() or platform.machine(),
         "vendor": None,
         "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cpus": usable_cpus(),
         "features": [],
     }
     try:
@@ -84,6 +89,8 @@ def machine_record() -> dict:
         "dirty": bool(status) if status is not None else None,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu": cpu_info(),
+        # runnable processes over the last 1, 5 and 15 minutes: how busy the machine was
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "devices": accelerators(),
         "python": platform.python_version(),
         "libraries": libraries(),

@@ -42,6 +42,7 @@ from scaling.config import Config
 from scaling.model import GPT, training_attention
 from scaling.model import attention as attn_lib
 from scaling.train import step as step_lib
+from scaling.train import xla_options
 from scaling.train.optimizer import RUNTIME_FIELDS, make_optimizer
 from scaling.train.step import TrainState
 
@@ -250,7 +251,7 @@ class ShapePrograms:
             return jitted.lower(self.abstract_state, self._abstract_batch(), run)
 
     def _build_step(self) -> Any:
-        return self._program("lowered_step", self._lower_step).compile()
+        return self._program("lowered_step", self._lower_step).compile(compiler_options=xla_options.program_options())
 
     def compile_step(self) -> Any:
         """The AOT-compiled train step (compiled once per shape)."""
@@ -312,7 +313,7 @@ class ShapePrograms:
             return jitted.lower(self.abstract_state.params, self._abstract_batch())
 
     def _build_eval(self) -> Any:
-        return self._lower_eval().compile()
+        return self._lower_eval().compile(compiler_options=xla_options.program_options())
 
     def eval_step(self, params, batch_bt: jax.Array) -> jax.Array:
         """Mean cross-entropy of one batch (the evaluation is compiled once per shape)."""

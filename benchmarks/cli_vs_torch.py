@@ -1,6 +1,6 @@
 """The real training CLI against nanoGPT's PyTorch step, in alternating subprocesses.
 
-    python -m benchmarks.cli_vs_torch [--preset 256x6|nanogpt-cpu] [--steps 30] [--rounds 3]
+    python -m benchmarks.cli_vs_torch [--preset 256x6|nanogpt-cpu] [--steps 30] [--rounds 3] [--cpus N]
 
 Each round runs ``python -m experiments.train`` (a fresh run directory, byte vocabulary,
 tinyshakespeare, no evaluation until the end, one checkpoint at the end) and then a PyTorch
@@ -91,7 +91,10 @@ def torch_worker(spec: dict) -> None:
     t0 = time.perf_counter()
     run(spec["steps"])
     dt = time.perf_counter() - t0
-    print(json.dumps({"tokens_per_s": spec["steps"] * spec["batch"] * spec["seq_len"] / dt}))
+    import torch
+
+    tokens_per_s = spec["steps"] * spec["batch"] * spec["seq_len"] / dt
+    print(json.dumps({"tokens_per_s": tokens_per_s, "threads": torch.get_num_threads()}))
 
 
 def main(argv=None) -> dict | None:
@@ -99,14 +102,17 @@ def main(argv=None) -> dict | None:
     ap.add_argument("--preset", default="256x6", choices=sorted(PRESETS))
     ap.add_argument("--steps", type=int, default=30, help="train steps per process")
     ap.add_argument("--rounds", type=int, default=3, help="counted CLI/PyTorch pairs")
+    ap.add_argument(
+        "--cpus", type=int, default=0, help="pin both processes to the first CPUS usable CPUs (0: all of them)"
+    )
     ap.add_argument("--out", help="results JSON (default benchmarks/results/cli_vs_torch_<preset>_cpu.json)")
     ap.add_argument("--torch-worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.torch_worker:
         torch_worker(json.loads(args.torch_worker))
         return None
-    import torch
-
+    if args.cpus:  # the children inherit the mask: XLA and PyTorch each size their thread pools by it
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cpus])
     p = PRESETS[args.preset]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     rounds = []
@@ -125,7 +131,7 @@ def main(argv=None) -> dict | None:
         "preset": args.preset,
         **p,
         "steps": args.steps,
-        "torch_threads": torch.get_num_threads(),
+        "cpus": sorted(os.sched_getaffinity(0)),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "cpu_dots": xla_options.cpu_dots(),
         "rounds": rounds,

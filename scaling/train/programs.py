@@ -126,6 +126,7 @@ class ShapePrograms:
         self._compiled: dict[str, concurrent.futures.Future] = {}
         self._lock = threading.Lock()
         self.run_args = self._run_args()
+        self.compiler_options = xla_options.program_options()  # the dot library (checked here, before compute)
 
     @staticmethod
     def program_key(cfg: Config, mesh: jax.sharding.Mesh) -> tuple:
@@ -251,7 +252,7 @@ class ShapePrograms:
             return jitted.lower(self.abstract_state, self._abstract_batch(), run)
 
     def _build_step(self) -> Any:
-        return self._program("lowered_step", self._lower_step).compile(compiler_options=xla_options.program_options())
+        return self._program("lowered_step", self._lower_step).compile(compiler_options=self.compiler_options)
 
     def compile_step(self) -> Any:
         """The AOT-compiled train step (compiled once per shape)."""
@@ -313,7 +314,7 @@ class ShapePrograms:
             return jitted.lower(self.abstract_state.params, self._abstract_batch())
 
     def _build_eval(self) -> Any:
-        return self._lower_eval().compile(compiler_options=xla_options.program_options())
+        return self._lower_eval().compile(compiler_options=self.compiler_options)
 
     def eval_step(self, params, batch_bt: jax.Array) -> jax.Array:
         """Mean cross-entropy of one batch (the evaluation is compiled once per shape)."""

@@ -48,11 +48,12 @@ def cpu_info() -> dict:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return info
+    named = False  # the first "model name" line (vendor_id comes before it)
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key, value = key.strip(), value.strip()
-        if key == "model name" and info["vendor"] is None:
-            info["model"] = value
+        if key == "model name" and not named:
+            info["model"], named = value, True
         elif key == "vendor_id" and info["vendor"] is None:
             info["vendor"] = value
         elif key in ("cpu family", "model", "stepping") and f"x86_{key.split()[-1]}" not in info:

@@ -1,6 +1,7 @@
 """The real training CLI against nanoGPT's PyTorch step, in alternating subprocesses.
 
     python -m benchmarks.cli_vs_torch [--preset 256x6|nanogpt-cpu] [--steps 30] [--rounds 3] [--cpus N]
+                                      [--dots eigen,xla]
 
 Each round runs ``python -m experiments.train`` (a fresh run directory, byte vocabulary,
 tinyshakespeare, no evaluation until the end, one checkpoint at the end) and then a PyTorch
@@ -10,7 +11,8 @@ one it reports in ``summary.json`` (its training loop's tokens over the loop's t
 compile, evaluation or checkpoint); its wall tokens/s (the tokens over the whole process,
 imports and compile included) is recorded too. The ratio is the median over rounds of the
 per-round ratio. The first CLI round fills the compilation cache (``SCALING_CACHE_DIR``) and
-is run but not counted.
+is run but not counted. With ``--dots`` the CLI runs once per listed dot library
+(``SCALING_CPU_DOTS``, :mod:`scaling.train.xla_options`) in each round.
 
 Presets: ``256x6`` (6 layers x 256 wide, 8 heads, context 256, batch 16) and ``nanogpt-cpu``
 (nanoGPT's shakespeare_char CPU run: 4 layers x 128, 4 heads, context 64, batch 12).
@@ -105,6 +107,11 @@ def main(argv=None) -> dict | None:
     ap.add_argument(
         "--cpus", type=int, default=0, help="pin both processes to the first CPUS usable CPUs (0: all of them)"
     )
+    ap.add_argument(
+        "--dots",
+        help="dot libraries (SCALING_CPU_DOTS values, comma separated) to run the CLI with, each once a round "
+        "(default: the environment's)",
+    )
     ap.add_argument("--out", help="results JSON (default benchmarks/results/cli_vs_torch_<preset>_cpu.json)")
     ap.add_argument("--torch-worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -115,16 +122,25 @@ def main(argv=None) -> dict | None:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cpus])
     p = PRESETS[args.preset]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    dots = args.dots.split(",") if args.dots else [xla_options.cpu_dots()]
+    envs = {d: {**env, xla_options.ENV: d} for d in dots}
     rounds = []
     with tempfile.TemporaryDirectory(prefix="cli_vs_torch") as tmp:
-        run_cli(p, min(args.steps, 4), Path(tmp) / "run", env)  # fills the compilation cache
+        for e in envs.values():  # fills the compilation cache
+            run_cli(p, min(args.steps, 4), Path(tmp) / "run", e)
         for i in range(args.rounds):
-            cli = run_cli(p, args.steps, Path(tmp) / "run", env)
+            clis = {d: run_cli(p, args.steps, Path(tmp) / "run", e) for d, e in envs.items()}
             tch = run_torch(p, args.steps, env)
-            rounds.append({"cli": cli, "torch": tch, "ratio": cli["tokens_per_s"] / tch["tokens_per_s"]})
+            ratios = {d: c["tokens_per_s"] / tch["tokens_per_s"] for d, c in clis.items()}
+            rounds.append({"cli": clis, "torch": tch, "ratio": ratios})
             print(
-                f"round {i + 1}: CLI {cli['tokens_per_s']:.0f} tok/s (wall {cli['wall_tokens_per_s']:.0f}), "
-                f"nanoGPT {tch['tokens_per_s']:.0f} tok/s, ratio {rounds[-1]['ratio']:.2f}",
+                f"round {i + 1}: "
+                + ", ".join(
+                    f"CLI ({d}) {c['tokens_per_s']:.0f} tok/s (wall {c['wall_tokens_per_s']:.0f})"
+                    for d, c in clis.items()
+                )
+                + f", nanoGPT {tch['tokens_per_s']:.0f} tok/s, ratio "
+                + ", ".join(f"{r:.2f}" for r in ratios.values()),
                 flush=True,
             )
     result = {
@@ -133,15 +149,14 @@ def main(argv=None) -> dict | None:
         "steps": args.steps,
         "cpus": sorted(os.sched_getaffinity(0)),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
-        "cpu_dots": xla_options.cpu_dots(),
+        "cpu_dots": dots,
         "rounds": rounds,
-        "cli_tokens_per_s": statistics.median(r["cli"]["tokens_per_s"] for r in rounds),
+        "cli_tokens_per_s": {d: statistics.median(r["cli"][d]["tokens_per_s"] for r in rounds) for d in dots},
         "torch_tokens_per_s": statistics.median(r["torch"]["tokens_per_s"] for r in rounds),
-        "cli_over_torch": statistics.median(r["ratio"] for r in rounds),
+        "cli_over_torch": {d: statistics.median(r["ratio"][d] for r in rounds) for d in dots},
     }
-    print(
-        f"{args.preset}: the CLI over nanoGPT's PyTorch step, median of {args.rounds}: {result['cli_over_torch']:.2f}x"
-    )
+    for d, r in result["cli_over_torch"].items():
+        print(f"{args.preset}: the CLI ({d} dots) over nanoGPT's PyTorch step, median of {args.rounds}: {r:.2f}x")
     return write_result(args.out or result_path(f"cli_vs_torch_{args.preset}", "cpu"), result)
 
 

@@ -21,14 +21,14 @@ def _programs() -> ShapePrograms:
 
 
 @cpu_only
-def test_the_train_step_runs_its_dots_outside_ynnpack_by_default(monkeypatch):
+def test_the_dot_library_is_xlas_by_default_and_eigen_keeps_the_step_out_of_ynnpack(monkeypatch):
     monkeypatch.delenv(xla_options.ENV, raising=False)
+    assert _programs().compiler_options is None
+    monkeypatch.setenv(xla_options.ENV, "eigen")
     programs = _programs()
     assert programs.compiler_options == xla_options.CPU_DOTS["eigen"]
     text = programs.compile_step().as_text()
     assert "__ynn_fusion" not in text and " dot(" in text
-    monkeypatch.setenv(xla_options.ENV, "xla")
-    assert xla_options.program_options() is None
 
 
 def test_an_unknown_dot_library_is_refused_before_compute(monkeypatch):

@@ -2,12 +2,12 @@
 products on a CPU.
 
 XLA's CPU backend can hand a dot to YNNPACK (this jaxlib's default), to Eigen, or to oneDNN's
-matmul. On x86 CPUs the train step runs its dense products faster through Eigen than through
-YNNPACK (``python -m benchmarks.cpu_levers`` times the train step with each against PyTorch's),
-so the programs of a run are compiled with YNNPACK's fusions off. ``SCALING_CPU_DOTS`` chooses:
-``eigen`` (the default), ``xla`` (XLA's own default) or ``onednn`` (oneDNN matmul custom
-calls). The choice is fixed per process and never depends on timing, so a resumed run
-computes exactly what an unbroken one does; an option this jaxlib does not know is dropped.
+matmul. ``SCALING_CPU_DOTS`` chooses: ``xla`` (the default: XLA's own choice), ``eigen``
+(YNNPACK's fusions off) or ``onednn`` (oneDNN matmul custom calls).
+``python -m benchmarks.cpu_levers`` times the train step with each against PyTorch's in one
+process, and ``python -m benchmarks.cli_vs_torch --dots xla,eigen`` the training CLI with each.
+The choice is fixed per process and never depends on timing, so a resumed run computes exactly
+what an unbroken one does; an option this jaxlib does not know is dropped.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ CPU_DOTS: dict[str, dict | None] = {
     "xla": None,
     "onednn": {"xla_cpu_experimental_onednn_custom_call": True},
 }
-DEFAULT = "eigen"
+DEFAULT = "xla"
 
 
 def cpu_dots() -> str:
-    """The dot library ``SCALING_CPU_DOTS`` names (``eigen`` when unset)."""
+    """The dot library ``SCALING_CPU_DOTS`` names (``xla`` when unset)."""
     name = os.environ.get(ENV, "").strip().lower() or DEFAULT
     if name not in CPU_DOTS:
         raise UsageError(f"{ENV}={name!r}: expected one of {', '.join(CPU_DOTS)}")

@@ -29,6 +29,11 @@ def _git(*args: str) -> str | None:
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. under ``taskset``)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def cpu_info() -> dict:
     """The CPU's model name, vendor and the vector features that decide kernel speed."""
     info = {
@@ -36,18 +41,19 @@ def cpu_info() -> dict:
         "model": platform.processor() or platform.machine(),
         "vendor": None,
         "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cpus": usable_cpus(),
         "features": [],
     }
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return info
+    named = False  # the first "model name" line (vendor_id comes before it)
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key, value = key.strip(), value.strip()
-        if key == "model name" and info["vendor"] is None:
-            info["model"] = value
+        if key == "model name" and not named:
+            info["model"], named = value, True
         elif key == "vendor_id" and info["vendor"] is None:
             info["vendor"] = value
         elif key in ("cpu family", "model", "stepping") and f"x86_{key.split()[-1]}" not in info:
@@ -84,6 +90,8 @@ def machine_record() -> dict:
         "dirty": bool(status) if status is not None else None,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "cpu": cpu_info(),
+        # runnable processes over the last 1, 5 and 15 minutes: how busy the machine was
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "devices": accelerators(),
         "python": platform.python_version(),
         "libraries": libraries(),

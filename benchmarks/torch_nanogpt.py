@@ -13,14 +13,13 @@ token x tokens/s over that peak) and the tokens/s ratio see the same machine.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.record import write_result
+from benchmarks.record import usable_cpus, write_result
 from benchmarks.throughput import _median_rate, matmul_runner, step_runner
 from scaling import flops as flops_lib
 from scaling.config import ModelConfig
@@ -64,7 +63,7 @@ def torch_step_runner(model_cfg: ModelConfig, batch: int):
             return F.cross_entropy(logits.reshape(-1, v), targets.reshape(-1))
 
     torch.manual_seed(0)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cpus())
     model = GPT()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     rng = np.random.default_rng(0)

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 
-from benchmarks.record import write_result
+from benchmarks.record import usable_cpus, write_result
 from benchmarks.throughput import step_runner
 from benchmarks.torch_nanogpt import torch_step_runner
 from scaling.config import ModelConfig
@@ -126,7 +125,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 1)  # as torch_step_runner (and as JAX uses)
+    torch.set_num_threads(usable_cpus())  # as torch_step_runner (and as JAX uses)
     d, n_layer = map(int, args.shape.split("x"))
     model = ModelConfig(n_layer=n_layer, d_model=d, n_head=max(1, d // 32), seq_len=args.seq, vocab_size=257)
     shallow = dataclasses.replace(model, n_layer=2)

@@ -4,6 +4,7 @@
     step         the train and evaluation steps as free functions, the train state
     microbatch   gradient accumulation over microbatches
     programs     ShapePrograms: the compiled init, train and eval programs of one shape
+    xla_options  the compile options of those programs (the dot library on a CPU)
     loop         Run: plan, restore or initialise, train, evaluate; steps_for
     summary      the summary.json record of a finished run
     trained      load_run: a trained run's config and parameters from its checkpoints

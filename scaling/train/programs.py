@@ -44,6 +44,7 @@ from scaling.errors import UsageError
 from scaling.model import GPT, training_attention
 from scaling.model import attention as attn_lib
 from scaling.train import step as step_lib
+from scaling.train import xla_options
 from scaling.train.optimizer import RUNTIME_FIELDS, make_optimizer
 from scaling.train.pipeline import pipelined
 from scaling.train.step import TrainState
@@ -134,6 +135,7 @@ class ShapePrograms:
         self._compiled: dict[str, concurrent.futures.Future] = {}
         self._lock = threading.Lock()
         self.run_args = self._run_args()
+        self.compiler_options = xla_options.program_options()  # the dot library (checked here, before compute)
 
     @staticmethod
     def program_key(cfg: Config, mesh: jax.sharding.Mesh) -> tuple:
@@ -262,7 +264,7 @@ class ShapePrograms:
             return jitted.lower(self.abstract_state, self._abstract_batch(), run)
 
     def _build_step(self) -> Any:
-        return self._program("lowered_step", self._lower_step).compile()
+        return self._program("lowered_step", self._lower_step).compile(compiler_options=self.compiler_options)
 
     def compile_step(self) -> Any:
         """The AOT-compiled train step (compiled once per shape)."""
@@ -324,7 +326,7 @@ class ShapePrograms:
             return jitted.lower(self.abstract_state.params, self._abstract_batch())
 
     def _build_eval(self) -> Any:
-        return self._lower_eval().compile()
+        return self._lower_eval().compile(compiler_options=self.compiler_options)
 
     def eval_step(self, params, batch_bt: jax.Array) -> jax.Array:
         """Mean cross-entropy of one batch (the evaluation is compiled once per shape)."""

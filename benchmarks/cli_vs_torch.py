@@ -1,0 +1,164 @@
+"""The real training CLI against nanoGPT's PyTorch step, in alternating subprocesses.
+
+    python -m benchmarks.cli_vs_torch [--preset 256x6|nanogpt-cpu] [--steps 30] [--rounds 3] [--cpus N]
+                                      [--dots eigen,xla]
+
+Each round runs ``python -m experiments.train`` (a fresh run directory, byte vocabulary,
+tinyshakespeare, no evaluation until the end, one checkpoint at the end) and then a PyTorch
+process that trains nanoGPT's step (``benchmarks.torch_nanogpt``) for the same number of
+steps; the two alternate, so that each pair sees the same machine. The CLI's tokens/s is the
+one it reports in ``summary.json`` (its training loop's tokens over the loop's time, without
+compile, evaluation or checkpoint); its wall tokens/s (the tokens over the whole process,
+imports and compile included) is recorded too. The ratio is the median over rounds of the
+per-round ratio. The first CLI round fills the compilation cache (``SCALING_CACHE_DIR``) and
+is run but not counted. With ``--dots`` the CLI runs once per listed dot library
+(``SCALING_CPU_DOTS``, :mod:`scaling.train.xla_options`) in each round.
+
+Presets: ``256x6`` (6 layers x 256 wide, 8 heads, context 256, batch 16) and ``nanogpt-cpu``
+(nanoGPT's shakespeare_char CPU run: 4 layers x 128, 4 heads, context 64, batch 12).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.record import REPO, result_path, write_result
+from scaling.train import xla_options
+
+PRESETS = {
+    "256x6": {"n_layer": 6, "d_model": 256, "n_head": 8, "seq_len": 256, "batch": 16},
+    "nanogpt-cpu": {"n_layer": 4, "d_model": 128, "n_head": 4, "seq_len": 64, "batch": 12},
+}
+
+
+def cli_args(p: dict, steps: int, out: Path) -> list[str]:
+    """The CLI's command line for ``steps`` steps of preset ``p`` into ``out``."""
+    tokens = steps * p["batch"] * p["seq_len"]
+    flags = {
+        "model.n_layer": p["n_layer"],
+        "model.d_model": p["d_model"],
+        "model.n_head": p["n_head"],
+        "model.seq_len": p["seq_len"],
+        "train.batch_size": p["batch"],
+        "train.tokens": tokens,
+        "train.eval_every": 10**9,
+        "train.eval_batches": 1,
+        "train.log_every": 1,
+        "train.progress": "false",
+        "optim.warmup_steps": 2,
+        "checkpoint.every_steps": 0,
+    }
+    args = [sys.executable, "-m", "experiments.train", "--out", str(out), "--overwrite"]
+    for k, v in flags.items():
+        args += [f"--{k}", str(v)]
+    return args
+
+
+def run_cli(p: dict, steps: int, out: Path, env: dict) -> dict:
+    t0 = time.perf_counter()
+    proc = subprocess.run(cli_args(p, steps, out), cwd=REPO, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"experiments.train failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    summary = json.loads((out / "summary.json").read_text())
+    tokens = steps * p["batch"] * p["seq_len"]
+    return {"tokens_per_s": summary["tokens_per_s"], "wall_tokens_per_s": tokens / wall}
+
+
+def run_torch(p: dict, steps: int, env: dict) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.cli_vs_torch", "--torch-worker", json.dumps({**p, "steps": steps})]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"the PyTorch worker failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def torch_worker(spec: dict) -> None:
+    """Train nanoGPT's step ``spec['steps']`` times after two warm-up steps; print tokens/s."""
+    from benchmarks.torch_nanogpt import torch_step_runner
+    from scaling.config import ModelConfig
+
+    model = ModelConfig(
+        n_layer=spec["n_layer"], d_model=spec["d_model"], n_head=spec["n_head"], seq_len=spec["seq_len"], vocab_size=257
+    )
+    run, _, _ = torch_step_runner(model, spec["batch"])
+    t0 = time.perf_counter()
+    run(spec["steps"])
+    dt = time.perf_counter() - t0
+    import torch
+
+    tokens_per_s = spec["steps"] * spec["batch"] * spec["seq_len"] / dt
+    print(json.dumps({"tokens_per_s": tokens_per_s, "threads": torch.get_num_threads()}))
+
+
+def main(argv=None) -> dict | None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="256x6", choices=sorted(PRESETS))
+    ap.add_argument("--steps", type=int, default=30, help="train steps per process")
+    ap.add_argument("--rounds", type=int, default=3, help="counted CLI/PyTorch pairs")
+    ap.add_argument(
+        "--cpus", type=int, default=0, help="pin both processes to the first CPUS usable CPUs (0: all of them)"
+    )
+    ap.add_argument(
+        "--dots",
+        help="dot libraries (SCALING_CPU_DOTS values, comma separated) to run the CLI with, each once a round "
+        "(default: the environment's)",
+    )
+    ap.add_argument("--out", help="results JSON (default benchmarks/results/cli_vs_torch_<preset>_cpu.json)")
+    ap.add_argument("--torch-worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.torch_worker:
+        torch_worker(json.loads(args.torch_worker))
+        return None
+    if args.cpus:  # the children inherit the mask: XLA and PyTorch each size their thread pools by it
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cpus])
+    p = PRESETS[args.preset]
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    dots = args.dots.split(",") if args.dots else [xla_options.cpu_dots()]
+    envs = {d: {**env, xla_options.ENV: d} for d in dots}
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="cli_vs_torch") as tmp:
+        for e in envs.values():  # fills the compilation cache
+            run_cli(p, min(args.steps, 4), Path(tmp) / "run", e)
+        for i in range(args.rounds):
+            clis = {d: run_cli(p, args.steps, Path(tmp) / "run", e) for d, e in envs.items()}
+            tch = run_torch(p, args.steps, env)
+            ratios = {d: c["tokens_per_s"] / tch["tokens_per_s"] for d, c in clis.items()}
+            rounds.append({"cli": clis, "torch": tch, "ratio": ratios})
+            print(
+                f"round {i + 1}: "
+                + ", ".join(
+                    f"CLI ({d}) {c['tokens_per_s']:.0f} tok/s (wall {c['wall_tokens_per_s']:.0f})"
+                    for d, c in clis.items()
+                )
+                + f", nanoGPT {tch['tokens_per_s']:.0f} tok/s, ratio "
+                + ", ".join(f"{r:.2f}" for r in ratios.values()),
+                flush=True,
+            )
+    result = {
+        "preset": args.preset,
+        **p,
+        "steps": args.steps,
+        "cpus": sorted(os.sched_getaffinity(0)),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "cpu_dots": dots,
+        "rounds": rounds,
+        "cli_tokens_per_s": {d: statistics.median(r["cli"][d]["tokens_per_s"] for r in rounds) for d in dots},
+        "torch_tokens_per_s": statistics.median(r["torch"]["tokens_per_s"] for r in rounds),
+        "cli_over_torch": {d: statistics.median(r["ratio"][d] for r in rounds) for d in dots},
+    }
+    for d, r in result["cli_over_torch"].items():
+        print(f"{args.preset}: the CLI ({d} dots) over nanoGPT's PyTorch step, median of {args.rounds}: {r:.2f}x")
+    return write_result(args.out or result_path(f"cli_vs_torch_{args.preset}", "cpu"), result)
+
+
+if __name__ == "__main__":
+    main()

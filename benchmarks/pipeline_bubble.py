@@ -1,10 +1,10 @@
 """The pipeline's bubble: time per step against microbatch count, next to (p - 1) / (m * r + p - 1).
 
     python benchmarks/pipeline_bubble.py [--stages 4] [--microbatches 1,2,4,8] [--windows 5]
-                                         [--quick] [--out benchmarks/results/pipeline_bubble_cpu.json]
+                                         [--batch 32] [--quick] [--out benchmarks/results/pipeline_bubble_cpu.json]
 
 On ``--stages`` forced CPU devices (one mesh axis, ``stage``), a GPT's blocks (8 layers of width
-64, batch 32 x 32 tokens; no embedding, head or optimizer) forward and backward through
+64, `--batch` sequences of 32 tokens; no embedding, head or optimizer) forward and backward through
 :func:`scaling.train.pipeline.pipeline_layers`, for each microbatch count m with GPipe and,
 where m >= stages, with the circular schedule (2 rounds). Beside each, the same program run for
 its m * r useful ticks only, without the stages - 1 ticks of fill and drain: the useful work
@@ -33,7 +33,7 @@ from benchmarks.record import result_path, write_result  # noqa: E402
 N_LAYER, D_MODEL, N_HEAD, SEQ, BATCH, ROUNDS = 8, 64, 4, 32, 32, 2
 
 
-def _programs(stages: int, m: int, repeats: int):
+def _programs(stages: int, m: int, repeats: int, batch: int = BATCH):
     """(pipelined forward and backward, the same for its useful ticks only, their arguments) of
     ``m`` microbatches through ``stages`` stages, ``repeats`` rounds (1: GPipe)."""
     import flax.linen as nn
@@ -62,9 +62,9 @@ def _programs(stages: int, m: int, repeats: int):
             out_shardings=shardings,
         )()
     x = jax.device_put(
-        jax.random.normal(jax.random.key(1), (BATCH, SEQ, D_MODEL)), NamedSharding(mesh, P())
+        jax.random.normal(jax.random.key(1), (batch, SEQ, D_MODEL)), NamedSharding(mesh, P())
     )  # fmt: skip
-    pos = jnp.broadcast_to(jnp.arange(SEQ), (BATCH, SEQ))
+    pos = jnp.broadcast_to(jnp.arange(SEQ), (batch, SEQ))
 
     def piped(params, x):
         return jnp.mean(pl.pipeline_layers(cfg, plan, params, x, pos) ** 2)
@@ -89,8 +89,8 @@ def _time(fn, args, n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def measure(stages: int, m: int, repeats: int, windows: int, steps: int) -> dict:
-    (piped, useful), args = _programs(stages, m, repeats)
+def measure(stages: int, m: int, repeats: int, windows: int, steps: int, batch: int = BATCH) -> dict:
+    (piped, useful), args = _programs(stages, m, repeats, batch)
     _time(piped, args, 1), _time(useful, args, 1)  # warm
     pipe_s, ideal_s = [], []
     for _ in range(windows):
@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--windows", type=int, default=5, help="alternating timing windows per program")
     ap.add_argument("--steps", type=int, default=3, help="steps per window")
     ap.add_argument("--quick", action="store_true", help="microbatches 1,4; 2 windows of 2 steps")
+    ap.add_argument("--batch", type=int, default=BATCH, help="sequences per step (each microbatch: batch / m)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     if args.quick:
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for m in counts:
         for repeats in (1, ROUNDS) if m >= args.stages else (1,):
-            rows.append(measure(args.stages, m, repeats, args.windows, args.steps))
+            rows.append(measure(args.stages, m, repeats, args.windows, args.steps, args.batch))
             r = rows[-1]
             print(
                 f"{r['schedule']:>8} m={m:<3} step {r['step_s'] * 1e3:8.1f} ms  useful ticks "
@@ -138,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
     result = {
         "stages": args.stages,
-        "model": {"n_layer": N_LAYER, "d_model": D_MODEL, "n_head": N_HEAD, "seq_len": SEQ, "batch": BATCH},
+        "model": {"n_layer": N_LAYER, "d_model": D_MODEL, "n_head": N_HEAD, "seq_len": SEQ, "batch": args.batch},
         "windows": args.windows,
         "steps_per_window": args.steps,
         "rows": rows,

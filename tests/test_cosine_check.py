@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from analysis import cosine_check
 from experiments import train as train_cli
 from scaling.run_dir import read_config
 from tests.helpers import TINY, run_cli
 
 
+@pytest.mark.slow
 def test_cosine_twin_has_the_runs_config_but_the_schedule(tmp_path):
     run = tmp_path / "sweep" / "runs" / "r0"
     train_cli.main(

@@ -273,6 +273,7 @@ def reference(tmp_path_factory):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_a_killed_and_resumed_curriculum_run_equals_an_unbroken_one(reference, tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, XLA_FLAGS="")

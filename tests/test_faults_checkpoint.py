@@ -53,7 +53,14 @@ def _warnings(err):
     return [line for line in err.splitlines() if line.startswith("warning: checkpoint")]
 
 
-@pytest.mark.parametrize("fault", [_flip, _truncate, _delete], ids=["flipped", "truncated", "deleted"])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        pytest.param(_flip, id="flipped"),
+        pytest.param(_truncate, id="truncated", marks=pytest.mark.slow),
+        pytest.param(_delete, id="deleted", marks=pytest.mark.slow),
+    ],
+)
 def test_corrupt_latest_checkpoint_is_moved_aside_and_the_run_resumes_from_the_previous(
     reference, tmp_path, capsys, fault
 ):

@@ -454,6 +454,7 @@ def test_smoke_sweep_writes_results_fit_and_plots(reference_sweep):
     assert [e["event"] for e in sweep.read_log(out)].count("start") == len(plan.runs)
 
 
+@pytest.mark.slow
 def test_smoke_sweep_sigkilled_three_times_then_resumed_equals_an_unbroken_sweep(reference_sweep, tmp_path):
     """SIGKILL at random moments three times, rerun each time: the same rows and losses as the
     unbroken sweep (rel. 1e-6; CPU training is deterministic), each logged step once, and no

@@ -1,7 +1,7 @@
 """The pipeline's bubble: time per step against microbatch count, next to (p - 1) / (m * r + p - 1).
 
     python benchmarks/pipeline_bubble.py [--stages 4] [--microbatches 1,2,4,8] [--windows 5]
-                                         [--batch 32] [--quick] [--out benchmarks/results/pipeline_bubble_cpu.json]
+                                         [--batch 128] [--quick] [--out benchmarks/results/pipeline_bubble_cpu.json]
 
 On ``--stages`` forced CPU devices (one mesh axis, ``stage``), a GPT's blocks (8 layers of width
 64, `--batch` sequences of 32 tokens; no embedding, head or optimizer) forward and backward through
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.record import result_path, write_result  # noqa: E402
 
-N_LAYER, D_MODEL, N_HEAD, SEQ, BATCH, ROUNDS = 8, 64, 4, 32, 32, 2
+N_LAYER, D_MODEL, N_HEAD, SEQ, BATCH, ROUNDS = 8, 64, 4, 32, 128, 2
 
 
 def _programs(stages: int, m: int, repeats: int, batch: int = BATCH):

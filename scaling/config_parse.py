@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from scaling.config import Config
 from scaling.errors import UsageError
@@ -30,6 +31,9 @@ HIDDEN_SECTIONS = ("debug",)
 """Sections settable on the command line but left out of --help."""
 MOVED_FIELDS = {"train.inject_nan_step": "debug.inject_nan_step"}
 """Fields read under an older name, so that config.yaml files that hold them stay readable."""
+
+
+T = TypeVar("T")
 
 
 def _keys(d: dict) -> str:
@@ -132,14 +136,21 @@ def merge(a: dict, b: dict) -> dict:
     return out
 
 
-def resolve(config_file: str | None, overrides: dict) -> Config:
-    """The config of a YAML file (its values checked on their own: an override does not hide a
-    value of the wrong type) with the overrides on top."""
+def resolve_file(
+    config_file: str | None, overrides: dict, parse: Callable[[Any], Any], build: Callable[[dict], T]
+) -> T:
+    """``build`` of a YAML file's mapping (its values checked on their own by ``parse``: an
+    override does not hide a value of the wrong type) with the overrides on top."""
     d = {}
     if config_file is not None:
         d = load_yaml(config_file)
         try:
-            parse_sections(d)
+            parse(d)
         except UsageError as e:
             raise UsageError(f"config file {config_file}: {e}") from None
-    return from_dict(merge(d, overrides))
+    return build(merge(d, overrides))
+
+
+def resolve(config_file: str | None, overrides: dict) -> Config:
+    """The run config of a YAML file with the overrides on top (:func:`resolve_file`)."""
+    return resolve_file(config_file, overrides, parse_sections, from_dict)

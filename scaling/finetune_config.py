@@ -19,10 +19,9 @@ from typing import Any
 import yaml
 
 from scaling.config import SEED_MAX, CheckpointConfig
-from scaling.config_parse import merge
+from scaling.config_parse import resolve_file
 from scaling.errors import UsageError
 from scaling.fields import check_fields, field_type, parse_value, ranged, show
-from scaling.io import load_yaml
 
 _f = ranged
 
@@ -190,14 +189,7 @@ def from_dict(d: Any) -> FinetuneConfig:
 
 def resolve(config_file: str | None, overrides: dict) -> FinetuneConfig:
     """The config of a YAML file (checked on its own) with the overrides on top."""
-    d: dict = {}
-    if config_file is not None:
-        d = load_yaml(config_file)
-        try:
-            parse_sections(d)
-        except UsageError as e:
-            raise UsageError(f"config file {config_file}: {e}") from None
-    return from_dict(merge(d, overrides))
+    return resolve_file(config_file, overrides, parse_sections, from_dict)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -3,7 +3,9 @@ a tiny trained run, files under the shared data dir."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +46,39 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
+
+
+XLA_FLAGS = "--xla_force_host_platform_device_count={} --xla_backend_optimization_level=0"  # LLVM O0: quicker compiles
+"""XLA_FLAGS of a subprocess with forced host devices (``.format(devices)``)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_in_two_processes(*argv, timeout: float = 600) -> None:
+    """``experiments.train argv`` as two local processes of 4 CPU devices each, joined on
+    127.0.0.1 with gloo collectives (the README's multi-host form); both must succeed."""
+    dist = ["--dist.coordinator", f"127.0.0.1:{free_port()}", "--dist.num_processes", "2"]
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        procs = [
+            pool.submit(
+                run_cli,
+                "experiments.train",
+                *argv,
+                *dist,
+                "--dist.process_id",
+                str(i),
+                devices=4,
+                env={"XLA_FLAGS": XLA_FLAGS.format(4)},
+                timeout=timeout,
+            )
+            for i in range(2)
+        ]
+        for p in procs:
+            assert p.result().returncode == 0, p.result().stderr[-3000:]
 
 
 TINY = [

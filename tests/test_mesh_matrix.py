@@ -20,14 +20,13 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import json
-import socket
 
 import numpy as np
 import pytest
 
 from scaling.config import CPU_KERNEL_HEAD_DIMS
 from scaling.model import cpu_attention
-from tests.helpers import data_path, run_cli
+from tests.helpers import XLA_FLAGS, data_path, run_cli, train_in_two_processes
 from tests.mesh_worker import losses as metrics_losses
 
 MESHES = {
@@ -40,7 +39,6 @@ MESHES = {
 ATTENTIONS = ("cpu_kernel", "blocked", "dot_product", "auto")  # auto last: it reuses what its kernel compiled
 HEAD_SIZES = (8, 16, 32)
 D_MODEL, STEPS, BATCH, SEQ = 64, 3, 8, 128  # seq 128: the blocked kernel takes two query blocks
-XLA_FLAGS = "--xla_force_host_platform_device_count={} --xla_backend_optimization_level=0"  # LLVM O0: quicker compiles
 
 
 def base_args(attention: str, head_size: int) -> list[str]:
@@ -251,33 +249,11 @@ def test_cli_refusal_is_one_line_and_exit_2(tmp_path, attention, head_size, mesh
     assert not (tmp_path / "run").exists()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_of_four_devices_match_one_device(matrix, tmp_path):
     """The README's multi-host form (--mesh.data -1 --mesh.model 4, one command per process)
     as two local processes of 4 CPU devices each, joined on 127.0.0.1 with gloo collectives."""
-    dist = ["--dist.coordinator", f"127.0.0.1:{_free_port()}", "--dist.num_processes", "2"]
-    argv = ["--out", tmp_path / "multi", *base_args("auto", 16), "--mesh.data", "-1", "--mesh.model", "4", *dist]
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        procs = [
-            pool.submit(
-                run_cli,
-                "experiments.train",
-                *argv,
-                "--dist.process_id",
-                str(i),
-                devices=4,
-                env={"XLA_FLAGS": XLA_FLAGS.format(4)},
-                timeout=600,
-            )
-            for i in range(2)
-        ]
-        for p in procs:
-            assert p.result().returncode == 0, p.result().stderr[-3000:]
+    argv = ["--out", tmp_path / "multi", *base_args("auto", 16), "--mesh.data", "-1", "--mesh.model", "4"]
+    train_in_two_processes(*argv, timeout=600)
     np.testing.assert_allclose(metrics_losses(tmp_path / "multi"), _reference(matrix, "auto", 16)["losses"], rtol=1e-4)
     summary = json.loads((tmp_path / "multi" / "summary.json").read_text())
     assert summary["n_processes"] == 2 and summary["n_devices"] == 8

@@ -15,7 +15,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import shutil
-import socket
 
 import jax
 import jax.numpy as jnp
@@ -24,12 +23,11 @@ import pytest
 
 from scaling.train.microbatch import split_rows
 from scaling.train.pipeline import merge_rows
-from tests.helpers import data_path, run_cli
+from tests.helpers import XLA_FLAGS, data_path, run_cli, train_in_two_processes
 from tests.mesh_worker import losses as metrics_losses
 
 STEPS, BATCH, SEQ = 30, 8, 32
 CKPT_STEP = 15
-XLA_FLAGS = "--xla_force_host_platform_device_count={} --xla_backend_optimization_level=0"  # LLVM O0: quicker compiles
 
 MESHES = {
     "stage4-data2": ["--mesh.stage", "4", "--mesh.data", "2"],
@@ -135,35 +133,13 @@ def test_checkpoint_restores_across_pipeline_layouts(runs, name):
     np.testing.assert_allclose(losses, ref, rtol=1e-4)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_with_stages_across_them_train_as_one(runs, tmp_path):
     """Two local processes of 4 CPU devices (gloo): stage 0 on process 0's devices, stage 1 on
     process 1's, activations passed between the processes; losses as the one-device run's."""
-    dist = ["--dist.coordinator", f"127.0.0.1:{_free_port()}", "--dist.num_processes", "2"]
     mesh = ["--mesh.stage", "2", "--mesh.model", "2", "--mesh.data", "2"]
-    argv = ["--out", tmp_path / "multi", *base_args(), *mesh, *dist]
-    with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        procs = [
-            pool.submit(
-                run_cli,
-                "experiments.train",
-                *argv,
-                "--dist.process_id",
-                str(i),
-                devices=4,
-                env={"XLA_FLAGS": XLA_FLAGS.format(4)},
-                timeout=900,
-            )
-            for i in range(2)
-        ]
-        for p in procs:
-            assert p.result().returncode == 0, p.result().stderr[-3000:]
+    argv = ["--out", tmp_path / "multi", *base_args(), *mesh]
+    train_in_two_processes(*argv, timeout=900)
     np.testing.assert_allclose(metrics_losses(tmp_path / "multi"), _ok(runs["one"]), rtol=1e-4)
     summary = json.loads((tmp_path / "multi" / "summary.json").read_text())
     assert summary["n_processes"] == 2 and summary["n_devices"] == 8

@@ -130,6 +130,7 @@ SPEC_HELP = {
     "isoflop.models": "the model sizes of every budget: counts (1e5, 100K) or shapes (L2-d32, L2-d32-h4)",
     "isoflop.min_steps": "runs of fewer steps are left out of the plan",
     "isoflop.min_tokens_per_param": "runs with D / N below it are left out of the plan",
+    "isoflop.max_tokens_per_param": "runs with D / N above it are left out of the plan (0: none)",
     "grid.models": "the model sizes: counts (1e5, 100K) or shapes (L2-d32, L2-d32-h4); a grid in place of an isoflop",
     "grid.tokens": "the token budgets D, e.g. 1e6,4e6",
     "noise.seeds": "the extra seeds of the smallest sizes at the smallest budgets, e.g. 7",

@@ -199,6 +199,10 @@ def test_a_grid_or_a_fixed_lr_rule_from_flags_replaces_the_other_section(cli_env
         REPO / "experiments" / "configs" / "default.yaml", *_flags("--lr_scan.models", "3", "--noise.seeds", "5,6")
     )
     assert spec.lr_scan.n_models == 3 and spec.noise.seeds == (5, 6) and spec.noise.models == 2
+    band = sweep.load_spec(
+        REPO / "experiments" / "configs" / "default.yaml", *_flags("--isoflop.max_tokens_per_param", "64")
+    )
+    assert (band.min_tokens_per_param, band.max_tokens_per_param) == (4, 64)
 
 
 @pytest.mark.parametrize(

@@ -289,6 +289,20 @@ fit: false
     plan = sweep.make_plan(_spec(tmp_path, base=iso), {})
     assert all(r.tokens >= 2 * r.n_params for r in plan.runs)
     assert any("min_tokens_per_param" in d for d in plan.dropped)
+    banded = sweep.make_plan(
+        _spec(tmp_path, base=iso.replace("min_tokens_per_param: 2", "max_tokens_per_param: 5")), {}
+    )
+    ratios = sorted(r.tokens / r.n_params for r in plan.runs + banded.runs)
+    assert all(r.tokens <= 5 * r.n_params for r in banded.runs) and ratios[-1] > 5  # the band bites
+    assert any("max_tokens_per_param 5" in d for d in banded.dropped)
+    with pytest.raises(UsageError, match="max_tokens_per_param .* must be above"):
+        sweep.make_plan(
+            _spec(
+                tmp_path,
+                base=iso.replace("min_tokens_per_param: 2", "min_tokens_per_param: 2, max_tokens_per_param: 1"),
+            ),
+            {},
+        )
     for extra, message in [
         ("noise: {seeds: [0], models: 1, budgets: 1}\nseeds: [0]\n", "sweep's seeds"),
         ("noise: {seeds: [1], models: 3, budgets: 1}\n", "noise.models is 3"),

@@ -40,6 +40,7 @@ A sweep spec is a YAML file (``experiments/configs/*.yaml``)::
       models: [3e4, 1e5, 3e5]    #   (used by budgets without their own list)
       min_steps: 1               #   runs of fewer steps are left out of the plan (and listed)
       min_tokens_per_param: 0    #   runs with D / N below it are left out too (0: none)
+      max_tokens_per_param: 0    #   and those with D / N above it (0: none)
     grid:                        # ... OR a grid: models x token budgets
       models: [{n_layer: 2, d_model: 64}, 1e5]
       tokens: [1e6, 4e6]

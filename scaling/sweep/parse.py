@@ -89,7 +89,7 @@ def format_si(x: float) -> str:
 # ----------------------------------------------------------------------------- command-line values
 
 SPEC_FLAGS: dict[str, tuple[str, ...]] = {
-    "isoflop": ("budgets", "models", "min_steps", "min_tokens_per_param"),
+    "isoflop": ("budgets", "models", "min_steps", "min_tokens_per_param", "max_tokens_per_param"),
     "grid": ("models", "tokens"),
     "noise": ("seeds", "models", "budgets"),
     "lr_scan": ("lrs", "models", "flops"),

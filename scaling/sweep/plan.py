@@ -239,6 +239,9 @@ def make_plan(
                     else f"D/N = {steps * per_step / counts['n_params']:.3g} < isoflop.min_tokens_per_param "
                     f"{spec.min_tokens_per_param:g}"
                     if steps * per_step < spec.min_tokens_per_param * counts["n_params"]
+                    else f"D/N = {steps * per_step / counts['n_params']:.3g} > isoflop.max_tokens_per_param "
+                    f"{spec.max_tokens_per_param:g}"
+                    if spec.max_tokens_per_param and steps * per_step > spec.max_tokens_per_param * counts["n_params"]
                     else None
                 )
                 if why:

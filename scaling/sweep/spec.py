@@ -160,6 +160,7 @@ class Spec:
     budgets: tuple[Budget, ...] = ()  # isoflop
     min_steps: int = 1
     min_tokens_per_param: float = 0.0  # isoflop: points with D / N below it are left out
+    max_tokens_per_param: float = 0.0  # isoflop: points with D / N above it are left out (0: none)
     seeds: tuple[int, ...] | None = None
     noise: NoiseSpec | None = None
     warmups: tuple[tuple[str, int], ...] = ()  # (shape, warmup steps) fixed by a main plan (an lr scan's)
@@ -260,7 +261,11 @@ def load_spec(path: str | Path, flags: dict[str, Any] | None = None, shown: str 
             for i, t in enumerate(parse_list(g["tokens"], f"{where}: grid.tokens"))
         )
     else:
-        g = parse_mapping(d["isoflop"], f"{where}: isoflop", {"budgets", "models", "min_steps", "min_tokens_per_param"})
+        g = parse_mapping(
+            d["isoflop"],
+            f"{where}: isoflop",
+            {"budgets", "models", "min_steps", "min_tokens_per_param", "max_tokens_per_param"},
+        )
         if "budgets" not in g:
             raise spec_error(where, "isoflop needs budgets")
         shared = _parse_models(g["models"], f"{where}: isoflop.models") if "models" in g else None
@@ -286,6 +291,17 @@ def load_spec(path: str | Path, flags: dict[str, Any] | None = None, shown: str 
             kw["min_tokens_per_param"] = parse_number(
                 g["min_tokens_per_param"], f"{where}: isoflop.min_tokens_per_param"
             )
+        if g.get("max_tokens_per_param") is not None:
+            kw["max_tokens_per_param"] = parse_number(
+                g["max_tokens_per_param"], f"{where}: isoflop.max_tokens_per_param"
+            )
+            low = kw.get("min_tokens_per_param", 0.0)
+            if kw["max_tokens_per_param"] <= low:
+                raise spec_error(
+                    where,
+                    f"isoflop.max_tokens_per_param ({kw['max_tokens_per_param']:g}) must be above "
+                    f"min_tokens_per_param ({low:g})",
+                )
     if d.get("seeds") is not None:
         seeds = parse_list(d["seeds"], f"{where}: seeds")
         if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):

@@ -203,6 +203,10 @@ def test_a_grid_or_a_fixed_lr_rule_from_flags_replaces_the_other_section(cli_env
         REPO / "experiments" / "configs" / "default.yaml", *_flags("--isoflop.max_tokens_per_param", "64")
     )
     assert (band.min_tokens_per_param, band.max_tokens_per_param) == (4, 64)
+    unbounded = sweep.load_spec(
+        REPO / "experiments" / "configs" / "default.yaml", *_flags("--isoflop.max_tokens_per_param", "0")
+    )
+    assert unbounded.max_tokens_per_param == 0  # no upper limit
 
 
 @pytest.mark.parametrize(

@@ -114,6 +114,7 @@ def scan_spec(spec: Spec, main: Plan) -> Spec:
         lr_rule=None,
         noise=None,
         min_tokens_per_param=0.0,
+        max_tokens_per_param=0.0,  # the scan's runs are at one budget, whatever their D / N
         warmups=tuple((hparams.shape_of(r.cfg), r.cfg.optim.warmup_steps) for r in main.runs) if spec.per_size else (),
     )
 

@@ -296,7 +296,7 @@ def load_spec(path: str | Path, flags: dict[str, Any] | None = None, shown: str 
                 g["max_tokens_per_param"], f"{where}: isoflop.max_tokens_per_param"
             )
             low = kw.get("min_tokens_per_param", 0.0)
-            if kw["max_tokens_per_param"] <= low:
+            if kw["max_tokens_per_param"] and kw["max_tokens_per_param"] <= low:
                 raise spec_error(
                     where,
                     f"isoflop.max_tokens_per_param ({kw['max_tokens_per_param']:g}) must be above "

@@ -264,3 +264,17 @@ def test_a_scanned_size_warms_up_as_its_main_runs_do(tmp_path):
     assert min(r.steps for r in scan.runs) < min(r.steps for r in main.runs)  # the scan's own cap would differ
     for r in main.runs:
         assert f"{hparams.shape_of(r.cfg)} {r.cfg.optim.warmup_steps}" in sweep.format_plan(scan)
+
+
+def test_the_scan_runs_every_scanned_size_whatever_the_main_designs_tokens_per_parameter_band(tmp_path):
+    """isoflop.max_tokens_per_param leaves data-rich points out of the main design; the scan's
+    runs (one budget for every scanned size) are planned all the same."""
+    iso = (
+        "isoflop: {budgets: [2e10, 4e10], models: [{n_layer: 1, d_model: 16}, {n_layer: 2, d_model: 32}],\n"
+        "          max_tokens_per_param: 60}\nfit: false\nlr_scan: {lrs: [1e-3, 1e-2], flops: 4e10}\n"
+    )
+    spec = spec_of(tmp_path, iso)
+    main = sweep.make_plan(spec, {}, load_data=False)
+    assert main.dropped and all(r.tokens <= 60 * r.n_params for r in main.runs)
+    scan = pilot.plan_scan(spec, {}, main, load_data=False)
+    assert len(scan.runs) == 4 and max(r.tokens / r.n_params for r in scan.runs) > 60

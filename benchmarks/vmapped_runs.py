@@ -60,8 +60,9 @@ def measure(d: int, n_layer: int, runs: int, batch: int, seq: int, windows: int,
     rng = np.random.default_rng(0)
     batches = jnp.asarray(rng.integers(0, 257, (runs, batch, seq + 1), dtype=np.int32))
 
-    trainers = [Trainer(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=k)), mesh, 10**6) for k in range(runs)]
-    trainers = [trainers[0]] + [trainers[0].for_run(t.cfg, 10**6) for t in trainers[1:]]  # one compiled step
+    first = Trainer(cfg, mesh, 10**6)
+    seeded = [dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=k)) for k in range(runs)]
+    trainers = [first.for_run(c, 10**6) for c in seeded]  # K runs sharing one compiled step
     singles = {"states": [t.init_state() for t in trainers]}
 
     def in_turn(n):

@@ -214,6 +214,7 @@ def test_a_grid_or_a_fixed_lr_rule_from_flags_replaces_the_other_section(cli_env
     [
         (["--isoflop.budgets", "1e10,,2e10"], "--isoflop.budgets: expected a comma-separated list without empty items"),
         (["--isoflop.budgets", "1e10,lots"], "isoflop.budgets[1]: expected a number, got 'lots'"),
+        (["--isoflop.max_tokens_per_param", "-1"], "isoflop.max_tokens_per_param must be 0 (no bound) or positive"),
         (["--isoflop.models", "L2-dx"], "--isoflop.models: expected a model as L<n_layer>-d<d_model>"),
         (["--seeds", "0,-1"], "--seeds: expected non-negative whole numbers"),
         (["--seeds", "1,1"], "with --seeds 1,1: seeds has a repeated seed"),

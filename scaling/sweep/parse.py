@@ -78,6 +78,21 @@ def parse_list(value: Any, where: str) -> list:
     return value
 
 
+def tokens_per_param_band(g: dict, where: str) -> dict:
+    """``isoflop.min_tokens_per_param`` and ``max_tokens_per_param`` of an isoflop mapping (those
+    given): the band of D / N a planned point must lie in, 0 for no bound."""
+    band = {}
+    for bound in ("min_tokens_per_param", "max_tokens_per_param"):
+        if g.get(bound) is not None:
+            band[bound] = parse_number(g[bound], f"{where}: isoflop.{bound}", positive=False)
+            if band[bound] < 0:
+                raise spec_error(where, f"isoflop.{bound} must be 0 (no bound) or positive, got {g[bound]!r}")
+    low, high = band.get("min_tokens_per_param", 0.0), band.get("max_tokens_per_param", 0.0)
+    if high and high <= low:
+        raise spec_error(where, f"isoflop.max_tokens_per_param ({high:g}) must be above min_tokens_per_param ({low:g})")
+    return band
+
+
 def format_si(x: float) -> str:
     """``x`` to 3 significant digits with the suffix K, M, G or T (as parse_number reads it)."""
     for div, suf in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):

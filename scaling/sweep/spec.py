@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling.io import load_yaml
+from scaling.sweep import parse as parse_lib
 from scaling.sweep.noise import NoiseSpec, parse_noise
 from scaling.sweep.parse import format_si, parse_list, parse_mapping, parse_number, positive_int, spec_error, with_flags
 
@@ -287,21 +288,7 @@ def load_spec(path: str | Path, flags: dict[str, Any] | None = None, shown: str 
             raise spec_error(where, "isoflop.budgets has a repeated budget")
         kw["budgets"] = tuple(budgets)
         kw["min_steps"] = positive_int(g.get("min_steps", 1), f"{where}: isoflop.min_steps")
-        if g.get("min_tokens_per_param") is not None:
-            kw["min_tokens_per_param"] = parse_number(
-                g["min_tokens_per_param"], f"{where}: isoflop.min_tokens_per_param"
-            )
-        if g.get("max_tokens_per_param") is not None:
-            kw["max_tokens_per_param"] = parse_number(
-                g["max_tokens_per_param"], f"{where}: isoflop.max_tokens_per_param"
-            )
-            low = kw.get("min_tokens_per_param", 0.0)
-            if kw["max_tokens_per_param"] and kw["max_tokens_per_param"] <= low:
-                raise spec_error(
-                    where,
-                    f"isoflop.max_tokens_per_param ({kw['max_tokens_per_param']:g}) must be above "
-                    f"min_tokens_per_param ({low:g})",
-                )
+        kw.update(parse_lib.tokens_per_param_band(g, where))
     if d.get("seeds") is not None:
         seeds = parse_list(d["seeds"], f"{where}: seeds")
         if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):

@@ -3,7 +3,14 @@ measured matmul peak, for a few model shapes.
 
 python -m benchmarks.throughput [--shapes 128x4,256x6,512x8] [--batch 16] [--seq 256]
                                 [--windows 5] [--steps 4] [--microbatches 0] [--attention auto]
+                                [--head-dim 32] [--vocab 257] [--scan-layers] [--remat]
                                 [--out benchmarks/results/throughput.json]
+
+GPT-2 small and medium on an accelerator (``model.attention`` auto takes cuDNN's fused
+attention for bfloat16 on an NVIDIA GPU):
+
+    python -m benchmarks.throughput --shapes 768x12,1024x24 --seq 1024 --vocab 50257 \
+        --head-dim 64 --scan-layers --remat --batch 32
 
 Achieved FLOP/s = Chinchilla FLOPs per token x tokens/s (median of timed windows, after
 compile). Peak = a large jitted matmul timed the same way in the same process (f32 on CPU,
@@ -28,6 +35,7 @@ import numpy as np
 from benchmarks.record import write_result
 from scaling import flops as flops_lib
 from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig
+from scaling.model import training_attention
 from scaling.sharding import make_mesh, mesh_shape
 from scaling.train import Trainer, xla_options
 
@@ -141,7 +149,13 @@ def main(argv=None) -> dict:
     p.add_argument("--windows", type=int, default=5)
     p.add_argument("--steps", type=int, default=4, help="train steps per timed window")
     p.add_argument("--microbatches", type=int, default=0, help="train.microbatches (0: the product's auto choice)")
-    p.add_argument("--attention", default="auto", help="model.attention: auto | cpu_kernel | blocked | dot_product")
+    p.add_argument(
+        "--attention", default="auto", help="model.attention: auto | cpu_kernel | blocked | dot_product | cudnn"
+    )
+    p.add_argument("--head-dim", type=int, default=32, help="n_head = d_model / head-dim")
+    p.add_argument("--vocab", type=int, default=257, help="model.vocab_size (GPT-2's: 50257)")
+    p.add_argument("--scan-layers", action="store_true", help="model.scan_layers")
+    p.add_argument("--remat", action="store_true", help="model.remat: recompute each block in the backward pass")
     p.add_argument("--out", default="benchmarks/results/throughput.json")
     args = p.parse_args(argv)
     gpu = jax.default_backend() == "gpu"
@@ -153,14 +167,25 @@ def main(argv=None) -> dict:
         model = ModelConfig(
             n_layer=n_layer,
             d_model=d,
-            n_head=max(1, d // 32),
+            n_head=max(1, d // args.head_dim),
             seq_len=args.seq,
-            vocab_size=257,
+            vocab_size=args.vocab,
             dtype=dtype,
             attention=args.attention,
+            scan_layers=args.scan_layers,
+            remat=args.remat,
         )
         r = step_rate(model, args.batch, args.windows, args.steps, peak_run, peak_work, args.microbatches)
-        rows.append({"shape": f"{d}x{n_layer}", "n_head": model.n_head, **r})
+        rows.append(
+            {
+                "shape": f"{d}x{n_layer}",
+                "n_head": model.n_head,
+                "attention": training_attention(model),
+                "scan_layers": model.scan_layers,
+                "remat": model.remat,
+                **r,
+            }
+        )
     result = {
         "backend": jax.default_backend(),
         "device": jax.devices()[0].device_kind,

@@ -72,20 +72,19 @@ class ModelConfig:
     dtype: str = _f("float32", "compute dtype: float32 | bfloat16 (parameters stay float32)")
     attention: str = _f(
         "auto",
-        "training attention: auto (on a CPU cpu_kernel where it builds and fits, else "
-        "blocked for seq_len > 64; dot_product otherwise) | cpu_kernel (C++ kernel through "
-        "XLA's FFI; float32, head size 16/32/64/128) | blocked (cache-sized blocks in XLA, "
-        "hand-written backward) | dot_product (jax.nn.dot_product_attention)",
+        "training attention: auto (CPU: cpu_kernel where it builds, else blocked beyond 64 tokens; "
+        "NVIDIA GPU and bfloat16: cudnn where it compiles; else dot_product) | cpu_kernel (C++ via "
+        "XLA's FFI; float32, head size 16/32/64/128) | blocked (XLA, cache-sized blocks) | dot_product "
+        "(jax.nn.dot_product_attention, XLA's) | cudnn (its cuDNN kernel; bfloat16, head size 8k <= 128)",
     )
     init_std: float = _f(0.02, "std of the normal init; residual projections get init_std/sqrt(2*n_layer)", gt=0)
     scan_layers: bool = _f(
         False,
-        "run the blocks under nn.scan (one block traced and compiled whatever the depth, "
-        "parameters stacked on a leading layers axis) instead of a Python loop (h_0 .. "
-        "h_{n-1}); a checkpoint holds one layout. Off by default: at a sweep's depths the "
-        "scan saves little compile time and slows every step, and a sweep compiles each "
-        "shape once but trains it for thousands of steps (docs/performance.md)",
+        "run the blocks under nn.scan (one block compiled whatever the depth, parameters stacked on "
+        "a leading layers axis; a checkpoint holds one layout) instead of a Python loop (h_0 .. "
+        "h_{n-1}); off by default: at a sweep's depths it slows every step (docs/performance.md)",
     )
+    remat: bool = _f(False, "recompute each block's activations in the backward pass: less memory, more compute")
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -100,8 +99,13 @@ class ModelConfig:
         _check(self.mlp in ("gelu", "swiglu"), f"model.mlp must be gelu or swiglu, got {self.mlp!r}")
         _check(self.dtype in ("float32", "bfloat16"), f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
         _check(
-            self.attention in ("auto", "cpu_kernel", "blocked", "dot_product"),
-            f"model.attention must be auto, cpu_kernel, blocked or dot_product, got {self.attention!r}",
+            self.attention in ("auto", "cpu_kernel", "blocked", "dot_product", "cudnn"),
+            f"model.attention must be auto, cpu_kernel, blocked, dot_product or cudnn, got {self.attention!r}",
+        )
+        _check(
+            self.attention != "cudnn" or (self.dtype == "bfloat16" and self.head_dim % 8 == 0 and self.head_dim <= 128),
+            f"model.attention=cudnn needs model.dtype bfloat16 and a head size that is a multiple of 8 up to 128, "
+            f"got {self.dtype} and {self.head_dim}",
         )
         _check(
             self.attention != "cpu_kernel" or (self.dtype == "float32" and self.head_dim in CPU_KERNEL_HEAD_DIMS),
@@ -387,6 +391,7 @@ class Config:
 RESUME_IDENTITY_SECTIONS = ("model", "data", "optim", "train")
 RESUME_SAFE_FIELDS = (
     "model.attention",
+    "model.remat",
     "train.eval_every",
     "train.eval_batches",
     "train.log_every",

@@ -56,6 +56,26 @@ def dot_product_attention(q_bthd: jax.Array, k_bthd: jax.Array, v_bthd: jax.Arra
     return jax.nn.dot_product_attention(q_bthd, k_bthd, v_bthd, is_causal=True)
 
 
+def cudnn_attention(q_bthd: jax.Array, k_bthd: jax.Array, v_bthd: jax.Array) -> jax.Array:
+    """Causal attention by cuDNN's fused kernel (NVIDIA GPUs; bfloat16 or float16)."""
+    return jax.nn.dot_product_attention(q_bthd, k_bthd, v_bthd, is_causal=True, implementation="cudnn")
+
+
+@functools.cache
+def cudnn_unavailable() -> str | None:
+    """Why :func:`cudnn_attention` cannot run on this process's default device (None: it
+    compiles there): a tiny causal bfloat16 attention, forward and backward, is compiled once."""
+    if jax.default_backend() != "gpu":
+        return f"it needs an NVIDIA GPU, this backend is {jax.default_backend()}"
+    x = jax.ShapeDtypeStruct((1, 128, 1, 64), jnp.bfloat16)
+    loss = lambda q, k, v: cudnn_attention(q, k, v).astype(jnp.float32).sum()  # noqa: E731
+    try:
+        jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x).compile()
+    except Exception as e:  # XLA and cuDNN raise their own error types
+        return f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}"
+    return None
+
+
 def prefix_mask(t: int, prefix_b: jax.Array) -> jax.Array:
     """(B, T, T) boolean: query i of sequence b sees key j when j <= i or j < prefix_b[b] (so
     prefix 0 or 1 is the causal mask, prefix T the full one)."""

@@ -87,19 +87,24 @@ def training_attention(cfg: ModelConfig) -> str:
     with its default implementation, XLA's, also on a GPU)."""
     if cfg.attention != "auto":
         return cfg.attention
+    if jax.default_backend() == "gpu" and cfg.dtype == "bfloat16" and cfg.head_dim % 8 == 0 and cfg.head_dim <= 128:
+        reason = attn_lib.cudnn_unavailable()
+        if reason is None:
+            return "cudnn"
+        _note_fallback(f"cuDNN's fused attention is unavailable ({reason})")
     if jax.default_backend() != "cpu":
         return "dot_product"
     if cpu_attention.supports(cfg.head_dim, cfg.dtype):
         reason = cpu_attention.unavailable()
         if reason is None:
             return "cpu_kernel"
-        _note_fallback(reason)
+        _note_fallback(f"the CPU attention kernel is unavailable ({reason})")
     return "blocked" if cfg.seq_len > attn_lib.ATTN_BLOCK else "dot_product"
 
 
 @functools.cache
 def _note_fallback(reason: str) -> None:
-    print(f"note: the CPU attention kernel is unavailable ({reason}); using XLA's attention", file=sys.stderr)
+    print(f"note: {reason}; using XLA's attention", file=sys.stderr)
 
 
 def attention_kernel(kind: str):
@@ -109,6 +114,7 @@ def attention_kernel(kind: str):
         "cpu_kernel": cpu_attention.causal_attention,
         "blocked": lambda q, k, v: attn_lib.blocked_causal_attention(q, k, v, chunk=logical_axis_size("act_batch")),
         "dot_product": attn_lib.dot_product_attention,
+        "cudnn": attn_lib.cudnn_attention,
     }[kind]
 
 
@@ -119,7 +125,9 @@ def prefix_attention_kernel(kind: str):
 
 
 def check_attention(cfg: ModelConfig) -> None:
-    """Refuse ``model.attention=cpu_kernel`` where it cannot run, before any compute."""
+    """Refuse ``model.attention=cpu_kernel`` or ``cudnn`` where it cannot run, before any compute."""
+    if cfg.attention == "cudnn" and (reason := attn_lib.cudnn_unavailable()) is not None:
+        raise UsageError(f"model.attention=cudnn is unavailable: {reason}")
     if cfg.attention != "cpu_kernel":
         return
     if jax.default_backend() != "cpu":
@@ -239,16 +247,18 @@ def _layers(
     one block ``h`` under ``nn.scan`` whose parameters carry a leading ``layers`` axis (the KV
     cache is stacked into that axis for the scan and handed back per layer); ``layers_fn``
     (``GPT.layers_fn``) applies those stacked parameters instead of the scan."""
+    # model.remat: a training forward keeps each block's input only; the backward recomputes the rest
+    block = nn.remat(Block, prevent_cse=not cfg.scan_layers) if cfg.remat and train and cache is None else Block
     if not cfg.scan_layers:
         new_cache: Cache = []
         for i in range(cfg.n_layer):
-            x_btd, layer_cache = Block(cfg, train, name=f"h_{i}")(
+            x_btd, layer_cache = block(cfg, train, name=f"h_{i}")(
                 x_btd, None if cache is None else cache[i], positions_bt, cache_index, prefix_b
             )
             new_cache.append(layer_cache)
         return x_btd, new_cache
     scanned = nn.scan(
-        Block,
+        block,
         variable_axes={"params": 0},
         split_rngs={"params": True, "dropout": True},
         in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),

@@ -213,15 +213,18 @@ def main(argv=None) -> dict:
         c = isolated_costs(r.cfg, tmp / "scratch" / r.run_id, trainers)
         c["step_s"] = timer.step_s(r)
         every, ev = r.cfg.checkpoint.every_steps, r.cfg.train.eval_every
-        # periodic saves (none in the last quarter-interval before the end: Checkpointer.due) + the final one
-        n_ckpt = 1 + (sum(1 for s in range(every, r.steps, every) if r.steps - s >= every // 4) if every else 0)
-        n_eval = r.steps // ev + (1 if r.steps % ev else 0)
-        parts["train steps"] += r.steps * c["step_s"]
+        first = r.stable_steps or 0  # a cooldown branch trains only the steps after its branch point
+        # saves after the run's first step: periodic ones (none in the last quarter-interval before
+        # the end: Checkpointer.due), a parent's at its branches' starts, and the final one
+        periodic = {s for s in range(every, r.steps, every) if r.steps - s >= every // 4} if every else set()
+        n_ckpt = 1 + len({s for s in periodic | set(r.keep_steps) if first < s < r.steps})
+        n_eval = len({s for s in range(ev, r.steps, ev) if s > first} | {r.steps})
+        parts["train steps"] += r.train_steps * c["step_s"]
         parts["compile (init and train step, waited for)"] += summary["compile_s"]
         parts["evaluation"] += n_eval * c["eval_s"]
         parts["checkpoints"] += n_ckpt * c["ckpt_s"]
-        parts["data (batch assembly)"] += r.steps * c["data_s"]
-        per_run.append((r.run_id, summary["wall_s"], r.steps * c["step_s"], summary["compile_s"]))
+        parts["data (batch assembly)"] += r.train_steps * c["data_s"]
+        per_run.append((r.run_id, summary["wall_s"], r.train_steps * c["step_s"], summary["compile_s"]))
     parts["fit and plots"] = fit_s
     parts["other (run set-up, eval/FLOP-count compile waits, logging, results)"] = wall - sum(parts.values())
 

@@ -23,9 +23,9 @@ from scaling.errors import UsageError
 from scaling.fields import check_fields, ranged
 
 CPU_KERNEL_HEAD_DIMS = (16, 32, 64, 128)  # the head sizes scaling/model/kernels/causal_attention_cpu.cc is built for
+CUDNN_HEAD_DIMS = tuple(range(8, 129, 8))  # the head sizes of cuDNN's fused attention
 OBJECTIVES = ("causal", "mlm", "prefix_denoise")
-# per objective, the train.* objective fields it does not read (left out of the config hash:
-# causal runs hash as they did before the objectives existed)
+# per objective, the train.* fields it does not read: out of the hash, so causal runs hash as before them
 OBJECTIVE_FIELDS = {
     "causal": ("objective", "mask_rate", "corrupt_rate", "mean_span"),
     "mlm": ("corrupt_rate", "mean_span"),
@@ -103,7 +103,7 @@ class ModelConfig:
             f"model.attention must be auto, cpu_kernel, blocked, dot_product or cudnn, got {self.attention!r}",
         )
         _check(
-            self.attention != "cudnn" or (self.dtype == "bfloat16" and self.head_dim % 8 == 0 and self.head_dim <= 128),
+            self.attention != "cudnn" or (self.dtype == "bfloat16" and self.head_dim in CUDNN_HEAD_DIMS),
             f"model.attention=cudnn needs model.dtype bfloat16 and a head size that is a multiple of 8 up to 128, "
             f"got {self.dtype} and {self.head_dim}",
         )

@@ -27,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from scaling.config import ModelConfig
+from scaling.config import CUDNN_HEAD_DIMS, ModelConfig
 from scaling.errors import UsageError
 from scaling.model import attention as attn_lib
 from scaling.model import cpu_attention
@@ -87,7 +87,7 @@ def training_attention(cfg: ModelConfig) -> str:
     with its default implementation, XLA's, also on a GPU)."""
     if cfg.attention != "auto":
         return cfg.attention
-    if jax.default_backend() == "gpu" and cfg.dtype == "bfloat16" and cfg.head_dim % 8 == 0 and cfg.head_dim <= 128:
+    if jax.default_backend() == "gpu" and cfg.dtype == "bfloat16" and cfg.head_dim in CUDNN_HEAD_DIMS:
         reason = attn_lib.cudnn_unavailable()
         if reason is None:
             return "cudnn"

@@ -21,6 +21,7 @@ from scaling.config import Config, DebugConfig, ModelConfig, OptimConfig, TrainC
 from scaling.io import load_yaml
 from scaling.sharding import make_mesh
 from scaling.train import Trainer, cross_entropy, decay_mask, lr_schedule, short_gil_switch
+from scaling.train.programs import eval_chunk
 from tests.helpers import TINY, run_cli
 
 
@@ -271,9 +272,9 @@ def test_compile_ahead_builds_each_program_once_and_trains_as_compiled_in_line()
     builds = collections.Counter()
     for name in ("_build_step", "_build_init", "_build_eval", "_build_xla_flops", "_lower_step"):
 
-        def counted(f=getattr(ahead, name), name=name):
+        def counted(*args, f=getattr(ahead, name), name=name):
             builds[(name, threading.get_ident())] += 1
-            return f()
+            return f(*args)
 
         setattr(ahead, name, counted)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -292,7 +293,12 @@ def test_compile_ahead_builds_each_program_once_and_trains_as_compiled_in_line()
             state, m = t.train_step(state, batch)
             losses.append(float(m["loss"]))
         outs.append(
-            (losses, float(t.eval_step(state.params, batch)), t.xla_flops_per_step(), jax.tree.leaves(state.params))
+            (
+                losses,
+                t.mean_eval_loss(state.params, np.stack([batch] * 16)),
+                t.xla_flops_per_step(),
+                jax.tree.leaves(state.params),
+            )
         )
     assert outs[0][:3] == outs[1][:3]
     for x, y in zip(outs[0][3], outs[1][3]):
@@ -300,10 +306,23 @@ def test_compile_ahead_builds_each_program_once_and_trains_as_compiled_in_line()
     assert sum(builds.values()) == 5  # asking for the programs built none again
 
 
+def test_evaluation_in_chunks_of_batches_equals_it_batch_by_batch():
+    """An evaluation takes eval_chunk(n) batches per program call; its mean is the mean of the
+    batches' losses taken one at a time."""
+    assert [eval_chunk(n) for n in (1, 16, 256, 48, 37, 17)] == [1, 16, 32, 24, 1, 17]
+    t = _tiny_trainer()
+    state = t.init_state()
+    batches = np.asarray(jax.random.randint(jax.random.key(1), (12, 4, 9), 0, 64), dtype=np.int32)
+    one_by_one = [float(t.eval_step(state.params, b)) for b in batches]
+    assert len(set(one_by_one)) == 12
+    assert t.mean_eval_loss(state.params, batches) == pytest.approx(np.mean(one_by_one), rel=1e-6)
+    assert t.mean_eval_loss(state.params, batches[:6]) == pytest.approx(np.mean(one_by_one[:6]), rel=1e-6)
+
+
 def test_a_failed_background_build_raises_where_the_program_is_asked_for():
     t = _tiny_trainer()
 
-    def broken():
+    def broken(*_):
         raise RuntimeError("evaluation does not compile")
 
     t._build_eval = broken
@@ -312,7 +331,7 @@ def test_a_failed_background_build_raises_where_the_program_is_asked_for():
     assert t.step_compiled and t._compiled["xla_flops"].done()
     state = t.init_state()
     with pytest.raises(RuntimeError, match="evaluation does not compile"):
-        t.eval_step(state.params, jnp.zeros((4, 9), jnp.int32))
+        t.eval_losses(state.params, jnp.zeros((eval_chunk(t.cfg.train.eval_batches), 4, 9), jnp.int32))
 
 
 def test_short_gil_switch_is_restored_after_the_last_user():

@@ -209,6 +209,7 @@ def calibrate(
     from scaling import sharding as sh
     from scaling.checkpoint import Checkpointer
     from scaling.train import Trainer
+    from scaling.train.programs import eval_chunk
 
     points = []
     for r in calibrated_runs(runs):
@@ -231,13 +232,15 @@ def calibrate(
             jax.block_until_ready(m)
             n += 1
         step_s = (time.perf_counter() - t0) / n
+        k = eval_chunk(cfg.train.eval_batches)  # batches per evaluation call, as a run's
+        stack = sh.make_global_batch(mesh, np.stack([local] * k), cfg.train.batch_size, stacked=True)
         t0 = time.perf_counter()
-        jax.block_until_ready(trainer.eval_step(state.params, batch))
+        jax.block_until_ready(trainer.eval_losses(state.params, stack))
         compile_s += time.perf_counter() - t0
         t0 = time.perf_counter()
         for _ in range(3):
-            jax.block_until_ready(trainer.eval_step(state.params, batch))
-        eval_s = (time.perf_counter() - t0) / 3
+            jax.block_until_ready(trainer.eval_losses(state.params, stack))
+        eval_s = (time.perf_counter() - t0) / (3 * k)
         with tempfile.TemporaryDirectory(prefix="sweep-calibration-") as tmp:
             ck = Checkpointer(Path(tmp) / "checkpoints", cfg.checkpoint)
             t0 = time.perf_counter()

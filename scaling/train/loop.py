@@ -389,9 +389,5 @@ class Run:
     def evaluate(self, programs: ShapePrograms, params) -> tuple[float, float]:
         """(mean validation loss in nats per token, bits per byte) on the fixed batches."""
         n, (lo, hi) = self.cfg.train.eval_batches, self.rows
-        losses = [
-            programs.eval_step(params, sh.make_global_batch(self.mesh, b, self.cfg.train.batch_size))
-            for b in self.batches.val_batches(n, lo, hi)
-        ]
-        loss = float(np.mean(jax.device_get(losses)))
+        loss = programs.mean_eval_loss(params, np.stack(list(self.batches.val_batches(n, lo, hi))))
         return loss, val_bits_per_byte(self.cfg, self.batches, n, loss)

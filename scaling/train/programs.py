@@ -54,6 +54,16 @@ AUTO_MICROBATCH_TOKENS = 1024
 microbatch's activations stay in cache."""
 
 
+EVAL_CHUNK = 32
+"""Most validation batches one evaluation program call takes (:func:`eval_chunk`)."""
+
+
+def eval_chunk(n_batches: int) -> int:
+    """Validation batches per evaluation call: the largest divisor of ``n_batches`` up to
+    EVAL_CHUNK, so that an evaluation is a few program calls rather than one per batch."""
+    return max(k for k in range(1, min(n_batches, EVAL_CHUNK) + 1) if n_batches % k == 0)
+
+
 def shape_fields(cfg: Config) -> tuple:
     """The settings a compiled step depends on (with the mesh): runs equal in them share it. The
     optimizer's peak lr and warmup are arguments of the step (``RUNTIME_FIELDS``), not in the key."""
@@ -199,7 +209,7 @@ class ShapePrograms:
             for name, build in (
                 ("step", self._build_step),
                 ("init", self._build_init),
-                ("eval", self._build_eval),
+                (self._eval_name(), self._build_eval),
                 ("xla_flops", self._build_xla_flops),
             ):
                 self._program(name, build, wait=False)
@@ -316,21 +326,45 @@ class ShapePrograms:
 
     # ------------------------------------------------------------------------- evaluation
 
-    def _lower_eval(self) -> Any:
+    def _eval_name(self, k: int | None = None) -> str:
+        return f"eval{eval_chunk(self.cfg.train.eval_batches) if k is None else k}"
+
+    def _lower_eval(self, k: int) -> Any:
         jitted = jax.jit(
-            functools.partial(step_lib.eval_step, self.model, objective=self.objective),
-            in_shardings=(self.state_sharding.params, self.batch_sharding),
+            functools.partial(step_lib.eval_losses, self.model, objective=self.objective),
+            in_shardings=(self.state_sharding.params, sh.batch_sharding(self.mesh, stacked=True)),
             out_shardings=self.replicated,
         )
+        b = self._abstract_batch()
+        batches = jax.ShapeDtypeStruct((k, *b.shape), b.dtype, sharding=sh.batch_sharding(self.mesh, stacked=True))
         with sh.mesh_context(self.mesh):
-            return jitted.lower(self.abstract_state.params, self._abstract_batch())
+            return jitted.lower(self.abstract_state.params, batches)
 
-    def _build_eval(self) -> Any:
-        return self._lower_eval().compile(compiler_options=self.compiler_options)
+    def _build_eval(self, k: int | None = None) -> Any:
+        k = eval_chunk(self.cfg.train.eval_batches) if k is None else k
+        return self._lower_eval(k).compile(compiler_options=self.compiler_options)
 
-    def eval_step(self, params, batch_bt: jax.Array) -> jax.Array:
-        """Mean cross-entropy of one batch (the evaluation is compiled once per shape)."""
-        return self._program("eval", self._build_eval)(params, batch_bt)
+    def eval_losses(self, params, batches_kbt) -> jax.Array:
+        """The (k,) mean cross-entropies of a stack of k batches (compiled once per shape and k;
+        the run's evaluation calls it with k = ``eval_chunk(train.eval_batches)``)."""
+        k = batches_kbt.shape[0]
+        return self._program(self._eval_name(k), functools.partial(self._build_eval, k))(params, batches_kbt)
+
+    def mean_eval_loss(self, params, local_nbt: np.ndarray) -> float:
+        """Mean cross-entropy over n batches, given this process's rows of each (n, rows,
+        seq_len + 1), ``eval_chunk(n)`` batches per program call."""
+        n, k = len(local_nbt), eval_chunk(len(local_nbt))
+        losses = [
+            self.eval_losses(
+                params, sh.make_global_batch(self.mesh, local_nbt[i : i + k], self.cfg.train.batch_size, stacked=True)
+            )
+            for i in range(0, n, k)
+        ]
+        return float(np.mean(np.concatenate(jax.device_get(losses))))
+
+    def eval_step(self, params, batch_bt) -> jax.Array:
+        """Mean cross-entropy of one batch."""
+        return self.eval_losses(params, batch_bt[None])[0]
 
 
 Trainer = ShapePrograms

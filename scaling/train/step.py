@@ -112,3 +112,11 @@ def eval_step(model: GPT, params: Any, batch_bt: jax.Array, objective: obj_lib.O
     if objective is None or objective.kind == "causal":
         return cross_entropy(model, params, batch_bt)
     return objective_loss(model, params, obj_lib.prepare(objective, batch_bt, obj_lib.eval_key()))
+
+
+def eval_losses(
+    model: GPT, params: Any, batches_kbt: jax.Array, objective: obj_lib.Objective | None = None
+) -> jax.Array:
+    """:func:`eval_step` of each of a stack of k batches, one batch after another (one batch's
+    activations at a time): the (k,) mean losses in one program call."""
+    return jax.lax.map(lambda batch_bt: eval_step(model, params, batch_bt, objective), batches_kbt)

@@ -9,10 +9,12 @@
 //
 // Each (sequence, head) pair is one work item, spread over XLA's intra-op thread pool. Within
 // an item, queries go R rows at a time against the keys at or below the block's last row or
-// in the prefix (rounded up to 32), with every operand in cache: scores are an R x 32
-// register tile over D, and the products with V (and, backward, the gradients of Q, K and V)
-// are R-row register tiles over D, written with GCC vector extensions (16 floats, one AVX-512
-// register; the compiler splits them on narrower machines).
+// in the prefix (rounded up to the key tile), with every operand in cache: scores are an
+// R x kKeyTile register tile over D, and the products with V (and, backward, the gradients of
+// Q, K and V) are R-row register tiles over D. They are written with GCC vector extensions one
+// machine register wide (16 floats with AVX-512, 8 with AVX, else 4): a vector type wider than
+// the machine's registers is split by the compiler and passed through the stack on every
+// operation.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -28,27 +30,41 @@ namespace ffi = xla::ffi;
 
 namespace {
 
-typedef float v16 __attribute__((vector_size(64)));
-constexpr int kLanes = 16;
-constexpr int kKeyTile = 32;
+// kLanes: floats per vector register; kRegs: vector registers; kMinRows: the fewest query rows
+// per tile. With 16 registers, tiles of fewer than 4 rows leave the multiply-adds waiting on
+// loads; past the register file, operands come from L1 as the multiply-adds' memory operands.
+#if defined(__AVX512F__)
+constexpr int kLanes = 16, kRegs = 32, kMinRows = 2;
+#elif defined(__AVX__)
+constexpr int kLanes = 8, kRegs = 16, kMinRows = 4;
+#elif defined(__aarch64__)
+constexpr int kLanes = 4, kRegs = 32, kMinRows = 4;
+#else
+constexpr int kLanes = 4, kRegs = 16, kMinRows = 4;
+#endif
+typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));  // one register of floats
+constexpr int kKeyTile = 2 * kLanes;  // keys per score tile: two registers per query row
 
-inline v16 load(const float* p) { v16 r; std::memcpy(&r, p, sizeof(r)); return r; }
-inline void store(float* p, v16 x) { std::memcpy(p, &x, sizeof(x)); }
+inline vf load(const float* p) { vf r; std::memcpy(&r, p, sizeof(r)); return r; }
+inline void store(float* p, vf x) { std::memcpy(p, &x, sizeof(x)); }
 inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
 struct Dims { int64_t B, T, H; const int32_t* prefix; };  // batch, sequence length, heads; prefix per sequence
 
 template <int D>
 struct Kernel {
+  static_assert(D % kLanes == 0, "the head size must be a multiple of the vector width");
   static constexpr int DV = D / kLanes;
-  static constexpr int R = DV >= 2 ? kLanes / DV : 8;  // query rows per tile
+  // Query rows per tile: R rows of DV accumulators and DV operands in half the registers or
+  // fewer, within [kMinRows, 8].
+  static constexpr int R = std::clamp(kRegs / (2 * DV), kMinRows, 8);
 
   // S[r][j] = sum_c A[r][c] * BT[c][j] for r < R, j < n (n a multiple of kKeyTile).
   static void scores(const float* A, const float* BT, int ldb, int n, float* S, int lds) {
     for (int j = 0; j < n; j += kKeyTile) {
-      v16 acc[R][2] = {};
+      vf acc[R][2] = {};
       for (int c = 0; c < D; ++c) {
-        v16 b0 = load(BT + c * ldb + j), b1 = load(BT + c * ldb + j + kLanes);
+        vf b0 = load(BT + c * ldb + j), b1 = load(BT + c * ldb + j + kLanes);
 #pragma GCC unroll 16
         for (int r = 0; r < R; ++r) {
           float a = A[r * D + c];
@@ -64,11 +80,11 @@ struct Kernel {
   }
 
   // acc[r] = sum_{j<n} P[r][j] * X[j]  (X rows of D floats)
-  static void rows_times(const float* P, int lds, const float* X, int n, v16 (&acc)[R][DV]) {
+  static void rows_times(const float* P, int lds, const float* X, int n, vf (&acc)[R][DV]) {
     for (int r = 0; r < R; ++r)
-      for (int d = 0; d < DV; ++d) acc[r][d] = v16{};
+      for (int d = 0; d < DV; ++d) acc[r][d] = vf{};
     for (int j = 0; j < n; ++j) {
-      v16 x[DV];
+      vf x[DV];
       for (int d = 0; d < DV; ++d) x[d] = load(X + j * D + d * kLanes);
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
@@ -80,11 +96,11 @@ struct Kernel {
 
   // Y[j] += sum_{r<R} P[r][j] * X[r] for j < n  (X: R rows of D floats)
   static void cols_times(const float* P, int lds, const float* X, int n, float* Y) {
-    v16 x[R][DV];
+    vf x[R][DV];
     for (int r = 0; r < R; ++r)
       for (int d = 0; d < DV; ++d) x[r][d] = load(X + r * D + d * kLanes);
     for (int j = 0; j < n; ++j) {
-      v16 y[DV];
+      vf y[DV];
       for (int d = 0; d < DV; ++d) y[d] = load(Y + j * D + d * kLanes);
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) {
@@ -104,7 +120,7 @@ struct Kernel {
     const float* base = x + b * s.T * rs + h * D;
     for (int t = 0; t < Tp; ++t) {
       float row[D];
-      for (int d = 0; d < DV; ++d) store(row + d * kLanes, t < s.T ? load(base + t * rs + d * kLanes) * scale : v16{});
+      for (int d = 0; d < DV; ++d) store(row + d * kLanes, t < s.T ? load(base + t * rs + d * kLanes) * scale : vf{});
       if (rows) std::memcpy(rows + t * D, row, sizeof(row));
       if (cols)
         for (int c = 0; c < D; ++c) cols[c * Tp + t] = row[c];
@@ -157,7 +173,7 @@ struct Kernel {
         lse_t[i] = m + std::log(sum);
         inv[r] = 1.f / sum;
       }
-      v16 acc[R][DV];
+      vf acc[R][DV];
       rows_times(S, Tp, V, n, acc);
       for (int r = 0; r < R && i0 + r < T; ++r)
         for (int d = 0; d < DV; ++d) store(O + (i0 + r) * D + d * kLanes, acc[r][d] * inv[r]);
@@ -209,7 +225,7 @@ struct Kernel {
       }
       cols_times(P, Tp, dO + i0 * D, n, dV);
       cols_times(dS, Tp, Q + i0 * D, n, dK);
-      v16 acc[R][DV];
+      vf acc[R][DV];
       rows_times(dS, Tp, K, n, acc);
       for (int r = 0; r < R && i0 + r < T; ++r)
         for (int d = 0; d < DV; ++d) store(dQ + (i0 + r) * D + d * kLanes, acc[r][d] * scale);

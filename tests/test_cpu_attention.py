@@ -4,9 +4,11 @@ it cannot be used."""
 
 import dataclasses
 import os
+import platform
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -73,6 +75,45 @@ def test_loading_the_kernel_keeps_subnormal_numbers_for_the_rest_of_the_process(
         text=True,
         timeout=600,
         env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+_NARROWER = {  # x86 targets whose vector registers are narrower than AVX-512's
+    "x86-64-v3": ("avx2", ()),  # AVX2: 8 floats per register, 16 registers
+    "x86-64-v2": ("sse4_2", (pytest.mark.slow,)),  # SSE: 4 floats per register
+}
+
+
+@needs_compiler
+@pytest.mark.parametrize("march", [pytest.param(m, marks=marks, id=m) for m, (_, marks) in _NARROWER.items()])
+def test_kernel_built_for_narrower_vector_registers_equals_masked_softmax(march, tmp_path):
+    """The kernel's vectors and row tiles follow the target's registers: built for AVX2 or SSE
+    (whatever this CPU's own), it still equals the masked softmax, values and gradients."""
+    flag = _NARROWER[march][0]
+    if platform.machine() not in ("x86_64", "AMD64") or flag not in Path("/proc/cpuinfo").read_text():
+        pytest.skip(f"needs an x86-64 CPU with {flag}")
+    code = textwrap.dedent(f"""
+        import jax, jax.numpy as jnp, numpy as np
+        from scaling.model import cpu_attention
+        from tests.test_cpu_attention import _reference, _value_and_grads
+        cpu_attention.FLAGS = tuple("-march={march}" if f == "-march=native" else f for f in cpu_attention.FLAGS)
+        assert cpu_attention.unavailable() is None
+        for b, t, h, d in [(2, 100, 3, 16), (2, 77, 2, 32), (1, 70, 2, 64), (1, 33, 1, 128)]:
+            q, k, v, do = (jax.random.normal(key, (b, t, h, d)) for key in jax.random.split(jax.random.key(d), 4))
+            got = _value_and_grads(cpu_attention.causal_attention, q, k, v, do)
+            want = _value_and_grads(_reference, q, k, v, do)
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=5e-5, rtol=1e-4)
+        print("ok")
+    """)
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", SCALING_CACHE_DIR=str(tmp_path)),
     )
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 

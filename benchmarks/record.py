@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from scaling.machine import usable_cpus
+
 REPO = Path(__file__).resolve().parents[1]
 LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torch")
 _CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "fma", "neon", "sve")
@@ -27,11 +29,6 @@ def _git(*args: str) -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask, e.g. under ``taskset``)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def cpu_info() -> dict:

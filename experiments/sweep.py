@@ -65,6 +65,7 @@ from pathlib import Path
 
 from scaling import config_parse
 from scaling.errors import ArgumentParser, UsageError, check_out_dir, exit_on_usage_error
+from scaling.machine import usable_cpus
 from scaling.sweep.parse import MODEL_LISTS, NUMBER_LISTS, SEED_LISTS, SPEC_FLAGS, parse_flag
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -217,7 +218,7 @@ def main(argv: list[str] | None = None):
         families = len({r.family for r in plan.runs}) + (0 if scan is None else len(scan.runs))
         if jobs == 0:  # a dry run starts no workers: its own backend (started by the plan's checks) says
             cpu = jax.default_backend() == "cpu" if args.dry_run else _backend_is_cpu()
-            jobs = _cpu_cores() if _cpu_cores() > 1 and cpu else 1
+            jobs = usable_cpus() if usable_cpus() > 1 and cpu else 1
         jobs = min(jobs, families)
     else:
         jobs = 1
@@ -307,10 +308,6 @@ def _parse_jobs(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise UsageError(f"--jobs expects a positive integer or auto, got {text!r}")
     return int(text)
-
-
-def _cpu_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _backend_is_cpu() -> bool:

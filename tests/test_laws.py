@@ -266,6 +266,16 @@ def test_bootstrap_best_starts_reproduce_full_grid_refits():
     np.testing.assert_allclose(fast.samples[:, :5], full.samples[:, :5], rtol=2e-3)
 
 
+def test_bootstrap_in_worker_processes_equals_it_in_this_process(synthetic_fit):
+    """Chunks of resamples refitted in two spawned processes give the very samples one process
+    gives (3 chunks of 2 resamples)."""
+    N, D, L, _, fit, _ = synthetic_fit
+    here = laws.bootstrap_approach3(N, D, L, fit, 6, seed=2, chunk=2, workers=1)
+    there = laws.bootstrap_approach3(N, D, L, fit, 6, seed=2, chunk=2, workers=2)
+    assert here.samples.shape == (6, 8) and len(np.unique(here.samples[:, 3])) == 6
+    np.testing.assert_array_equal(there.samples, here.samples)
+
+
 @pytest.mark.slow
 def test_bootstrap_1000_resamples_on_chinchilla_bracket_the_fit(chinchilla_fit):
     N, D, L, fit = chinchilla_fit

@@ -4,11 +4,15 @@ intervals for E, A, B, alpha, beta, a, b, G.
 A resample is refitted by L-BFGS from 32 of the grid starts whose full-data run reached the
 optimum (``starts="best"``, the default: fast; see :func:`bootstrap_starts`) or from the
 whole grid (``starts="grid"``).  Resamples are fitted together in chunks, each one batch of
-(resample, start) problems with per-problem run weights (counts).
+(resample, start) problems with per-problem run weights (counts); with more than one usable
+CPU the chunks run in as many worker processes (the batched L-BFGS holds the GIL, so threads
+would not help), each chunk computing exactly what it computes in this process.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import multiprocessing
 import sys
 from dataclasses import dataclass
 
@@ -20,6 +24,7 @@ from scaling.laws import approach3, lbfgs
 from scaling.laws.approach3 import LawFit, hoffmann_grid, objective_and_grad_batch
 from scaling.laws.law import DEFAULT_DELTA, DERIVED_NAMES, N_PARAMS, PARAM_NAMES, as_runs, compute_optimal, frontier
 from scaling.laws.record import JsonRecord
+from scaling.machine import usable_cpus
 
 __all__ = ["SAMPLE_NAMES", "Bootstrap", "percentile_interval", "bootstrap_starts", "bootstrap_approach3"]
 
@@ -97,6 +102,37 @@ def bootstrap_starts(fit: LawFit, n_starts: int = 32) -> np.ndarray:
     return np.asarray(ranked)[pick]
 
 
+def _refit_chunk(lN, lD, lL, counts_rn, x_starts, delta) -> np.ndarray:
+    """The best refit of each resample of a chunk (rows of ``counts_rn``: run weights) from
+    every start of ``x_starts``; NaN rows where no start ended finite."""
+    nr, k = counts_rn.shape[0], x_starts.shape[0]
+    w_all = np.repeat(counts_rn, k, axis=0)  # (nr * k, n)
+
+    def fun_grad(x, rows):
+        return objective_and_grad_batch(x, lN, lD, lL, w_all[rows], delta)
+
+    res = lbfgs.lbfgs_batch(fun_grad, np.tile(x_starts, (nr, 1)))
+    fr = np.where(np.isfinite(res.f), res.f, np.inf).reshape(nr, k)
+    best = np.argmin(fr, axis=1)
+    thetas = res.x.reshape(nr, k, N_PARAMS)[np.arange(nr), best]
+    thetas[~np.isfinite(fr[np.arange(nr), best])] = np.nan
+    return thetas
+
+
+class _InProcess:
+    """The executor interface of one worker: the calls run in this process, in order."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    @staticmethod
+    def map(fn, *iterables):
+        return map(fn, *iterables)
+
+
 def bootstrap_approach3(
     N,
     D,
@@ -111,6 +147,7 @@ def bootstrap_approach3(
     n_starts: int = 32,
     chunk: int = 100,
     progress: bool = False,
+    workers: int | None = None,
 ) -> Bootstrap:
     """Refit approach 3 on ``n_resamples`` resamples of the runs (with replacement).
 
@@ -119,7 +156,9 @@ def bootstrap_approach3(
     reached the optimum (:func:`bootstrap_starts`; default, fast), or ``"grid"``: all
     4,500.  A refit does not start from the full-data optimum itself: with delta = 1e-3
     the objective is nearly piecewise linear and L-BFGS stops at the nearest kink, so the
-    intervals would come out far too narrow.
+    intervals would come out far too narrow.  ``workers``: processes to refit chunks of
+    resamples in (default: the usable CPUs; 1 fits them in this process); the samples are the
+    same either way.
     """
     N, D, L = as_runs(N, D, L)
     if n_resamples < 1:
@@ -140,24 +179,19 @@ def bootstrap_approach3(
     np.add.at(counts, (np.repeat(np.arange(n_resamples), n), idx.ravel()), 1.0)
 
     per = max(1, (chunk * 32) // k)  # resamples per batch: about chunk * 32 problems
-    thetas = np.full((n_resamples, N_PARAMS), np.nan)
-    with tqdm(total=n_resamples, desc="bootstrap", unit="fit", disable=not progress, file=sys.stderr) as bar:
-        for r0 in range(0, n_resamples, per):
-            cw = counts[r0 : r0 + per]
-            nr = cw.shape[0]
-            w_all = np.repeat(cw, k, axis=0)  # (nr * k, n)
-            x0 = np.tile(x_starts, (nr, 1))
-
-            def fun_grad(x, rows, w_all=w_all):
-                return objective_and_grad_batch(x, lN, lD, lL, w_all[rows], delta)
-
-            res = lbfgs.lbfgs_batch(fun_grad, x0)
-            fr = np.where(np.isfinite(res.f), res.f, np.inf).reshape(nr, k)
-            best = np.argmin(fr, axis=1)
-            xr = res.x.reshape(nr, k, N_PARAMS)[np.arange(nr), best]
-            okr = np.isfinite(fr[np.arange(nr), best])
-            thetas[r0 : r0 + nr][okr] = xr[okr]
-            bar.update(nr)
+    chunks = [counts[r0 : r0 + per] for r0 in range(0, n_resamples, per)]
+    workers = min(usable_cpus() if workers is None else max(1, int(workers)), len(chunks))
+    parts = []
+    with (
+        tqdm(total=n_resamples, desc="bootstrap", unit="fit", disable=not progress, file=sys.stderr) as bar,
+        concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        if workers > 1
+        else _InProcess() as pool,
+    ):
+        for part in pool.map(_refit_chunk, *zip(*[(lN, lD, lL, cw, x_starts, delta) for cw in chunks])):
+            parts.append(part)
+            bar.update(part.shape[0])
+    thetas = np.concatenate(parts)
     good = np.all(np.isfinite(thetas), axis=1)
     samples = _samples_from_theta(thetas[good])
     good_s = np.all(np.isfinite(samples), axis=1)

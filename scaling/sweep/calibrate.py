@@ -25,6 +25,7 @@ from scaling import paths
 from scaling.errors import UsageError
 from scaling.io import atomic_write_text, read_json
 from scaling.laws import approach3
+from scaling.machine import usable_cpus
 from scaling.sweep.plan import PlannedRun
 
 Runs = tuple[PlannedRun, ...] | list[PlannedRun]
@@ -161,7 +162,7 @@ def calibration_key(runs: tuple[PlannedRun, ...] | list[PlannedRun], xla_flags: 
         "device_kind": jax.devices()[0].device_kind,
         "devices": jax.device_count(),
         "processes": jax.process_count(),
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores": usable_cpus(),
         "jax": jax.__version__,
         "xla_flags": os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags,
     }

@@ -45,6 +45,7 @@ JAX = ("jax", "jaxlib", "flax", "optax", "orbax")
 LAYERS = {
     "scaling.errors": 0,
     "scaling.paths": 0,
+    "scaling.machine": 0,
     "scaling.fields": 1,
     "scaling.config": 1,
     "scaling.config_parse": 1,

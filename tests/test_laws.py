@@ -12,6 +12,7 @@ import math
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from scipy.special import huber as scipy_huber
 from scaling import laws
 from scaling.errors import UsageError
 from scaling.laws import approach3
+from tests.helpers import REPO
 
 TRUE = dict(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)  # Hoffmann et al.'s fit
 TRUE_P = tuple(TRUE[k] for k in laws.PARAM_NAMES)
@@ -266,14 +268,34 @@ def test_bootstrap_best_starts_reproduce_full_grid_refits():
     np.testing.assert_allclose(fast.samples[:, :5], full.samples[:, :5], rtol=2e-3)
 
 
-def test_bootstrap_in_worker_processes_equals_it_in_this_process(synthetic_fit):
-    """Chunks of resamples refitted in two spawned processes give the very samples one process
-    gives (3 chunks of 2 resamples)."""
-    N, D, L, _, fit, _ = synthetic_fit
-    here = laws.bootstrap_approach3(N, D, L, fit, 6, seed=2, chunk=2, workers=1)
-    there = laws.bootstrap_approach3(N, D, L, fit, 6, seed=2, chunk=2, workers=2)
-    assert here.samples.shape == (6, 8) and len(np.unique(here.samples[:, 3])) == 6
-    np.testing.assert_array_equal(there.samples, here.samples)
+def test_bootstrap_in_worker_processes_equals_it_in_this_process(tmp_path):
+    """Chunks of resamples refitted in two worker processes give the very samples one process
+    gives (3 chunks of 2 resamples), called from a script without a main guard, which the
+    workers must not run again."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        textwrap.dedent("""
+            import numpy as np
+            from scaling import laws
+            from tests.test_laws import synthetic_isoflop
+            N, D, L, _ = synthetic_isoflop(seed=3, n_budgets=4, n_sizes=6)
+            fit = laws.fit_approach3(N, D, L)
+            here = laws.bootstrap_approach3(N, D, L, fit, 6, seed=2, chunk=2, workers=1).samples
+            there = laws.bootstrap_approach3(N, D, L, fit, 6, seed=2, chunk=2, workers=2).samples
+            assert here.shape == (6, 8) and len(np.unique(here[:, 3])) == 6
+            np.testing.assert_array_equal(there, here)
+            print("ok")
+        """)
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert proc.returncode == 0 and proc.stdout.split() == ["ok"], proc.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -6,15 +6,20 @@ optimum (``starts="best"``, the default: fast; see :func:`bootstrap_starts`) or 
 whole grid (``starts="grid"``).  Resamples are fitted together in chunks, each one batch of
 (resample, start) problems with per-problem run weights (counts); with more than one usable
 CPU the chunks run in as many worker processes (the batched L-BFGS holds the GIL, so threads
-would not help), each chunk computing exactly what it computes in this process.
+would not help), each chunk computing exactly what it computes in this process. A worker is a
+fresh interpreter running :func:`_serve` of this module, which reads its
+chunks from stdin and writes their refits to stdout: unlike multiprocessing's spawn, it never
+re-imports the caller's ``__main__`` (a script without a main guard would run again).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import multiprocessing
+import os
+import pickle
+import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -119,18 +124,40 @@ def _refit_chunk(lN, lD, lL, counts_rn, x_starts, delta) -> np.ndarray:
     return thetas
 
 
-class _InProcess:
-    """The executor interface of one worker: the calls run in this process, in order."""
+def _serve() -> None:
+    """A worker of :func:`_refit_in_workers`: its jobs from stdin, their refits to stdout."""
+    pickle.dump([_refit_chunk(*job) for job in pickle.load(sys.stdin.buffer)], sys.stdout.buffer)
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        return False
+_WORKER = "from scaling.laws.bootstrap import _serve; _serve()"
 
-    @staticmethod
-    def map(fn, *iterables):
-        return map(fn, *iterables)
+
+def _refit_in_workers(jobs: list[tuple], workers: int, bar) -> list[np.ndarray]:
+    """``_refit_chunk(*job)`` for each job, job i in worker process i % workers; the refits in
+    the jobs' order."""
+    root = str(Path(__file__).resolve().parents[2])  # the directory that holds the scaling package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    mine = [jobs[w::workers] for w in range(workers)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        for _ in mine
+    ]
+    try:
+        for proc, part in zip(procs, mine):  # each worker reads all its jobs before it starts
+            pickle.dump(part, proc.stdin)
+            proc.stdin.close()
+        results = []
+        for proc in procs:
+            out = proc.stdout.read()
+            if proc.wait() != 0:
+                raise RuntimeError(f"a bootstrap worker process failed (exit {proc.returncode}); its error is above")
+            results.append(pickle.loads(out))
+            bar.update(sum(r.shape[0] for r in results[-1]))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    return [results[i % workers][i // workers] for i in range(len(jobs))]
 
 
 def bootstrap_approach3(
@@ -181,16 +208,15 @@ def bootstrap_approach3(
     per = max(1, (chunk * 32) // k)  # resamples per batch: about chunk * 32 problems
     chunks = [counts[r0 : r0 + per] for r0 in range(0, n_resamples, per)]
     workers = min(usable_cpus() if workers is None else max(1, int(workers)), len(chunks))
-    parts = []
-    with (
-        tqdm(total=n_resamples, desc="bootstrap", unit="fit", disable=not progress, file=sys.stderr) as bar,
-        concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-        if workers > 1
-        else _InProcess() as pool,
-    ):
-        for part in pool.map(_refit_chunk, *zip(*[(lN, lD, lL, cw, x_starts, delta) for cw in chunks])):
-            parts.append(part)
-            bar.update(part.shape[0])
+    jobs = [(lN, lD, lL, cw, x_starts, delta) for cw in chunks]
+    with tqdm(total=n_resamples, desc="bootstrap", unit="fit", disable=not progress, file=sys.stderr) as bar:
+        if workers > 1:
+            parts = _refit_in_workers(jobs, workers, bar)
+        else:
+            parts = []
+            for job in jobs:
+                parts.append(_refit_chunk(*job))
+                bar.update(parts[-1].shape[0])
     thetas = np.concatenate(parts)
     good = np.all(np.isfinite(thetas), axis=1)
     samples = _samples_from_theta(thetas[good])

@@ -31,6 +31,19 @@ def _reference(q, k, v):
     return causal_attention(q, k, v, jnp.broadcast_to(jnp.arange(t), (b, t)))
 
 
+def _prints_ok(code: str, **env) -> None:
+    """Run ``code`` in a fresh CPU-only interpreter; it must exit 0 printing just "ok"."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=dict(os.environ, JAX_PLATFORMS="cpu", **env),
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
 def _value_and_grads(fn, q, k, v, do):
     out, vjp = jax.vjp(fn, q, k, v)
     return (out, *vjp(do))
@@ -68,15 +81,7 @@ def test_loading_the_kernel_keeps_subnormal_numbers_for_the_rest_of_the_process(
         assert tiny / 2 > 0 and np.float32(np.finfo(np.float32).tiny) / np.float32(2) > 0
         print("ok")
     """)
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-    )
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+    _prints_ok(code)
 
 
 _NARROWER = {  # x86 targets whose vector registers are narrower than AVX-512's
@@ -107,15 +112,7 @@ def test_kernel_built_for_narrower_vector_registers_equals_masked_softmax(march,
                 np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=5e-5, rtol=1e-4)
         print("ok")
     """)
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=dict(os.environ, JAX_PLATFORMS="cpu", SCALING_CACHE_DIR=str(tmp_path)),
-    )
-    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+    _prints_ok(code, SCALING_CACHE_DIR=str(tmp_path))
 
 
 @needs_compiler

@@ -554,7 +554,8 @@ def test_compile_ahead_queues_each_shape_once_in_run_order_for_the_runs_to_find(
     fn, args = pool.tasks[0]
     fn(*args)  # the first shape's task, run here
     (built,) = trainers.values()
-    assert built.step_compiled and built._compiled[built._eval_name()].done() and built._compiled["init"].done()
+    evaluation = built._compiled[built._eval_name(built.eval_k)]
+    assert built.step_compiled and evaluation.done() and built._compiled["init"].done()
     for r in plan.runs:
         if r.shape == shapes[0]:
             run = Run(r.cfg, tmp_path / r.run_id, trainers=trainers)

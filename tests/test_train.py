@@ -331,7 +331,7 @@ def test_a_failed_background_build_raises_where_the_program_is_asked_for():
     assert t.step_compiled and t._compiled["xla_flops"].done()
     state = t.init_state()
     with pytest.raises(RuntimeError, match="evaluation does not compile"):
-        t.eval_losses(state.params, jnp.zeros((eval_chunk(t.cfg.train.eval_batches), 4, 9), jnp.int32))
+        t.eval_losses(state.params, jnp.zeros((t.eval_k, 4, 9), jnp.int32))
 
 
 def test_short_gil_switch_is_restored_after_the_last_user():

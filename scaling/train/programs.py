@@ -209,7 +209,7 @@ class ShapePrograms:
             for name, build in (
                 ("step", self._build_step),
                 ("init", self._build_init),
-                (self._eval_name(), self._build_eval),
+                (self._eval_name(self.eval_k), functools.partial(self._build_eval, self.eval_k)),
                 ("xla_flops", self._build_xla_flops),
             ):
                 self._program(name, build, wait=False)
@@ -326,8 +326,14 @@ class ShapePrograms:
 
     # ------------------------------------------------------------------------- evaluation
 
-    def _eval_name(self, k: int | None = None) -> str:
-        return f"eval{eval_chunk(self.cfg.train.eval_batches) if k is None else k}"
+    @property
+    def eval_k(self) -> int:
+        """Validation batches per evaluation call of this run: ``eval_chunk(train.eval_batches)``."""
+        return eval_chunk(self.cfg.train.eval_batches)
+
+    @staticmethod
+    def _eval_name(k: int) -> str:
+        return f"eval{k}"
 
     def _lower_eval(self, k: int) -> Any:
         jitted = jax.jit(
@@ -340,8 +346,7 @@ class ShapePrograms:
         with sh.mesh_context(self.mesh):
             return jitted.lower(self.abstract_state.params, batches)
 
-    def _build_eval(self, k: int | None = None) -> Any:
-        k = eval_chunk(self.cfg.train.eval_batches) if k is None else k
+    def _build_eval(self, k: int) -> Any:
         return self._lower_eval(k).compile(compiler_options=self.compiler_options)
 
     def eval_losses(self, params, batches_kbt) -> jax.Array:

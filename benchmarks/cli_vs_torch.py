@@ -1,7 +1,7 @@
 """The real training CLI against nanoGPT's PyTorch step, in alternating subprocesses.
 
     python -m benchmarks.cli_vs_torch [--preset 256x6|nanogpt-cpu] [--steps 30] [--rounds 3] [--cpus N]
-                                      [--dots eigen,xla]
+                                      [--dots auto,xla,eigen]
 
 Each round runs ``python -m experiments.train`` (a fresh run directory, byte vocabulary,
 tinyshakespeare, no evaluation until the end, one checkpoint at the end) and then a PyTorch
@@ -11,8 +11,11 @@ one it reports in ``summary.json`` (its training loop's tokens over the loop's t
 compile, evaluation or checkpoint); its wall tokens/s (the tokens over the whole process,
 imports and compile included) is recorded too. The ratio is the median over rounds of the
 per-round ratio. The first CLI round fills the compilation cache (``SCALING_CACHE_DIR``) and
-is run but not counted. With ``--dots`` the CLI runs once per listed dot library
-(``SCALING_CPU_DOTS``, :mod:`scaling.train.xla_options`) in each round.
+is run but not counted. With ``--dots`` the CLI runs once per listed choice of its dense
+products in each round: ``auto`` (no flag: what a user gets; OpenBLAS through the FFI on a CPU
+where it builds, :mod:`scaling.model.cpu_dense`), ``blas`` (``--model.dense blas``), or XLA's
+dots (``--model.dense xla``) by the library ``SCALING_CPU_DOTS`` names
+(:mod:`scaling.train.xla_options`: xla, eigen or onednn).
 
 Presets: ``256x6`` (6 layers x 256 wide, 8 heads, context 256, batch 16) and ``nanogpt-cpu``
 (nanoGPT's shakespeare_char CPU run: 4 layers x 128, 4 heads, context 64, batch 12).
@@ -39,7 +42,7 @@ PRESETS = {
 }
 
 
-def cli_args(p: dict, steps: int, out: Path) -> list[str]:
+def cli_args(p: dict, steps: int, out: Path, extra: tuple[str, ...] = ()) -> list[str]:
     """The CLI's command line for ``steps`` steps of preset ``p`` into ``out``."""
     tokens = steps * p["batch"] * p["seq_len"]
     flags = {
@@ -59,12 +62,24 @@ def cli_args(p: dict, steps: int, out: Path) -> list[str]:
     args = [sys.executable, "-m", "experiments.train", "--out", str(out), "--overwrite"]
     for k, v in flags.items():
         args += [f"--{k}", str(v)]
-    return args
+    return args + list(extra)
 
 
-def run_cli(p: dict, steps: int, out: Path, env: dict) -> dict:
+def dots_variant(name: str, env: dict) -> tuple[dict, tuple[str, ...]]:
+    """(environment, extra CLI flags) of the ``--dots`` choice ``name``."""
+    if name == "auto":
+        return env, ()
+    if name == "blas":
+        return env, ("--model.dense", "blas")
+    if name not in xla_options.CPU_DOTS:
+        raise SystemExit(f"--dots: {name!r} is not auto, blas or one of {', '.join(xla_options.CPU_DOTS)}")
+    return {**env, xla_options.ENV: name}, ("--model.dense", "xla")
+
+
+def run_cli(p: dict, steps: int, out: Path, variant: tuple[dict, tuple[str, ...]]) -> dict:
+    env, extra = variant
     t0 = time.perf_counter()
-    proc = subprocess.run(cli_args(p, steps, out), cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.run(cli_args(p, steps, out, extra), cwd=REPO, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"experiments.train failed ({proc.returncode}): {proc.stderr[-2000:]}")
@@ -109,8 +124,9 @@ def main(argv=None) -> dict | None:
     )
     ap.add_argument(
         "--dots",
-        help="dot libraries (SCALING_CPU_DOTS values, comma separated) to run the CLI with, each once a round "
-        "(default: the environment's)",
+        default="auto",
+        help="the CLI's dense products, comma separated, each run once a round: auto (no flag), blas, or an "
+        "XLA dot library (xla, eigen, onednn; with --model.dense xla)",
     )
     ap.add_argument("--out", help="results JSON (default benchmarks/results/cli_vs_torch_<preset>_cpu.json)")
     ap.add_argument("--torch-worker", help=argparse.SUPPRESS)
@@ -122,8 +138,8 @@ def main(argv=None) -> dict | None:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: args.cpus])
     p = PRESETS[args.preset]
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    dots = args.dots.split(",") if args.dots else [xla_options.cpu_dots()]
-    envs = {d: {**env, xla_options.ENV: d} for d in dots}
+    dots = args.dots.split(",")
+    envs = {d: dots_variant(d, env) for d in dots}
     rounds = []
     with tempfile.TemporaryDirectory(prefix="cli_vs_torch") as tmp:
         for e in envs.values():  # fills the compilation cache
@@ -156,7 +172,7 @@ def main(argv=None) -> dict | None:
         "cli_over_torch": {d: statistics.median(r["ratio"][d] for r in rounds) for d in dots},
     }
     for d, r in result["cli_over_torch"].items():
-        print(f"{args.preset}: the CLI ({d} dots) over nanoGPT's PyTorch step, median of {args.rounds}: {r:.2f}x")
+        print(f"{args.preset}: the CLI ({d}) over nanoGPT's PyTorch step, median of {args.rounds}: {r:.2f}x")
     return write_result(args.out or result_path(f"cli_vs_torch_{args.preset}", "cpu"), result)
 
 

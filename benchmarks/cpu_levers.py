@@ -3,9 +3,10 @@
     python -m benchmarks.cpu_levers [--preset 256x6|nanogpt-cpu] [--variants xla:0,eigen:0,onednn:0]
                                     [--windows 5] [--steps 2]
 
-Each variant ``BACKEND:MICROBATCHES`` is this repo's train step (``ShapePrograms``' lowering)
-compiled with the XLA options of ``BACKEND`` for its dot products (``LEVERS``) and with
-``train.microbatches`` MICROBATCHES (0: the product's auto choice). All variants and nanoGPT's
+Each variant ``LEVER:MICROBATCHES`` is this repo's train step (``ShapePrograms``' lowering) with
+the dense products of ``LEVER`` (``LEVERS``: blas, OpenBLAS through the FFI, ``model.dense=blas``;
+or XLA's dots compiled with the options of xla, eigen or onednn) and with ``train.microbatches``
+MICROBATCHES (0: the product's auto choice). All variants and nanoGPT's
 step run in alternating windows of ``--steps`` steps; each variant's ratio is the median over
 windows of nanoGPT's window time over the variant's (above 1: the variant is faster).
 """
@@ -13,6 +14,7 @@ windows of nanoGPT's window time over the variant's (above 1: the variant is fas
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import statistics
 import time
@@ -29,8 +31,12 @@ from scaling.sharding import make_mesh, mesh_shape
 from scaling.train import ShapePrograms
 from scaling.train.xla_options import CPU_DOTS
 
-LEVERS = CPU_DOTS
-"""The dot libraries (``scaling.train.xla_options``): xla (YNNPACK here), eigen, onednn."""
+LEVERS: dict[str, tuple[str, dict | None]] = {
+    "blas": ("blas", None),
+    **{name: ("xla", options) for name, options in CPU_DOTS.items()},
+}
+"""lever -> (``model.dense``, XLA compile options): blas, or XLA's dots by the libraries of
+``scaling.train.xla_options`` (xla: XLA's own choice, eigen, onednn)."""
 
 
 def variant_runner(model: ModelConfig, batch: int, options: dict | None, microbatches: int):
@@ -61,7 +67,7 @@ def variant_runner(model: ModelConfig, batch: int, options: dict | None, microba
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="256x6", choices=sorted(PRESETS))
-    ap.add_argument("--variants", default="xla:0,eigen:0,onednn:0")
+    ap.add_argument("--variants", default="blas:0,xla:0,eigen:0,onednn:0")
     ap.add_argument("--windows", type=int, default=5)
     ap.add_argument("--steps", type=int, default=2, help="train steps per timed window")
     ap.add_argument("--out", help="results JSON (default benchmarks/results/cpu_levers_<preset>_cpu.json)")
@@ -75,9 +81,10 @@ def main(argv=None) -> dict:
     runners, info = {}, {}
     for v in args.variants.split(","):
         lever, micro = v.split(":")
-        run, compile_s, used = variant_runner(model, p["batch"], LEVERS[lever], int(micro))
+        dense, options = LEVERS[lever]
+        run, compile_s, used = variant_runner(dataclasses.replace(model, dense=dense), p["batch"], options, int(micro))
         runners[v] = run
-        info[v] = {"lever": lever, "options": LEVERS[lever], "microbatches": used, "compile_s": compile_s}
+        info[v] = {"lever": lever, "dense": dense, "options": options, "microbatches": used, "compile_s": compile_s}
     runners["torch"] = torch_step_runner(model, p["batch"])[0]
     times: dict[str, list[float]] = {k: [] for k in runners}
     for _ in range(args.windows):

@@ -41,6 +41,10 @@ def _check(cond: bool, msg: str) -> None:
         raise UsageError(msg)
 
 
+def _one_of(value: str, name: str, choices: tuple[str, ...]) -> None:
+    _check(value in choices, f"{name} must be {', '.join(choices[:-1])} or {choices[-1]}, got {value!r}")
+
+
 def _check_fields(obj: Any) -> None:
     check_fields(obj, type(obj).__name__.removesuffix("Config").lower())
 
@@ -77,6 +81,10 @@ class ModelConfig:
         "XLA's FFI; float32, head size 16/32/64/128) | blocked (XLA, cache-sized blocks) | dot_product "
         "(jax.nn.dot_product_attention, XLA's) | cudnn (its cuDNN kernel; bfloat16, head size 8k <= 128)",
     )
+    dense: str = _f(
+        "auto",
+        "the dense products: auto (blas on a CPU for float32 on one device where it builds, else xla) | blas | xla",
+    )
     init_std: float = _f(0.02, "std of the normal init; residual projections get init_std/sqrt(2*n_layer)", gt=0)
     scan_layers: bool = _f(
         False,
@@ -92,16 +100,12 @@ class ModelConfig:
             self.d_model % self.n_head == 0,
             f"model.d_model ({self.d_model}) must be divisible by model.n_head ({self.n_head})",
         )
-        _check(
-            self.position in ("learned", "rotary"), f"model.position must be learned or rotary, got {self.position!r}"
-        )
-        _check(self.norm in ("layernorm", "rmsnorm"), f"model.norm must be layernorm or rmsnorm, got {self.norm!r}")
-        _check(self.mlp in ("gelu", "swiglu"), f"model.mlp must be gelu or swiglu, got {self.mlp!r}")
-        _check(self.dtype in ("float32", "bfloat16"), f"model.dtype must be float32 or bfloat16, got {self.dtype!r}")
-        _check(
-            self.attention in ("auto", "cpu_kernel", "blocked", "dot_product", "cudnn"),
-            f"model.attention must be auto, cpu_kernel, blocked, dot_product or cudnn, got {self.attention!r}",
-        )
+        _one_of(self.position, "model.position", ("learned", "rotary"))
+        _one_of(self.norm, "model.norm", ("layernorm", "rmsnorm"))
+        _one_of(self.mlp, "model.mlp", ("gelu", "swiglu"))
+        _one_of(self.dtype, "model.dtype", ("float32", "bfloat16"))
+        _one_of(self.attention, "model.attention", ("auto", "cpu_kernel", "blocked", "dot_product", "cudnn"))
+        _one_of(self.dense, "model.dense", ("auto", "blas", "xla"))
         _check(
             self.attention != "cudnn" or (self.dtype == "bfloat16" and self.head_dim in CUDNN_HEAD_DIMS),
             f"model.attention=cudnn needs model.dtype bfloat16 and a head size that is a multiple of 8 up to 128, "
@@ -112,6 +116,7 @@ class ModelConfig:
             f"model.attention=cpu_kernel needs model.dtype float32 and a head size (d_model / n_head) in "
             f"{CPU_KERNEL_HEAD_DIMS}, got {self.dtype} and {self.head_dim}",
         )
+        _check(self.dense != "blas" or self.dtype == "float32", f"model.dense=blas needs float32, got {self.dtype}")
         _check(
             self.position == "learned" or (self.d_model // self.n_head) % 2 == 0,
             "rotary positions need an even head size (d_model / n_head)",
@@ -183,8 +188,8 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         _check_fields(self)
-        for name, ok in (("schedule", ("cosine", "wsd")), ("decay_shape", ("linear", "1-sqrt"))):
-            _check(getattr(self, name) in ok, f"optim.{name} must be {' or '.join(ok)}, got {getattr(self, name)!r}")
+        _one_of(self.schedule, "optim.schedule", ("cosine", "wsd"))
+        _one_of(self.decay_shape, "optim.decay_shape", ("linear", "1-sqrt"))
 
 
 @dataclass(frozen=True)
@@ -227,10 +232,7 @@ class TrainConfig:
             self.microbatches == 0 or self.batch_size % self.microbatches == 0,
             f"train.batch_size ({self.batch_size}) must be divisible by train.microbatches ({self.microbatches})",
         )
-        _check(
-            self.objective in OBJECTIVES,
-            f"train.objective must be {', '.join(OBJECTIVES[:-1])} or {OBJECTIVES[-1]}, got {self.objective!r}",
-        )
+        _one_of(self.objective, "train.objective", OBJECTIVES)
 
 
 @dataclass(frozen=True)
@@ -260,10 +262,7 @@ class MeshConfig:
         sizes = (self.data, self.fsdp, self.model)
         _check(all(s == -1 or s >= 1 for s in sizes), f"mesh axes must be >= 1 or -1, got {sizes}")
         _check(sizes.count(-1) <= 1, "at most one mesh axis may be -1")
-        _check(
-            self.pipeline_schedule in ("gpipe", "circular"),
-            f"mesh.pipeline_schedule must be gpipe or circular, got {self.pipeline_schedule!r}",
-        )
+        _one_of(self.pipeline_schedule, "mesh.pipeline_schedule", ("gpipe", "circular"))
         _check(
             self.pipeline_schedule == "circular" or self.pipeline_repeats <= 1,
             "mesh.pipeline_repeats > 1 needs mesh.pipeline_schedule circular",
@@ -391,6 +390,7 @@ class Config:
 RESUME_IDENTITY_SECTIONS = ("model", "data", "optim", "train")
 RESUME_SAFE_FIELDS = (
     "model.attention",
+    "model.dense",
     "model.remat",
     "train.eval_every",
     "train.eval_batches",

@@ -1,7 +1,9 @@
 """The model: a decoder-only GPT (:mod:`.gpt`) and its causal attention kernels, written in XLA
-(:mod:`.attention`) or in C++ for CPUs (:mod:`.cpu_attention`, built on first use into a verified
-cache, :mod:`.kernel_cache`; the source is ``kernels/causal_attention_cpu.cc``)."""
+(:mod:`.attention`) or in C++ for CPUs (:mod:`.cpu_attention`), and its dense products through
+OpenBLAS on CPUs (:mod:`.cpu_dense`); the C++ is built on first use into a verified cache
+(:mod:`.kernel_cache`; the sources are in ``kernels/``)."""
 
+from scaling.model.cpu_dense import check_dense, dense_kind
 from scaling.model.gpt import (
     GPT,
     MLP,
@@ -26,7 +28,9 @@ __all__ = [
     "Cache",
     "attention_kernel",
     "check_attention",
+    "check_dense",
     "constrain_residual",
+    "dense_kind",
     "init_cache",
     "rotary",
     "stack_layers",

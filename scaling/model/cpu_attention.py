@@ -23,80 +23,30 @@ attention.
 from __future__ import annotations
 
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-from scaling import paths
 from scaling import sharding as sh
 from scaling.config import CPU_KERNEL_HEAD_DIMS as HEAD_DIMS
 from scaling.model import kernel_cache
 
-SOURCE = Path(__file__).parent / "kernels" / "causal_attention_cpu.cc"
-# -ffast-math's parts but -funsafe-math-optimizations' switch itself: with that (or -ffast-math)
-# on the link line, GCC and Clang link crtfastmath.o, whose constructor sets flush-to-zero and
-# denormals-are-zero for the whole process once the library loads, and numpy and scipy code
-# running later in the process (a sweep's fit) would silently lose subnormal numbers.
-FAST_MATH = (
-    "-fno-math-errno",
-    "-fno-signed-zeros",
-    "-fno-trapping-math",
-    "-fassociative-math",
-    "-freciprocal-math",
-    "-ffinite-math-only",
-    "-fcx-limited-range",
-)
-FLAGS = ("-O3", "-march=native", *FAST_MATH, "-fPIC", "-shared", "-std=c++17")
+SOURCE = kernel_cache.KERNELS / "causal_attention_cpu.cc"
+FLAGS = kernel_cache.FLAGS
 _TARGETS = {"fwd": "scaling_causal_attention_fwd", "bwd": "scaling_causal_attention_bwd"}
 _SYMBOLS = {"fwd": "ScalingCausalAttentionFwd", "bwd": "ScalingCausalAttentionBwd"}
-
-
-def compiler() -> str | None:
-    """The C++ compiler to build the kernel with: ``$CXX``, else g++, c++ or clang++ on the PATH."""
-    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
+compiler = kernel_cache.compiler
 
 
 def library_path(compiler: str) -> Path:
     """Where the built library for this source, compiler, flags, jaxlib and CPU lives."""
-    h = hashlib.sha256()
-    for part in (
-        SOURCE.read_bytes(),
-        compiler.encode(),
-        " ".join(FLAGS).encode(),
-        jax.ffi.include_dir().encode(),
-        jax.lib.__version__.encode(),
-        _cpu_flags().encode(),
-    ):
-        h.update(part)
-    return paths.cache_dir() / "kernels" / f"causal_attention_cpu-{h.hexdigest()[:16]}.so"
+    return kernel_cache.library_path("causal_attention_cpu", compiler, SOURCE, FLAGS)
 
 
 def _build(compiler: str, out: Path) -> None:
     """Compile the kernel into ``out`` (a temporary file the cache then verifies and publishes)."""
-    cmd = [compiler, *FLAGS, "-I", jax.ffi.include_dir(), str(SOURCE), "-o", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode:
-        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        raise kernel_cache.KernelCacheError(f"building {SOURCE.name} failed: {last}")
+    kernel_cache.compile_library(compiler, SOURCE, FLAGS, out)
 
 
 @functools.cache

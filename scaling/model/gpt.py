@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from scaling.config import CUDNN_HEAD_DIMS, ModelConfig
 from scaling.errors import UsageError
 from scaling.model import attention as attn_lib
-from scaling.model import cpu_attention
+from scaling.model import cpu_attention, cpu_dense
 from scaling.model.attention import NEG_INF
 from scaling.sharding import LAYERS_AXIS, logical_axis_size
 
@@ -137,6 +137,11 @@ def check_attention(cfg: ModelConfig) -> None:
         raise UsageError(f"model.attention=cpu_kernel is unavailable: {reason}")
 
 
+def _blas(module: nn.Module, cfg: ModelConfig) -> bool:
+    """Whether ``module`` computes its dense products with OpenBLAS (the init traces XLA's)."""
+    return not module.is_initializing() and cpu_dense.dense_kind(cfg) == "blas"
+
+
 class Attention(nn.Module):
     cfg: ModelConfig
 
@@ -156,10 +161,16 @@ class Attention(nn.Module):
         )
         # q, k and v: three (b, t, h, d) dots of the one stacked kernel (one stacked dot sliced
         # afterwards would make the backward pass stitch dq, dk, dv back together).
-        q, k, v = (
-            jnp.einsum("btd,dhk->bthk", x_btd.astype(dt), w_d3hk[:, i]) + (0 if b_3hk is None else b_3hk[i])
-            for i in range(3)
-        )
+        blas = _blas(self, cfg)
+        b, t = x_btd.shape[:2]
+        hk = cfg.n_head * cfg.head_dim
+
+        def project(w_dhk):
+            if blas:
+                return cpu_dense.dense(x_btd.astype(dt), w_dhk.reshape(cfg.d_model, hk)).reshape(b, t, *w_dhk.shape[1:])
+            return jnp.einsum("btd,dhk->bthk", x_btd.astype(dt), w_dhk)
+
+        q, k, v = (project(w_d3hk[:, i]) + (0 if b_3hk is None else b_3hk[i]) for i in range(3))
         if cfg.position == "rotary":
             positions = positions_bt[:, :, None]
             q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
@@ -186,7 +197,10 @@ class Attention(nn.Module):
             _init(cfg.init_std / math.sqrt(2 * cfg.n_layer), ("heads", "head_dim", "embed")),
             (cfg.n_head, cfg.head_dim, cfg.d_model),
         )
-        y_btd = jnp.einsum("bthk,hkd->btd", y.astype(dt), w_hkd.astype(dt))
+        if blas:
+            y_btd = cpu_dense.dense(y.astype(dt).reshape(b, t, hk), w_hkd.astype(dt).reshape(hk, cfg.d_model))
+        else:
+            y_btd = jnp.einsum("bthk,hkd->btd", y.astype(dt), w_hkd.astype(dt))
         if cfg.bias:
             y_btd = y_btd + self.param("out_bias", _zeros(("embed",)), (cfg.d_model,)).astype(dt)
         y_btd = nn.Dropout(cfg.dropout)(y_btd, deterministic=not train)
@@ -200,6 +214,7 @@ class MLP(nn.Module):
     def __call__(self, x_btd, *, train: bool):
         cfg = self.cfg
         dt = jnp.dtype(cfg.dtype)
+        dot_general = cpu_dense.dot_general if _blas(self, cfg) else None
 
         def dense(features, names, std, name):
             return nn.Dense(
@@ -208,6 +223,7 @@ class MLP(nn.Module):
                 dtype=dt,
                 kernel_init=_init(std, names),
                 bias_init=_zeros(names[-1:]),
+                dot_general=dot_general,
                 name=name,
             )
 
@@ -325,7 +341,10 @@ class GPT(nn.Module):
         layers_fn = None if self.is_initializing() else self.layers_fn
         x_btd, new_cache = _layers(cfg, train, x_btd, cache, positions_bt, cache_index, prefix_b, layers_fn)
         x_btd = _norm(cfg, "ln_f")(x_btd)
-        if cfg.tie_embeddings:
+        blas = _blas(self, cfg)
+        if cfg.tie_embeddings and blas:
+            logits_btv = cpu_dense.dense_t(x_btd.astype(jnp.float32), wte.embedding)
+        elif cfg.tie_embeddings:
             logits_btv = wte.attend(x_btd.astype(jnp.dtype(cfg.dtype)))
         else:
             logits_btv = nn.Dense(
@@ -333,6 +352,7 @@ class GPT(nn.Module):
                 use_bias=False,
                 dtype=jnp.dtype(cfg.dtype),
                 kernel_init=_init(cfg.init_std, ("embed", "vocab")),
+                dot_general=cpu_dense.dot_general if blas else None,
                 name="lm_head",
             )(x_btd)
         logits_btv = logits_btv.astype(jnp.float32)

@@ -20,17 +20,89 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
+import shutil
 import stat
+import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+import jax
+
+from scaling import paths
 from scaling.io import file_lock
+
+KERNELS = Path(__file__).parent / "kernels"
+"""The C++ sources of the CPU kernels (and the headers they share)."""
+# -ffast-math's parts but -funsafe-math-optimizations' switch itself: with that (or -ffast-math)
+# on the link line, GCC and Clang link crtfastmath.o, whose constructor sets flush-to-zero and
+# denormals-are-zero for the whole process once the library loads, and numpy and scipy code
+# running later in the process (a sweep's fit) would silently lose subnormal numbers.
+FAST_MATH = (
+    "-fno-math-errno",
+    "-fno-signed-zeros",
+    "-fno-trapping-math",
+    "-fassociative-math",
+    "-freciprocal-math",
+    "-ffinite-math-only",
+    "-fcx-limited-range",
+)
+FLAGS = ("-O3", "-march=native", *FAST_MATH, "-fPIC", "-shared", "-std=c++17")
 
 
 class KernelCacheError(Exception):
     """Why a cached library cannot be used, in one line."""
+
+
+def compiler() -> str | None:
+    """The C++ compiler to build the kernels with: ``$CXX``, else g++, c++ or clang++ on the PATH."""
+    for name in (os.environ.get("CXX"), "g++", "c++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def cpu_flags() -> str:
+    """The CPU's feature flags (a build with -march=native is for this CPU only)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def library_path(stem: str, compiler: str, source: Path, args: Sequence[str]) -> Path:
+    """Where the library built from ``source`` (with the shared headers of :data:`KERNELS`) by
+    ``compiler`` with ``args`` lives: named by a hash of those, the XLA FFI headers, jaxlib and
+    the CPU's feature flags."""
+    h = hashlib.sha256()
+    headers = sorted(KERNELS.glob("*.h"))
+    for part in (
+        source.read_bytes(),
+        *(p.read_bytes() for p in headers),
+        compiler.encode(),
+        " ".join(args).encode(),
+        jax.ffi.include_dir().encode(),
+        jax.lib.__version__.encode(),
+        cpu_flags().encode(),
+    ):
+        h.update(part)
+    return paths.cache_dir() / "kernels" / f"{stem}-{h.hexdigest()[:16]}.so"
+
+
+def compile_library(compiler: str, source: Path, args: Sequence[str], out: Path, after: Sequence[str] = ()) -> None:
+    """Compile ``source`` with ``args`` (and ``after`` it: libraries to link) into ``out`` (a
+    temporary file :func:`load` then verifies and publishes); :class:`KernelCacheError` with the
+    compiler's last line when it fails."""
+    cmd = [compiler, *args, "-I", str(KERNELS), "-I", jax.ffi.include_dir(), str(source), *after, "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode:
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        raise KernelCacheError(f"building {source.name} failed: {last}")
 
 
 def hash_path(library: Path) -> Path:

@@ -30,7 +30,7 @@ from scaling.data import Batches, curriculum, load_tokens
 from scaling.data.curriculum_scores import ModelScoring
 from scaling.errors import UsageError
 from scaling.evaluation import val_bits_per_byte
-from scaling.model import check_attention
+from scaling.model import check_attention, check_dense
 from scaling.run_dir import RunDirectory
 from scaling.train import branch as branch_lib
 from scaling.train import trackers as trackers_lib
@@ -116,6 +116,7 @@ class Run:
         shape = sh.mesh_shape(cfg.mesh, jax.device_count())
         sh.check_mesh_fits(shape, cfg.model, cfg.train.batch_size, cfg.train.microbatches, cfg.mesh)
         check_attention(cfg.model)
+        check_dense(cfg.model, math.prod(shape.values()))
         self.mesh_shape = shape
         self.mesh = sh.make_mesh(shape)
         sampler = (

@@ -41,7 +41,7 @@ from scaling.checkpoint import abstract_with_shardings
 from scaling.config import OBJECTIVE_FIELDS, Config
 from scaling.data.objectives import Objective
 from scaling.errors import UsageError
-from scaling.model import GPT, training_attention
+from scaling.model import GPT, dense_kind, training_attention
 from scaling.model import attention as attn_lib
 from scaling.train import step as step_lib
 from scaling.train import xla_options
@@ -293,8 +293,10 @@ class ShapePrograms:
         attention skips the blocks above the diagonal and runs in loops whose bodies XLA's
         cost analysis counts once, so its own count would not be comparable (a second step
         is traced for it); the C++ kernel's custom calls count as nothing, so the count gets
-        one layer's dot_product attention per layer added. A step of several microbatches is
-        counted as one batch (XLA counts a loop's body once), and scanned layers as the loop.
+        one layer's dot_product attention per layer added. OpenBLAS's dense products
+        (``model.dense``) count as nothing too: the count is of the step with XLA's dots. A step
+        of several microbatches is counted as one batch (XLA counts a loop's body once), and
+        scanned layers as the loop.
         """
         return self._program("xla_flops", self._build_xla_flops)
 
@@ -302,6 +304,8 @@ class ShapePrograms:
         kind, cfg = training_attention(self.cfg.model), self.cfg
         if kind in ("blocked", "cudnn"):  # cuDNN's custom call would count as nothing
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, attention="dot_product"))
+        if dense_kind(cfg.model, self.mesh.size) == "blas":  # OpenBLAS's custom calls would count as nothing
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, dense="xla"))
         if cfg.model.scan_layers:  # the scan over layers would be counted once: count the loop
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, scan_layers=False))
         if self.microbatches > 1:  # the scan over microbatches would be counted once: count one batch

@@ -24,9 +24,11 @@
 #include <thread>
 #include <vector>
 
+#include "parallel_for.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using scaling_kernels::parallel_for;
 
 namespace {
 
@@ -45,9 +47,41 @@ constexpr int kLanes = 4, kRegs = 16, kMinRows = 4;
 typedef float vf __attribute__((vector_size(kLanes * sizeof(float))));  // one register of floats
 constexpr int kKeyTile = 2 * kLanes;  // keys per score tile: two registers per query row
 
+typedef int32_t vi __attribute__((vector_size(kLanes * sizeof(int32_t))));  // its lanes as integers
+
 inline vf load(const float* p) { vf r; std::memcpy(&r, p, sizeof(r)); return r; }
 inline void store(float* p, vf x) { std::memcpy(p, &x, sizeof(x)); }
 inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
+inline vf splat(float x) { return vf{} + x; }
+
+// exp of each lane: 2^n exp(r) with n = round(x / ln 2) and |r| <= ln 2 / 2, exp(r) by Cephes'
+// expf polynomial (about 1 ulp); lanes below -87.3 (exp under FLT_MIN) give 0. The softmax's
+// exponentials are a scalar libm call per score otherwise: without -ffast-math's own switch
+// (see FAST_MATH in kernel_cache.py) the compiler has no vector exp to call.
+inline vf vexp(vf x) {
+  const vf lo = splat(-87.3f), hi = splat(88.3f);
+  const vf xc = x < lo ? lo : (x > hi ? hi : x);
+  const vf t = xc * 1.44269504f + 0.5f;
+  vi n = __builtin_convertvector(t, vi);  // truncates towards zero
+  vf nf = __builtin_convertvector(n, vf);
+  n += (vi)(nf > t);  // floor: one less where truncation rounded up (comparisons give -1)
+  nf = __builtin_convertvector(n, vf);
+  vf r = xc - nf * 0.693359375f;
+  r = r - nf * -2.12194440e-4f;
+  vf y = splat(1.9875691500e-4f);
+  y = y * r + 1.3981999507e-3f;
+  y = y * r + 8.3334519073e-3f;
+  y = y * r + 4.1665795894e-2f;
+  y = y * r + 1.6666665459e-1f;
+  y = y * r + 5.0000001201e-1f;
+  y = y * (r * r) + r + 1.0f;
+  const vf pow2n = (vf)((n + 127) << 23);
+  return x < lo ? vf{} : y * pow2n;
+}
+
+inline float hsum(vf x) { float s = 0.f; for (int l = 0; l < kLanes; ++l) s += x[l]; return s; }
+inline float hmax(vf x) { float m = x[0]; for (int l = 1; l < kLanes; ++l) m = std::max(m, x[l]); return m; }
+constexpr float kMasked = -1e30f;  // a score no query sees: its exponential is 0
 
 struct Dims { int64_t B, T, H; const int32_t* prefix; };  // batch, sequence length, heads; prefix per sequence
 
@@ -165,11 +199,15 @@ struct Kernel {
         float* row = S + r * Tp;
         if (i >= T) { std::fill(row, row + n, 0.f); inv[r] = 0.f; continue; }
         const int last = std::max(i, pre - 1);  // the last key this query sees
-        float m = row[0];
-        for (int j = 1; j <= last; ++j) m = std::max(m, row[j]);
-        float sum = 0.f;
-        for (int j = 0; j <= last; ++j) { float p = std::exp(row[j] - m); row[j] = p; sum += p; }
-        std::fill(row + last + 1, row + n, 0.f);
+        const int seen = round_up(last + 1, kLanes);  // <= n, a multiple of kKeyTile
+        std::fill(row + last + 1, row + seen, kMasked);
+        vf mv = splat(kMasked);
+        for (int j = 0; j < seen; j += kLanes) { vf x = load(row + j); mv = x > mv ? x : mv; }
+        const float m = hmax(mv);
+        vf sv = vf{};
+        for (int j = 0; j < seen; j += kLanes) { vf p = vexp(load(row + j) - m); store(row + j, p); sv += p; }
+        const float sum = hsum(sv);
+        std::fill(row + seen, row + n, 0.f);
         lse_t[i] = m + std::log(sum);
         inv[r] = 1.f / sum;
       }
@@ -215,13 +253,15 @@ struct Kernel {
         if (i >= T) { std::fill(p, p + n, 0.f); std::fill(ds, ds + n, 0.f); continue; }
         const float l = lse_t[i], dl = delta[i];
         const int last = std::max(i, pre - 1);
-        for (int j = 0; j <= last; ++j) {
-          float pj = std::exp(p[j] - l);
-          p[j] = pj;
-          ds[j] = pj * (ds[j] - dl);
+        const int seen = round_up(last + 1, kLanes);
+        std::fill(p + last + 1, p + seen, kMasked);
+        for (int j = 0; j < seen; j += kLanes) {
+          const vf pj = vexp(load(p + j) - l);
+          store(p + j, pj);
+          store(ds + j, pj * (load(ds + j) - dl));
         }
-        std::fill(p + last + 1, p + n, 0.f);
-        std::fill(ds + last + 1, ds + n, 0.f);
+        std::fill(p + seen, p + n, 0.f);
+        std::fill(ds + seen, ds + n, 0.f);
       }
       cols_times(P, Tp, dO + i0 * D, n, dV);
       cols_times(dS, Tp, Q + i0 * D, n, dK);
@@ -235,26 +275,6 @@ struct Kernel {
     scatter(dV, s, b, h, dv);
   }
 };
-
-// Runs fn(item) for item in [0, n) on the caller and up to threads - 1 tasks of the pool.
-// Tasks claim items from a shared counter; the caller returns once every item is done (a
-// task that starts late finds none and touches nothing but the shared counters).
-template <typename F>
-void parallel_for(ffi::ThreadPool& pool, int64_t n, const F& fn) {
-  struct State { std::atomic<int64_t> next{0}, done{0}; };
-  auto st = std::make_shared<State>();
-  const F* f = &fn;
-  auto work = [st, n, f]() {
-    for (int64_t i; (i = st->next.fetch_add(1)) < n;) {
-      (*f)(i);
-      st->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(pool.num_threads(), n) - 1;
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([work]() { work(); });
-  work();
-  while (st->done.load(std::memory_order_acquire) < n) std::this_thread::yield();
-}
 
 template <template <int> class Fn, typename... A>
 ffi::Error dispatch(int64_t d, A&&... args) {

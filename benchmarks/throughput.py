@@ -35,7 +35,7 @@ import numpy as np
 from benchmarks.record import write_result
 from scaling import flops as flops_lib
 from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig
-from scaling.model import training_attention
+from scaling.model import dense_kind, training_attention
 from scaling.sharding import make_mesh, mesh_shape
 from scaling.train import Trainer, xla_options
 
@@ -152,6 +152,7 @@ def main(argv=None) -> dict:
     p.add_argument(
         "--attention", default="auto", help="model.attention: auto | cpu_kernel | blocked | dot_product | cudnn"
     )
+    p.add_argument("--dense", default="auto", help="model.dense: auto | blas | xla")
     p.add_argument("--head-dim", type=int, default=32, help="n_head = d_model / head-dim")
     p.add_argument("--vocab", type=int, default=257, help="model.vocab_size (GPT-2's: 50257)")
     p.add_argument("--scan-layers", action="store_true", help="model.scan_layers")
@@ -172,6 +173,7 @@ def main(argv=None) -> dict:
             vocab_size=args.vocab,
             dtype=dtype,
             attention=args.attention,
+            dense=args.dense,
             scan_layers=args.scan_layers,
             remat=args.remat,
         )
@@ -181,6 +183,7 @@ def main(argv=None) -> dict:
                 "shape": f"{d}x{n_layer}",
                 "n_head": model.n_head,
                 "attention": training_attention(model),
+                "dense": dense_kind(model, jax.device_count()),
                 "scan_layers": model.scan_layers,
                 "remat": model.remat,
                 **r,

@@ -19,7 +19,7 @@ from pathlib import Path
 from scaling.machine import usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
-LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "torch")
+LIBRARIES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy-openblas32", "torch")
 _CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "fma", "neon", "sve")
 
 

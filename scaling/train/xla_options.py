@@ -1,5 +1,6 @@
-"""The XLA compile options of the train and evaluation programs: which library runs the dot
-products on a CPU.
+"""The XLA compile options of the train and evaluation programs: which library runs XLA's dot
+products on a CPU (the model's dense products themselves go to OpenBLAS where ``model.dense``
+resolves to blas, :mod:`scaling.model.cpu_dense`; these options then govern the dots left to XLA).
 
 XLA's CPU backend can hand a dot to YNNPACK (this jaxlib's default), to Eigen, or to oneDNN's
 matmul. ``SCALING_CPU_DOTS`` chooses: ``xla`` (the default: XLA's own choice), ``eigen``

@@ -55,6 +55,17 @@ def test_products_are_deterministic_and_split_over_threads_like_one_call():
 
 
 @needs_blas
+@pytest.mark.parametrize("axes", [1, 2])
+def test_dense_contracts_trailing_axes_with_leading_ones_as_tensordot(axes):
+    x = jax.random.normal(jax.random.key(0), (2, 5, 3, 4))
+    w = jax.random.normal(jax.random.key(1), (3, 4, 6)[2 - axes :])
+    got = jax.jit(lambda x, w: cpu_dense.dense(x, w, axes))(x, w)
+    want = jnp.tensordot(x, w, axes, precision="highest")
+    assert got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+@needs_blas
 def test_refuses_what_it_does_not_compute():
     with pytest.raises(ValueError, match="float32 matrices"):
         cpu_dense.matmul(jnp.ones((2, 3), jnp.bfloat16), jnp.ones((3, 2), jnp.bfloat16))

@@ -19,6 +19,7 @@ missing, no compiler, a failed build).
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from pathlib import Path
 
@@ -163,11 +164,13 @@ def matmul(a: jax.Array, b: jax.Array, *, trans_a: bool = False, trans_b: bool =
     return _product(a, b, bool(trans_a), bool(trans_b))
 
 
-def dense(x: jax.Array, w_kn: jax.Array) -> jax.Array:
-    """``x @ w_kn`` over the last axis of ``x`` (any leading axes) by OpenBLAS."""
-    lead = x.shape[:-1]
-    y = matmul(x.reshape(-1, x.shape[-1]), w_kn)
-    return y.reshape(*lead, w_kn.shape[1])
+def dense(x: jax.Array, w: jax.Array, axes: int = 1) -> jax.Array:
+    """The last ``axes`` axes of ``x`` (any leading axes) contracted with the first ``axes`` of
+    ``w`` (``jnp.tensordot(x, w, axes)``) by OpenBLAS."""
+    lead, out = x.shape[: x.ndim - axes], w.shape[axes:]
+    k = math.prod(w.shape[:axes])
+    y = matmul(x.reshape(-1, k), w.reshape(k, -1))
+    return y.reshape(*lead, *out)
 
 
 def dense_t(x: jax.Array, w_nk: jax.Array) -> jax.Array:

@@ -162,15 +162,14 @@ class Attention(nn.Module):
         # q, k and v: three (b, t, h, d) dots of the one stacked kernel (one stacked dot sliced
         # afterwards would make the backward pass stitch dq, dk, dv back together).
         blas = _blas(self, cfg)
-        b, t = x_btd.shape[:2]
-        hk = cfg.n_head * cfg.head_dim
 
-        def project(w_dhk):
-            if blas:
-                return cpu_dense.dense(x_btd.astype(dt), w_dhk.reshape(cfg.d_model, hk)).reshape(b, t, *w_dhk.shape[1:])
-            return jnp.einsum("btd,dhk->bthk", x_btd.astype(dt), w_dhk)
+        def product(spec: str, x, w, axes: int):  # einsum contracting x's last axes with w's first
+            return cpu_dense.dense(x, w, axes) if blas else jnp.einsum(spec, x, w)
 
-        q, k, v = (project(w_d3hk[:, i]) + (0 if b_3hk is None else b_3hk[i]) for i in range(3))
+        q, k, v = (
+            product("btd,dhk->bthk", x_btd.astype(dt), w_d3hk[:, i], 1) + (0 if b_3hk is None else b_3hk[i])
+            for i in range(3)
+        )
         if cfg.position == "rotary":
             positions = positions_bt[:, :, None]
             q, k = rotary(q, positions, cfg.rope_theta), rotary(k, positions, cfg.rope_theta)
@@ -197,10 +196,7 @@ class Attention(nn.Module):
             _init(cfg.init_std / math.sqrt(2 * cfg.n_layer), ("heads", "head_dim", "embed")),
             (cfg.n_head, cfg.head_dim, cfg.d_model),
         )
-        if blas:
-            y_btd = cpu_dense.dense(y.astype(dt).reshape(b, t, hk), w_hkd.astype(dt).reshape(hk, cfg.d_model))
-        else:
-            y_btd = jnp.einsum("bthk,hkd->btd", y.astype(dt), w_hkd.astype(dt))
+        y_btd = product("bthk,hkd->btd", y.astype(dt), w_hkd.astype(dt), 2)
         if cfg.bias:
             y_btd = y_btd + self.param("out_bias", _zeros(("embed",)), (cfg.d_model,)).astype(dt)
         y_btd = nn.Dropout(cfg.dropout)(y_btd, deterministic=not train)

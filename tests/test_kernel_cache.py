@@ -271,3 +271,37 @@ def test_an_explicit_cpu_kernel_with_an_unsafe_cache_is_refused_by_the_cli(cache
     assert len(lines) == 1 and "writable by group or others" in lines[0], proc.stderr[-3000:]
     assert not (out / "config.yaml").exists()
     assert stat.S_IMODE(kernels.stat().st_mode) == 0o777 and not list(kernels.iterdir())
+
+
+BUILD_BOTH = textwrap.dedent("""
+    import sys
+    from scaling.config import ModelConfig
+    from scaling.model import build_cpu_kernels, cpu_attention, cpu_dense
+    build_cpu_kernels(ModelConfig(n_layer=2, d_model=64, n_head=4, dtype=sys.argv[1]), 1)
+    assert cpu_attention.unavailable() is None and cpu_dense.unavailable() is None
+    print("ok")
+""")
+
+
+@pytest.mark.parametrize("dtype, builds", [("float32", 2), ("bfloat16", 0)])
+def test_a_runs_two_libraries_build_at_once_and_only_those_it_uses(cache, tmp_path, dtype, builds):
+    """On an empty cache a float32 model's attention kernel and dense product compile in two
+    compiler runs that overlap in time; a bfloat16 model, which uses neither, builds nothing
+    up front (the asserts after it then build each once, one after the other)."""
+    pytest.importorskip("scipy_openblas32")  # (the dense product's BLAS)
+    log, cxx = tmp_path / "log", tmp_path / "timing-cxx"
+    cxx.write_text(
+        f'#!/bin/sh\necho "start $(date +%s.%N)" >> "{log}"\n"{cpu_attention.compiler()}" "$@"\n'
+        f'rc=$?\necho "end $(date +%s.%N)" >> "{log}"\nexit $rc\n'
+    )
+    cxx.chmod(0o755)
+    code = BUILD_BOTH.replace("sys.argv[1]", repr(dtype))
+    out, err = _run(code, CXX=str(cxx)).communicate(timeout=300)
+    assert out.strip() == "ok", err[-3000:]
+    events = [line.split() for line in log.read_text().splitlines()]
+    starts = [float(t) for kind, t in events if kind == "start"]
+    ends = [float(t) for kind, t in events if kind == "end"]
+    assert len(starts) == len(ends) == 2
+    overlapped = max(starts) < min(ends)
+    assert overlapped == (builds == 2), events
+    assert len(list((cache / "kernels").glob("*.so"))) == 2

@@ -18,6 +18,7 @@ per call.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import math
 import sys
@@ -122,6 +123,24 @@ def prefix_attention_kernel(kind: str):
     """The prefix-masked self-attention ``(q, k, v, prefix_b)`` behind a resolved
     ``model.attention``: the C++ kernel, or XLA's masked attention for the other settings."""
     return cpu_attention.prefix_attention if kind == "cpu_kernel" else attn_lib.prefix_attention
+
+
+def build_cpu_kernels(cfg: ModelConfig, n_devices: int) -> None:
+    """Build (or load from the kernel cache) the C++ libraries a model of ``cfg`` on a mesh of
+    ``n_devices`` may use on a CPU, both at once: on a fresh cache each is a compiler run of
+    seconds that the run's first compile would otherwise wait for one after the other."""
+    if jax.default_backend() != "cpu":
+        return
+    wanted = []
+    if cfg.attention in ("auto", "cpu_kernel") and cpu_attention.supports(cfg.head_dim, cfg.dtype):
+        wanted.append(cpu_attention.unavailable)
+    if cfg.dense in ("auto", "blas") and cfg.dtype == "float32" and n_devices <= 1:
+        wanted.append(cpu_dense.unavailable)
+    if len(wanted) < 2:
+        return  # (one library, or none: built where it is first needed)
+    with concurrent.futures.ThreadPoolExecutor(len(wanted), thread_name_prefix="kernel-build") as pool:
+        for f in [pool.submit(w) for w in wanted]:
+            f.result()
 
 
 def check_attention(cfg: ModelConfig) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from scaling import config_parse
+from scaling.config import Config
 from scaling.errors import UsageError
 from scaling.io import atomic_write_text, file_lock, load_yaml
 from scaling.run_dir import SUMMARY, first_difference, read_config, read_summary
@@ -64,24 +65,16 @@ def read_log(out: Path) -> list[dict]:
 # ----------------------------------------------------------------------------- results table
 
 
-def _run_identity(run_dir: Path) -> str | None:
-    """The config identity of the run trained in ``run_dir`` (by its config.yaml), or None."""
+def _config(run_dir: Path) -> Config | None:
+    """The config of the run trained in ``run_dir`` (its config.yaml), or None."""
     try:
-        return read_config(run_dir).identity_hash()
+        return read_config(run_dir)
     except UsageError:
         return None
 
 
-def _optim(run_dir: Path):
-    """The optimizer config of the run trained in ``run_dir``, or None."""
-    try:
-        return read_config(run_dir).optim
-    except UsageError:
-        return None
-
-
-def _summaries(out: Path, plan: Plan | None) -> tuple[list[tuple[Path, dict]], list[str]]:
-    """(run directory, summary) of every finished run of ``plan`` (all of DIR/runs without a
+def _summaries(out: Path, plan: Plan | None) -> tuple[list[tuple[Path, dict, Config | None]], list[str]]:
+    """(run directory, summary, config) of every finished run of ``plan`` (all of DIR/runs without a
     plan), and the run ids of the others, which are left out: a run of another plan (a
     run id it does not have, or trained with another config: model, data, optimizer or
     budget) that shared the directory. With ``resume.allow_config_change`` a planned run
@@ -97,12 +90,14 @@ def _summaries(out: Path, plan: Plan | None) -> tuple[list[tuple[Path, dict]], l
             continue  # unreadable: the run is not finished (execute trains it again)
         if summary is None:
             continue
+        cfg = _config(run_dir)
         if planned is not None and (
-            run_dir.name not in planned or not (any_config or _run_identity(run_dir) == planned[run_dir.name])
+            run_dir.name not in planned
+            or not (any_config or (cfg is not None and cfg.identity_hash() == planned[run_dir.name]))
         ):
             ignored.append(run_dir.name)
             continue
-        kept.append((run_dir, summary))
+        kept.append((run_dir, summary, cfg))
     return kept, ignored
 
 
@@ -115,7 +110,7 @@ def collect_rows(out: Path, plan: Plan | None = None) -> list[dict]:
     """One row per finished run of ``plan`` (every run directory with a summary.json when no
     plan is given), joined with its plan.json, in plan order."""
     rows = []
-    for run_dir, summary in _summaries(out, plan)[0]:
+    for run_dir, summary, cfg in _summaries(out, plan)[0]:
         entry = read_json(run_dir / "plan.json") or {}  # the run's plan entry
         row = {k: summary.get(k) for k in RESULT_COLUMNS if k in summary}
         row["run_id"] = run_dir.name
@@ -123,8 +118,7 @@ def collect_rows(out: Path, plan: Plan | None = None) -> list[dict]:
         row["seed"] = entry.get("seed", summary.get("seed"))
         row["target_n"] = entry.get("target_n")
         row["parent"], row["stable_steps"] = summary.get("parent"), summary.get("stable_steps")
-        optim = _optim(run_dir)
-        row["lr"], row["warmup_steps"] = (None, None) if optim is None else (optim.lr, optim.warmup_steps)
+        row["lr"], row["warmup_steps"] = (None, None) if cfg is None else (cfg.optim.lr, cfg.optim.warmup_steps)
         if entry.get("arm") is not None:
             row["arm"] = entry["arm"]
         for k, v in (entry.get("tags") or {}).items():

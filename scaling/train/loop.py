@@ -30,7 +30,7 @@ from scaling.data import Batches, curriculum, load_tokens
 from scaling.data.curriculum_scores import ModelScoring
 from scaling.errors import UsageError
 from scaling.evaluation import val_bits_per_byte
-from scaling.model import check_attention, check_dense
+from scaling.model import build_cpu_kernels, check_attention, check_dense
 from scaling.run_dir import RunDirectory
 from scaling.train import branch as branch_lib
 from scaling.train import trackers as trackers_lib
@@ -115,6 +115,7 @@ class Run:
             branch_lib.check_schedule(cfg, self.steps, self.branch)
         shape = sh.mesh_shape(cfg.mesh, jax.device_count())
         sh.check_mesh_fits(shape, cfg.model, cfg.train.batch_size, cfg.train.microbatches, cfg.mesh)
+        build_cpu_kernels(cfg.model, math.prod(shape.values()))
         check_attention(cfg.model)
         check_dense(cfg.model, math.prod(shape.values()))
         self.mesh_shape = shape

@@ -274,10 +274,10 @@ def test_an_explicit_cpu_kernel_with_an_unsafe_cache_is_refused_by_the_cli(cache
 
 
 BUILD_BOTH = textwrap.dedent("""
-    import sys
+    import os
     from scaling.config import ModelConfig
     from scaling.model import build_cpu_kernels, cpu_attention, cpu_dense
-    build_cpu_kernels(ModelConfig(n_layer=2, d_model=64, n_head=4, dtype=sys.argv[1]), 1)
+    build_cpu_kernels(ModelConfig(n_layer=2, d_model=64, n_head=4, dtype=os.environ["MODEL_DTYPE"]), 1)
     assert cpu_attention.unavailable() is None and cpu_dense.unavailable() is None
     print("ok")
 """)
@@ -295,8 +295,7 @@ def test_a_runs_two_libraries_build_at_once_and_only_those_it_uses(cache, tmp_pa
         f'rc=$?\necho "end $(date +%s.%N)" >> "{log}"\nexit $rc\n'
     )
     cxx.chmod(0o755)
-    code = BUILD_BOTH.replace("sys.argv[1]", repr(dtype))
-    out, err = _run(code, CXX=str(cxx)).communicate(timeout=300)
+    out, err = _run(BUILD_BOTH, CXX=str(cxx), MODEL_DTYPE=dtype).communicate(timeout=300)
     assert out.strip() == "ok", err[-3000:]
     events = [line.split() for line in log.read_text().splitlines()]
     starts = [float(t) for kind, t in events if kind == "start"]

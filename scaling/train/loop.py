@@ -115,9 +115,10 @@ class Run:
             branch_lib.check_schedule(cfg, self.steps, self.branch)
         shape = sh.mesh_shape(cfg.mesh, jax.device_count())
         sh.check_mesh_fits(shape, cfg.model, cfg.train.batch_size, cfg.train.microbatches, cfg.mesh)
-        build_cpu_kernels(cfg.model, math.prod(shape.values()))
+        n_devices = math.prod(shape.values())
+        build_cpu_kernels(cfg.model, n_devices)
         check_attention(cfg.model)
-        check_dense(cfg.model, math.prod(shape.values()))
+        check_dense(cfg.model, n_devices)
         self.mesh_shape = shape
         self.mesh = sh.make_mesh(shape)
         sampler = (

@@ -84,6 +84,13 @@ def unavailable() -> str | None:
     return None
 
 
+def may_use(cfg: ModelConfig, n_devices: int) -> bool:
+    """Whether a model of ``cfg`` on a mesh of ``n_devices`` can take the product (where it
+    builds): ``model.dense`` auto or blas, on a CPU backend, float32, at most one device."""
+    on_cpu = jax.default_backend() == "cpu"
+    return cfg.dense in ("auto", "blas") and on_cpu and cfg.dtype == "float32" and n_devices <= 1
+
+
 def dense_kind(cfg: ModelConfig, n_devices: int | None = None) -> str:
     """``model.dense`` resolved for a mesh of ``n_devices`` (None: the mesh the model is traced
     under): auto takes blas (OpenBLAS through the FFI) on a CPU backend for float32 on at most one
@@ -94,7 +101,7 @@ def dense_kind(cfg: ModelConfig, n_devices: int | None = None) -> str:
     if n_devices is None:
         mesh = jax.sharding.get_abstract_mesh()
         n_devices = 1 if mesh.empty else mesh.size
-    if jax.default_backend() != "cpu" or cfg.dtype != "float32" or n_devices > 1:
+    if not may_use(cfg, n_devices):
         return "xla"
     reason = unavailable()
     if reason is None:

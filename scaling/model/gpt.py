@@ -134,7 +134,7 @@ def build_cpu_kernels(cfg: ModelConfig, n_devices: int) -> None:
     wanted = []
     if cfg.attention in ("auto", "cpu_kernel") and cpu_attention.supports(cfg.head_dim, cfg.dtype):
         wanted.append(cpu_attention.unavailable)
-    if cfg.dense in ("auto", "blas") and cfg.dtype == "float32" and n_devices <= 1:
+    if cpu_dense.may_use(cfg, n_devices):
         wanted.append(cpu_dense.unavailable)
     if len(wanted) < 2:
         return  # (one library, or none: built where it is first needed)

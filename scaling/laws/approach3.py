@@ -67,16 +67,15 @@ def objective_and_grad_batch(theta_b5, lN, lD, lL, w, delta, *, chunk=512):
     With x1 = exp(a - alpha log N - e), x2 = exp(b - beta log D - e) and s = 1 + x1 + x2,
     LSE = e + log s and the residual r = LSE - log L; Huber(r) = c (r - c/2) with
     c = clip(r, -delta, delta) and its derivative is c, so d f / d(a, b, e) are
-    sums of w c x1 / s, w c x2 / s, w c / s.  Rows are processed in cache-sized chunks;
-    a chunk whose exponent would overflow falls back to the max-shifted form.
+    sums of w c x1 / s, w c x2 / s, w c / s.  Rows are processed in cache-sized chunks; a
+    row whose exponent would overflow falls back to the max-shifted form. Each row's values
+    are the same whatever other rows the batch holds.
     """
     theta_b5 = np.asarray(theta_b5, dtype=np.float64)
     nb = theta_b5.shape[0]
-    n = lN.shape[0]
     f = np.empty(nb)
     g = np.empty((nb, N_PARAMS))
-    m1 = np.stack([np.ones(n), -lN], axis=1)
-    m2 = np.stack([np.ones(n), -lD], axis=1)
+    m_lN, m_lD = -lN, -lD
     per_row = w.shape[0] > 1
     weighted = per_row or not np.all(w == 1.0)
     for s0 in range(0, nb, chunk):
@@ -88,8 +87,17 @@ def objective_and_grad_batch(theta_b5, lN, lD, lL, w, delta, *, chunk=512):
         x2 = np.multiply(th[:, 4:5], -lD)
         x2 += th[:, 1:2] - e
         wc = w[sl] if per_row else w
-        if not (x1.max(initial=-np.inf) < 700.0 and x2.max(initial=-np.inf) < 700.0):
-            f[sl], g[sl] = _objective_and_grad_shifted(th, lN, lD, lL, wc, delta)
+        safe = (x1.max(axis=1) < 700.0) & (x2.max(axis=1) < 700.0)  # False for NaN too
+        if not safe.all():  # the rows whose exponent would overflow, shifted; the others as below
+            rows = np.arange(sl.start, sl.stop)
+            if not safe.any():
+                f[sl], g[sl] = _objective_and_grad_shifted(th, lN, lD, lL, wc, delta)
+                continue
+            over = rows[~safe]
+            f[over], g[over] = _objective_and_grad_shifted(th[~safe], lN, lD, lL, wc[~safe] if per_row else wc, delta)
+            f[rows[safe]], g[rows[safe]] = objective_and_grad_batch(
+                th[safe], lN, lD, lL, wc[safe] if per_row else wc, delta, chunk=chunk
+            )
             continue
         np.exp(x1, out=x1)
         np.exp(x2, out=x2)
@@ -106,12 +114,11 @@ def objective_and_grad_batch(theta_b5, lN, lD, lL, w, delta, *, chunk=512):
         g[sl, 2] = c.sum(axis=1)
         x1 *= c
         x2 *= c
-        t1 = x1 @ m1
-        t2 = x2 @ m2
-        g[sl, 0] = t1[:, 0]
-        g[sl, 3] = t1[:, 1]
-        g[sl, 1] = t2[:, 0]
-        g[sl, 4] = t2[:, 1]
+        # row sums by einsum, not BLAS (whose kernel, so its rounding, depends on the batch's size)
+        g[sl, 0] = x1.sum(axis=1)
+        g[sl, 3] = np.einsum("bn,n->b", x1, m_lN)
+        g[sl, 1] = x2.sum(axis=1)
+        g[sl, 4] = np.einsum("bn,n->b", x2, m_lD)
     return f, g
 
 
@@ -131,7 +138,13 @@ def _objective_and_grad_shifted(theta_b5, lN, lD, lL, w, delta):
     f = np.sum(cw * (r - 0.5 * c), axis=1)
     dh = cw / s
     g = np.stack(
-        [(dh * x1).sum(1), (dh * x2).sum(1), (dh * x3).sum(1), -(dh * x1) @ lN, -(dh * x2) @ lD],
+        [
+            (dh * x1).sum(1),
+            (dh * x2).sum(1),
+            (dh * x3).sum(1),
+            np.einsum("bn,n->b", dh * x1, -lN),
+            np.einsum("bn,n->b", dh * x2, -lD),
+        ],
         axis=1,
     )
     return f, g

@@ -6,9 +6,10 @@ optimum (``starts="best"``, the default: fast; see :func:`bootstrap_starts`) or 
 whole grid (``starts="grid"``).  Resamples are fitted together in chunks, each one batch of
 (resample, start) problems with per-problem run weights (counts); with more than one usable
 CPU the chunks run in as many worker processes (the batched L-BFGS holds the GIL, so threads
-would not help), each chunk computing exactly what it computes in this process. A worker is a
-fresh interpreter running :func:`_serve` of this module, which reads its
-chunks from stdin and writes their refits to stdout: unlike multiprocessing's spawn, it never
+would not help). A problem's refit is the same bits whatever batch it is in (the objective
+computes each row on its own), so the samples do not depend on the chunks or workers. A
+worker is a fresh interpreter running :func:`_serve` of this module, which reads its chunks
+from stdin and writes their refits to stdout: unlike multiprocessing's spawn, it never
 re-imports the caller's ``__main__`` (a script without a main guard would run again).
 """
 
@@ -34,6 +35,10 @@ from scaling.machine import usable_cpus
 __all__ = ["SAMPLE_NAMES", "Bootstrap", "percentile_interval", "bootstrap_starts", "bootstrap_approach3"]
 
 SAMPLE_NAMES = PARAM_NAMES + DERIVED_NAMES
+
+MAX_CHUNK_WEIGHTS = 1 << 22
+"""Most (resample, start, run) weights one batch of refits holds: larger batches share the
+L-BFGS iterations of their slowest starts (fewer, larger numpy calls) but hold more memory."""
 
 
 def percentile_interval(samples, level: float = 0.95):
@@ -109,12 +114,12 @@ def bootstrap_starts(fit: LawFit, n_starts: int = 32) -> np.ndarray:
 
 def _refit_chunk(lN, lD, lL, counts_rn, x_starts, delta) -> np.ndarray:
     """The best refit of each resample of a chunk (rows of ``counts_rn``: run weights) from
-    every start of ``x_starts``; NaN rows where no start ended finite."""
+    every start of ``x_starts``; NaN rows where no start ended finite. Problem i is resample
+    i // k from start i % k; each problem's refit is the same whatever else the chunk holds."""
     nr, k = counts_rn.shape[0], x_starts.shape[0]
-    w_all = np.repeat(counts_rn, k, axis=0)  # (nr * k, n)
 
     def fun_grad(x, rows):
-        return objective_and_grad_batch(x, lN, lD, lL, w_all[rows], delta)
+        return objective_and_grad_batch(x, lN, lD, lL, counts_rn[rows // k], delta)
 
     res = lbfgs.lbfgs_batch(fun_grad, np.tile(x_starts, (nr, 1)))
     fr = np.where(np.isfinite(res.f), res.f, np.inf).reshape(nr, k)
@@ -172,7 +177,7 @@ def bootstrap_approach3(
     delta: float | None = None,
     starts: str = "best",
     n_starts: int = 32,
-    chunk: int = 100,
+    chunk: int | None = None,
     progress: bool = False,
     workers: int | None = None,
 ) -> Bootstrap:
@@ -184,8 +189,10 @@ def bootstrap_approach3(
     4,500.  A refit does not start from the full-data optimum itself: with delta = 1e-3
     the objective is nearly piecewise linear and L-BFGS stops at the nearest kink, so the
     intervals would come out far too narrow.  ``workers``: processes to refit chunks of
-    resamples in (default: the usable CPUs; 1 fits them in this process); the samples are the
-    same either way.
+    resamples in (default: the usable CPUs; 1 fits them in this process); ``chunk``: resamples
+    per batch (default: as many as spread them over the workers, within
+    ``MAX_CHUNK_WEIGHTS``). The samples are the same whatever the workers and chunks: a
+    problem's L-BFGS run does not depend on the others in its batch.
     """
     N, D, L = as_runs(N, D, L)
     if n_resamples < 1:
@@ -205,9 +212,11 @@ def bootstrap_approach3(
     counts = np.zeros((n_resamples, n))
     np.add.at(counts, (np.repeat(np.arange(n_resamples), n), idx.ravel()), 1.0)
 
-    per = max(1, (chunk * 32) // k)  # resamples per batch: about chunk * 32 problems
-    chunks = [counts[r0 : r0 + per] for r0 in range(0, n_resamples, per)]
-    workers = min(usable_cpus() if workers is None else max(1, int(workers)), len(chunks))
+    workers = min(usable_cpus() if workers is None else max(1, int(workers)), n_resamples)
+    if chunk is None:  # one chunk per worker, within MAX_CHUNK_WEIGHTS
+        chunk = min(-(-n_resamples // workers), max(1, MAX_CHUNK_WEIGHTS // (k * n)))
+    chunks = [counts[r0 : r0 + chunk] for r0 in range(0, n_resamples, max(1, int(chunk)))]
+    workers = min(workers, len(chunks))
     jobs = [(lN, lD, lL, cw, x_starts, delta) for cw in chunks]
     with tqdm(total=n_resamples, desc="bootstrap", unit="fit", disable=not progress, file=sys.stderr) as bar:
         if workers > 1:

@@ -2,7 +2,7 @@
 scaling/cpu_attention.py) loads nothing it did not build: a planted or truncated library at
 the predicted path is rebuilt, never loaded; an unsafe cache directory is refused with one
 line and XLA's attention is used; a build that never loads falls back with one line; two
-first builds at once both end with one verified library."""
+first builds at once both end with one verified library; threads asking at once load it once."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ import stat
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import jax
@@ -304,3 +306,30 @@ def test_a_runs_two_libraries_build_at_once_and_only_those_it_uses(cache, tmp_pa
     overlapped = max(starts) < min(ends)
     assert overlapped == (builds == 2), events
     assert len(list((cache / "kernels").glob("*.so"))) == 2
+
+
+def test_threads_asking_at_once_load_and_register_a_library_once(monkeypatch):
+    """A compile-ahead thread and the run's own thread both asking whether the kernel is
+    available: the first loads and registers it, the others wait for its answer."""
+    calls = collections.Counter()
+    real_load = kernel_cache.load
+
+    def slow_load(*args, **kwargs):
+        calls["load"] += 1
+        time.sleep(0.2)  # long enough for every thread to arrive while the first is loading
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(kernel_cache, "load", slow_load)
+    monkeypatch.setattr(jax.ffi, "register_ffi_target", lambda *a, **k: calls.update(["register"]))
+    cpu_attention.unavailable.cache_clear()
+    try:
+        answers = []
+        threads = [threading.Thread(target=lambda: answers.append(cpu_attention.unavailable())) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert answers == [None] * 6
+        assert calls == {"load": 1, "register": 2}  # the forward and backward targets, once each
+    finally:
+        cpu_attention.unavailable.cache_clear()

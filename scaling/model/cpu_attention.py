@@ -49,7 +49,7 @@ def _build(compiler: str, out: Path) -> None:
     kernel_cache.compile_library(compiler, SOURCE, FLAGS, out)
 
 
-@functools.cache
+@kernel_cache.once
 def unavailable() -> str | None:
     """None once the kernel is built, verified, loaded and registered with XLA; else why it
     cannot be (one line)."""

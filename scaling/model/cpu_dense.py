@@ -67,7 +67,7 @@ def _build(compiler: str, out: Path) -> None:
     kernel_cache.compile_library(compiler, SOURCE, _args(), out, after=_link())
 
 
-@functools.cache
+@kernel_cache.once
 def unavailable() -> str | None:
     """None once the product is built, verified, loaded and registered with XLA; else why it
     cannot be (one line)."""

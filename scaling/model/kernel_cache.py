@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import os
 import platform
@@ -26,6 +27,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
@@ -54,6 +56,29 @@ FLAGS = ("-O3", "-march=native", *FAST_MATH, "-fPIC", "-shared", "-std=c++17")
 
 class KernelCacheError(Exception):
     """Why a cached library cannot be used, in one line."""
+
+
+def once(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn()`` computed by the first caller and kept (``cache_clear`` forgets it); a caller that
+    comes while it runs (a compile-ahead thread beside the run's own) waits for that result, so
+    a library is loaded and its FFI targets registered once. A call that raises keeps nothing."""
+    lock = threading.Lock()
+    kept: list = []
+
+    @functools.wraps(fn)
+    def wrapper():
+        if not kept:
+            with lock:
+                if not kept:
+                    kept.append(fn())
+        return kept[0]
+
+    def cache_clear() -> None:
+        with lock:
+            kept.clear()
+
+    wrapper.cache_clear = cache_clear
+    return wrapper
 
 
 def compiler() -> str | None:

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from benchmarks.record import result_path, write_result
+from scaling import host_memory
 from scaling.config import ModelConfig
 from scaling.model import GPT, attention_kernel, cpu_attention
 
@@ -100,6 +101,7 @@ def main(argv=None) -> dict:
     p.add_argument("--head-dim", type=int, default=32)
     p.add_argument("--out", default=None, help="default: benchmarks/results/attention_check_<backend>.json")
     args = p.parse_args(argv)
+    host_memory.apply()  # the allocator policy the training CLIs set
     out = {"backend": jax.default_backend(), "dtype": args.dtype, **check(args.dtype)}
     if args.time:
         out["timing_shape"] = {"batch": args.batch, "seq": args.seq, "heads": args.heads, "head_dim": args.head_dim}

@@ -1,7 +1,7 @@
 """The real training CLI against nanoGPT's PyTorch step, in alternating subprocesses.
 
     python -m benchmarks.cli_vs_torch [--preset 256x6|nanogpt-cpu] [--steps 30] [--rounds 3] [--cpus N]
-                                      [--dots auto,xla,eigen]
+                                      [--dots auto,xla,eigen] [--torch-malloc system,retain]
 
 Each round runs ``python -m experiments.train`` (a fresh run directory, byte vocabulary,
 tinyshakespeare, no evaluation until the end, one checkpoint at the end) and then a PyTorch
@@ -16,6 +16,12 @@ products in each round: ``auto`` (no flag: what a user gets; OpenBLAS through th
 where it builds, :mod:`scaling.model.cpu_dense`), ``blas`` (``--model.dense blas``), or XLA's
 dots (``--model.dense xla``) by the library ``SCALING_CPU_DOTS`` names
 (:mod:`scaling.train.xla_options`: xla, eigen or onednn).
+
+The CLI runs under the host allocator policy it sets itself (:mod:`scaling.host_memory`; set
+``SCALING_HOST_MALLOC`` to change it). nanoGPT's step runs once a round per ``--torch-malloc``
+choice: ``system`` (glibc's defaults, what a nanoGPT user gets) and ``retain`` (the CLI's
+policy, so that the ratio shows what is left once both processes reuse freed memory). Each
+CLI choice's ratio is given against each nanoGPT run, keyed ``<dots>/<malloc>``.
 
 Presets: ``256x6`` (6 layers x 256 wide, 8 heads, context 256, batch 16) and ``nanogpt-cpu``
 (nanoGPT's shakespeare_char CPU run: 4 layers x 128, 4 heads, context 64, batch 12).
@@ -34,6 +40,7 @@ import time
 from pathlib import Path
 
 from benchmarks.record import REPO, result_path, write_result
+from scaling import host_memory
 from scaling.train import xla_options
 
 PRESETS = {
@@ -88,7 +95,8 @@ def run_cli(p: dict, steps: int, out: Path, variant: tuple[dict, tuple[str, ...]
     return {"tokens_per_s": summary["tokens_per_s"], "wall_tokens_per_s": tokens / wall}
 
 
-def run_torch(p: dict, steps: int, env: dict) -> dict:
+def run_torch(p: dict, steps: int, env: dict, malloc: str) -> dict:
+    env = {**env, host_memory.ENV: malloc}
     cmd = [sys.executable, "-m", "benchmarks.cli_vs_torch", "--torch-worker", json.dumps({**p, "steps": steps})]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -98,6 +106,7 @@ def run_torch(p: dict, steps: int, env: dict) -> dict:
 
 def torch_worker(spec: dict) -> None:
     """Train nanoGPT's step ``spec['steps']`` times after two warm-up steps; print tokens/s."""
+    malloc = host_memory.apply()
     from benchmarks.torch_nanogpt import torch_step_runner
     from scaling.config import ModelConfig
 
@@ -111,7 +120,7 @@ def torch_worker(spec: dict) -> None:
     import torch
 
     tokens_per_s = spec["steps"] * spec["batch"] * spec["seq_len"] / dt
-    print(json.dumps({"tokens_per_s": tokens_per_s, "threads": torch.get_num_threads()}))
+    print(json.dumps({"tokens_per_s": tokens_per_s, "threads": torch.get_num_threads(), "malloc": malloc}))
 
 
 def main(argv=None) -> dict | None:
@@ -128,6 +137,12 @@ def main(argv=None) -> dict | None:
         help="the CLI's dense products, comma separated, each run once a round: auto (no flag), blas, or an "
         "XLA dot library (xla, eigen, onednn; with --model.dense xla)",
     )
+    ap.add_argument(
+        "--torch-malloc",
+        default="system,retain",
+        help="nanoGPT's host allocator, comma separated, each run once a round: system (glibc's defaults) "
+        "or retain (the CLI's policy, scaling.host_memory)",
+    )
     ap.add_argument("--out", help="results JSON (default benchmarks/results/cli_vs_torch_<preset>_cpu.json)")
     ap.add_argument("--torch-worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -140,14 +155,18 @@ def main(argv=None) -> dict | None:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     dots = args.dots.split(",")
     envs = {d: dots_variant(d, env) for d in dots}
+    mallocs = args.torch_malloc.split(",")
+    if not mallocs or any(m not in host_memory.POLICIES for m in mallocs):
+        raise SystemExit(f"--torch-malloc: expected a list of {', '.join(host_memory.POLICIES)}")
+    pairs = [f"{d}/{m}" for d in dots for m in mallocs]
     rounds = []
     with tempfile.TemporaryDirectory(prefix="cli_vs_torch") as tmp:
         for e in envs.values():  # fills the compilation cache
             run_cli(p, min(args.steps, 4), Path(tmp) / "run", e)
         for i in range(args.rounds):
             clis = {d: run_cli(p, args.steps, Path(tmp) / "run", e) for d, e in envs.items()}
-            tch = run_torch(p, args.steps, env)
-            ratios = {d: c["tokens_per_s"] / tch["tokens_per_s"] for d, c in clis.items()}
+            tch = {m: run_torch(p, args.steps, env, m) for m in mallocs}
+            ratios = {f"{d}/{m}": clis[d]["tokens_per_s"] / tch[m]["tokens_per_s"] for d in dots for m in mallocs}
             rounds.append({"cli": clis, "torch": tch, "ratio": ratios})
             print(
                 f"round {i + 1}: "
@@ -155,8 +174,10 @@ def main(argv=None) -> dict | None:
                     f"CLI ({d}) {c['tokens_per_s']:.0f} tok/s (wall {c['wall_tokens_per_s']:.0f})"
                     for d, c in clis.items()
                 )
-                + f", nanoGPT {tch['tokens_per_s']:.0f} tok/s, ratio "
-                + ", ".join(f"{r:.2f}" for r in ratios.values()),
+                + ", "
+                + ", ".join(f"nanoGPT ({m}) {t['tokens_per_s']:.0f} tok/s" for m, t in tch.items())
+                + ", ratio "
+                + ", ".join(f"{k} {r:.2f}" for k, r in ratios.items()),
                 flush=True,
             )
     result = {
@@ -166,13 +187,15 @@ def main(argv=None) -> dict | None:
         "cpus": sorted(os.sched_getaffinity(0)),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "cpu_dots": dots,
+        "torch_malloc": mallocs,
         "rounds": rounds,
         "cli_tokens_per_s": {d: statistics.median(r["cli"][d]["tokens_per_s"] for r in rounds) for d in dots},
-        "torch_tokens_per_s": statistics.median(r["torch"]["tokens_per_s"] for r in rounds),
-        "cli_over_torch": {d: statistics.median(r["ratio"][d] for r in rounds) for d in dots},
+        "torch_tokens_per_s": {m: statistics.median(r["torch"][m]["tokens_per_s"] for r in rounds) for m in mallocs},
+        "cli_over_torch": {k: statistics.median(r["ratio"][k] for r in rounds) for k in pairs},
     }
-    for d, r in result["cli_over_torch"].items():
-        print(f"{args.preset}: the CLI ({d}) over nanoGPT's PyTorch step, median of {args.rounds}: {r:.2f}x")
+    for k, r in result["cli_over_torch"].items():
+        d, m = k.split("/")
+        print(f"{args.preset}: the CLI ({d}) over nanoGPT's PyTorch step ({m}), median of {args.rounds}: {r:.2f}x")
     return write_result(args.out or result_path(f"cli_vs_torch_{args.preset}", "cpu"), result)
 
 

@@ -26,6 +26,7 @@ from benchmarks.cli_vs_torch import PRESETS
 from benchmarks.record import result_path, write_result
 from benchmarks.throughput import bench_config
 from benchmarks.torch_nanogpt import torch_step_runner
+from scaling import host_memory
 from scaling.config import ModelConfig
 from scaling.sharding import make_mesh, mesh_shape
 from scaling.train import ShapePrograms
@@ -72,6 +73,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=2, help="train steps per timed window")
     ap.add_argument("--out", help="results JSON (default benchmarks/results/cpu_levers_<preset>_cpu.json)")
     args = ap.parse_args(argv)
+    host_memory.apply()  # the allocator policy the training CLIs set
     import torch
 
     p = PRESETS[args.preset]

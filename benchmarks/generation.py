@@ -30,6 +30,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from benchmarks.record import result_path, write_result  # noqa: E402
+from scaling import host_memory  # noqa: E402
 from scaling.config import ModelConfig  # noqa: E402
 from scaling.inference import generate  # noqa: E402
 from scaling.model import GPT  # noqa: E402
@@ -58,6 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--target", type=float, default=5.0, help="required cached/uncached ratio at every batch size")
     p.add_argument("--out", default=None, help="default: benchmarks/results/generation_<backend>.json")
     args = p.parse_args(argv)
+    host_memory.apply()  # the allocator policy the training CLIs set
 
     cfg = ModelConfig(
         n_layer=args.layers, n_head=args.heads, d_model=args.d_model, seq_len=args.context, vocab_size=257, init_std=0.1

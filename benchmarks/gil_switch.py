@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.record import result_path, write_result
+from scaling import host_memory
 from scaling.config import Config, ModelConfig, TrainConfig
 from scaling.sharding import make_mesh
 from scaling.train import Trainer
@@ -32,6 +33,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--out", default=None, help="default: benchmarks/results/gil_switch_<backend>.json")
     args = p.parse_args(argv)
+    host_memory.apply()  # the allocator policy the training CLIs set
     d, n_layer = map(int, args.shape.split("x"))
     mesh = make_mesh({"data": 1, "fsdp": 1, "model": 1})
 

@@ -28,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.record import result_path, write_result  # noqa: E402
 from benchmarks.throughput import bench_config  # noqa: E402
+from scaling import host_memory  # noqa: E402
 from scaling.config import Config, ModelConfig  # noqa: E402
 from scaling.sharding import make_mesh, mesh_shape  # noqa: E402
 from scaling.train import Trainer  # noqa: E402
@@ -66,6 +67,7 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--quick", action="store_true", help="--shapes 128x4 --compiles 1 --rounds 3")
     p.add_argument("--out", default=None, help="default: benchmarks/results/llvm_level_<backend>.json")
     args = p.parse_args(argv)
+    host_memory.apply()  # the allocator policy the training CLIs set
     if args.quick:
         args.shapes, args.compiles, args.rounds = "128x4", 1, 3
     levels = [int(x) for x in args.levels.split(",")]

@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.record import result_path, write_result  # noqa: E402
+from scaling import host_memory  # noqa: E402
 
 N_LAYER, D_MODEL, N_HEAD, SEQ, BATCH, ROUNDS = 8, 64, 4, 32, 128, 2
 
@@ -121,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch", type=int, default=BATCH, help="sequences per step (each microbatch: batch / m)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
+    host_memory.apply()  # the allocator policy the training CLIs set
     if args.quick:
         args.microbatches, args.windows, args.steps = "1,4", 2, 2
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={args.stages}"

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from scaling import host_memory
 from scaling.machine import usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,6 +91,7 @@ def machine_record() -> dict:
         # runnable processes over the last 1, 5 and 15 minutes: how busy the machine was
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "devices": accelerators(),
+        "host_malloc": host_memory.in_force(),
         "python": platform.python_version(),
         "libraries": libraries(),
     }

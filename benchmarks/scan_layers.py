@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.record import result_path, write_result  # noqa: E402
+from scaling import host_memory  # noqa: E402
 
 SHAPES = ((2, 32), (2, 48), (3, 64), (4, 80), (6, 256))  # (n_layer, d_model); head size 16
 
@@ -89,6 +90,7 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="one compile of each layout, two windows of 5 steps")
     p.add_argument("--out", default=None, help="default: benchmarks/results/scan_layers_<backend>.json")
     args = p.parse_args(argv)
+    host_memory.apply()  # the allocator policy the training CLIs set
     if args.quick:
         args.repeats, args.windows, args.steps = 1, 2, 5
 

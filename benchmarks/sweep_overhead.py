@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 REPO = Path(__file__).resolve().parents[1]
 
 from benchmarks.record import result_path, write_result  # noqa: E402
+from scaling import host_memory  # noqa: E402
 
 
 def _time(fn, n: int) -> float:
@@ -165,6 +166,7 @@ def main(argv=None) -> dict:
     p.add_argument("--quick", action="store_true", help="the smoke sweep (--config experiments/configs/smoke.yaml)")
     p.add_argument("--out", default=None, help="default: benchmarks/results/sweep_overhead_<backend>.json")
     args = p.parse_args(argv)
+    host_memory.apply()  # the allocator policy the training CLIs set
     if args.quick:
         args.config = str(REPO / "experiments" / "configs" / "smoke.yaml")
     tmp = Path(tempfile.mkdtemp(prefix="sweep-overhead-"))

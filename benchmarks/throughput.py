@@ -34,6 +34,7 @@ import numpy as np
 
 from benchmarks.record import write_result
 from scaling import flops as flops_lib
+from scaling import host_memory
 from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig
 from scaling.model import dense_kind, training_attention
 from scaling.sharding import make_mesh, mesh_shape
@@ -159,6 +160,7 @@ def main(argv=None) -> dict:
     p.add_argument("--remat", action="store_true", help="model.remat: recompute each block in the backward pass")
     p.add_argument("--out", default="benchmarks/results/throughput.json")
     args = p.parse_args(argv)
+    host_memory.apply()  # the allocator policy the training CLIs set
     gpu = jax.default_backend() == "gpu"
     dtype = "bfloat16" if gpu else "float32"
     peak_run, peak_work = matmul_runner(jnp.bfloat16 if gpu else jnp.float32, 8192 if gpu else 2048)

@@ -22,6 +22,7 @@ import numpy as np
 from benchmarks.record import usable_cpus, write_result
 from benchmarks.throughput import _median_rate, matmul_runner, step_runner
 from scaling import flops as flops_lib
+from scaling import host_memory
 from scaling.config import ModelConfig
 
 
@@ -101,6 +102,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=3, help="train steps per timed window")
     p.add_argument("--out", default="benchmarks/results/torch_nanogpt.json")
     args = p.parse_args(argv)
+    host_memory.apply()  # the allocator policy the training CLIs set
     import torch
 
     d, n_layer = map(int, args.shape.split("x"))

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 from benchmarks.record import usable_cpus, write_result
 from benchmarks.throughput import step_runner
 from benchmarks.torch_nanogpt import torch_step_runner
+from scaling import host_memory
 from scaling.config import ModelConfig
 from scaling.model import MLP, Attention, attention_kernel, training_attention
 
@@ -123,6 +124,7 @@ def main(argv=None) -> dict:
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--out", default="benchmarks/results/torch_parts.json")
     args = p.parse_args(argv)
+    host_memory.apply()  # the allocator policy the training CLIs set
     import torch
 
     torch.set_num_threads(usable_cpus())  # as torch_step_runner (and as JAX uses)

@@ -32,6 +32,7 @@ import numpy as np
 
 from benchmarks.record import write_result
 from scaling import flops as flops_lib
+from scaling import host_memory
 from scaling.config import Config, ModelConfig, OptimConfig, TrainConfig
 from scaling.sharding import make_mesh, mesh_shape
 from scaling.train import Trainer
@@ -133,6 +134,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=20, help="steps of each run per timed window")
     p.add_argument("--out", default="benchmarks/results/vmapped_runs_cpu.json")
     args = p.parse_args(argv)
+    host_memory.apply()  # the allocator policy the training CLIs set
     rows = []
     for shape in args.shapes.split(","):
         d, n_layer = map(int, shape.split("x"))

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from experiments.model_source import add_model_source, load_model
+from scaling import host_memory
 from scaling.errors import ArgumentParser, UsageError, exit_on_usage_error, read_input_text
 
 
@@ -44,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
+    host_memory.apply()  # before any computation: steps reuse freed host memory
     path = Path(args.text)
     text = read_input_text(path, "text file", errors="replace")
     if not text:

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from scaling import finetune_config as fc
+from scaling import host_memory
 from scaling.config_parse import overrides_from_args
 from scaling.errors import ArgumentParser, UsageError, check_out_dir, check_out_file, exit_on_usage_error
 from scaling.finetune import examples as ex
@@ -145,6 +146,7 @@ def from_sweep(cfg, data, args) -> dict:
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> dict:
     args = parser().parse_args(argv)
+    host_memory.apply()  # before any computation: steps reuse freed host memory
     if args.make_task:
         result = make_task(args)
         print(json.dumps(result))

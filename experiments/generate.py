@@ -28,6 +28,7 @@ import time
 import yaml
 
 from experiments.model_source import add_model_source, load_model
+from scaling import host_memory
 from scaling.config import SEED_MAX
 from scaling.errors import ArgumentParser, UsageError, exit_on_usage_error
 
@@ -105,6 +106,7 @@ def _strategy(args):
 @exit_on_usage_error
 def main(argv: list[str] | None = None) -> list[dict]:
     args = parser().parse_args(argv)
+    host_memory.apply()  # before any computation: steps reuse freed host memory
     if args.max_new_tokens < 1:
         raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if not 0 <= args.seed <= SEED_MAX:

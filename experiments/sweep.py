@@ -63,7 +63,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from scaling import config_parse
+from scaling import config_parse, host_memory
 from scaling.errors import ArgumentParser, UsageError, check_out_dir, exit_on_usage_error
 from scaling.machine import usable_cpus
 from scaling.sweep.parse import MODEL_LISTS, NUMBER_LISTS, SEED_LISTS, SPEC_FLAGS, parse_flag
@@ -185,6 +185,7 @@ def spec_flags(args: argparse.Namespace) -> tuple[dict, str]:
 @exit_on_usage_error
 def main(argv: list[str] | None = None):
     args = parser().parse_args(argv)
+    host_memory.apply()  # before any computation: steps reuse freed host memory
     argv = sys.argv[1:] if argv is None else list(argv)
     if args.calibrate and not args.dry_run:
         raise UsageError("--calibrate goes with --dry-run (it times a few steps and prints the estimate)")

@@ -26,7 +26,7 @@ import argparse
 import json
 import sys
 
-from scaling import config_parse
+from scaling import config_parse, host_memory
 from scaling.errors import ArgumentParser, UsageError, check_out_dir, exit_on_usage_error
 
 EXIT_DIVERGED = 3
@@ -70,6 +70,7 @@ def _keep_steps(text: str | None) -> tuple[int, ...]:
 def main(argv: list[str] | None = None) -> dict:
     """Train; returns the summary (the status is in it: ``exit_status`` maps it to the exit code)."""
     args = parser().parse_args(argv)
+    host_memory.apply()  # before any computation: steps reuse freed host memory
     check_out_dir(args.out, "--out")
     cfg = config_parse.resolve(args.config, config_parse.overrides_from_args(args))
     keep_steps = _keep_steps(args.keep_steps)

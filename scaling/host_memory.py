@@ -1,23 +1,28 @@
 """The host allocator policy of a process that trains or evaluates: memory it frees stays with it.
 
-On a CPU, XLA allocates each execution's temporary buffer (every activation a step keeps for
-its backward pass: hundreds of MB at 6 layers x 256 wide) with ``malloc`` and frees it when the
-step ends. glibc's defaults hand such a block back to the kernel on ``free`` (``mmap`` above
-its threshold, heap trimming below it), and a block that a pool thread allocates lives in that
-thread's arena, whose heaps cannot hold more than 64 MB, so glibc maps it afresh even when
-``mmap`` is turned off. Every step then faults in and zeroes its buffer page by page, and the
-kernel's share of a step's time grows with the model.
+On a CPU, XLA allocates each execution's temporary buffer (the activations a step keeps for
+its backward pass) with ``malloc`` and frees it when the step ends. Under glibc's defaults a
+block of more than 32 MB is always mapped with ``mmap`` and unmapped on ``free``, and a smaller
+one is often handed back by heap trimming, so every step faults in and zeroes its buffer page
+by page again (at nanoGPT's CPU configuration that made a step 1.4x slower).
 
-The ``retain`` policy (the default) sets glibc's ``mallopt`` so that every thread allocates
-from the main heap (one arena), nothing is served by ``mmap`` and the heap is never trimmed:
-a step reuses the pages its predecessor freed. The process keeps its high-water mark of host
-memory, as PyTorch's and XLA's caching allocators do on accelerators. ``SCALING_HOST_MALLOC``
-chooses: ``retain`` or ``system`` (glibc's defaults). The policy changes where memory comes
-from, never what is computed. Other C libraries (macOS, musl) keep their own allocator.
+``SCALING_HOST_MALLOC`` chooses:
 
-:func:`apply` is idempotent; call it before the first computation. Threads that allocated
-before it keep their arenas. :func:`glibc_tunables` gives the same settings as a
-``GLIBC_TUNABLES`` value, for a process that is not this package's (a baseline's).
+- ``retain`` (the default): nothing is served by ``mmap`` and the heaps are never trimmed, so
+  a step reuses the pages its predecessor freed. Each thread keeps its own arena; an arena
+  other than the main one holds at most 64 MB, so glibc still maps a larger block that a pool
+  thread asks for afresh.
+- ``one-arena``: ``retain`` with every thread allocating from the main heap, which grows
+  without that limit: steps whose buffers pass 64 MB reuse them too, at the price of one lock
+  for every thread's allocations (compiling, which allocates from many threads, is slower).
+- ``system``: glibc's defaults.
+
+The process keeps its high-water mark of host memory, as the caching allocators of PyTorch and
+XLA do on accelerators. A policy changes where memory comes from, never what is computed.
+Other C libraries (macOS, musl) keep their own allocator. :func:`apply` is idempotent; call it
+before the first computation (threads that allocated before it keep their arenas).
+:func:`glibc_tunables` gives a policy's settings as a ``GLIBC_TUNABLES`` value, for a process
+that is not this package's (a baseline's).
 """
 
 from __future__ import annotations
@@ -29,17 +34,23 @@ import platform
 from scaling.errors import UsageError
 
 ENV = "SCALING_HOST_MALLOC"
-POLICIES = ("retain", "system")
 DEFAULT = "retain"
 
-# (mallopt parameter, value, GLIBC_TUNABLES name): malloc.h's M_ARENA_MAX, M_MMAP_MAX,
-# M_TRIM_THRESHOLD and M_TOP_PAD.
-RETAIN_SETTINGS: tuple[tuple[int, int, str], ...] = (
-    (-8, 1, "glibc.malloc.arena_max"),
-    (-4, 0, "glibc.malloc.mmap_max"),
-    (-1, 2**31 - 1, "glibc.malloc.trim_threshold"),
-    (-2, 64 << 20, "glibc.malloc.top_pad"),
+# (mallopt parameter, its value, GLIBC_TUNABLES name, its value) per policy: malloc.h's
+# M_MMAP_MAX, M_TRIM_THRESHOLD (-1: never trim; a finite threshold is crossed once the heap's
+# free top grows past it, as it does when a model's step buffers run to GBs), M_TOP_PAD and
+# M_ARENA_MAX.
+_RETAIN = (
+    (-4, 0, "glibc.malloc.mmap_max", 0),
+    (-1, -1, "glibc.malloc.trim_threshold", 2**63 - 1),
+    (-2, 64 << 20, "glibc.malloc.top_pad", 64 << 20),
 )
+SETTINGS: dict[str, tuple[tuple[int, int, str, int], ...]] = {
+    "retain": _RETAIN,
+    "one-arena": (*_RETAIN, (-8, 1, "glibc.malloc.arena_max", 1)),
+    "system": (),
+}
+POLICIES = tuple(SETTINGS)
 
 _applied: str | None = None
 
@@ -58,25 +69,25 @@ def is_glibc() -> bool:
     return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 
-def glibc_tunables() -> str:
-    """The ``retain`` settings as a ``GLIBC_TUNABLES`` value."""
-    return ":".join(f"{name}={value}" for _, value, name in RETAIN_SETTINGS)
+def glibc_tunables(name: str) -> str:
+    """Policy ``name``'s settings as a ``GLIBC_TUNABLES`` value (empty for ``system``)."""
+    return ":".join(f"{tunable}={value}" for _, _, tunable, value in SETTINGS[name])
 
 
 def apply() -> str:
-    """Set the policy ``SCALING_HOST_MALLOC`` names for this process; returns what is in force:
-    ``retain``, or ``system`` (asked for, or not glibc)."""
+    """Set the policy ``SCALING_HOST_MALLOC`` names for this process; returns what is in force
+    (``system`` where the C library is not glibc)."""
     global _applied
     name = policy()
     if _applied is not None:
         return _applied
-    if name == "retain" and is_glibc():
+    if not is_glibc():
+        name = "system"
+    if SETTINGS[name]:
         libc = ctypes.CDLL(None)
-        for param, value, tunable in RETAIN_SETTINGS:
+        for param, value, tunable, _ in SETTINGS[name]:
             if libc.mallopt(param, value) != 1:
                 raise RuntimeError(f"glibc refused mallopt for {tunable}={value}")
-    else:
-        name = "system"
     _applied = name
     return name
 

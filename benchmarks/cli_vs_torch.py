@@ -188,6 +188,7 @@ def main(argv=None) -> dict | None:
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "cpu_dots": dots,
         "torch_malloc": mallocs,
+        "cli_malloc": host_memory.policy(),  # the CLI processes set it themselves
         "rounds": rounds,
         "cli_tokens_per_s": {d: statistics.median(r["cli"][d]["tokens_per_s"] for r in rounds) for d in dots},
         "torch_tokens_per_s": {m: statistics.median(r["torch"][m]["tokens_per_s"] for r in rounds) for m in mallocs},

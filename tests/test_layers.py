@@ -46,6 +46,7 @@ LAYERS = {
     "scaling.errors": 0,
     "scaling.paths": 0,
     "scaling.machine": 0,
+    "scaling.host_memory": 0,
     "scaling.fields": 1,
     "scaling.config": 1,
     "scaling.config_parse": 1,

@@ -4,7 +4,7 @@ On a CPU, XLA allocates each execution's temporary buffer (the activations a ste
 its backward pass) with ``malloc`` and frees it when the step ends. Under glibc's defaults a
 block of more than 32 MB is always mapped with ``mmap`` and unmapped on ``free``, and a smaller
 one is often handed back by heap trimming, so every step faults in and zeroes its buffer page
-by page again (at nanoGPT's CPU configuration that made a step 1.4x slower).
+by page again, in the kernel's time.
 
 ``SCALING_HOST_MALLOC`` chooses:
 

@@ -140,6 +140,7 @@ def main(argv=None) -> dict | None:
     ap.add_argument(
         "--torch-malloc",
         default="system,retain",
+        type=host_memory.policy_list,
         help="nanoGPT's host allocator, comma separated, each run once a round: system (glibc's defaults) "
         "or retain (the CLI's policy, scaling.host_memory)",
     )
@@ -155,9 +156,7 @@ def main(argv=None) -> dict | None:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     dots = args.dots.split(",")
     envs = {d: dots_variant(d, env) for d in dots}
-    mallocs = args.torch_malloc.split(",")
-    if not mallocs or any(m not in host_memory.POLICIES for m in mallocs):
-        raise SystemExit(f"--torch-malloc: expected a list of {', '.join(host_memory.POLICIES)}")
+    mallocs = args.torch_malloc
     pairs = [f"{d}/{m}" for d in dots for m in mallocs]
     rounds = []
     with tempfile.TemporaryDirectory(prefix="cli_vs_torch") as tmp:

@@ -63,12 +63,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--preset", default="256x6", choices=sorted(PRESETS))
     ap.add_argument("--steps", type=int, default=30, help="train steps per process")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--policies", default="system,retain,one-arena", help="comma separated; the first is the base")
+    ap.add_argument(
+        "--policies",
+        default="system,retain,one-arena",
+        type=host_memory.policy_list,
+        help="comma separated; the first is the base",
+    )
     ap.add_argument("--out", help="results JSON (default benchmarks/results/host_malloc_<preset>_cpu.json)")
     args = ap.parse_args(argv)
-    policies = args.policies.split(",")
-    if any(x not in host_memory.POLICIES for x in policies):
-        raise SystemExit(f"--policies: expected a list of {', '.join(host_memory.POLICIES)}")
+    policies = args.policies
     p = PRESETS[args.preset]
     rounds = []
     with tempfile.TemporaryDirectory(prefix="host_malloc") as tmp:

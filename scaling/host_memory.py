@@ -27,6 +27,7 @@ that is not this package's (a baseline's).
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import os
 import platform
@@ -62,6 +63,16 @@ def policy() -> str:
     if name not in POLICIES:
         raise UsageError(f"{ENV}={name!r}: expected one of {', '.join(POLICIES)}")
     return name
+
+
+def policy_list(text: str) -> list[str]:
+    """The policies a comma-separated list names, for a command-line flag (``type=``): an empty
+    list or an unknown name is an ``argparse.ArgumentTypeError``, which argparse reports on one
+    line with exit code 2."""
+    names = [x.strip().lower() for x in text.split(",") if x.strip()]
+    if not names or any(x not in POLICIES for x in names):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a comma-separated list of {', '.join(POLICIES)}")
+    return names
 
 
 def is_glibc() -> bool:

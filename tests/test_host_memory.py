@@ -4,6 +4,7 @@ hand it back to the kernel and fault it in again page by page."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -51,6 +52,13 @@ def test_policy_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv(host_memory.ENV, "jemalloc")
     with pytest.raises(UsageError, match="SCALING_HOST_MALLOC='jemalloc'"):
         host_memory.policy()
+
+
+def test_a_policy_list_flag_takes_known_names_and_refuses_the_rest():
+    assert host_memory.policy_list("system, Retain,one-arena") == ["system", "retain", "one-arena"]
+    for bad in ("", ",", "retain,jemalloc"):
+        with pytest.raises(argparse.ArgumentTypeError, match="comma-separated list of retain"):
+            host_memory.policy_list(bad)
 
 
 def test_tunables_name_every_setting():

@@ -141,8 +141,8 @@ def main(argv=None) -> dict | None:
         "--torch-malloc",
         default="system,retain",
         type=host_memory.policy_list,
-        help="nanoGPT's host allocator, comma separated, each run once a round: system (glibc's defaults) "
-        "or retain (the CLI's policy, scaling.host_memory)",
+        help="nanoGPT's host allocator, comma separated, each run once a round: a policy of scaling.host_memory "
+        "(system: glibc's defaults; retain: the CLI's default; one-arena)",
     )
     ap.add_argument("--out", help="results JSON (default benchmarks/results/cli_vs_torch_<preset>_cpu.json)")
     ap.add_argument("--torch-worker", help=argparse.SUPPRESS)

@@ -84,15 +84,32 @@ def dots_variant(name: str, env: dict) -> tuple[dict, tuple[str, ...]]:
 
 
 def run_cli(p: dict, steps: int, out: Path, variant: tuple[dict, tuple[str, ...]]) -> dict:
+    """One CLI process with ``variant`` (its environment, extra flags): the tokens/s its loop
+    reports, its compile time, and the kernel's account of it (``wait4``: minor page faults,
+    system and user CPU time, peak resident memory)."""
     env, extra = variant
     t0 = time.perf_counter()
-    proc = subprocess.run(cli_args(p, steps, out, extra), cwd=REPO, env=env, capture_output=True, text=True)
+    proc = subprocess.Popen(
+        cli_args(p, steps, out, extra), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    stderr = proc.stderr.read()  # until the child exits; then reap it here, for its rusage
+    proc.stderr.close()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = code = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"experiments.train failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    if code != 0:
+        raise RuntimeError(f"experiments.train failed ({code}): {stderr[-2000:]}")
     summary = json.loads((out / "summary.json").read_text())
-    tokens = steps * p["batch"] * p["seq_len"]
-    return {"tokens_per_s": summary["tokens_per_s"], "wall_tokens_per_s": tokens / wall}
+    return {
+        "tokens_per_s": summary["tokens_per_s"],
+        "wall_tokens_per_s": steps * p["batch"] * p["seq_len"] / wall,
+        "compile_s": summary.get("compile_s"),
+        "minor_faults": usage.ru_minflt,
+        "sys_s": usage.ru_stime,
+        "user_s": usage.ru_utime,
+        "wall_s": wall,
+        "max_rss_mb": usage.ru_maxrss / 1024,
+    }
 
 
 def run_torch(p: dict, steps: int, env: dict, malloc: str) -> dict:

@@ -15,47 +15,25 @@ median over rounds of its tokens/s over the first policy's in the same round.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from benchmarks.cli_vs_torch import PRESETS, cli_args
+from benchmarks import cli_vs_torch
+from benchmarks.cli_vs_torch import PRESETS
 from benchmarks.record import REPO, result_path, write_result
 from scaling import host_memory
 
 
 def run_cli(p: dict, steps: int, out: Path, policy: str) -> dict:
-    """One CLI process under ``policy``: its loop's tokens/s and the kernel's account of it."""
+    """One CLI process under ``policy`` (``cli_vs_torch.run_cli``: tokens/s and the kernel's account)."""
     env = {
         **os.environ,
         host_memory.ENV: policy,
         "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
     }
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        cli_args(p, steps, out), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    stderr = proc.stderr.read()  # until the child exits; then reap it here, for its rusage
-    proc.stderr.close()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = code = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - t0
-    if code != 0:
-        raise RuntimeError(f"experiments.train failed ({code}): {stderr[-2000:]}")
-    summary = json.loads((out / "summary.json").read_text())
-    return {
-        "tokens_per_s": summary["tokens_per_s"],
-        "compile_s": summary.get("compile_s"),
-        "minor_faults": usage.ru_minflt,
-        "sys_s": usage.ru_stime,
-        "user_s": usage.ru_utime,
-        "wall_s": wall,
-        "max_rss_mb": usage.ru_maxrss / 1024,
-    }
+    return cli_vs_torch.run_cli(p, steps, out, (env, ()))
 
 
 def main(argv=None) -> dict:

@@ -52,8 +52,10 @@ def main(argv: list[str] | None = None) -> dict:
         raise UsageError(f"text file is empty: {path}")
     if args.batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {args.batch_size}")
-    from scaling import evaluation  # jax is imported only once the arguments are valid
+    from scaling import compile_cache, evaluation  # jax is imported only once the arguments are valid
     from scaling.tokenizer import token_byte_lengths
+
+    compile_cache.enable()
 
     model = load_model(args)
     if args.stride is not None and not 1 <= args.stride <= model.cfg.seq_len:

@@ -27,8 +27,8 @@ import json
 import sys
 from pathlib import Path
 
+from scaling import compile_cache, host_memory
 from scaling import finetune_config as fc
-from scaling import host_memory
 from scaling.config_parse import overrides_from_args
 from scaling.errors import ArgumentParser, UsageError, check_out_dir, check_out_file, exit_on_usage_error
 from scaling.finetune import examples as ex
@@ -168,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict:
         _require(args, "out")
         check_out_dir(args.out, "--out")
     print(cfg.to_yaml(), file=sys.stderr)
+    compile_cache.enable()
     if args.from_sweep:
         result = from_sweep(cfg, data, args)
     else:

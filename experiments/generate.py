@@ -112,7 +112,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if not 0 <= args.seed <= SEED_MAX:
         raise UsageError(f"--seed must be in [0, {SEED_MAX}], got {args.seed}")
     sampling = _strategy(args)
-    from scaling import inference as gen  # jax is imported only once the arguments are valid
+    from scaling import compile_cache  # jax is imported only once the arguments are valid
+    from scaling import inference as gen
+
+    compile_cache.enable()
 
     model = load_model(args)
     if args.top_k is not None and args.top_k > model.cfg.vocab_size:

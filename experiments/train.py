@@ -74,9 +74,12 @@ def main(argv: list[str] | None = None) -> dict:
     check_out_dir(args.out, "--out")
     cfg = config_parse.resolve(args.config, config_parse.overrides_from_args(args))
     keep_steps = _keep_steps(args.keep_steps)
-    from scaling.difficulty import MODEL_SCORING  # jax is imported only after the config is valid
+    from scaling import compile_cache  # jax is imported only after the config is valid
+    from scaling.difficulty import MODEL_SCORING
     from scaling.train import Run, setup_distributed
     from scaling.train.branch import parse_branch_from
+
+    compile_cache.enable()  # a rerun, a resume or another run of the same shape loads its programs
 
     branch_from = None if args.branch_from is None else parse_branch_from(args.branch_from)
     setup_distributed(cfg)

@@ -28,6 +28,10 @@ def data_path(*parts: str) -> Path:
     return p
 
 
+XLA_FLAGS = "--xla_force_host_platform_device_count={} --xla_backend_optimization_level=0"  # LLVM O0: quicker compiles
+"""XLA_FLAGS of a subprocess with forced host devices (``.format(devices)``)."""
+
+
 def run_cli(
     module: str, *args: str, env: dict | None = None, timeout: float = 600, devices: int | None = None
 ) -> subprocess.CompletedProcess:
@@ -35,7 +39,7 @@ def run_cli(
     exist on the CPU platform only: such a subprocess runs on the CPU even where a GPU is)."""
     full_env = dict(os.environ)
     if devices:
-        full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        full_env["XLA_FLAGS"] = XLA_FLAGS.format(devices)
         full_env["JAX_PLATFORMS"] = "cpu"
     full_env.update(env or {})
     return subprocess.run(
@@ -46,10 +50,6 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
-
-
-XLA_FLAGS = "--xla_force_host_platform_device_count={} --xla_backend_optimization_level=0"  # LLVM O0: quicker compiles
-"""XLA_FLAGS of a subprocess with forced host devices (``.format(devices)``)."""
 
 
 def free_port() -> int:
@@ -109,8 +109,8 @@ TINY = [
 
 
 def tiny_run_dir() -> Path:
-    """A tiny trained run (TINY), trained once per test session under the session's cache dir."""
-    out = Path(os.environ["SCALING_CACHE_DIR"]) / "tiny-run"
+    """A tiny trained run (TINY), trained once per test process under the session's cache dir."""
+    out = Path(os.environ["SCALING_CACHE_DIR"]) / f"tiny-run-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
     if not (out / "summary.json").is_file():
         train_cli.main(["--out", str(out), *TINY])
     return out

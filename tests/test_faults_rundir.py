@@ -147,7 +147,6 @@ def contended(tmp_path_factory) -> dict:
     proc = subprocess.Popen(
         [sys.executable, "-m", "experiments.train", "--out", str(out), *SHORT, "--debug.inject_nan_step", "30"],
         cwd=REPO,
-        env=dict(os.environ, XLA_FLAGS=""),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -261,7 +260,7 @@ def test_a_foreign_run_in_a_sweep_directory_is_left_out_and_named(tmp_path, umas
     out = tmp_path / "sweep"
     plan = sweep.make_plan(sweep.load_spec(spec), {})
     _foreign_run(out, "L4-d64-D1.0e6-s0", plan.runs[0].cfg)  # another spec's run that shared --out
-    r = run_cli("experiments.sweep", "--config", spec, "--out", out, env={"XLA_FLAGS": ""})
+    r = run_cli("experiments.sweep", "--config", spec, "--out", out)
     assert r.returncode == 0, r.stderr[-3000:]
     with open(out / "results.csv") as f:
         assert [row["run_id"] for row in csv.DictReader(f)] == [plan.runs[0].run_id]

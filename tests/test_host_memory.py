@@ -18,10 +18,10 @@ from scaling.errors import UsageError
 from tests.helpers import REPO
 from tests.test_bad_input import fails_with_one_line
 
-# Allocates, touches and frees a block of SIZE MB from a new thread (as XLA's pool threads
-# allocate a step's buffer), five times; prints the page faults of the last four rounds.
+# Allocates, touches and frees a block of SIZE MB five times from one pool thread (as XLA's pool
+# threads allocate a step's buffer); prints the page faults of the last four rounds.
 _PROBE = """
-import ctypes, json, resource, sys, threading
+import concurrent.futures, ctypes, json, resource, sys
 from scaling import host_memory
 policy = host_memory.apply()
 libc = ctypes.CDLL(None)
@@ -36,10 +36,9 @@ def round_():
     ctypes.memset(p, 1, SIZE)
     libc.free(p)
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-for _ in range(5):
-    t = threading.Thread(target=round_)
-    t.start()
-    t.join()
+with concurrent.futures.ThreadPoolExecutor(1) as pool:
+    for _ in range(5):
+        pool.submit(round_).result()
 print(json.dumps({"policy": policy, "faults": faults[1:]}))
 """
 

@@ -214,7 +214,7 @@ def _cli_exit(argv, capsys) -> str:
     return err[0]
 
 
-def test_bad_input_exits_2_with_one_line_and_touches_nothing(tmp_path, capsys, no_compile_cache):
+def test_bad_input_exits_2_with_one_line_and_touches_nothing(tmp_path, capsys):
     out = tmp_path / "sweep"
     good = write_spec(tmp_path, BASE + "grid: {models: [1e4, 4e4], tokens: [2048, 4096]}\nseeds: [0]\nfit: false\n")
     # a run directory trained with another config, and a results table
@@ -242,13 +242,7 @@ def test_bad_input_exits_2_with_one_line_and_touches_nothing(tmp_path, capsys, n
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
-@pytest.fixture
-def no_compile_cache(monkeypatch):
-    """In-process CLI calls leave JAX's persistent compilation cache off (global JAX state)."""
-    monkeypatch.setenv("SCALING_COMPILE_CACHE", "off")
-
-
-def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys, no_compile_cache):
+def test_dry_run_prints_the_plan_and_trains_nothing(tmp_path, capsys):
     out = tmp_path / "sweep"
     plan = sweep_cli.main(["--config", str(SMOKE), "--out", str(out), "--dry-run"])
     text = capsys.readouterr().out
@@ -276,7 +270,7 @@ def test_calibration_estimates_every_run(tmp_path):
     assert "ms/step" in calib.describe()
 
 
-def test_diverged_runs_are_kept_unless_retried_from_their_last_good_checkpoint(tmp_path, capsys, no_compile_cache):
+def test_diverged_runs_are_kept_unless_retried_from_their_last_good_checkpoint(tmp_path, capsys):
     spec = write_spec(tmp_path, BASE + "grid: {models: [1e4], tokens: [1536]}\nfit: false\n")
     out = tmp_path / "sweep"
     rid = "L1-d16-D1.5e3-s0"
@@ -362,11 +356,9 @@ def test_results_table_is_rebuilt_from_every_summary(tmp_path):
 
 
 def _popen(args, log):
-    env = dict(os.environ, XLA_FLAGS="")
     return subprocess.Popen(
         [sys.executable, "-m", "experiments.sweep", *map(str, args)],
         cwd=REPO,
-        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -417,7 +409,6 @@ def reference_sweep(tmp_path_factory):
         capture_output=True,
         text=True,
         timeout=600,
-        env=dict(os.environ, XLA_FLAGS=""),
     )
     assert p.returncode == 0, p.stderr[-3000:]
     return out, p.stdout
@@ -563,7 +554,7 @@ def test_compile_ahead_queues_each_shape_once_in_run_order_for_the_runs_to_find(
             run.close()
 
 
-def test_a_run_directory_held_by_another_process_is_skipped_as_busy(tmp_path, capsys, no_compile_cache):
+def test_a_run_directory_held_by_another_process_is_skipped_as_busy(tmp_path, capsys):
     """The sweep and experiments.train hold a run through the same lock (runs/<run_id>/.lock):
     a run held elsewhere (here by this process, through another open file) is skipped, untouched."""
     spec = write_spec(tmp_path, BASE + "grid: {models: [1e4], tokens: [1536]}\nfit: false\n")

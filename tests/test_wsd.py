@@ -161,8 +161,7 @@ def test_a_branch_killed_mid_cooldown_resumes_to_the_unbroken_run(family, tmp_pa
         "--branch-from",
         f"{family / 'parent'}@64",
     ]
-    env = dict(os.environ, XLA_FLAGS="")
-    proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         committed = [int(p.parent.name) for p in out.glob("checkpoints/*/checksums.json") if p.parent.name.isdigit()]
@@ -176,7 +175,7 @@ def test_a_branch_killed_mid_cooldown_resumes_to_the_unbroken_run(family, tmp_pa
     hidden = family / "parent" / "checkpoints" / "64"
     os.rename(hidden, hidden.with_name("hidden-64"))
     try:
-        r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
     finally:
         os.rename(hidden.with_name("hidden-64"), hidden)
     assert r.returncode == 0, r.stderr
@@ -374,7 +373,7 @@ def test_a_sweep_killed_in_a_branch_resumes_it_to_the_unbroken_result(wsd_sweeps
     spec.write_text(WSD_SPEC.replace("every_steps: 1000", "every_steps: 1"))
     out = tmp_path / "sweep"
     args = [sys.executable, "-m", "experiments.sweep", "--config", str(spec), "--out", str(out)]
-    env = dict(os.environ, XLA_FLAGS="", SCALING_COMPILE_CACHE="off")
+    env = dict(os.environ, SCALING_COMPILE_CACHE="off")
     proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     branch = out / "runs" / "L1-d16-D5.1e3-s0"  # from step 16 of the 40-step parent to 20
     deadline = time.time() + 300

@@ -10,9 +10,10 @@ The combinations run a few steps of a one-layer model, grouped into a few proces
 each call ``experiments.train.main`` once per combination (``tests/mesh_worker.py``); the
 one-device references run once per test session, beside them, and only the combinations
 the session selected run at all. Each compiles its own programs (about 5 CPU-s), so the
-default run takes a slice: every refusal, and each mesh with each attention at one head
-size (16 where it trains, else 8); the other head sizes are marked slow. A few true
-command-line runs, on one process and on two, check the same in processes of their own.
+default run takes a slice at one head size (16 where it trains, else 8): every refusal, each
+mesh with ``auto`` (the default attention), and ``blocked`` and ``dot_product`` on the mesh
+of all three axes; the rest is marked slow. A few true command-line runs, on one process and
+on two, check the same in processes of their own.
 """
 
 from __future__ import annotations
@@ -97,13 +98,18 @@ def refusal(mesh: str | None, attention: str, head_size: int) -> str | None:
     return reason
 
 
+ALL_AXES = "data2-fsdp2-model2"
+"""The mesh on which the default run trains every attention, not only ``auto``."""
+
+
 def in_default_run(mesh: str, attention: str, head_size: int) -> bool:
-    """Every refusal, and each (mesh, attention) at the first of head sizes 16, 8, 32 where it
-    trains; an explicit ``cpu_kernel`` that trains only under ``-m slow``: on a CPU, ``auto`` at
-    head size 16 runs the same kernel on the same mesh in the default run."""
+    """Every refusal; at the first of head sizes 16, 8, 32 where it trains, each mesh with
+    ``auto`` and ``ALL_AXES`` with ``blocked`` and ``dot_product`` too. An explicit
+    ``cpu_kernel`` that trains only under ``-m slow``: on a CPU, ``auto`` at head size 16 runs
+    the same kernel on the same mesh in the default run."""
     if _shape_refusal(mesh, attention, head_size) is not None:
         return True
-    if attention == "cpu_kernel":
+    if attention == "cpu_kernel" or (attention != "auto" and mesh != ALL_AXES):
         return False
     return head_size == next((h for h in (16, 8, 32) if _shape_refusal(mesh, attention, h) is None), None)
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from experiments import train as train_cli
-from scaling import config_parse
+from scaling import compile_cache, config_parse
 from scaling.config import Config, DebugConfig, ModelConfig, OptimConfig, TrainConfig
 from scaling.io import load_yaml
 from scaling.sharding import make_mesh
@@ -256,6 +256,21 @@ def test_mesh_errors_on_eight_devices_exit_2_in_a_real_process(tmp_path):
         assert r.returncode == 2, r.stderr
         assert r.stderr.strip().splitlines() == [r.stderr.strip().splitlines()[-1]] and message in r.stderr, r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_second_cli_run_of_a_shape_loads_its_programs_from_the_compilation_cache(tmp_path):
+    """The first process writes its programs to SCALING_COMPILE_CACHE; a second run of the
+    same shape (another --out and learning rate) adds none; ``off`` writes nothing."""
+    short = [*TINY, "--train.tokens", "512", "--train.eval_every", "2"]  # 2 steps, one evaluation
+    on, off = tmp_path / "jax-compile", tmp_path / "jax-compile-off"
+    counts = []
+    for name, cache, extra in (("a", on, []), ("b", on, ["--optim.lr", "1e-3"]), ("c", off, [])):
+        env = {"SCALING_COMPILE_CACHE": str(cache) if cache == on else "off"}
+        r = run_cli("experiments.train", "--out", tmp_path / name, *short, *extra, env=env)
+        assert r.returncode == 0, r.stderr[-3000:]
+        counts.append(compile_cache.entries(on))
+    assert counts[0] >= 2 and counts[1] == counts[0], counts  # the init and the train step at least
+    assert not off.exists()
 
 
 def _tiny_trainer(steps=10):

@@ -15,6 +15,7 @@ directory (sweep shards) are safe: JAX writes each entry atomically.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import jax
@@ -34,12 +35,17 @@ def cache_path() -> Path | None:
 
 
 def enable(path: str | Path | None = None) -> Path | None:
-    """Turn the persistent compilation cache on (idempotent); returns its directory or None
-    when it is turned off. Call before the first compilation of the process."""
+    """Turn the persistent compilation cache on (idempotent); returns its directory, or None
+    when it is turned off or its directory cannot be made (the run then compiles everything,
+    as without a cache). Call before the first compilation of the process."""
     target = Path(path) if path is not None else cache_path()
     if target is None:
         return None
-    target.mkdir(parents=True, exist_ok=True)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"warning: no compilation cache ({target}: {e.strerror or e})", file=sys.stderr)
+        return None
     jax.config.update("jax_compilation_cache_dir", str(target))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

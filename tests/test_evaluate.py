@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -18,7 +19,14 @@ from scaling.model import GPT
 from tests.helpers import data_path, tiny_run_dir
 
 CFG = ModelConfig(n_layer=2, n_head=2, d_model=32, seq_len=16, vocab_size=50, vocab_multiple=64, init_std=0.1)
-PARAMS = nn.unbox(GPT(CFG).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+
+
+@functools.cache
+def params():
+    """The model's initial parameters (made on first use: collecting the tests compiles nothing)."""
+    return nn.unbox(GPT(CFG).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))["params"])
+
+
 BYTES = np.arange(50) % 3 + 1  # pretend token i stands for (i % 3) + 1 bytes
 
 
@@ -46,14 +54,14 @@ def _naive_max_context_nll(ids_with_bos: list[int]) -> np.ndarray:
         a = max(0, j - C)
         rows.append(np.pad(x[a : a + C], (0, max(0, C - len(x[a : a + C])))))
         pos.append(j - 1 - a)
-    logits = GPT(CFG).apply({"params": PARAMS}, jnp.asarray(np.stack(rows), jnp.int32))
+    logits = GPT(CFG).apply({"params": params()}, jnp.asarray(np.stack(rows), jnp.int32))
     logp = np.asarray(jax.nn.log_softmax(logits, -1))
     return -np.array([logp[r, p, x[r + 1]] for r, p in enumerate(pos)])
 
 
 def test_stride_1_equals_a_naive_max_context_loop():
     ids = np.random.default_rng(0).integers(0, 49, 60).tolist()
-    ev = evaluation.evaluate_tokens(CFG, PARAMS, ids, bos=49, byte_lengths=BYTES, stride=1)
+    ev = evaluation.evaluate_tokens(CFG, params(), ids, bos=49, byte_lengths=BYTES, stride=1)
     nll = _naive_max_context_nll([49] + ids)
     assert ev.tokens == 60 and ev.windows == 60 - 16 + 1
     assert ev.loss == pytest.approx(nll.mean(), rel=1e-5)
@@ -61,23 +69,23 @@ def test_stride_1_equals_a_naive_max_context_loop():
     assert ev.bytes == int(BYTES[ids].sum())
     assert ev.bits_per_byte == pytest.approx(nll.sum() / math.log(2) / BYTES[ids].sum(), rel=1e-5)
     # a coarser stride gives every token less context, never less than context - stride
-    half = evaluation.evaluate_tokens(CFG, PARAMS, ids, bos=49, byte_lengths=BYTES, batch_size=3)
+    half = evaluation.evaluate_tokens(CFG, params(), ids, bos=49, byte_lengths=BYTES, batch_size=3)
     assert half.stride == 8 and half.tokens == 60 and half.loss != ev.loss
     assert abs(half.loss - ev.loss) < 0.05
 
 
 def test_non_overlapping_windows_equal_the_training_loss():
     ids = np.random.default_rng(1).integers(0, 49, 3 * 16).tolist()
-    ev = evaluation.evaluate_tokens(CFG, PARAMS, ids, bos=49, byte_lengths=BYTES, stride=16)
+    ev = evaluation.evaluate_tokens(CFG, params(), ids, bos=49, byte_lengths=BYTES, stride=16)
     seq = np.asarray([49] + ids)
     windows = np.stack([seq[a : a + 17] for a in (0, 16, 32)])
-    ref = float(cross_entropy(GPT(CFG), PARAMS, jnp.asarray(windows)))
+    ref = float(cross_entropy(GPT(CFG), params(), jnp.asarray(windows)))
     assert ev.windows == 3 and ev.loss == pytest.approx(ref, rel=1e-5)
 
 
 def test_text_shorter_than_the_context_is_one_window():
     ids = [3, 4, 5, 6, 7]
-    ev = evaluation.evaluate_tokens(CFG, PARAMS, ids, bos=49, byte_lengths=BYTES)
+    ev = evaluation.evaluate_tokens(CFG, params(), ids, bos=49, byte_lengths=BYTES)
     assert ev.windows == 1 and ev.tokens == 5
     assert ev.loss == pytest.approx(_naive_max_context_nll([49] + ids).mean(), rel=1e-5)
 

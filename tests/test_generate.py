@@ -4,6 +4,7 @@ search against greedy and against an independent scoring, end-of-text, the CLI."
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 
 import flax.linen as nn
@@ -29,14 +30,22 @@ def random_model(**kw):
     return cfg, params
 
 
-LEARNED = random_model()
-# Rotary may run past seq_len: every case below does (prompt + new > 16), buffers of 128.
-ROTARY = random_model(position="rotary", mlp="swiglu", norm="rmsnorm", bias=False, tie_embeddings=False, seq_len=16)
+@functools.cache
+def learned():
+    """(config, parameters) of a model with learned positions, made on first use."""
+    return random_model()
+
+
+@functools.cache
+def rotary():
+    """The same with rotary positions; they may run past seq_len: every case below does
+    (prompt + new > 16), buffers of 128."""
+    return random_model(position="rotary", mlp="swiglu", norm="rmsnorm", bias=False, tie_embeddings=False, seq_len=16)
 
 
 @pytest.mark.parametrize("kind, new_tokens", [("learned", (1, 9, 30)), ("rotary", (11, 20, 40))])
 def test_cached_greedy_equals_uncached_token_for_token_and_logits_within_1e5(kind, new_tokens):
-    cfg, params = LEARNED if kind == "learned" else ROTARY
+    cfg, params = learned() if kind == "learned" else rotary()
     for prompts in PROMPT_SETS:
         for k in new_tokens:
             a = gen.generate(cfg, params, prompts, k, return_logits=True)
@@ -62,7 +71,7 @@ def test_cached_greedy_equals_uncached_token_for_token_and_logits_within_1e5(kin
 def test_scanned_layers_decode_as_the_loop_greedy_and_in_beams():
     """model.scan_layers with the loop's parameters stacked: the same tokens and logits through
     the KV cache (held per layer between steps, stacked for the scan)."""
-    cfg, params = LEARNED
+    cfg, params = learned()
     scfg, stacked = dataclasses.replace(cfg, scan_layers=True), stack_layers(params, cfg.n_layer)
     prompts = PROMPT_SETS[0]
     a = gen.generate(cfg, params, prompts, 6, return_logits=True)
@@ -74,7 +83,7 @@ def test_scanned_layers_decode_as_the_loop_greedy_and_in_beams():
 
 
 def test_uncached_logits_equal_a_plain_forward_pass():
-    cfg, params = LEARNED
+    cfg, params = learned()
     prompts = PROMPT_SETS[0]
     out = gen.generate(cfg, params, prompts, 12, use_cache=False, return_logits=True)
     ref = np.asarray(GPT(cfg).apply({"params": params}, jnp.asarray(out.tokens)))  # causal: padding is harmless
@@ -84,7 +93,7 @@ def test_uncached_logits_equal_a_plain_forward_pass():
 
 
 def test_generation_stops_at_end_of_text_per_row():
-    cfg, params = LEARNED
+    cfg, params = learned()
     prompts = PROMPT_SETS[0]
     free = gen.generate(cfg, params, prompts, 30, return_logits=True)
     eot = free.new_tokens(1)[4]  # a token row 1 emits as its 5th
@@ -110,7 +119,7 @@ def _nucleus(logits_v: np.ndarray, temperature: float, p: float) -> set[int]:
 
 @pytest.mark.parametrize("sampling", [gen.Sampling(temperature=1.0, top_k=3), gen.Sampling(temperature=0.8, top_p=0.6)])
 def test_sampled_tokens_stay_in_the_top_k_and_in_the_nucleus(sampling):
-    cfg, params = LEARNED
+    cfg, params = learned()
     prompts = PROMPT_SETS[1]
     seen = set()
     for seed in range(4):
@@ -176,7 +185,7 @@ def _reference_beam(fwd, vocab, prompt, width, n_new):
 
 
 def test_beam_search_equals_a_reference_beam_search_cached_or_not():
-    cfg, params = LEARNED
+    cfg, params = learned()
     fwd = jax.jit(lambda ids: jax.nn.log_softmax(GPT(cfg).apply({"params": params}, ids)[..., : cfg.vocab_size]))
     for prompts in PROMPT_SETS:
         b4 = gen.beam_search(cfg, params, prompts, 8, width=4, length_penalty=0.0)
@@ -193,7 +202,7 @@ def test_beam_width_1_equals_greedy_and_width_4_is_at_least_as_likely():
     """Beam search is not an exact search: on prompt [2, 40, 41, 42, 43] of this model,
     widths 3 to 5 keep four prefixes whose continuations all end below greedy's sequence
     (the reference search above agrees), so the comparison with greedy runs on 30 other prompts."""
-    cfg, params = LEARNED
+    cfg, params = learned()
     rng = np.random.default_rng(0)
     batches = [PROMPT_SETS[0]] + [
         [rng.integers(0, 50, rng.integers(1, 8)).tolist() for _ in range(3)] for _ in range(9)
@@ -213,7 +222,7 @@ def test_beam_width_1_equals_greedy_and_width_4_is_at_least_as_likely():
 
 
 def test_beam_with_end_of_text_and_length_penalty():
-    cfg, params = LEARNED
+    cfg, params = learned()
     prompts = PROMPT_SETS[0]
     greedy = gen.generate(cfg, params, prompts, 12)
     eot = greedy.new_tokens(0)[3]
@@ -230,7 +239,7 @@ def test_beam_with_end_of_text_and_length_penalty():
 
 
 def test_learned_positions_refuse_requests_past_the_context():
-    cfg, params = LEARNED
+    cfg, params = learned()
     with pytest.raises(UsageError, match="exceed the model's context of 40"):
         gen.generate(cfg, params, [[1] * 30], 11)
     with pytest.raises(UsageError, match="max-new-tokens"):

@@ -273,6 +273,12 @@ def test_a_second_cli_run_of_a_shape_loads_its_programs_from_the_compilation_cac
     assert not off.exists()
 
 
+def test_a_compilation_cache_that_cannot_be_made_is_left_off_with_a_warning(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    assert compile_cache.enable(tmp_path / "file" / "jax-compile") is None
+    assert capsys.readouterr().err.startswith("warning: no compilation cache")
+
+
 def _tiny_trainer(steps=10):
     model = ModelConfig(n_layer=1, d_model=16, n_head=2, vocab_size=64, seq_len=8)
     cfg = dataclasses.replace(Config(), model=model, train=TrainConfig(batch_size=4))

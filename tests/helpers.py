@@ -72,7 +72,6 @@ def train_in_two_processes(*argv, timeout: float = 600) -> None:
                 "--dist.process_id",
                 str(i),
                 devices=4,
-                env={"XLA_FLAGS": XLA_FLAGS.format(4)},
                 timeout=timeout,
             )
             for i in range(2)

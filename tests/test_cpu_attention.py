@@ -19,7 +19,7 @@ from scaling.config import ModelConfig
 from scaling.errors import UsageError
 from scaling.model import GPT, check_attention, cpu_attention, training_attention
 from scaling.model.attention import causal_attention
-from tests.helpers import REPO
+from tests.helpers import REPO, XLA_FLAGS
 
 # Without a C++ compiler the product falls back to XLA's attention (tested below); with one,
 # the kernel must build.
@@ -148,7 +148,7 @@ def test_kernel_on_sharded_meshes_matches_one_device():
                     np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5)
         print("ok")
     """)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=XLA_FLAGS.format(8), JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 

@@ -27,7 +27,7 @@ import pytest
 
 from scaling.config import CPU_KERNEL_HEAD_DIMS
 from scaling.model import cpu_attention
-from tests.helpers import XLA_FLAGS, data_path, run_cli, train_in_two_processes
+from tests.helpers import data_path, run_cli, train_in_two_processes
 from tests.mesh_worker import losses as metrics_losses
 
 MESHES = {
@@ -124,9 +124,7 @@ def _run_worker(runs: list[dict], path, devices: int) -> dict:
     if not runs:
         return {}
     path.write_text(json.dumps(runs))
-    proc = run_cli(
-        "tests.mesh_worker", "cli", path, devices=devices, env={"XLA_FLAGS": XLA_FLAGS.format(devices)}, timeout=900
-    )
+    proc = run_cli("tests.mesh_worker", "cli", path, devices=devices, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -238,7 +236,6 @@ def test_tensor_parallel_cli_run_matches_one_device(matrix, tmp_path):
         *base_args("auto", 16),
         *mesh_args("data2-model4"),
         devices=8,
-        env={"XLA_FLAGS": XLA_FLAGS.format(8)},
     )
     assert r.returncode == 0, r.stderr[-3000:]
     np.testing.assert_allclose(metrics_losses(tmp_path / "tp"), _reference(matrix, "auto", 16)["losses"], rtol=1e-4)

@@ -23,7 +23,7 @@ import pytest
 
 from scaling.train.microbatch import split_rows
 from scaling.train.pipeline import merge_rows
-from tests.helpers import XLA_FLAGS, data_path, run_cli, train_in_two_processes
+from tests.helpers import data_path, run_cli, train_in_two_processes
 from tests.mesh_worker import losses as metrics_losses
 
 STEPS, BATCH, SEQ = 30, 8, 32
@@ -53,9 +53,7 @@ def base_args(steps: int = STEPS) -> list[str]:
 
 def _run_worker(runs: list[dict], path, devices: int) -> dict:
     path.write_text(json.dumps(runs, default=str))
-    proc = run_cli(
-        "tests.mesh_worker", "cli", path, devices=devices, env={"XLA_FLAGS": XLA_FLAGS.format(devices)}, timeout=900
-    )
+    proc = run_cli("tests.mesh_worker", "cli", path, devices=devices, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from experiments import train as train_cli
+from scaling.io import file_lock
 from scaling.paths import data_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,8 +109,10 @@ TINY = [
 
 
 def tiny_run_dir() -> Path:
-    """A tiny trained run (TINY), trained once per test process under the session's cache dir."""
-    out = Path(os.environ["SCALING_CACHE_DIR"]) / f"tiny-run-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
-    if not (out / "summary.json").is_file():
-        train_cli.main(["--out", str(out), *TINY])
+    """A tiny trained run (TINY), trained once per test session under the session's cache dir
+    (the first test process to ask trains it; the others wait for it)."""
+    out = Path(os.environ["SCALING_CACHE_DIR"]) / "tiny-run"
+    with file_lock(out.with_name("tiny-run.lock")):
+        if not (out / "summary.json").is_file():
+            train_cli.main(["--out", str(out), *TINY])
     return out

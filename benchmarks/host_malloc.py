@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 
 from benchmarks import cli_vs_torch
-from benchmarks.cli_vs_torch import PRESETS
 from benchmarks.record import REPO, result_path, write_result
 from scaling import host_memory
 
@@ -38,7 +37,7 @@ def run_cli(p: dict, steps: int, out: Path, policy: str) -> dict:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="256x6", choices=sorted(PRESETS))
+    ap.add_argument("--preset", default="256x6", choices=sorted(cli_vs_torch.PRESETS))
     ap.add_argument("--steps", type=int, default=30, help="train steps per process")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument(
@@ -50,7 +49,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", help="results JSON (default benchmarks/results/host_malloc_<preset>_cpu.json)")
     args = ap.parse_args(argv)
     policies = args.policies
-    p = PRESETS[args.preset]
+    p = cli_vs_torch.PRESETS[args.preset]
     rounds = []
     with tempfile.TemporaryDirectory(prefix="host_malloc") as tmp:
         run_cli(p, min(args.steps, 4), Path(tmp) / "run", policies[0])  # fills the compilation cache

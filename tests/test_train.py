@@ -260,17 +260,24 @@ def test_mesh_errors_on_eight_devices_exit_2_in_a_real_process(tmp_path):
 
 def test_a_second_cli_run_of_a_shape_loads_its_programs_from_the_compilation_cache(tmp_path):
     """The first process writes its programs to SCALING_COMPILE_CACHE; a second run of the
-    same shape (another --out and learning rate) adds none; ``off`` writes nothing."""
+    same shape (another --out and learning rate) adds none; ``off`` writes no cache, not even
+    the default one under SCALING_CACHE_DIR."""
     short = [*TINY, "--train.tokens", "512", "--train.eval_every", "2"]  # 2 steps, one evaluation
-    on, off = tmp_path / "jax-compile", tmp_path / "jax-compile-off"
+    cache = tmp_path / "jax-compile"
     counts = []
-    for name, cache, extra in (("a", on, []), ("b", on, ["--optim.lr", "1e-3"]), ("c", off, [])):
-        env = {"SCALING_COMPILE_CACHE": str(cache) if cache == on else "off"}
-        r = run_cli("experiments.train", "--out", tmp_path / name, *short, *extra, env=env)
+    for name, extra in (("a", []), ("b", ["--optim.lr", "1e-3"])):
+        r = run_cli(
+            "experiments.train", "--out", tmp_path / name, *short, *extra, env={"SCALING_COMPILE_CACHE": str(cache)}
+        )
         assert r.returncode == 0, r.stderr[-3000:]
-        counts.append(compile_cache.entries(on))
+        counts.append(compile_cache.entries(cache))
     assert counts[0] >= 2 and counts[1] == counts[0], counts  # the init and the train step at least
-    assert not off.exists()
+    own = tmp_path / "own-cache"  # XLA's attention and dots: no C++ library to build in it
+    off = ["--model.attention", "dot_product", "--model.dense", "xla"]
+    env = {"SCALING_COMPILE_CACHE": "off", "SCALING_CACHE_DIR": str(own)}
+    r = run_cli("experiments.train", "--out", tmp_path / "c", *short, *off, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert own.is_dir() and not (own / "jax-compile").exists()
 
 
 def test_a_compilation_cache_that_cannot_be_made_is_left_off_with_a_warning(tmp_path, capsys):

@@ -280,7 +280,8 @@ BUILD_BOTH = textwrap.dedent("""
     from scaling.config import ModelConfig
     from scaling.model import build_cpu_kernels, cpu_attention, cpu_dense
     build_cpu_kernels(ModelConfig(n_layer=2, d_model=64, n_head=4, dtype=os.environ["MODEL_DTYPE"]), 1)
-    assert cpu_attention.unavailable() is None and cpu_dense.unavailable() is None
+    if os.environ["MODEL_DTYPE"] == "float32":
+        assert cpu_attention.unavailable() is None and cpu_dense.unavailable() is None
     print("ok")
 """)
 
@@ -288,8 +289,7 @@ BUILD_BOTH = textwrap.dedent("""
 @pytest.mark.parametrize("dtype, builds", [("float32", 2), ("bfloat16", 0)])
 def test_a_runs_two_libraries_build_at_once_and_only_those_it_uses(cache, tmp_path, dtype, builds):
     """On an empty cache a float32 model's attention kernel and dense product compile in two
-    compiler runs that overlap in time; a bfloat16 model, which uses neither, builds nothing
-    up front (the asserts after it then build each once, one after the other)."""
+    compiler runs that overlap in time; a bfloat16 model, which uses neither, builds nothing."""
     pytest.importorskip("scipy_openblas32")  # (the dense product's BLAS)
     log, cxx = tmp_path / "log", tmp_path / "timing-cxx"
     cxx.write_text(
@@ -299,18 +299,19 @@ def test_a_runs_two_libraries_build_at_once_and_only_those_it_uses(cache, tmp_pa
     cxx.chmod(0o755)
     out, err = _run(BUILD_BOTH, CXX=str(cxx), MODEL_DTYPE=dtype).communicate(timeout=300)
     assert out.strip() == "ok", err[-3000:]
-    events = [line.split() for line in log.read_text().splitlines()]
+    events = [line.split() for line in log.read_text().splitlines()] if log.exists() else []
     starts = [float(t) for kind, t in events if kind == "start"]
     ends = [float(t) for kind, t in events if kind == "end"]
-    assert len(starts) == len(ends) == 2
-    overlapped = max(starts) < min(ends)
-    assert overlapped == (builds == 2), events
-    assert len(list((cache / "kernels").glob("*.so"))) == 2
+    assert len(starts) == len(ends) == builds
+    assert len(list((cache / "kernels").glob("*.so"))) == builds
+    if builds:
+        assert max(starts) < min(ends), events  # the two compiler runs overlapped
 
 
-def test_threads_asking_at_once_load_and_register_a_library_once(monkeypatch):
+def test_threads_asking_at_once_load_and_register_a_library_once(monkeypatch, built):
     """A compile-ahead thread and the run's own thread both asking whether the kernel is
     available: the first loads and registers it, the others wait for its answer."""
+    _copying_build(monkeypatch, built)
     calls = collections.Counter()
     real_load = kernel_cache.load
 

@@ -200,29 +200,34 @@ def main(argv: list[str] | None = None):
     overrides = config_parse.overrides_from_args(args)
     out = check_out_dir(_default_out(spec) if args.out is None else args.out, "--out")
     base = config_parse.from_dict(config_parse.merge(spec.base, overrides))  # fail fast on bad overrides
+    may_fork = not args.worker and args.shard is None and base.dist.num_processes == 1
+    # a dry run starts no workers: its own backend (started by the plan's checks) says
+    with BackendProbe(may_fork and jobs == 0 and not args.dry_run and usable_cpus() > 1) as probe:
+        from scaling import compile_cache
+        from scaling.train import setup_distributed  # jax is imported only after the spec is valid
 
-    from scaling import compile_cache
-    from scaling.train import setup_distributed  # jax is imported only after the spec is valid
+        if not args.dry_run or args.calibrate:  # a plain dry run compiles nothing
+            compile_cache.enable()
+        setup_distributed(base)
+        plan = sweep.make_plan(spec, overrides)  # with lr_scan, its lr is provisional until the scan is fitted
+        scan = sweep.plan_scan(spec, overrides, plan) if spec.lr_scan else None
+        if scan is None:  # with a scan, scaling.sweep.pilot checks both plans' outputs
+            sweep.check_outputs(plan, out)
+        runs = plan.shard(*shard)
+        scan_runs = () if scan is None else scan.shard(*shard)
+        import jax
 
-    if not args.dry_run or args.calibrate:  # a plain dry run compiles nothing
-        compile_cache.enable()
-    setup_distributed(base)
-    plan = sweep.make_plan(spec, overrides)  # with lr_scan, its lr is provisional until the scan is fitted
-    scan = sweep.plan_scan(spec, overrides, plan) if spec.lr_scan else None
-    if scan is None:  # with a scan, scaling.sweep.pilot checks both plans' outputs
-        sweep.check_outputs(plan, out)
-    runs = plan.shard(*shard)
-    scan_runs = () if scan is None else scan.shard(*shard)
-    import jax
-
-    if not args.worker and args.shard is None and base.dist.num_processes == 1:
-        families = len({r.family for r in plan.runs}) + (0 if scan is None else len(scan.runs))
-        if jobs == 0:  # a dry run starts no workers: its own backend (started by the plan's checks) says
-            cpu = jax.default_backend() == "cpu" if args.dry_run else _backend_is_cpu()
-            jobs = usable_cpus() if usable_cpus() > 1 and cpu else 1
-        jobs = min(jobs, families)
-    else:
-        jobs = 1
+        if may_fork:
+            families = len({r.family for r in plan.runs}) + (0 if scan is None else len(scan.runs))
+            if jobs == 0:
+                if usable_cpus() < 2 or families < 2:
+                    jobs = 1
+                else:
+                    cpu = jax.default_backend() == "cpu" if args.dry_run else probe.is_cpu()
+                    jobs = usable_cpus() if cpu else 1
+            jobs = min(jobs, families)
+        else:
+            jobs = 1
     is_main = jax.process_index() == 0
     if is_main and not args.worker:
         print(
@@ -311,13 +316,37 @@ def _parse_jobs(text: str) -> int:
     return int(text)
 
 
-def _backend_is_cpu() -> bool:
-    """Whether JAX would run on the CPU, asked in a child process: initialising an accelerator
-    here would hold its memory away from the workers."""
-    probe = subprocess.run(
-        [sys.executable, "-c", "import jax; print(jax.default_backend())"], capture_output=True, text=True, timeout=300
-    )
-    return probe.returncode == 0 and probe.stdout.strip().splitlines()[-1:] == ["cpu"]
+class BackendProbe:
+    """Whether JAX would run on the CPU, asked in a child process (initialising an accelerator
+    here would hold its memory away from the workers). The child starts on entering (when
+    ``wanted``), so that it imports JAX while this process makes the plan; leaving ends it."""
+
+    def __init__(self, wanted: bool):
+        self.wanted, self.proc = wanted, None
+
+    def __enter__(self) -> BackendProbe:
+        if self.wanted:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "import jax; print(jax.default_backend())"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+        return self
+
+    def is_cpu(self) -> bool:
+        if self.proc is None:
+            raise RuntimeError("the backend probe was not started")
+        try:
+            out, _ = self.proc.communicate(timeout=300)
+        except subprocess.TimeoutExpired:
+            return False
+        return self.proc.returncode == 0 and out.strip().splitlines()[-1:] == ["cpu"]
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
 
 def _worker_env() -> dict:

@@ -305,3 +305,13 @@ def test_a_sweep_changed_by_flags_has_its_own_default_directory():
     other = sweep_cli._default_out(sweep.load_spec(SMOKE, *_flags("--seeds", "0,2")))
     assert str(plain) == "runs/sweep-smoke" and variant == again  # a rerun resumes the variant
     assert re.fullmatch(r"sweep-smoke-[0-9a-f]{8}", variant.name) and len({plain, variant, other}) == 3
+
+
+def test_the_backend_probe_says_cpu_here_and_ends_with_its_block():
+    with sweep_cli.BackendProbe(True) as probe:
+        assert probe.is_cpu()  # the test session's JAX runs on the CPU
+    with sweep_cli.BackendProbe(True) as probe:
+        child = probe.proc  # left unasked: leaving the block ends it
+    assert child.poll() is not None
+    with sweep_cli.BackendProbe(False) as probe, pytest.raises(RuntimeError, match="not started"):
+        probe.is_cpu()

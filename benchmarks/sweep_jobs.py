@@ -6,9 +6,10 @@ with ``--jobs 1`` and ``--jobs J``, and the ratio.
 
 Each sweep runs as ``python -m experiments.sweep --config SPEC --out TMP --jobs N`` from a fresh
 directory and a fresh compilation cache, so both pay the same compiles; the two alternate
-(1, J, 1, J, ... ``--repeats`` times) and each wall time is the median of its repeats. The results of the two must be
-identical (the runs train the same steps whichever process trains them); the script checks
-that on every run's validation loss. Writes JSON with the machine record.
+(1, J, 1, J, ... ``--repeats`` times) and each wall time is the median of its repeats. The
+runs train the same steps whichever process trains them; the script compares every run's
+validation loss and records whether they are identical and their largest difference (a
+worker's single XLA thread may sum in another order). Writes JSON with the machine record.
 """
 
 from __future__ import annotations
@@ -76,10 +77,13 @@ def main() -> None:
             wall, losses[jobs] = run_sweep(args.config, jobs, Path(tmp))
             walls[jobs].append(wall)
             print(f"--jobs {jobs}: {wall:.1f} s", flush=True)
-    if losses[1] != losses[args.jobs]:
-        raise SystemExit("the sweep's results differ between --jobs 1 and --jobs " + str(args.jobs))
+    identical = losses[1] == losses[args.jobs]
+    if losses[1].keys() != losses[args.jobs].keys():
+        raise SystemExit(f"the sweeps with --jobs 1 and --jobs {args.jobs} finished different runs")
+    diff = max(abs(float(losses[1][k] or "nan") - float(losses[args.jobs][k] or "nan")) for k in losses[1])
     one, many = statistics.median(walls[1]), statistics.median(walls[args.jobs])
     print(f"median wall: --jobs 1 {one:.1f} s, --jobs {args.jobs} {many:.1f} s; speed-up {one / many:.2f}x")
+    print("validation losses identical" if identical else f"validation losses differ by up to {diff:.2e}")
     write_result(
         args.out or result_path("sweep_jobs"),
         {
@@ -88,7 +92,8 @@ def main() -> None:
             "wall_s": {str(k): v for k, v in walls.items()},
             "median_wall_s": {"1": one, str(args.jobs): many},
             "speedup": one / many,
-            "results_identical": True,
+            "results_identical": identical,
+            "max_val_loss_difference": diff,
         },
     )
 

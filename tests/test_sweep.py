@@ -4,7 +4,9 @@ shards at once train every run exactly once."""
 
 from __future__ import annotations
 
+import collections
 import csv
+import importlib
 import json
 import math
 import os
@@ -24,9 +26,11 @@ from scaling.config import ModelConfig
 from scaling.errors import UsageError
 from scaling.laws.approach1 import fit_approach1_endpoints
 from scaling.laws.support import SWEEP
+from scaling.train import loop
 from tests.helpers import REPO, data_path
 
 SMOKE = REPO / "experiments" / "configs" / "smoke.yaml"
+execute_mod = importlib.import_module("scaling.sweep.execute")  # (scaling.sweep.execute names the function)
 QUIET = ["--train.progress", "false", "--jobs", "1"]
 """Quiet, in one process (the reference sweep trains in two worker processes: --jobs 2)."""
 
@@ -287,6 +291,24 @@ def test_diverged_runs_are_kept_unless_retried_from_their_last_good_checkpoint(t
     steps = [json.loads(x)["step"] for x in (out / "runs" / rid / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 6
     assert not (out / "fit.json").exists()  # fit: false
+
+
+def test_a_sweep_reads_its_corpus_once_for_all_its_runs(tmp_path, monkeypatch):
+    loads = collections.Counter()
+
+    def counting(where, real):
+        def load(data):
+            loads[where] += 1
+            return real(data)
+
+        return load
+
+    monkeypatch.setattr(execute_mod, "load_tokens", counting("sweep", execute_mod.load_tokens))
+    monkeypatch.setattr(loop, "load_tokens", counting("run", loop.load_tokens))
+    spec = write_spec(tmp_path, BASE + "grid: {models: [1e4], tokens: [1024, 1536, 2048]}\nfit: false\n")
+    res = sweep_cli.main(["--config", str(spec), "--out", str(tmp_path / "sweep"), *QUIET])
+    assert len(res.trained) == 3 and [r["status"] for r in res.rows] == ["completed"] * 3
+    assert loads == {"sweep": 1}  # not once per run
 
 
 # ------------------------------------------------------------------ the results table

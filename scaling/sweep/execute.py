@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from scaling.data import load_tokens
 from scaling.io import LockHeld, atomic_write_text
 from scaling.run_dir import run_status
 from scaling.sweep.fit import Plotter, SweepFit, finalize
@@ -110,6 +111,7 @@ def execute(
     if progress and is_main:
         bar.write(platform_line(), file=sys.stderr)
     trainers = {} if trainers is None else trainers  # one Trainer per shape, shared by its runs
+    splits: dict = {}  # DataConfig -> TokenSplits: the corpus read and hashed once for all the runs
     # one compile thread per 4 cores (an XLA compile keeps more than one busy), at least 1
     ahead = concurrent.futures.ThreadPoolExecutor(
         max(1, (os.cpu_count() or 1) // 4), thread_name_prefix="compile-ahead"
@@ -124,6 +126,8 @@ def execute(
                 continue
             branch = None if r.parent is None else (out / "runs" / r.parent, r.stable_steps)
             try:  # the Run holds the run directory's lock (process 0) until it ends
+                if r.cfg.data not in splits:
+                    splits[r.cfg.data] = load_tokens(r.cfg.data)
                 run = Run(
                     r.cfg,
                     run_dir,
@@ -132,6 +136,7 @@ def execute(
                     branch_from=branch,
                     keep_steps=r.keep_steps,
                     sweep=SweepGroup(out, plan.spec.name),
+                    splits=splits[r.cfg.data],
                 )
             except LockHeld:
                 if not single:  # the other processes would wait for this one in the collectives

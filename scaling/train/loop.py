@@ -26,7 +26,7 @@ from scaling import run_dir as run_dir_lib
 from scaling import sharding as sh
 from scaling.checkpoint import Checkpointer, CorruptCheckpoints
 from scaling.config import Config
-from scaling.data import Batches, curriculum, load_tokens
+from scaling.data import Batches, TokenSplits, curriculum, load_tokens
 from scaling.data.curriculum_scores import ModelScoring
 from scaling.errors import UsageError
 from scaling.evaluation import val_bits_per_byte
@@ -75,7 +75,8 @@ class Run:
     step: a wsd cooldown branch (checked before any compute, :mod:`scaling.train.branch`).
     ``keep_steps``: steps at which this run saves a checkpoint that is never pruned (its
     branches' starting points). ``sweep``: the sweep the run belongs to (its trackers group
-    the run under it, :mod:`scaling.train.trackers`).
+    the run under it, :mod:`scaling.train.trackers`). ``splits``: ``load_tokens(cfg.data)``
+    when the caller has it (a sweep reads and hashes the corpus once for all its runs).
     """
 
     OUTPUTS = run_dir_lib.OUTPUTS
@@ -91,6 +92,7 @@ class Run:
         branch_from: Branch | tuple[str | Path, int] | None = None,
         keep_steps: tuple[int, ...] = (),
         sweep: trackers_lib.SweepGroup | None = None,
+        splits: TokenSplits | None = None,
     ):
         trackers_lib.check_available(cfg.log)
         self.out, self.sweep = Path(out), sweep
@@ -99,7 +101,7 @@ class Run:
         self.branch: Branch | None = branch_from
         self._parent_cfg: Config | None = None
         self.trainers = trainers
-        self.splits = load_tokens(cfg.data)
+        self.splits = load_tokens(cfg.data) if splits is None else splits
         if cfg.model.vocab_size == 0:
             cfg = _with_vocab(cfg, self.splits.n_vocab)
         elif cfg.model.vocab_size < self.splits.n_vocab:
@@ -245,7 +247,7 @@ class Run:
                 programs = self.trainer()
                 # the programs not yet compiled (by an earlier run of the shape or a sweep's
                 # compile-ahead pool) build on a thread of their own: the train step while this
-                # thread initialises, evaluation and the FLOP count while it trains
+                # thread initialises and builds the others (what is left, while it trains)
                 ahead = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile")
                 try:
                     programs.compile_ahead(ahead)
@@ -274,8 +276,9 @@ class Run:
             with self.dir.writing():
                 truncate_metrics(metrics_path, start)
         compile_t0 = time.time()
+        programs.build_beside_step()
         programs.compile_step()
-        # the time this run waited for its init and train step to compile (~0 when compiled ahead)
+        # the time this run waited for its programs before its first step (~0 when compiled ahead)
         compile_s = self._init_s + time.time() - compile_t0
         if not self._compile_shared:
             show.compiled(compile_s)

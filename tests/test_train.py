@@ -334,28 +334,6 @@ def test_compile_ahead_builds_each_program_once_and_trains_as_compiled_in_line()
     assert sum(builds.values()) == 5  # asking for the programs built none again
 
 
-def test_a_run_builds_its_evaluation_program_while_its_step_compiles_on_the_other_thread(tmp_path, monkeypatch):
-    """The run's own thread would wait for the step: it builds the init, then the evaluation
-    program and the FLOP count, while the compile thread builds the step."""
-    built, others_built = {}, threading.Event()
-    for name in ("_build_step", "_build_init", "_build_eval", "_build_xla_flops"):
-
-        def record(self, *args, real=getattr(Trainer, name), name=name):
-            built[name] = threading.current_thread().name
-            if name == "_build_step":  # a step that takes longer to compile than the others
-                others_built.wait(timeout=60)
-            result = real(self, *args)
-            if name == "_build_xla_flops":
-                others_built.set()
-            return result
-
-        monkeypatch.setattr(Trainer, name, record)
-    summary = train_cli.main(["--out", str(tmp_path / "run"), *TINY, "--train.tokens", "512"])
-    assert summary["status"] == "completed" and math.isfinite(summary["val_loss"])
-    here = threading.current_thread().name
-    assert built["_build_init"] == built["_build_eval"] == built["_build_xla_flops"] == here != built["_build_step"]
-
-
 def test_evaluation_in_chunks_of_batches_equals_it_batch_by_batch():
     """An evaluation takes eval_chunk(n) batches per program call; its mean is the mean of the
     batches' losses taken one at a time."""

@@ -247,7 +247,7 @@ class Run:
                 programs = self.trainer()
                 # the programs not yet compiled (by an earlier run of the shape or a sweep's
                 # compile-ahead pool) build on a thread of their own: the train step while this
-                # thread initialises and builds the others (what is left, while it trains)
+                # thread initialises, evaluation and the FLOP count while it trains
                 ahead = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="compile")
                 try:
                     programs.compile_ahead(ahead)
@@ -276,9 +276,8 @@ class Run:
             with self.dir.writing():
                 truncate_metrics(metrics_path, start)
         compile_t0 = time.time()
-        programs.build_beside_step()
         programs.compile_step()
-        # the time this run waited for its programs before its first step (~0 when compiled ahead)
+        # the time this run waited for its init and train step to compile (~0 when compiled ahead)
         compile_s = self._init_s + time.time() - compile_t0
         if not self._compile_shared:
             show.compiled(compile_s)

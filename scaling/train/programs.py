@@ -204,8 +204,7 @@ class ShapePrograms:
 
     def compile_all(self) -> None:
         """Build, in this thread, every program nobody has started yet, in the order a run
-        needs them: train step, init, evaluation, then the XLA FLOP count (a run's own thread
-        builds its init, then :meth:`build_beside_step`)."""
+        needs them: train step, init, evaluation, then the XLA FLOP count."""
         with short_gil_switch():
             for name, build in (
                 ("step", self._build_step),
@@ -353,20 +352,6 @@ class ShapePrograms:
 
     def _build_eval(self, k: int) -> Any:
         return self._lower_eval(k).compile(compiler_options=self.compiler_options)
-
-    def compile_eval(self) -> None:
-        """Build the run's evaluation program (``eval_k`` batches a call) in this thread, or wait
-        for the thread building it."""
-        self._program(self._eval_name(self.eval_k), functools.partial(self._build_eval, self.eval_k))
-
-    def build_beside_step(self) -> None:
-        """While another thread compiles the train step, build in this one (which would only wait
-        for it) the evaluation program, then the XLA FLOP count, each only if the step is still
-        compiling: otherwise they build beside the first training steps and slow them."""
-        for build in (self.compile_eval, self.xla_flops_per_step):
-            if self.step_compiled:
-                return
-            build()
 
     def eval_losses(self, params, batches_kbt) -> jax.Array:
         """The (k,) mean cross-entropies of a stack of k batches (compiled once per shape and k;

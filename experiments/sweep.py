@@ -201,7 +201,6 @@ def main(argv: list[str] | None = None):
     out = check_out_dir(_default_out(spec) if args.out is None else args.out, "--out")
     base = config_parse.from_dict(config_parse.merge(spec.base, overrides))  # fail fast on bad overrides
     may_fork = not args.worker and args.shard is None and base.dist.num_processes == 1
-    # a dry run starts no workers: its own backend (started by the plan's checks) says
     with BackendProbe(may_fork and jobs == 0 and not args.dry_run and usable_cpus() > 1) as probe:
         from scaling import compile_cache
         from scaling.train import setup_distributed  # jax is imported only after the spec is valid
@@ -223,6 +222,7 @@ def main(argv: list[str] | None = None):
                 if usable_cpus() < 2 or families < 2:
                     jobs = 1
                 else:
+                    # a dry run starts no workers: its own backend (started by the plan's checks) says
                     cpu = jax.default_backend() == "cpu" if args.dry_run else probe.is_cpu()
                     jobs = usable_cpus() if cpu else 1
             jobs = min(jobs, families)

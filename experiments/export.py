@@ -1,9 +1,12 @@
-"""Export a training run as a Hugging Face GPT-2 checkpoint (config.json + model.safetensors).
+"""Export a training run as a Hugging Face GPT-2 checkpoint (config.json, model.safetensors, tokenizer).
 
     python -m experiments.export --run RUN_DIR --out DIR [--dtype float32|bfloat16|float16]
 
 The run's latest checkpoint is written so that ``transformers.GPT2LMHeadModel.from_pretrained(DIR)``
-(and ``python -m experiments.generate --hf-gpt2 DIR``) loads it. Only what GPT-2 can express
+(and ``python -m experiments.generate --hf-gpt2 DIR``) loads it, with the tokenizer files
+(vocab.json, merges.txt, tokenizer.json, tokenizer_config.json) from which
+``transformers.AutoTokenizer.from_pretrained(DIR)`` encodes text to the ids the run trained on
+(a gpt2 run needs r50k_base in TIKTOKEN_CACHE_DIR, as its training did). Only what GPT-2 can express
 is exported: learned positions, LayerNorm, biases, the tanh-GELU MLP, the causal objective and
 the gpt2 or byte tokenizer; any other setting is refused with one line naming it (exit 2),
 before the checkpoint is read. DIR must be new, empty or a previous export. config.json's

@@ -13,6 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import tiktoken
+import tiktoken.load
+import tiktoken.registry
 import yaml
 
 if os.environ.get("CI") == "true":  # in CI the reference must run
@@ -153,6 +156,12 @@ def test_cli_exports_a_trained_run(tmp_path, capsys):
     model = transformers.GPT2LMHeadModel.from_pretrained(out).eval()
     ids = [trained.encode("To be, or not to be: that is the question.")[: trained.cfg.seq_len]]
     np.testing.assert_allclose(_ours(trained.cfg, trained.params, ids), _theirs(model, ids), atol=1e-4, rtol=0)
+    assert set(summary["files"]) == set(export.FILES) and all((out / f).is_file() for f in export.FILES)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    assert tokenizer("To be, or not to be: that is the question.")["input_ids"] == trained.encode(
+        "To be, or not to be: that is the question."
+    )
+    assert tokenizer.model_max_length == trained.cfg.seq_len
     # exporting again into a previous export replaces it; a directory with other files is refused
     export_cli.main(["--run", str(run), "--out", str(out), "--dtype", "bfloat16"])
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
@@ -190,6 +199,18 @@ def test_cli_refuses_what_gpt2_cannot_express(tmp_path, capsys, sections, field)
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1
     assert err[0].startswith("error: cannot export as GPT-2: ") and field in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_gpt2_export_without_its_tokenizers_ranks_is_refused_before_reading_weights(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
+    monkeypatch.setattr(tiktoken.load, "read_file", lambda url: (_ for _ in ()).throw(ConnectionError(url)))
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty"))
+    run = _run_dir(tmp_path, data={"tokenizer": "gpt2"}, model={"vocab_size": 50304})  # no checkpoint
+    with pytest.raises(SystemExit) as e:
+        export_cli.main(["--run", str(run), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "gpt2 tokenizer unavailable" in err[0]
     assert not (tmp_path / "out").exists()
 
 

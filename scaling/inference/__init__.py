@@ -5,6 +5,7 @@
     load     InferenceModel: a trained run's checkpoint or a GPT-2 directory, with its tokenizer
     hf       reading Hugging Face GPT-2 files (config.json, safetensors or PyTorch weights) into the Flax GPT
     export   writing a run's model as a Hugging Face GPT-2 checkpoint (config.json, model.safetensors)
+    hf_tokenizer  the gpt2 and byte vocabularies as Hugging Face tokenizer files, for an export
 
 Loss, perplexity and bits per byte of a text are :mod:`scaling.evaluation`'s; they are
 importable from here too, with the decoding and loading names.

@@ -4,8 +4,10 @@ The directory holds ``config.json`` and ``model.safetensors`` in the layout
 ``GPT2LMHeadModel.save_pretrained`` writes (tensor names with the ``transformer.`` prefix,
 ``Conv1D`` weights as (in, out); the mapping is the inverse of :mod:`scaling.inference.hf`'s),
 so ``transformers.GPT2LMHeadModel.from_pretrained(DIR)`` and :func:`scaling.inference.load_gpt2`
-both read it. Nothing here needs PyTorch, transformers or the safetensors package: the file is
-written by a small writer of the documented layout.
+both read it. Beside them go the vocabulary's tokenizer files (:mod:`scaling.inference.hf_tokenizer`),
+which ``transformers.AutoTokenizer.from_pretrained(DIR)`` reads into the project's tokenizer.
+Nothing here needs PyTorch, transformers or the safetensors package: the files are written by
+small writers of the documented layouts.
 
 Only what GPT-2 can express is exported (:func:`unsupported` names the first setting it
 cannot): learned positions, LayerNorm, biases, the tanh-GELU MLP, the causal objective, and
@@ -38,6 +40,7 @@ from scaling import run_dir as run_dir_lib
 from scaling import tokenizer as tok
 from scaling.config import Config, ModelConfig
 from scaling.errors import UsageError
+from scaling.inference import hf_tokenizer
 from scaling.io import atomic_write_bytes, atomic_write_text
 from scaling.model.gpt import unstack_layers
 from scaling.train.trained import load_run
@@ -54,7 +57,7 @@ __all__ = [
     "export_run",
 ]
 
-FILES = ("config.json", "model.safetensors")
+FILES = ("config.json", "model.safetensors", *hf_tokenizer.FILES)
 """What an export writes (a directory holding only these may be exported into again)."""
 TOKENIZERS = ("gpt2", "byte")
 DTYPES = {"float32": ("F32", np.float32), "bfloat16": ("BF16", ml_dtypes.bfloat16), "float16": ("F16", np.float16)}
@@ -188,18 +191,26 @@ def check_out(out: Path) -> None:
         raise UsageError(f"--out {out} holds files other than an export's ({listed}); give a new directory")
 
 
-def write(out: str | Path, cfg: Config, params: Any, *, dtype: str = "float32") -> dict[str, Any]:
-    """Write ``cfg``'s model with ``params`` as a GPT-2 checkpoint into ``out``; returns the
-    config.json written. A previous export there is replaced: its config.json goes first and the
-    new one comes last, so an interrupted export leaves no directory that loads mismatched files."""
+def write(
+    out: str | Path, cfg: Config, params: Any, *, dtype: str = "float32", tokenizer: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Write ``cfg``'s model with ``params`` as a GPT-2 checkpoint into ``out``, with its
+    tokenizer files (``tokenizer``: :func:`hf_tokenizer.tokenizer_files`'s, made here when not
+    given); returns the config.json written. A previous export there is replaced: its config.json
+    goes first and the new one comes last, so an interrupted export leaves no directory that
+    loads mismatched files."""
     out = Path(out)
     check_dtype(dtype)
     hf_config = gpt2_config(cfg, dtype)
     check_out(out)
+    if tokenizer is None:
+        tokenizer = hf_tokenizer.tokenizer_files(cfg.data.tokenizer, cfg.model.seq_len)
     data = safetensors_bytes(gpt2_tensors(cfg.model, params), dtype)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").unlink(missing_ok=True)
     atomic_write_bytes(out / "model.safetensors", data)
+    for name in hf_tokenizer.FILES:
+        atomic_write_text(out / name, tokenizer[name])
     atomic_write_text(out / "config.json", json.dumps(hf_config, indent=2) + "\n")
     return hf_config
 
@@ -207,7 +218,7 @@ def write(out: str | Path, cfg: Config, params: Any, *, dtype: str = "float32") 
 def export_run(run_dir: str | Path, out: str | Path, *, dtype: str = "float32") -> dict[str, Any]:
     """Export the latest checkpoint of a training run directory into ``out``; returns the
     config.json written. Everything is checked (the run's config can be expressed, ``dtype``,
-    ``out``) before the checkpoint is read."""
+    ``out``, the tokenizer's ranks can be read) before the checkpoint is read."""
     run_dir, out = Path(run_dir), Path(out)
     check_dtype(dtype)
     if not run_dir.is_dir():
@@ -215,8 +226,9 @@ def export_run(run_dir: str | Path, out: str | Path, *, dtype: str = "float32") 
     cfg = run_dir_lib.read_config(run_dir)
     check_exportable(cfg)
     check_out(out)
+    tokenizer = hf_tokenizer.tokenizer_files(cfg.data.tokenizer, cfg.model.seq_len)
     cfg, params = load_run(run_dir)
-    return write(out, cfg, params, dtype=dtype)
+    return write(out, cfg, params, dtype=dtype, tokenizer=tokenizer)
 
 
 def exported_files(out: str | Path) -> dict[str, int]:

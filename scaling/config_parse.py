@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from scaling.config import Config
-from scaling.errors import UsageError
+from scaling.errors import UsageError, did_you_mean
 from scaling.fields import field_type, parse_value, show
 from scaling.io import load_yaml
 
@@ -57,9 +57,10 @@ def parse_sections(d: Any) -> dict[str, dict[str, Any]]:
     (ranges are left to the dataclasses); UsageError on an unknown name or a wrong type."""
     if not isinstance(d, dict):
         raise UsageError(f"a config must be a mapping of sections, got {show(d)}")
-    unknown = {k: None for k in d if k not in {f.name for f in dataclasses.fields(Config)}}
+    sections = [f.name for f in dataclasses.fields(Config)]
+    unknown = {k: None for k in d if k not in sections}
     if unknown:
-        raise UsageError(f"unknown config section {_keys(unknown)!r}")
+        raise UsageError(f"unknown config section {_keys(unknown)!r}{did_you_mean(_keys(unknown), sections)}")
     d = _moved(d)
     out = {}
     for f in dataclasses.fields(Config):
@@ -72,7 +73,7 @@ def parse_sections(d: Any) -> dict[str, dict[str, Any]]:
         known = {g.name for g in dataclasses.fields(cls)}
         unknown = {k: None for k in given if k not in known}
         if unknown:
-            raise UsageError(f"unknown config field {f.name}.{_keys(unknown)}")
+            raise UsageError(f"unknown config field {f.name}.{_keys(unknown)}{did_you_mean(_keys(unknown), known)}")
         out[f.name] = {k: parse_value(v, field_type(cls, k), f"{f.name}.{k}") for k, v in given.items()}
     return out
 

@@ -13,6 +13,7 @@ argparse's own errors (an unknown flag, a value that is not an int) one line as 
 from __future__ import annotations
 
 import argparse
+import difflib
 import functools
 import os
 import sys
@@ -47,12 +48,24 @@ def _one_line(msg: str) -> str:
     return " ".join(line.strip() for line in msg.splitlines() if line.strip()) or "bad input"
 
 
+def did_you_mean(name: str, choices) -> str:
+    """`` (did you mean 'x'?)`` naming the choice closest to a mistyped ``name``, or nothing
+    when none is close."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse whose errors are a :class:`UsageError` (one line, exit 2 under
-    :func:`exit_on_usage_error`) instead of the usage text and argparse's own exit."""
+    :func:`exit_on_usage_error`) instead of the usage text and argparse's own exit. An unknown
+    flag is answered with the closest known one, where one is close."""
 
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{message} (see {self.prog} --help)")
+        hint = ""
+        if message.startswith("unrecognized arguments: "):
+            flags = [a.split("=", 1)[0] for a in message.split(": ", 1)[1].split() if a.startswith("--")]
+            hint = did_you_mean(flags[0], self._option_string_actions) if flags else ""
+        raise UsageError(f"{message}{hint} (see {self.prog} --help)")
 
 
 # ----------------------------------------------------------------------------- reading inputs

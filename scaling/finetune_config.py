@@ -20,7 +20,7 @@ import yaml
 
 from scaling.config import SEED_MAX, CheckpointConfig
 from scaling.config_parse import resolve_file
-from scaling.errors import UsageError
+from scaling.errors import UsageError, did_you_mean
 from scaling.fields import check_fields, field_type, parse_value, ranged, show
 
 _f = ranged
@@ -176,7 +176,7 @@ def parse_sections(d: Any) -> dict[str, dict[str, Any]]:
         known = {g.name for g in dataclasses.fields(cls)}
         for k, v in given.items():
             if k not in known:
-                raise UsageError(f"unknown config field {sec}.{k}")
+                raise UsageError(f"unknown config field {sec}.{k}{did_you_mean(k, known)}")
             out.setdefault(sec, {})[k] = parse_value(v, field_type(cls, k), f"{sec}.{k}")
     return out
 

@@ -140,7 +140,8 @@ YAMLS = [
     ("model: {n_layer: 2\n", "is not valid YAML"),
     ("model: {n_layer: 2}\n---\ntrain: {}\n", "is not valid YAML"),
     ("foo: {}\n", "unknown config section 'foo'"),
-    ("model: {n_layers: 2}\n", "unknown config field model.n_layers"),
+    ("model: {n_layers: 2}\n", "unknown config field model.n_layers (did you mean 'n_layer'?)"),
+    ("modle: {n_layer: 2}\n", "unknown config section 'modle' (did you mean 'model'?)"),
     ("{1: 2, model: {}}\n", "unknown config section '1'"),
     (b"model: {n_layer: 2}\n# \xff\xfe latin-1\n", "is not UTF-8 text"),
 ]
@@ -170,6 +171,7 @@ SPECS = [
     ("grid: {models: [1e5], tokens: [1e6]}\nsizing: {max_layers: 1e12}\n", "sizing.max_layers must be at most"),
     ("grid: just text\n", "grid: expected a mapping, got str"),
     ("{1: a, grid: {models: [1e5], tokens: [1e6]}}\n", "unknown key 1"),
+    ("grids: {models: [1e5], tokens: [1e6]}\n", "unknown key 'grids' (did you mean 'grid'?) (expected one of"),
 ]
 
 

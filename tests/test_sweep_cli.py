@@ -221,7 +221,11 @@ def test_a_grid_or_a_fixed_lr_rule_from_flags_replaces_the_other_section(cli_env
         (["--grid.tokens", "1e6"], "grid needs models and tokens"),
         (["--fit.enabled", "maybe"], "--fit.enabled: expected true or false"),
         (["--lr_rule.c", "1e-3", "--lr_scan.lrs", "1e-3,2e-3"], "exclude each other"),
-        (["--isoflop.budget", "1e10"], "unrecognized arguments: --isoflop.budget"),
+        (
+            ["--isoflop.budget", "1e10"],
+            "unrecognized arguments: --isoflop.budget 1e10 (did you mean '--isoflop.budgets'?)",
+        ),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag (see python -m experiments.sweep --help)"),
         (["--sizing.count", "some"], "sizing.count must be total or nonembed"),
     ],
 )

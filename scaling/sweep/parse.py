@@ -15,7 +15,7 @@ import math
 import re
 from typing import Any
 
-from scaling.errors import UsageError
+from scaling.errors import UsageError, did_you_mean
 
 _SUFFIX = {"k": 1e3, "m": 1e6, "b": 1e9, "g": 1e9, "t": 1e12}
 
@@ -67,7 +67,8 @@ def parse_mapping(value: Any, where: str, allowed: set[str] | None = None) -> di
     if allowed is not None:
         unknown = sorted((k for k in value if k not in allowed), key=str)
         if unknown:
-            raise spec_error(where, f"unknown key {unknown[0]!r} (expected one of {sorted(allowed)})")
+            hint = did_you_mean(unknown[0], allowed)
+            raise spec_error(where, f"unknown key {unknown[0]!r}{hint} (expected one of {sorted(allowed)})")
     return value
 
 

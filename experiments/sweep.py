@@ -42,7 +42,9 @@ sweep; the worker that finishes last writes the fit and the plots.
 On a CPU, --jobs (default auto: one worker per core, at most one per family of runs) trains
 the plan in that many worker processes, each a --shard of the plan with one XLA thread (small
 models leave cores idle in one process); the command then fits and plots once every worker
-has finished. Killing the command stops its workers; a rerun resumes.
+has finished. Killing the command stops its workers; a rerun resumes. Since each worker
+compiles every shape it trains again, auto keeps a plan whose estimated training is short
+beside that compiling in one process (the smoke sweep is such a plan).
 
 JAX's persistent compilation cache ($SCALING_CACHE_DIR/jax-compile; SCALING_COMPILE_CACHE=off
 turns it off) keeps runs that compile the same program from compiling again.
@@ -115,8 +117,8 @@ def parser() -> argparse.ArgumentParser:
         default="auto",
         metavar="J",
         help="worker processes training the plan on a CPU, each a shard with one XLA thread "
-        "(auto: one per core, at most one per family of runs; 1 elsewhere, with --shard and "
-        "with several JAX processes)",
+        "(auto: one per core, at most one per family of runs; 1 for a plan whose estimated training "
+        "is short beside compiling its shapes, elsewhere, with --shard and with several JAX processes)",
     )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a --jobs worker: train only
     p.add_argument("--estimates-out", default=None, help=argparse.SUPPRESS)  # a --jobs worker's --calibrate
@@ -224,7 +226,10 @@ def main(argv: list[str] | None = None):
                 else:
                     # a dry run starts no workers: its own backend (started by the plan's checks) says
                     cpu = jax.default_backend() == "cpu" if args.dry_run else probe.is_cpu()
-                    jobs = usable_cpus() if cpu else 1
+                    payoff = sweep.worker_payoff((*(() if scan is None else scan.runs), *plan.runs), "cpu")
+                    jobs = usable_cpus() if cpu and payoff.pays_off else 1
+                    if cpu and not payoff.pays_off and jax.process_index() == 0:
+                        print(_one_process_note(payoff, sweep.format_duration), file=sys.stderr)
             jobs = min(jobs, families)
         else:
             jobs = 1
@@ -286,6 +291,16 @@ def main(argv: list[str] | None = None):
     if is_main:
         _report(result, out)
     return result
+
+
+def _one_process_note(payoff, duration) -> str:
+    """Why ``--jobs auto`` trains a short plan in this process (``duration``: seconds as text)."""
+    source = "from an earlier --calibrate" if payoff.source == "cached" else "from FLOPs, uncalibrated"
+    return (
+        f"--jobs auto: training in this process: the plan's training (est. {duration(payoff.training_s)}, "
+        f"{source}) is short beside compiling its {payoff.shapes} shape(s) (est. {duration(payoff.compile_s)}) "
+        "again in each worker; --jobs N asks for N workers"
+    )
 
 
 def _default_out(spec) -> Path:

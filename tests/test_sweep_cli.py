@@ -319,3 +319,25 @@ def test_the_backend_probe_says_cpu_here_and_ends_with_its_block():
     assert child.poll() is not None
     with sweep_cli.BackendProbe(False) as probe, pytest.raises(RuntimeError, match="not started"):
         probe.is_cpu()
+
+
+@pytest.mark.parametrize("spec, workers", [("smoke.yaml", False), ("default.yaml", True)])
+def test_jobs_auto_trains_a_short_plan_in_one_process_and_a_long_one_in_workers(
+    cli_env, capsys, monkeypatch, spec, workers
+):
+    monkeypatch.setattr(sweep_cli, "usable_cpus", lambda: 4)
+    plan = sweep_cli.main(
+        ["--config", str(REPO / "experiments" / "configs" / spec), "--out", str(cli_env / "out"), "--dry-run"]
+    )
+    out, err = capsys.readouterr()
+    payoff = sweep.worker_payoff(plan.runs, "cpu")
+    assert payoff.source == "rough" and payoff.shapes == len({_shape(r) for r in plan.runs})
+    # the rough estimate's compile seconds per shape, and the plan's training at its FLOP rate at least
+    assert payoff.compile_s == pytest.approx(ROUGH["cpu"][2] * payoff.shapes)
+    assert payoff.training_s > sum(r.flops_per_step * r.train_steps for r in plan.runs) / ROUGH["cpu"][0]
+    assert payoff.pays_off == workers == ("with 4 workers" in out)
+    assert ("--jobs auto: training in this process" in err) == (not workers)
+
+
+def _shape(r) -> tuple:
+    return (r.cfg.model.n_layer, r.cfg.model.d_model, r.cfg.model.n_head)

@@ -140,8 +140,10 @@ from scaling.sweep.calibrate import (
     calibrate,
     fit_seconds,
     rough_calibration,
+    WorkerPayoff,
     shape_key,
     store_calibration,
+    worker_payoff,
 )
 from scaling.sweep.diagnose import SweepFitOptions
 from scaling.sweep.fit import (
@@ -208,6 +210,8 @@ __all__ = [  # with the two private names tests and benchmarks reach through the
     "rebuild_results",
     "results_csv_text",
     "rough_calibration",
+    "worker_payoff",
+    "WorkerPayoff",
     "shape_for",
     "shape_key",
     "shard_wall",

@@ -41,6 +41,12 @@ ROUGH = {
     "tpu": (5e13, 3e-3, 30.0),
 }
 FIT_S = 0.6  # seconds of one approach-3 fit from the full start grid, assumed when not timed
+WORKER_PAYOFF = 2.0
+"""``--jobs auto`` trains in worker processes only when the plan's estimated training (steps,
+evaluations, checkpoints) is at least this many times the compiling of its shapes: each worker
+starts an interpreter and compiles again every shape it trains, which one process compiles once
+and overlaps with training, while the workers gain only a share of the training time (see
+docs/performance.md, Sweeps in worker processes)."""
 
 # ----------------------------------------------------------------------------- calibration
 
@@ -124,6 +130,33 @@ class Calibration:
     @classmethod
     def from_json(cls, d: dict, source: str = "cached") -> Calibration:
         return cls(points=tuple(d["points"]), fixed_s=float(d["fixed_s"]), source=source)
+
+
+@dataclass(frozen=True)
+class WorkerPayoff:
+    """Whether a plan's training is long enough to be worth worker processes (:data:`WORKER_PAYOFF`)."""
+
+    training_s: float  # estimated seconds of the runs' steps, evaluations and checkpoints in one process
+    compile_s: float  # estimated seconds of compiling each of the runs' shapes once
+    shapes: int
+    source: str  # the estimate's: "cached" (an earlier --calibrate on this machine) or "rough"
+
+    @property
+    def pays_off(self) -> bool:
+        return self.training_s >= WORKER_PAYOFF * self.compile_s
+
+
+def worker_payoff(runs: Runs, backend: str) -> WorkerPayoff:
+    """The estimate :class:`WorkerPayoff` weighs for ``runs`` (the scan's and the plan's): an
+    earlier ``--calibrate``'s timings of these shapes on this machine, else the rough one."""
+    calib = cached_calibration(runs) or rough_calibration(runs, backend)
+    firsts = {shape_key(r): r for r in reversed(runs)}
+    return WorkerPayoff(
+        training_s=sum(calib.estimate(r, compiles=False) for r in runs),
+        compile_s=sum(calib.estimate(r, compiles=True) - calib.estimate(r, compiles=False) for r in firsts.values()),
+        shapes=len(firsts),
+        source=calib.source,
+    )
 
 
 def calibrated_runs(runs: tuple[PlannedRun, ...] | list[PlannedRun]) -> list[PlannedRun]:

@@ -226,9 +226,11 @@ def main(argv: list[str] | None = None):
                 else:
                     # a dry run starts no workers: its own backend (started by the plan's checks) says
                     cpu = jax.default_backend() == "cpu" if args.dry_run else probe.is_cpu()
-                    payoff = sweep.worker_payoff((*(() if scan is None else scan.runs), *plan.runs), "cpu")
-                    jobs = usable_cpus() if cpu and payoff.pays_off else 1
-                    if cpu and not payoff.pays_off and jax.process_index() == 0:
+                    payoff = (
+                        sweep.worker_payoff((*(() if scan is None else scan.runs), *plan.runs), "cpu") if cpu else None
+                    )
+                    jobs = usable_cpus() if payoff is not None and payoff.pays_off else 1
+                    if payoff is not None and not payoff.pays_off and jax.process_index() == 0:
                         print(_one_process_note(payoff, sweep.format_duration), file=sys.stderr)
             jobs = min(jobs, families)
         else:

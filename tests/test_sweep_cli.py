@@ -321,7 +321,7 @@ def test_the_backend_probe_says_cpu_here_and_ends_with_its_block():
         probe.is_cpu()
 
 
-@pytest.mark.parametrize("spec, workers", [("smoke.yaml", False), ("default.yaml", True)])
+@pytest.mark.parametrize("spec, workers", [("smoke.yaml", False), ("bench-smoke.yaml", True)])
 def test_jobs_auto_trains_a_short_plan_in_one_process_and_a_long_one_in_workers(
     cli_env, capsys, monkeypatch, spec, workers
 ):

@@ -11,12 +11,25 @@ import sys
 from pathlib import Path
 
 import pytest
+import tiktoken
+import tiktoken.load
+import tiktoken.registry
 
 from experiments import train as train_cli
 from scaling.io import file_lock
 from scaling.paths import data_dir
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def tiktoken_offline(monkeypatch) -> None:
+    """tiktoken with no encodings built yet and no network: a fetch raises."""
+
+    def no_network(url):
+        raise ConnectionError(f"offline: {url}")
+
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
+    monkeypatch.setattr(tiktoken.load, "read_file", no_network)
 
 
 def data_path(*parts: str) -> Path:

@@ -13,9 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import tiktoken
-import tiktoken.load
-import tiktoken.registry
 import yaml
 
 if os.environ.get("CI") == "true":  # in CI the reference must run
@@ -31,7 +28,7 @@ from scaling.config import Config, DataConfig, ModelConfig  # noqa: E402
 from scaling.errors import UsageError  # noqa: E402
 from scaling.inference import export, hf  # noqa: E402
 from scaling.model import GPT  # noqa: E402
-from tests.helpers import tiny_run_dir  # noqa: E402
+from tests.helpers import tiktoken_offline, tiny_run_dir  # noqa: E402
 
 
 def _params(m: ModelConfig, seed: int = 0):
@@ -203,8 +200,7 @@ def test_cli_refuses_what_gpt2_cannot_express(tmp_path, capsys, sections, field)
 
 
 def test_a_gpt2_export_without_its_tokenizers_ranks_is_refused_before_reading_weights(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
-    monkeypatch.setattr(tiktoken.load, "read_file", lambda url: (_ for _ in ()).throw(ConnectionError(url)))
+    tiktoken_offline(monkeypatch)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty"))
     run = _run_dir(tmp_path, data={"tokenizer": "gpt2"}, model={"vocab_size": 50304})  # no checkpoint
     with pytest.raises(SystemExit) as e:

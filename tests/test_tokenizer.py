@@ -6,12 +6,10 @@ import os
 import shutil
 
 import pytest
-import tiktoken.load
-import tiktoken.registry
 
 from scaling import tokenizer as tok
 from scaling.errors import UsageError
-from tests.helpers import data_path
+from tests.helpers import data_path, tiktoken_offline
 
 
 def _corpus_texts():
@@ -67,16 +65,6 @@ def test_unknown_tokenizer_is_a_usage_error(bad):
         tok.check_name(bad)
 
 
-def _offline(monkeypatch):
-    """tiktoken with no encodings built yet and no network: a fetch raises."""
-
-    def no_network(url):
-        raise ConnectionError(f"offline: {url}")
-
-    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
-    monkeypatch.setattr(tiktoken.load, "read_file", no_network)
-
-
 def test_gpt2_ranks_from_a_copy_of_the_tiktoken_cache(tmp_path, monkeypatch):
     src = os.environ.get("TIKTOKEN_CACHE_DIR")
     if not src or not os.path.isdir(src):
@@ -84,13 +72,13 @@ def test_gpt2_ranks_from_a_copy_of_the_tiktoken_cache(tmp_path, monkeypatch):
             pytest.fail("TIKTOKEN_CACHE_DIR is not set to a tiktoken cache in CI")
         pytest.skip("no TIKTOKEN_CACHE_DIR with r50k_base")
     shutil.copytree(src, tmp_path / "tiktoken")
-    _offline(monkeypatch)
+    tiktoken_offline(monkeypatch)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken"))
     assert tok.get_tokenizer("gpt2").encode_ordinary("Every effort moves you") == [6109, 3626, 6100, 345]
 
 
 def test_gpt2_without_its_ranks_or_a_network_is_one_usage_error(tmp_path, monkeypatch):
-    _offline(monkeypatch)
+    tiktoken_offline(monkeypatch)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty"))
     with pytest.raises(UsageError, match="gpt2 tokenizer unavailable: r50k_base is not in .*empty"):
         tok.get_tokenizer("gpt2")

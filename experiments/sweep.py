@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None):
                     )
                     jobs = usable_cpus() if payoff is not None and payoff.pays_off else 1
                     if payoff is not None and not payoff.pays_off and jax.process_index() == 0:
-                        print(_one_process_note(payoff, sweep.format_duration), file=sys.stderr)
+                        print(payoff.one_process_note(), file=sys.stderr)
             jobs = min(jobs, families)
         else:
             jobs = 1
@@ -293,16 +293,6 @@ def main(argv: list[str] | None = None):
     if is_main:
         _report(result, out)
     return result
-
-
-def _one_process_note(payoff, duration) -> str:
-    """Why ``--jobs auto`` trains a short plan in this process (``duration``: seconds as text)."""
-    source = "from an earlier --calibrate" if payoff.source == "cached" else "from FLOPs, uncalibrated"
-    return (
-        f"--jobs auto: training in this process: the plan's training (est. {duration(payoff.training_s)}, "
-        f"{source}) is short beside compiling its {payoff.shapes} shape(s) (est. {duration(payoff.compile_s)}) "
-        "again in each worker; --jobs N asks for N workers"
-    )
 
 
 def _default_out(spec) -> Path:

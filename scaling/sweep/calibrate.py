@@ -27,6 +27,7 @@ from scaling.io import atomic_write_text, read_json
 from scaling.laws import approach3
 from scaling.machine import usable_cpus
 from scaling.sweep.plan import PlannedRun
+from scaling.sweep.show import format_duration
 
 Runs = tuple[PlannedRun, ...] | list[PlannedRun]
 
@@ -144,6 +145,15 @@ class WorkerPayoff:
     @property
     def pays_off(self) -> bool:
         return self.training_s >= WORKER_PAYOFF * self.compile_s
+
+    def one_process_note(self) -> str:
+        """The line that says why ``--jobs auto`` trains the plan in one process."""
+        source = "from an earlier --calibrate" if self.source == "cached" else "from FLOPs, uncalibrated"
+        return (
+            f"--jobs auto: training in this process: the plan's training (est. {format_duration(self.training_s)}, "
+            f"{source}) is short beside compiling its {self.shapes} shape(s) (est. {format_duration(self.compile_s)}) "
+            "again in each worker; --jobs N asks for N workers"
+        )
 
 
 def worker_payoff(runs: Runs, backend: str) -> WorkerPayoff:

@@ -74,6 +74,10 @@ class Calibration:
             t = min(max(t, 0.0), 1.0)  # compile and checkpoint times: no extrapolation
         return math.exp(ya + t * (yb - ya))
 
+    def compile_seconds(self, r: PlannedRun) -> float:
+        """Seconds to compile ``r``'s shape (its train step, init and evaluation)."""
+        return self._interp(r.flops_per_step, "compile_s")
+
     def estimate(self, r: PlannedRun, compiles: bool = True) -> float:
         """Seconds: compile + steps + evaluations + checkpoints + a fixed overhead. ``compiles``
         False: an earlier run of the same shape in the process compiled the step already. A
@@ -88,7 +92,7 @@ class Calibration:
         n_eval = count(c.train.eval_every)
         n_ckpt = (count(c.checkpoint.every_steps) if c.checkpoint.every_steps else 1) + len(r.keep_steps)
         return (
-            compiles * self._interp(f, "compile_s")
+            compiles * self.compile_seconds(r)
             + steps * self._interp(f, "step_s")
             + n_eval * c.train.eval_batches * self._interp(f, "eval_s")
             + n_ckpt * self._interp(f, "ckpt_s")
@@ -163,7 +167,7 @@ def worker_payoff(runs: Runs, backend: str) -> WorkerPayoff:
     firsts = {shape_key(r): r for r in reversed(runs)}
     return WorkerPayoff(
         training_s=sum(calib.estimate(r, compiles=False) for r in runs),
-        compile_s=sum(calib.estimate(r, compiles=True) - calib.estimate(r, compiles=False) for r in firsts.values()),
+        compile_s=sum(calib.compile_seconds(r) for r in firsts.values()),
         shapes=len(firsts),
         source=calib.source,
     )
